@@ -1,0 +1,136 @@
+//! `fake-ollama serve`: a drop-in for `ollama serve` that emulates the Jetson Orin Nano profile.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use fake_ollama::{Config, CpuReason, Keep, LogFormat, Profile};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "fake-ollama", version, about = "Ollama emulator for jetson-llmd tests and demos (runs no model)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the Ollama API on OLLAMA_HOST (default 127.0.0.1:11434), like `ollama serve`.
+    Serve(ServeArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum NoGpu {
+    /// lib/ollama/cuda_jetpack6 missing: discovery quietly finds only the CPU.
+    MissingLibs,
+    /// CUDA fails to initialise (as after `cma=` on the kernel command line).
+    CudaInit,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Current,
+    Legacy,
+}
+
+#[derive(Parser)]
+struct ServeArgs {
+    /// Hardware/model profile.
+    #[arg(long, env = "FAKE_OLLAMA_PROFILE", default_value = "orin-nano-8gb")]
+    profile: String,
+    /// Multiply every emulated delay (loads take 30-70 s on the real board at 1.0).
+    #[arg(long, env = "FAKE_OLLAMA_TIME_SCALE", default_value_t = 1.0)]
+    time_scale: f64,
+    /// Start without a usable GPU, for this reason.
+    #[arg(long, env = "FAKE_OLLAMA_NO_GPU", value_enum)]
+    no_gpu: Option<NoGpu>,
+    /// Log format of GPU discovery.
+    #[arg(long, env = "FAKE_OLLAMA_LOG_FORMAT", value_enum, default_value = "current")]
+    log_format: Format,
+    /// Report this Ollama version.
+    #[arg(long, env = "FAKE_OLLAMA_VERSION")]
+    version_string: Option<String>,
+    /// After any unload, the next load fails with cudaMalloc out of memory.
+    #[arg(long, env = "FAKE_OLLAMA_FRAGILE_MEMORY")]
+    fragile_memory: bool,
+    /// Keeps the fragile-memory state across restarts.
+    #[arg(long, env = "FAKE_OLLAMA_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Start with clean memory (a reboot).
+    #[arg(long)]
+    reset_memory: bool,
+    /// A write to this file clears unallocatable memory (stands in for /proc/sys/vm/drop_caches).
+    #[arg(long, env = "FAKE_OLLAMA_DROP_CACHES_FILE")]
+    drop_caches_file: Option<PathBuf>,
+    /// Wait this long before listening (a slow start).
+    #[arg(long, env = "FAKE_OLLAMA_START_DELAY_MS", default_value_t = 0)]
+    start_delay_ms: u64,
+}
+
+fn bind_addr() -> anyhow::Result<SocketAddr> {
+    // Same reading as Ollama's envconfig.Host(): optional scheme, default port 11434.
+    let raw = std::env::var("OLLAMA_HOST").unwrap_or_default();
+    let s = raw.trim().trim_matches(|c| c == '"' || c == '\'');
+    let s = s.split_once("://").map_or(s, |(_, r)| r);
+    let s = s.split('/').next().unwrap_or("");
+    let hostport = if s.is_empty() {
+        "127.0.0.1:11434".to_string()
+    } else if s.starts_with('[') && s.contains("]:") || (!s.starts_with('[') && s.matches(':').count() == 1) {
+        if s.starts_with(':') { format!("127.0.0.1{s}") } else { s.to_string() }
+    } else {
+        format!("{}:11434", if s.contains(':') && !s.starts_with('[') { format!("[{s}]") } else { s.to_string() })
+    };
+    hostport
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("OLLAMA_HOST {raw:?} resolves to no address"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let Cmd::Serve(a) = Cli::parse().cmd;
+    let mut profile = Profile::by_name(&a.profile).ok_or_else(|| anyhow::anyhow!("unknown profile {:?} (try orin-nano-8gb)", a.profile))?;
+    if let Some(v) = a.version_string {
+        profile.version = v;
+    }
+    let mut c = Config::new(profile);
+    c.time_scale = a.time_scale;
+    c.cpu_only = a.no_gpu.map(|n| match n {
+        NoGpu::MissingLibs => CpuReason::MissingLibs,
+        NoGpu::CudaInit => CpuReason::CudaInit,
+    });
+    c.log_format = match a.log_format {
+        Format::Current => LogFormat::Current,
+        Format::Legacy => LogFormat::Legacy,
+    };
+    if let Ok(v) = std::env::var("OLLAMA_KEEP_ALIVE") {
+        if let Some(k) = Keep::from_env(&v) {
+            c.default_keep_alive = k;
+        }
+    }
+    if let Ok(v) = std::env::var("OLLAMA_MAX_LOADED_MODELS") {
+        c.max_loaded = v.trim().parse().unwrap_or(0);
+    }
+    if let Ok(v) = std::env::var("OLLAMA_CONTEXT_LENGTH") {
+        c.context_length = v.trim().parse().unwrap_or(4096);
+    }
+    c.fragile_memory = a.fragile_memory;
+    c.state_dir = a.state_dir;
+    c.reset_memory = a.reset_memory;
+    c.drop_caches_file = a.drop_caches_file;
+    c.log_to_stderr = true;
+    tokio::time::sleep(Duration::from_millis(a.start_delay_ms)).await;
+    let addr = bind_addr()?;
+    let handle = fake_ollama::spawn(c, addr).await.map_err(|e| anyhow::anyhow!("Error: listen tcp {addr}: bind: {e}"))?;
+    let token = handle.shutdown_token();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+        }
+        token.cancel();
+    });
+    handle.wait().await;
+    Ok(())
+}

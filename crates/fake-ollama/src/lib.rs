@@ -1,0 +1,409 @@
+//! fake-ollama: an emulator of the Ollama server, for jetson-llmd's tests, demo and benchmarks.
+//!
+//! It speaks the HTTP API and writes the server log the way Ollama does, and models the behaviour
+//! jetson-llmd depends on. It shares no code or types with jetson-llmd's client on purpose: a
+//! mistake in one is then caught by the other. Each behaviour cites the Ollama source or doc it
+//! copies (paths are in github.com/ollama/ollama).
+//!
+//! It never runs a model. "Generation" emits placeholder tokens at the profile's tokens/s.
+
+pub mod golang;
+pub mod profile;
+mod server;
+
+pub use golang::Keep;
+pub use profile::{ModelSpec, Profile, GIB, MIB};
+pub use server::{spawn, Handle};
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::time::Instant;
+
+/// Why a machine without a usable GPU fell back to the CPU (selects the log lines written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuReason {
+    /// lib/ollama/cuda_jetpack6 missing: discovery silently finds nothing.
+    MissingLibs,
+    /// The CUDA driver failed to initialise (e.g. after `cma=` on the kernel command line).
+    CudaInit,
+}
+
+/// Log line format of GPU discovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// v0.12.4 and later (discover/types.go LogDetails).
+    Current,
+    /// Before v0.12.4 (gpu/types.go, `library=cuda variant=jetpack6`).
+    Legacy,
+}
+
+/// Everything that shapes one emulator instance.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub profile: Profile,
+    /// None: the GPU is found. Some: discovery falls back to CPU for that reason.
+    pub cpu_only: Option<CpuReason>,
+    pub log_format: LogFormat,
+    /// OLLAMA_KEEP_ALIVE (envconfig.KeepAlive, default 5m).
+    pub default_keep_alive: Keep,
+    /// OLLAMA_MAX_LOADED_MODELS; 0 = auto, which is 3 per GPU (server/sched.go defaultModelsPerGPU).
+    pub max_loaded: usize,
+    /// OLLAMA_CONTEXT_LENGTH (default 4096 under 24 GiB of VRAM).
+    pub context_length: u64,
+    /// Multiplies every emulated delay (load, pull, token generation, GPU discovery).
+    pub time_scale: f64,
+    /// Model memory becomes unallocatable once a model has been unloaded (the seed's lesson).
+    pub fragile_memory: bool,
+    /// Where the fragile-memory state survives restarts of the emulator.
+    pub state_dir: Option<PathBuf>,
+    /// Start with clean memory (stands in for a reboot).
+    pub reset_memory: bool,
+    /// Writing to this file clears unallocatable memory (stands in for /proc/sys/vm/drop_caches).
+    pub drop_caches_file: Option<PathBuf>,
+    /// Echo log lines to stderr (the binary does; tests read them from the handle).
+    pub log_to_stderr: bool,
+}
+
+impl Config {
+    pub fn new(profile: Profile) -> Config {
+        Config {
+            profile,
+            cpu_only: None,
+            log_format: LogFormat::Current,
+            default_keep_alive: Keep::For(Duration::from_secs(300)),
+            max_loaded: 0,
+            context_length: 4096,
+            time_scale: 1.0,
+            fragile_memory: false,
+            state_dir: None,
+            reset_memory: false,
+            drop_caches_file: None,
+            log_to_stderr: false,
+        }
+    }
+
+    /// The Orin Nano profile with every delay scaled by `scale` (tests use ~0.01).
+    pub fn orin_nano(scale: f64) -> Config {
+        let mut c = Config::new(Profile::orin_nano_8gb());
+        c.time_scale = scale;
+        c
+    }
+
+    pub(crate) fn scaled(&self, d: Duration) -> Duration {
+        d.mul_f64(self.time_scale.max(0.0))
+    }
+
+    pub(crate) fn effective_max_loaded(&self) -> usize {
+        if self.max_loaded == 0 {
+            3
+        } else {
+            self.max_loaded
+        }
+    }
+}
+
+/// A fault armed through the control API, applied to the next API requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// HTTP 500 with an Ollama-shaped error body.
+    Status500,
+    /// HTTP 503, the scheduler's queue-full answer.
+    Busy503,
+    /// Accept the request and never answer.
+    Hang,
+    /// Send headers, then drop the connection mid-body.
+    Reset,
+    /// Answer after an extra delay.
+    Slow(Duration),
+    /// The next pull fails mid-stream.
+    PullFailure,
+}
+
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub kind: FaultKind,
+    /// Only requests whose path starts with this are affected (None: every /api request).
+    pub path_prefix: Option<String>,
+}
+
+/// One model on disk.
+#[derive(Debug, Clone)]
+pub struct LocalModel {
+    pub spec: ModelSpec,
+    pub modified_at: OffsetDateTime,
+}
+
+/// When a runner expires.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Expiry {
+    Never,
+    At(Instant, OffsetDateTime),
+}
+
+/// Runner options that force a reload when they differ (server/sched.go needsReload compares
+/// the runner-level api.Runner options: num_ctx, num_batch, num_gpu, main_gpu, use_mmap, num_thread).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunnerOptions {
+    pub num_ctx: u64,
+    pub num_batch: u64,
+    pub num_gpu: i64,
+    pub main_gpu: i64,
+    pub use_mmap: Option<bool>,
+    pub num_thread: i64,
+}
+
+/// A loaded model.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    pub name: String,
+    pub spec: ModelSpec,
+    pub size: u64,
+    pub size_vram: u64,
+    pub options: RunnerOptions,
+    pub keep: Keep,
+    pub expiry: Expiry,
+    pub refcount: u32,
+}
+
+/// Counters the tests read to prove what happened.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Counters {
+    pub loads: u64,
+    pub unloads: u64,
+    pub expirations: u64,
+    pub reloads_for_options: u64,
+    pub oom_failures: u64,
+    pub restarts: u64,
+    pub requests: BTreeMap<String, u64>,
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    pub local: BTreeMap<String, LocalModel>,
+    pub loaded: BTreeMap<String, Runner>,
+    pub faults: VecDeque<Fault>,
+    pub counters: Counters,
+    /// Fragile memory: a model was loaded and later unloaded; the next load fails.
+    pub fragmented: bool,
+    pub drop_caches_seen: Option<std::time::SystemTime>,
+}
+
+/// The emulator: state plus configuration, shared by the HTTP handlers and the control API.
+pub struct Emulator {
+    pub(crate) config: Config,
+    pub(crate) state: Mutex<State>,
+    /// Ollama's scheduler performs one load at a time (server/sched.go processPending).
+    pub(crate) load_lock: tokio::sync::Mutex<()>,
+    logs: Mutex<Vec<String>>,
+}
+
+impl Emulator {
+    pub fn new(config: Config) -> Arc<Emulator> {
+        let mut local = BTreeMap::new();
+        for name in &config.profile.local {
+            if let Some(spec) = config.profile.registry_model(name) {
+                local.insert(name.clone(), LocalModel { spec: spec.clone(), modified_at: OffsetDateTime::now_utc() });
+            }
+        }
+        let fragmented = config.fragile_memory && !config.reset_memory && read_memory_state(&config) != MemState::Clean;
+        let drop_caches_seen = config.drop_caches_file.as_ref().and_then(|p| std::fs::metadata(p).ok()).and_then(|m| m.modified().ok());
+        let emu = Emulator {
+            state: Mutex::new(State {
+                local,
+                loaded: BTreeMap::new(),
+                faults: VecDeque::new(),
+                counters: Counters::default(),
+                fragmented,
+                drop_caches_seen,
+            }),
+            load_lock: tokio::sync::Mutex::new(()),
+            logs: Mutex::new(Vec::new()),
+            config,
+        };
+        if emu.config.fragile_memory {
+            emu.write_memory_state(if fragmented { MemState::Fragmented } else { MemState::Clean });
+        }
+        Arc::new(emu)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends a server log line (slog text format, as `ollama serve` writes to stderr).
+    pub fn log(&self, level: &str, source: &str, msg: &str, attrs: &str) {
+        let now = OffsetDateTime::now_utc();
+        let ts = format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            now.year(),
+            now.month() as u8,
+            now.day(),
+            now.hour(),
+            now.minute(),
+            now.second(),
+            now.millisecond()
+        );
+        let msg = if msg.contains(' ') || msg.contains('"') || msg.is_empty() { format!("{msg:?}") } else { msg.to_string() };
+        let mut line = format!("time={ts} level={level} source={source} msg={msg}");
+        if !attrs.is_empty() {
+            line.push(' ');
+            line.push_str(attrs);
+        }
+        self.raw_log(line);
+    }
+
+    /// Appends a line as the runner (llama.cpp) prints it, without slog framing.
+    pub fn raw_log(&self, line: String) {
+        if self.config.log_to_stderr {
+            eprintln!("{line}");
+        }
+        self.logs.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+    }
+
+    /// Every log line written so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.lock().counters.clone()
+    }
+
+    /// Names of loaded models.
+    pub fn loaded(&self) -> Vec<String> {
+        self.lock().loaded.keys().cloned().collect()
+    }
+
+    pub fn runner(&self, name: &str) -> Option<Runner> {
+        self.lock().loaded.get(&normalize(name)).cloned()
+    }
+
+    pub fn is_fragmented(&self) -> bool {
+        self.lock().fragmented
+    }
+
+    /// Arms a fault for the next matching API request.
+    pub fn inject(&self, fault: Fault) {
+        self.lock().faults.push_back(fault);
+    }
+
+    /// Unloads a model as another client's `keep_alive: 0` would (or all models with None).
+    pub fn evict(&self, name: Option<&str>) -> Vec<String> {
+        let mut st = self.lock();
+        let names: Vec<String> = match name {
+            Some(n) => vec![normalize(n)],
+            None => st.loaded.keys().cloned().collect(),
+        };
+        let mut out = Vec::new();
+        for n in names {
+            if st.loaded.remove(&n).is_some() {
+                out.push(n.clone());
+                self.note_unload(&mut st, &n, "evicted");
+            }
+        }
+        out
+    }
+
+    /// Clears unallocatable memory, as `drop_caches` or a reboot does on the board.
+    pub fn reset_memory(&self) {
+        let mut st = self.lock();
+        st.fragmented = false;
+        drop(st);
+        self.write_memory_state(MemState::Clean);
+    }
+
+    pub(crate) fn note_unload(&self, st: &mut State, name: &str, why: &str) {
+        st.counters.unloads += 1;
+        if self.config.fragile_memory {
+            st.fragmented = true;
+            self.write_memory_state(MemState::Fragmented);
+        }
+        self.log("INFO", "sched.go:591", "unloading model", &format!("model={name} reason={why}"));
+    }
+
+    /// Drops runners whose keep-alive ran out (server/sched.go expireTimer -> unload).
+    pub fn sweep(&self, now: Instant) {
+        let mut st = self.lock();
+        let expired: Vec<String> = st
+            .loaded
+            .iter()
+            .filter(|(_, r)| r.refcount == 0 && matches!(r.expiry, Expiry::At(t, _) if t <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in expired {
+            st.loaded.remove(&n);
+            st.counters.expirations += 1;
+            self.note_unload(&mut st, &n, "expired");
+        }
+    }
+
+    /// Forgets every runner, as a restart of `ollama serve` does (the runners die with it).
+    pub(crate) fn drop_all_runners(&self) {
+        let mut st = self.lock();
+        let names: Vec<String> = st.loaded.keys().cloned().collect();
+        st.loaded.clear();
+        st.counters.restarts += 1;
+        for n in names {
+            self.note_unload(&mut st, &n, "server restart");
+        }
+    }
+
+    /// A drop_caches write since we last looked clears fragmentation.
+    pub(crate) fn check_drop_caches(&self, st: &mut State) {
+        let Some(path) = &self.config.drop_caches_file else { return };
+        let m = std::fs::metadata(path).ok().and_then(|m| m.modified().ok());
+        if m.is_some() && m != st.drop_caches_seen {
+            st.drop_caches_seen = m;
+            if st.fragmented {
+                st.fragmented = false;
+                self.write_memory_state(MemState::Clean);
+                self.log("INFO", "fake.go:1", "drop_caches observed: memory is allocatable again", "");
+            }
+        }
+    }
+
+    pub(crate) fn write_memory_state(&self, s: MemState) {
+        if let Some(dir) = &self.config.state_dir {
+            let _ = std::fs::create_dir_all(dir);
+            let text = match s {
+                MemState::Clean => "clean",
+                MemState::Loaded => "loaded",
+                MemState::Fragmented => "fragmented",
+            };
+            let _ = std::fs::write(dir.join("memory-state"), text);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MemState {
+    Clean,
+    Loaded,
+    Fragmented,
+}
+
+/// A process that died with a model loaded leaves the memory as fragmented as an unload does.
+fn read_memory_state(c: &Config) -> MemState {
+    let Some(dir) = &c.state_dir else { return MemState::Clean };
+    match std::fs::read_to_string(dir.join("memory-state")).as_deref().map(str::trim) {
+        Ok("loaded") | Ok("fragmented") => MemState::Fragmented,
+        _ => MemState::Clean,
+    }
+}
+
+/// Model names get the default tag `latest` (types/model/name.go).
+pub fn normalize(name: &str) -> String {
+    let last = name.rsplit('/').next().unwrap_or(name);
+    if last.contains(':') {
+        name.to_string()
+    } else {
+        format!("{name}:latest")
+    }
+}

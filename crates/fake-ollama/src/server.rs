@@ -1,0 +1,894 @@
+//! HTTP side of the emulator: Ollama's routes (server/routes.go), a control API under /_fake/,
+//! fault injection, and restarts.
+
+use crate::golang::{human_bytes2, Keep};
+use crate::{normalize, CpuReason, Emulator, Expiry, Fault, FaultKind, LocalModel, LogFormat, Runner, RunnerOptions};
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::Router;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone)]
+struct App {
+    emu: Arc<Emulator>,
+    ctl: Arc<Ctl>,
+}
+
+struct Ctl {
+    restart: Notify,
+    down: std::sync::Mutex<Duration>,
+    shutdown: CancellationToken,
+}
+
+/// A running emulator.
+pub struct Handle {
+    pub addr: SocketAddr,
+    pub emu: Arc<Emulator>,
+    ctl: Arc<Ctl>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Handle {
+    /// Base URL, e.g. `http://127.0.0.1:40123`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Emulates `ollama serve` being restarted: connections are refused for `down`, every loaded
+    /// runner is gone, and the startup log (with GPU discovery) is written again.
+    pub fn restart(&self, down: Duration) {
+        *self.ctl.down.lock().unwrap_or_else(|p| p.into_inner()) = down;
+        self.ctl.restart.notify_one();
+    }
+
+    /// Stops serving and waits for the server task.
+    pub async fn shutdown(self) {
+        self.ctl.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
+    }
+
+    /// Resolves when the server stops (Ctrl-C in the binary, or shutdown()).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.ctl.shutdown.clone()
+    }
+}
+
+/// Binds `addr` (port 0 picks one) and serves until shutdown.
+pub async fn spawn(config: crate::Config, addr: SocketAddr) -> std::io::Result<Handle> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let emu = Emulator::new(config);
+    let ctl = Arc::new(Ctl { restart: Notify::new(), down: std::sync::Mutex::new(Duration::ZERO), shutdown: CancellationToken::new() });
+    let app = App { emu: emu.clone(), ctl: ctl.clone() };
+    let sweeper = {
+        let emu = emu.clone();
+        let stop = ctl.shutdown.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => emu.sweep(Instant::now()),
+                }
+            }
+        }
+    };
+    tokio::spawn(sweeper);
+    let task = tokio::spawn(run(listener, addr, app));
+    Ok(Handle { addr, emu, ctl, task })
+}
+
+async fn run(first: TcpListener, addr: SocketAddr, app: App) {
+    let mut listener = Some(first);
+    loop {
+        let l = match listener.take() {
+            Some(l) => l,
+            None => loop {
+                match TcpListener::bind(addr).await {
+                    Ok(l) => break l,
+                    Err(_) if !app.ctl.shutdown.is_cancelled() => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Err(_) => return,
+                }
+            },
+        };
+        startup_log(&app.emu, addr);
+        let stop = CancellationToken::new();
+        let server = {
+            let stop = stop.clone();
+            let router = router(app.clone());
+            tokio::spawn(async move {
+                let _ = axum::serve(l, router).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+            })
+        };
+        let restarting = tokio::select! {
+            _ = app.ctl.restart.notified() => true,
+            _ = app.ctl.shutdown.cancelled() => false,
+        };
+        stop.cancel();
+        // In-flight requests (a hang fault) must not hold the restart: give them a moment only.
+        let _ = tokio::time::timeout(Duration::from_millis(200), server).await;
+        if !restarting {
+            return;
+        }
+        app.emu.drop_all_runners();
+        let down = *app.ctl.down.lock().unwrap_or_else(|p| p.into_inner());
+        tokio::time::sleep(down).await;
+    }
+}
+
+/// The lines `ollama serve` prints at start (server/routes.go Serve, discover/).
+fn startup_log(emu: &Arc<Emulator>, addr: SocketAddr) {
+    let c = &emu.config;
+    emu.log(
+        "INFO",
+        "routes.go:1544",
+        "server config",
+        &format!(
+            "env=\"map[OLLAMA_CONTEXT_LENGTH:{} OLLAMA_HOST:http://{} OLLAMA_KEEP_ALIVE:{} OLLAMA_MAX_LOADED_MODELS:{} OLLAMA_NUM_PARALLEL:1]\"",
+            c.context_length,
+            addr,
+            c.default_keep_alive.go_string(),
+            c.max_loaded
+        ),
+    );
+    emu.log("INFO", "routes.go:1597", &format!("Listening on {addr} (version {})", c.profile.version), "");
+    // Discovery runs after the listener is up, so the API answers before the GPU line appears.
+    let emu = emu.clone();
+    let delay = c.scaled(Duration::from_millis(1500));
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        discovery_log(&emu);
+    });
+}
+
+fn discovery_log(emu: &Emulator) {
+    let c = &emu.config;
+    let total = human_bytes2(c.profile.total_memory);
+    let gpu = c.profile.gpu.as_ref().filter(|_| c.cpu_only.is_none());
+    emu.log("INFO", "runner.go:67", "discovering available GPUs...", "");
+    match (gpu, c.log_format) {
+        (Some(g), LogFormat::Current) => emu.log(
+            "INFO",
+            "types.go:60",
+            "inference compute",
+            &format!(
+                "id={} filter_id=\"\" library=CUDA compute={} name={} description={} libdirs={} driver={} pci_id={} type={} total=\"{}\" available=\"{}\"",
+                g.id, g.compute, g.name, g.description, g.libdirs, g.driver, g.pci_id, g.kind, total, human_bytes2(c.profile.gpu_available)
+            ),
+        ),
+        (Some(g), LogFormat::Legacy) => emu.log(
+            "INFO",
+            "types.go:107",
+            "inference compute",
+            &format!(
+                "id={} library=cuda variant=jetpack6 compute={} driver={} name={} total=\"{}\" available=\"{}\"",
+                g.id, g.compute, g.driver, g.description, total, human_bytes2(c.profile.gpu_available)
+            ),
+        ),
+        (None, fmt) => {
+            if c.cpu_only == Some(CpuReason::CudaInit) {
+                emu.raw_log("ggml_cuda_init: failed to initialize CUDA: system has unsupported display driver / cuda driver combination".into());
+            }
+            if fmt == LogFormat::Legacy {
+                emu.log("INFO", "gpu.go:377", "no compatible GPUs were discovered", "");
+                emu.log(
+                    "INFO",
+                    "types.go:130",
+                    "inference compute",
+                    &format!("id=0 library=cpu variant=\"\" compute=\"\" driver=0.0 name=\"\" total=\"{total}\" available=\"{}\"", human_bytes2(c.profile.system_available)),
+                );
+            } else {
+                emu.log(
+                    "INFO",
+                    "types.go:60",
+                    "inference compute",
+                    &format!(
+                        "id=cpu library=cpu compute=\"\" name=cpu description=cpu libdirs=ollama driver=\"\" pci_id=\"\" type=\"\" total=\"{total}\" available=\"{}\"",
+                        human_bytes2(c.profile.system_available)
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn router(app: App) -> Router {
+    Router::new()
+        .route("/", get(|| async { "Ollama is running" }).head(|| async { "" }))
+        .route("/api/version", get(version))
+        .route("/api/tags", get(tags))
+        .route("/api/ps", get(ps))
+        .route("/api/show", post(show))
+        .route("/api/generate", post(generate))
+        .route("/api/chat", post(chat))
+        .route("/api/pull", post(pull))
+        .route("/api/create", post(create))
+        .route("/api/delete", any(delete))
+        .route("/_fake/fault", post(ctl_fault))
+        .route("/_fake/evict", post(ctl_evict))
+        .route("/_fake/restart", post(ctl_restart))
+        .route("/_fake/reset-memory", post(ctl_reset_memory))
+        .route("/_fake/state", get(ctl_state))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found") })
+        .layer(middleware::from_fn_with_state(app.clone(), faults))
+        .with_state(app)
+}
+
+fn err(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": msg.into() }))).into_response()
+}
+
+/// Applies armed faults and counts requests.
+async fn faults(State(app): State<App>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    if path.starts_with("/_fake/") {
+        return next.run(req).await;
+    }
+    let fault = {
+        let mut st = app.emu.lock();
+        *st.counters.requests.entry(path.clone()).or_default() += 1;
+        let idx = st.faults.iter().position(|f| {
+            f.kind != FaultKind::PullFailure && f.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
+        });
+        idx.and_then(|i| st.faults.remove(i))
+    };
+    match fault.map(|f| f.kind) {
+        None | Some(FaultKind::PullFailure) => next.run(req).await,
+        Some(FaultKind::Status500) => err(StatusCode::INTERNAL_SERVER_ERROR, "an error was encountered while running the model: unexpected EOF"),
+        Some(FaultKind::Busy503) => err(StatusCode::SERVICE_UNAVAILABLE, "server busy, please try again.  maximum pending requests exceeded"),
+        Some(FaultKind::Hang) => {
+            std::future::pending::<()>().await;
+            unreachable_response()
+        }
+        Some(FaultKind::Reset) => {
+            let s = futures_util::stream::iter(vec![Err::<Bytes, std::io::Error>(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "fault: reset"))]);
+            Response::builder().status(200).header("content-type", "application/json").body(Body::from_stream(s)).unwrap_or_else(|_| unreachable_response())
+        }
+        Some(FaultKind::Slow(d)) => {
+            tokio::time::sleep(d).await;
+            next.run(req).await
+        }
+    }
+}
+
+fn unreachable_response() -> Response {
+    StatusCode::INTERNAL_SERVER_ERROR.into_response()
+}
+
+/// Decodes a JSON body the way gin's ShouldBindJSON fails: empty -> "missing request body".
+fn body_json(body: &Bytes) -> Result<Value, Response> {
+    if body.is_empty() {
+        return Err(err(StatusCode::BAD_REQUEST, "missing request body"));
+    }
+    serde_json::from_slice(body).map_err(|e| err(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+fn now_rfc3339() -> String {
+    rfc3339(OffsetDateTime::now_utc())
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+async fn version(State(app): State<App>) -> Response {
+    axum::Json(json!({ "version": app.emu.config.profile.version })).into_response()
+}
+
+fn details(spec: &crate::ModelSpec) -> Value {
+    json!({
+        "parent_model": "",
+        "format": "gguf",
+        "family": spec.family,
+        "families": [spec.family],
+        "parameter_size": spec.parameter_size,
+        "quantization_level": spec.quantization,
+    })
+}
+
+async fn tags(State(app): State<App>) -> Response {
+    let st = app.emu.lock();
+    let mut models: Vec<(&String, &LocalModel)> = st.local.iter().collect();
+    // server/routes.go ListHandler: most recently modified first.
+    models.sort_by(|a, b| b.1.modified_at.cmp(&a.1.modified_at));
+    let list: Vec<Value> = models
+        .into_iter()
+        .map(|(name, m)| {
+            json!({
+                "name": name, "model": name, "modified_at": rfc3339(m.modified_at),
+                "size": m.spec.disk_size, "digest": m.spec.digest, "details": details(&m.spec),
+            })
+        })
+        .collect();
+    axum::Json(json!({ "models": list })).into_response()
+}
+
+/// GET /api/ps (server/routes.go PsHandler): latest expiry first; keep_alive < 0 shows
+/// now + math.MaxInt64 ns (year 2318).
+async fn ps(State(app): State<App>) -> Response {
+    let st = app.emu.lock();
+    let mut rows: Vec<(OffsetDateTime, Value)> = st
+        .loaded
+        .values()
+        .map(|r| {
+            let exp = match r.expiry {
+                Expiry::At(_, wall) => wall,
+                Expiry::Never => forever_from(OffsetDateTime::now_utc()),
+            };
+            let v = json!({
+                "name": r.name, "model": r.name, "size": r.size, "digest": r.spec.digest,
+                "details": details(&r.spec), "expires_at": rfc3339(exp), "size_vram": r.size_vram,
+                "context_length": r.options.num_ctx,
+            });
+            (exp, v)
+        })
+        .collect();
+    rows.sort_by(|a, b| b.0.cmp(&a.0));
+    axum::Json(json!({ "models": rows.into_iter().map(|r| r.1).collect::<Vec<_>>() })).into_response()
+}
+
+fn forever_from(t: OffsetDateTime) -> OffsetDateTime {
+    t.checked_add(time::Duration::nanoseconds(i64::MAX)).unwrap_or(t)
+}
+
+async fn show(State(app): State<App>, body: Bytes) -> Response {
+    let v = match body_json(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let model = v.get("model").or_else(|| v.get("name")).and_then(Value::as_str).unwrap_or("");
+    let st = app.emu.lock();
+    let Some(m) = st.local.get(&normalize(model)) else {
+        return err(StatusCode::NOT_FOUND, format!("model '{model}' not found"));
+    };
+    let params = m.spec.num_ctx.map(|n| format!("num_ctx                        {n}")).unwrap_or_default();
+    let mut modelfile = format!("# Modelfile generated by \"ollama show\"\nFROM /usr/share/ollama/.ollama/models/blobs/sha256-{}\n", m.spec.digest);
+    if let Some(n) = m.spec.num_ctx {
+        modelfile.push_str(&format!("PARAMETER num_ctx {n}\n"));
+    }
+    axum::Json(json!({
+        "modelfile": modelfile, "parameters": params, "template": "{{ .Prompt }}",
+        "details": details(&m.spec), "model_info": { "general.architecture": m.spec.family, "general.parameter_count": 0 },
+        "capabilities": ["completion"], "modified_at": rfc3339(m.modified_at),
+    }))
+    .into_response()
+}
+
+fn runner_options(v: &Value, spec: &crate::ModelSpec, cfg: &crate::Config) -> RunnerOptions {
+    let o = v.get("options").cloned().unwrap_or(Value::Null);
+    let u = |k: &str| o.get(k).and_then(Value::as_u64);
+    let i = |k: &str| o.get(k).and_then(Value::as_i64);
+    RunnerOptions {
+        // Model PARAMETER num_ctx beats OLLAMA_CONTEXT_LENGTH; a request option beats both.
+        num_ctx: u("num_ctx").unwrap_or(spec.num_ctx.unwrap_or(cfg.context_length)).max(4),
+        num_batch: u("num_batch").unwrap_or(512),
+        num_gpu: i("num_gpu").unwrap_or(-1),
+        main_gpu: i("main_gpu").unwrap_or(0),
+        use_mmap: o.get("use_mmap").and_then(Value::as_bool),
+        num_thread: i("num_thread").unwrap_or(0),
+    }
+}
+
+/// What a request gets from the scheduler.
+struct Acquired {
+    cold_load: Option<Duration>,
+    size: u64,
+    size_vram: u64,
+}
+
+/// Releases the runner when the request ends, even if the client went away mid-stream.
+struct Busy {
+    emu: Arc<Emulator>,
+    name: String,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        release(&self.emu, &self.name);
+    }
+}
+
+/// After a request finishes the expiry timer starts (server/sched.go processCompleted):
+/// keep_alive 0 unloads at once, negative never expires.
+fn release(emu: &Emulator, name: &str) {
+    let mut st = emu.lock();
+    let Some(r) = st.loaded.get_mut(name) else { return };
+    r.refcount = r.refcount.saturating_sub(1);
+    if r.refcount > 0 {
+        return;
+    }
+    match r.keep {
+        Keep::Forever => r.expiry = Expiry::Never,
+        Keep::For(d) if d.is_zero() => {
+            st.loaded.remove(name);
+            emu.note_unload(&mut st, name, "keep_alive 0");
+        }
+        Keep::For(d) => {
+            let wall = OffsetDateTime::now_utc() + d;
+            r.expiry = Expiry::At(Instant::now() + d, wall);
+        }
+    }
+}
+
+/// The scheduler's part of a request (server/sched.go GetRunner/processPending/load).
+async fn acquire(emu: &Arc<Emulator>, name: &str, opts: RunnerOptions, keep: Option<Keep>) -> Result<Acquired, Response> {
+    let _one_load_at_a_time = emu.load_lock.lock().await;
+    let cfg = &emu.config;
+    let (spec, size, size_vram) = {
+        let mut st = emu.lock();
+        emu.check_drop_caches(&mut st);
+        if let Some(r) = st.loaded.get_mut(name) {
+            if r.options == opts {
+                // useLoadedRunner: a request that carries keep_alive replaces the timer.
+                r.refcount += 1;
+                if let Some(k) = keep {
+                    r.keep = k;
+                }
+                return Ok(Acquired { cold_load: None, size: r.size, size_vram: r.size_vram });
+            }
+            // needsReload: different runner options -> unload and load again.
+            st.loaded.remove(name);
+            st.counters.reloads_for_options += 1;
+            emu.note_unload(&mut st, name, "runner options changed");
+        }
+        let Some(spec) = st.local.get(name).map(|m| m.spec.clone()) else {
+            return Err(err(StatusCode::NOT_FOUND, format!("model \"{name}\" not found, try pulling it first")));
+        };
+        let size = spec.size_at(opts.num_ctx);
+        // OLLAMA_MAX_LOADED_MODELS, then memory: evict idle runners, soonest expiry first.
+        loop {
+            let used_sys: u64 = st.loaded.values().map(|r| r.size).sum();
+            let over_count = st.loaded.len() >= cfg.effective_max_loaded();
+            let over_mem = used_sys + size > cfg.profile.system_available;
+            if !(over_count || over_mem) {
+                break;
+            }
+            let victim = st
+                .loaded
+                .values()
+                .filter(|r| r.refcount == 0)
+                .min_by_key(|r| match r.expiry {
+                    Expiry::At(t, _) => Some(t),
+                    Expiry::Never => None,
+                }.map_or(u128::MAX, |t| t.duration_since(Instant::now()).as_nanos()))
+                .map(|r| r.name.clone());
+            match victim {
+                Some(v) => {
+                    st.loaded.remove(&v);
+                    emu.note_unload(&mut st, &v, "evicted to make room");
+                }
+                None => break,
+            }
+        }
+        // llm/memory.go + llm/server.go: a model larger than system memory cannot load at all.
+        if size > cfg.profile.system_available {
+            let msg = format!(
+                "model requires more system memory ({}) than is available ({})",
+                human_bytes2(size),
+                human_bytes2(cfg.profile.system_available)
+            );
+            emu.log("WARN", "server.go:1020", "model request too large for system", &format!("requested=\"{}\" available=\"{}\"", human_bytes2(size), human_bytes2(cfg.profile.system_available)));
+            return Err(err(StatusCode::INTERNAL_SERVER_ERROR, msg));
+        }
+        let gpu_ok = cfg.profile.gpu.is_some() && cfg.cpu_only.is_none() && opts.num_gpu != 0;
+        let gpu_used: u64 = st.loaded.values().map(|r| r.size_vram).sum();
+        let gpu_free = cfg.profile.gpu_available.saturating_sub(gpu_used);
+        // Layer-wise split: whole layers go to the GPU while they fit (llm/memory.go).
+        let size_vram = if !gpu_ok {
+            0
+        } else if size <= gpu_free {
+            size
+        } else {
+            let per_layer = size / (spec.layers as u64 + 1);
+            (gpu_free / per_layer.max(1)) * per_layer
+        };
+        if st.fragmented {
+            st.counters.oom_failures += 1;
+            let text = format!("{}: cudaMalloc failed: out of memory", terminated_prefix(&cfg.profile.version));
+            emu.raw_log(format!("ggml_backend_cuda_buffer_type_alloc_buffer: allocating {:.2} MiB on device 0: cudaMalloc failed: out of memory", 180.0));
+            emu.raw_log("NvMapMemAllocInternalTagged: 1075072515 error 12".into());
+            emu.log("ERROR", "sched.go:489", "error loading llama server", &format!("error={text:?}"));
+            // server/sched.go: after an allocation failure Ollama expires every runner.
+            let names: Vec<String> = st.loaded.keys().cloned().collect();
+            for n in names {
+                st.loaded.remove(&n);
+                emu.note_unload(&mut st, &n, "runtime out of memory");
+            }
+            return Err(err(StatusCode::INTERNAL_SERVER_ERROR, text));
+        }
+        (spec, size, size_vram)
+    };
+    emu.log(
+        "INFO",
+        "server.go:1322",
+        "starting llama server",
+        &format!("model={name} ctx={} gpu_layers={}", opts.num_ctx, if size_vram == 0 { 0 } else { spec.layers + 1 }),
+    );
+    let load = spec.load_time;
+    tokio::time::sleep(cfg.scaled(load)).await;
+    let per_layer = size / (spec.layers as u64 + 1);
+    let gpu_layers = if size_vram >= size { spec.layers + 1 } else { (size_vram / per_layer.max(1)) as u32 };
+    emu.raw_log(format!("load_tensors: offloaded {}/{} layers to GPU", gpu_layers, spec.layers + 1));
+    emu.log("INFO", "server.go:1288", &format!("{} started in {:.2} seconds", runner_word(&cfg.profile.version), load.as_secs_f64()), "");
+    let mut st = emu.lock();
+    st.counters.loads += 1;
+    st.loaded.insert(
+        name.to_string(),
+        Runner {
+            name: name.to_string(),
+            spec,
+            size,
+            size_vram,
+            options: opts,
+            keep: keep.unwrap_or(cfg.default_keep_alive),
+            expiry: Expiry::Never,
+            refcount: 1,
+        },
+    );
+    if cfg.fragile_memory {
+        emu.write_memory_state(crate::MemState::Loaded);
+    }
+    Ok(Acquired { cold_load: Some(load), size, size_vram })
+}
+
+/// Ollama 0.30 switched from its own runner to llama.cpp's llama-server; the words changed too.
+fn runner_word(version: &str) -> &'static str {
+    if version_at_least(version, 0, 30) {
+        "llama-server"
+    } else {
+        "llama runner"
+    }
+}
+
+fn terminated_prefix(version: &str) -> String {
+    format!("{} process has terminated", runner_word(version))
+}
+
+fn version_at_least(v: &str, major: u64, minor: u64) -> bool {
+    let mut it = v.split(|c: char| c == '.' || c == '-').map(|p| p.parse::<u64>().unwrap_or(0));
+    let (a, b) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    Generate,
+    Chat,
+}
+
+async fn generate(State(app): State<App>, body: Bytes) -> Response {
+    complete(app, body, Shape::Generate).await
+}
+
+async fn chat(State(app): State<App>, body: Bytes) -> Response {
+    complete(app, body, Shape::Chat).await
+}
+
+/// /api/generate and /api/chat (server/routes.go GenerateHandler / ChatHandler).
+async fn complete(app: App, body: Bytes, shape: Shape) -> Response {
+    let v = match body_json(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let model = v.get("model").and_then(Value::as_str).unwrap_or("").to_string();
+    if model.is_empty() {
+        return err(StatusCode::BAD_REQUEST, "model is required");
+    }
+    let keep = match v.get("keep_alive") {
+        None | Some(Value::Null) => None,
+        Some(k) => match Keep::from_json(k) {
+            Ok(k) => Some(k),
+            Err(e) => return err(StatusCode::BAD_REQUEST, e),
+        },
+    };
+    let prompt: String = match shape {
+        Shape::Generate => v.get("prompt").and_then(Value::as_str).unwrap_or("").to_string(),
+        Shape::Chat => v
+            .get("messages")
+            .and_then(Value::as_array)
+            .map(|m| m.iter().filter_map(|x| x.get("content").and_then(Value::as_str)).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default(),
+    };
+    let empty = match shape {
+        Shape::Generate => prompt.is_empty(),
+        Shape::Chat => v.get("messages").and_then(Value::as_array).is_none_or(|m| m.is_empty()),
+    };
+    let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(true);
+    let name = normalize(&model);
+    let emu = app.emu.clone();
+    let spec = {
+        let st = emu.lock();
+        match st.local.get(&name) {
+            Some(m) => m.spec.clone(),
+            None => return err(StatusCode::NOT_FOUND, format!("model '{model}' not found")),
+        }
+    };
+    let model_for_base = model.clone();
+    let base = move |reason: &str| {
+        let mut r = json!({ "model": model_for_base, "created_at": now_rfc3339(), "done": true, "done_reason": reason });
+        match shape {
+            Shape::Generate => r["response"] = json!(""),
+            Shape::Chat => r["message"] = json!({ "role": "assistant", "content": "" }),
+        }
+        r
+    };
+    // An empty request with keep_alive 0 unloads without loading first.
+    if empty && keep == Some(Keep::For(Duration::ZERO)) {
+        let mut st = emu.lock();
+        if st.loaded.get(&name).is_some_and(|r| r.refcount == 0) {
+            st.loaded.remove(&name);
+            emu.note_unload(&mut st, &name, "keep_alive 0");
+        }
+        return axum::Json(base("unload")).into_response();
+    }
+    let opts = runner_options(&v, &spec, &emu.config);
+    let num_predict = v.get("options").and_then(|o| o.get("num_predict")).and_then(Value::as_i64).unwrap_or(24).clamp(1, 4096) as u64;
+    let acq = match acquire(&emu, &name, opts, keep).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let busy = Busy { emu: emu.clone(), name: name.clone() };
+    if empty {
+        drop(busy);
+        return axum::Json(base("load")).into_response();
+    }
+    // Generation speed follows placement: GPU share of layers at GPU speed, the rest at CPU speed.
+    let gpu_share = if acq.size == 0 { 0.0 } else { acq.size_vram as f64 / acq.size as f64 };
+    let tok_s = if gpu_share >= 1.0 { spec.gpu_tok_s } else { spec.cpu_tok_s * (1.0 - gpu_share) + spec.gpu_tok_s * gpu_share * 0.5 };
+    let per_token = Duration::from_secs_f64(1.0 / tok_s.max(0.1));
+    let prompt_tokens = prompt.split_whitespace().count() as u64 + 8;
+    let prompt_eval = Duration::from_secs_f64(prompt_tokens as f64 / (tok_s * 20.0));
+    let load = acq.cold_load.unwrap_or(Duration::from_millis(3));
+    let scale = emu.config.time_scale;
+    let final_line = move |text: &str| {
+        let eval = per_token * num_predict as u32;
+        let mut r = base(if num_predict >= 24 { "length" } else { "stop" });
+        match shape {
+            Shape::Generate => r["response"] = json!(text),
+            Shape::Chat => r["message"] = json!({ "role": "assistant", "content": text }),
+        }
+        r["total_duration"] = json!((load + prompt_eval + eval).as_nanos() as u64);
+        r["load_duration"] = json!(load.as_nanos() as u64);
+        r["prompt_eval_count"] = json!(prompt_tokens);
+        r["prompt_eval_duration"] = json!(prompt_eval.as_nanos() as u64);
+        r["eval_count"] = json!(num_predict);
+        r["eval_duration"] = json!(eval.as_nanos() as u64);
+        r
+    };
+    let words = ["The", " Orin", " keeps", " the", " model", " warm", "."];
+    if !stream {
+        tokio::time::sleep((prompt_eval + per_token * num_predict as u32).mul_f64(scale)).await;
+        let text: String = (0..num_predict).map(|i| words[i as usize % words.len()]).collect();
+        drop(busy);
+        return axum::Json(final_line(&text)).into_response();
+    }
+    let model2 = model.clone();
+    let st = futures_util::stream::unfold(0u64, move |i| {
+        let model = model2.clone();
+        let final_line = final_line.clone();
+        async move {
+            if i > num_predict {
+                return None;
+            }
+            if i == 0 {
+                tokio::time::sleep(prompt_eval.mul_f64(scale)).await;
+            }
+            let line = if i == num_predict {
+                let mut f = final_line("");
+                if shape == Shape::Chat {
+                    f["message"] = json!({ "role": "assistant", "content": "" });
+                }
+                f
+            } else {
+                tokio::time::sleep(per_token.mul_f64(scale)).await;
+                let w = words[i as usize % words.len()];
+                match shape {
+                    Shape::Generate => json!({ "model": model, "created_at": now_rfc3339(), "response": w, "done": false }),
+                    Shape::Chat => json!({ "model": model, "created_at": now_rfc3339(), "message": { "role": "assistant", "content": w }, "done": false }),
+                }
+            };
+            Some((Ok::<Bytes, std::io::Error>(Bytes::from(format!("{line}\n"))), i + 1))
+        }
+    });
+    // Keep `busy` alive until the stream is dropped.
+    let st = futures_util::StreamExt::map(st, move |x| {
+        let _ = &busy;
+        x
+    });
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/x-ndjson")
+        .body(Body::from_stream(st))
+        .unwrap_or_else(|_| unreachable_response())
+}
+
+/// Turns a list of progress lines into Ollama's streamed (or final-only) answer.
+fn progress_response(lines: Vec<Value>, stream: bool, delay: Duration) -> Response {
+    if !stream {
+        let last = lines.last().cloned().unwrap_or(json!({}));
+        if let Some(e) = last.get("error").and_then(Value::as_str) {
+            return err(StatusCode::INTERNAL_SERVER_ERROR, e);
+        }
+        return axum::Json(last).into_response();
+    }
+    let s = futures_util::stream::unfold(lines.into_iter(), move |mut it| async move {
+        let v = it.next()?;
+        tokio::time::sleep(delay).await;
+        Some((Ok::<Bytes, std::io::Error>(Bytes::from(format!("{v}\n"))), it))
+    });
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/x-ndjson")
+        .body(Body::from_stream(s))
+        .unwrap_or_else(|_| unreachable_response())
+}
+
+/// The lines of a pull (server/images.go PullModel), and whether it succeeds.
+fn pull_lines(emu: &Emulator, name: &str, lines: &mut Vec<Value>) -> bool {
+    lines.push(json!({ "status": "pulling manifest" }));
+    let fail = {
+        let mut st = emu.lock();
+        let i = st.faults.iter().position(|f| f.kind == FaultKind::PullFailure);
+        i.and_then(|i| st.faults.remove(i)).is_some()
+    };
+    let Some(spec) = emu.config.profile.registry_model(name).cloned() else {
+        lines.push(json!({ "error": "pull model manifest: file does not exist" }));
+        return false;
+    };
+    let digest = format!("sha256:{}", spec.digest);
+    let total = spec.disk_size;
+    for k in 0..=4u64 {
+        if fail && k == 2 {
+            lines.push(json!({ "error": format!("max retries exceeded: Get \"https://registry.ollama.ai/v2/library/{}/blobs/{digest}\": read: connection reset by peer", spec.name.split(':').next().unwrap_or("")) }));
+            return false;
+        }
+        lines.push(json!({ "status": format!("pulling {}", &spec.digest[..12]), "digest": digest, "total": total, "completed": total / 4 * k }));
+    }
+    lines.push(json!({ "status": "verifying sha256 digest" }));
+    lines.push(json!({ "status": "writing manifest" }));
+    let mut st = emu.lock();
+    st.local.insert(name.to_string(), LocalModel { spec, modified_at: OffsetDateTime::now_utc() });
+    true
+}
+
+async fn pull(State(app): State<App>, body: Bytes) -> Response {
+    let v = match body_json(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let model = v.get("model").or_else(|| v.get("name")).and_then(Value::as_str).unwrap_or("");
+    if model.is_empty() {
+        return err(StatusCode::BAD_REQUEST, "model is required");
+    }
+    let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(true);
+    let mut lines = Vec::new();
+    if pull_lines(&app.emu, &normalize(model), &mut lines) {
+        lines.push(json!({ "status": "success" }));
+    }
+    let n = lines.len().max(1) as u32;
+    progress_response(lines, stream, app.emu.config.scaled(Duration::from_secs(8)) / n)
+}
+
+/// POST /api/create with `from` and `parameters` (server/create.go). A missing base is pulled.
+async fn create(State(app): State<App>, body: Bytes) -> Response {
+    let v = match body_json(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let model = v.get("model").or_else(|| v.get("name")).and_then(Value::as_str).unwrap_or("");
+    if model.is_empty() {
+        return err(StatusCode::BAD_REQUEST, "model is required");
+    }
+    let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(true);
+    let Some(from) = v.get("from").and_then(Value::as_str) else {
+        return err(StatusCode::BAD_REQUEST, "neither 'from' or 'files' was specified");
+    };
+    let from = normalize(from);
+    let mut lines = Vec::new();
+    let have = app.emu.lock().local.contains_key(&from);
+    if !have && !pull_lines(&app.emu, &from, &mut lines) {
+        return progress_response(lines, stream, Duration::from_millis(5));
+    }
+    let mut spec = match app.emu.lock().local.get(&from) {
+        Some(m) => m.spec.clone(),
+        None => return err(StatusCode::NOT_FOUND, format!("model '{from}' not found")),
+    };
+    let params = v.get("parameters").cloned().unwrap_or(json!({}));
+    if let Some(n) = params.get("num_ctx") {
+        match n.as_u64() {
+            Some(n) => spec.num_ctx = Some(n),
+            None => return err(StatusCode::BAD_REQUEST, format!("invalid int value [{n}]")),
+        }
+    }
+    let name = normalize(model);
+    lines.push(json!({ "status": format!("using existing layer sha256:{}", spec.digest) }));
+    spec.name = name.clone();
+    spec.digest = format!("{:064x}", crate::profile::fnv(&format!("{name}{params}")));
+    lines.push(json!({ "status": format!("creating new layer sha256:{:064x}", crate::profile::fnv(&params.to_string())) }));
+    lines.push(json!({ "status": "writing manifest" }));
+    lines.push(json!({ "status": "success" }));
+    app.emu.lock().local.insert(name, LocalModel { spec, modified_at: OffsetDateTime::now_utc() });
+    progress_response(lines, stream, app.emu.config.scaled(Duration::from_millis(200)))
+}
+
+async fn delete(State(app): State<App>, method: Method, body: Bytes) -> Response {
+    if method != Method::DELETE {
+        return (StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed").into_response();
+    }
+    let v = match body_json(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let model = v.get("model").or_else(|| v.get("name")).and_then(Value::as_str).unwrap_or("");
+    let removed = app.emu.lock().local.remove(&normalize(model)).is_some();
+    if removed {
+        StatusCode::OK.into_response()
+    } else {
+        err(StatusCode::NOT_FOUND, format!("model '{model}' not found"))
+    }
+}
+
+// ---- control API (not part of Ollama) ----
+
+async fn ctl_fault(State(app): State<App>, body: Bytes) -> Response {
+    let v: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
+    let kind = match v.get("kind").and_then(Value::as_str).unwrap_or("") {
+        "500" | "status500" => FaultKind::Status500,
+        "503" | "busy" => FaultKind::Busy503,
+        "hang" => FaultKind::Hang,
+        "reset" => FaultKind::Reset,
+        "slow" => FaultKind::Slow(Duration::from_millis(v.get("delay_ms").and_then(Value::as_u64).unwrap_or(1000))),
+        "pull-failure" => FaultKind::PullFailure,
+        other => return err(StatusCode::BAD_REQUEST, format!("unknown fault kind {other:?}: use 500, 503, hang, reset, slow, pull-failure")),
+    };
+    let count = v.get("count").and_then(Value::as_u64).unwrap_or(1);
+    let path_prefix = v.get("path").and_then(Value::as_str).map(str::to_string);
+    for _ in 0..count {
+        app.emu.inject(Fault { kind, path_prefix: path_prefix.clone() });
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn ctl_evict(State(app): State<App>, body: Bytes) -> Response {
+    let v: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
+    let evicted = app.emu.evict(v.get("model").and_then(Value::as_str));
+    axum::Json(json!({ "evicted": evicted })).into_response()
+}
+
+async fn ctl_restart(State(app): State<App>, body: Bytes) -> Response {
+    let v: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
+    *app.ctl.down.lock().unwrap_or_else(|p| p.into_inner()) = Duration::from_millis(v.get("down_ms").and_then(Value::as_u64).unwrap_or(500));
+    app.ctl.restart.notify_one();
+    StatusCode::ACCEPTED.into_response()
+}
+
+async fn ctl_reset_memory(State(app): State<App>) -> Response {
+    app.emu.reset_memory();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn ctl_state(State(app): State<App>) -> Response {
+    let c = app.emu.counters();
+    let st = app.emu.lock();
+    axum::Json(json!({
+        "counters": c, "fragmented": st.fragmented,
+        "loaded": st.loaded.keys().collect::<Vec<_>>(), "local": st.local.keys().collect::<Vec<_>>(),
+    }))
+    .into_response()
+}
