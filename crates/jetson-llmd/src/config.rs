@@ -1,0 +1,258 @@
+//! /etc/jetson-llmd/config.toml: parse (toml, line numbers) -> merge with compiled-in defaults ->
+//! validate into [`Settings`]. Every key is optional; the defaults below are documented again in
+//! etc/jetson-llmd/config.toml.
+
+use crate::model_name::ModelName;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_CONFIG: &str = "/etc/jetson-llmd/config.toml";
+pub const DEFAULT_MODEL_CONF: &str = "/etc/ollama/model.conf";
+
+/// The file as written, before defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub keepalive_interval: Option<String>,
+    pub expected_compute: Option<String>,
+    pub min_gpu_percent: Option<u8>,
+    pub ollama_bin: Option<PathBuf>,
+    pub startup_timeout: Option<String>,
+    pub gpu_discovery_timeout: Option<String>,
+    pub load_timeout: Option<String>,
+    pub request_timeout: Option<String>,
+    pub retry_max_backoff: Option<String>,
+    pub on_reboot_required: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub allow_remote_ollama: Option<bool>,
+    #[serde(default)]
+    pub models: BTreeMap<String, RawDerived>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDerived {
+    pub from: String,
+    pub num_ctx: Option<u64>,
+}
+
+/// A model created from a base with parameters (the seed's Modelfile).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Derived {
+    pub from: ModelName,
+    pub num_ctx: Option<NonZeroU64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRebootRequired {
+    /// Say so (status, STATUS=, exit code 4) and wait for a human.
+    Report,
+    /// Reboot the machine through systemd.
+    Reboot,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Settings {
+    #[serde(with = "humantime_serde_like")]
+    pub keepalive_interval: Duration,
+    pub expected_compute: String,
+    pub min_gpu_percent: u8,
+    pub ollama_bin: PathBuf,
+    #[serde(with = "humantime_serde_like")]
+    pub startup_timeout: Duration,
+    #[serde(with = "humantime_serde_like")]
+    pub gpu_discovery_timeout: Duration,
+    #[serde(with = "humantime_serde_like")]
+    pub load_timeout: Duration,
+    #[serde(with = "humantime_serde_like")]
+    pub request_timeout: Duration,
+    #[serde(with = "humantime_serde_like")]
+    pub retry_max_backoff: Duration,
+    pub on_reboot_required: OnRebootRequired,
+    pub state_dir: PathBuf,
+    pub allow_remote_ollama: bool,
+    pub models: BTreeMap<String, Derived>,
+}
+
+mod humantime_serde_like {
+    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let mut models = BTreeMap::new();
+        // The seed's Modelfile: FROM gemma4:e2b-it-qat, PARAMETER num_ctx 8192.
+        if let (Ok(name), Ok(from)) = (ModelName::parse("gemma4:e2b-8k"), ModelName::parse("gemma4:e2b-it-qat")) {
+            models.insert(name.full(), Derived { from, num_ctx: NonZeroU64::new(8192) });
+        }
+        Settings {
+            keepalive_interval: Duration::from_secs(240),
+            expected_compute: "8.7".into(),
+            min_gpu_percent: 100,
+            ollama_bin: PathBuf::from("/usr/local/bin/ollama"),
+            startup_timeout: Duration::from_secs(120),
+            gpu_discovery_timeout: Duration::from_secs(30),
+            load_timeout: Duration::from_secs(360),
+            request_timeout: Duration::from_secs(10),
+            retry_max_backoff: Duration::from_secs(300),
+            on_reboot_required: OnRebootRequired::Report,
+            state_dir: PathBuf::from("/run/jetson-llmd"),
+            allow_remote_ollama: false,
+            models,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}:{line}: {message}")]
+pub struct ConfigError {
+    pub path: String,
+    pub line: usize,
+    pub message: String,
+}
+
+/// Step 1: text -> RawConfig. Pure; errors carry the line.
+pub fn parse(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1).unwrap_or(1);
+        ConfigError { path: path.display().to_string(), line, message: e.message().trim().to_string() }
+    })
+}
+
+fn duration(path: &Path, text: &str, key: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    let Some(s) = v else { return Ok(default) };
+    let d = humantime::parse_duration(s.trim()).map_err(|e| ConfigError {
+        path: path.display().to_string(),
+        line: line_of(text, key),
+        message: format!("{key} = {s:?}: {e}; write a duration like \"4m\", \"30s\" or \"1h 30m\""),
+    })?;
+    if d.is_zero() {
+        return Err(ConfigError { path: path.display().to_string(), line: line_of(text, key), message: format!("{key} must be longer than zero") });
+    }
+    Ok(d)
+}
+
+fn line_of(text: &str, key: &str) -> usize {
+    text.lines().position(|l| l.trim_start().starts_with(key)).map_or(1, |i| i + 1)
+}
+
+/// Steps 2 and 3: defaults merged in, values validated.
+pub fn settle(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
+    let d = Settings::default();
+    let err = |key: &str, message: String| ConfigError { path: path.display().to_string(), line: line_of(text, key), message };
+    let expected_compute = raw.expected_compute.unwrap_or(d.expected_compute);
+    let ok_compute = expected_compute.split_once('.').is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && a.chars().chain(b.chars()).all(|c| c.is_ascii_digit()));
+    if !ok_compute {
+        return Err(err("expected_compute", format!("expected_compute = {expected_compute:?}: write a CUDA compute capability like \"8.7\" (Orin)")));
+    }
+    let min_gpu_percent = raw.min_gpu_percent.unwrap_or(d.min_gpu_percent);
+    if min_gpu_percent > 100 {
+        return Err(err("min_gpu_percent", format!("min_gpu_percent = {min_gpu_percent}: must be 0 to 100")));
+    }
+    let on_reboot_required = match raw.on_reboot_required.as_deref() {
+        None | Some("report") => OnRebootRequired::Report,
+        Some("reboot") => OnRebootRequired::Reboot,
+        Some(o) => return Err(err("on_reboot_required", format!("on_reboot_required = {o:?}: use \"report\" or \"reboot\""))),
+    };
+    let mut models = d.models;
+    for (name, m) in raw.models {
+        let key = format!("[models.\"{name}\"]");
+        let n = ModelName::parse(&name).map_err(|e| err(&key, e.to_string()))?;
+        let from = ModelName::parse(&m.from).map_err(|e| err(&key, format!("from: {e}")))?;
+        let num_ctx = match m.num_ctx {
+            None => None,
+            Some(0) => return Err(err(&key, "num_ctx must be at least 1".into())),
+            Some(c) => NonZeroU64::new(c),
+        };
+        if n.full() == from.full() {
+            return Err(err(&key, format!("{name} cannot be derived from itself")));
+        }
+        models.insert(n.full(), Derived { from, num_ctx });
+    }
+    Ok(Settings {
+        keepalive_interval: duration(path, text, "keepalive_interval", &raw.keepalive_interval, d.keepalive_interval)?,
+        expected_compute,
+        min_gpu_percent,
+        ollama_bin: raw.ollama_bin.unwrap_or(d.ollama_bin),
+        startup_timeout: duration(path, text, "startup_timeout", &raw.startup_timeout, d.startup_timeout)?,
+        gpu_discovery_timeout: duration(path, text, "gpu_discovery_timeout", &raw.gpu_discovery_timeout, d.gpu_discovery_timeout)?,
+        load_timeout: duration(path, text, "load_timeout", &raw.load_timeout, d.load_timeout)?,
+        request_timeout: duration(path, text, "request_timeout", &raw.request_timeout, d.request_timeout)?,
+        retry_max_backoff: duration(path, text, "retry_max_backoff", &raw.retry_max_backoff, d.retry_max_backoff)?,
+        on_reboot_required,
+        state_dir: raw.state_dir.unwrap_or(d.state_dir),
+        allow_remote_ollama: raw.allow_remote_ollama.unwrap_or(false),
+        models,
+    })
+}
+
+/// Reads config.toml; a missing file means all defaults.
+pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+    let text = match std::fs::read(path) {
+        Ok(b) => String::from_utf8(b).map_err(|e| ConfigError { path: path.display().to_string(), line: 1, message: format!("not valid UTF-8: {e}") })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Settings::default()),
+        Err(e) => return Err(ConfigError { path: path.display().to_string(), line: 0, message: format!("cannot read: {e}") }),
+    };
+    let raw = parse(path, &text)?;
+    settle(path, &text, raw)
+}
+
+impl Settings {
+    pub fn derived(&self, model: &ModelName) -> Option<&Derived> {
+        self.models.get(&model.full())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<Settings, ConfigError> {
+        let path = Path::new("/etc/jetson-llmd/config.toml");
+        settle(path, text, parse(path, text)?)
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let s = p("").expect("ok");
+        assert_eq!(s.keepalive_interval, Duration::from_secs(240));
+        assert_eq!(s.expected_compute, "8.7");
+        let g = ModelName::parse("gemma4:e2b-8k").expect("valid");
+        assert_eq!(s.derived(&g).expect("seed model").num_ctx.map(|n| n.get()), Some(8192));
+    }
+
+    #[test]
+    fn values_override_and_models_merge() {
+        let s = p("keepalive_interval = \"90s\"\nmin_gpu_percent = 90\n[models.\"llama3.2:3b-12k\"]\nfrom = \"llama3.2:3b\"\nnum_ctx = 12288\n").expect("ok");
+        assert_eq!(s.keepalive_interval, Duration::from_secs(90));
+        assert_eq!(s.min_gpu_percent, 90);
+        assert_eq!(s.models.len(), 2);
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let e = p("\n\nkeepalive_interval = \"soon\"\n").expect_err("bad");
+        assert_eq!(e.line, 3);
+        assert!(e.to_string().starts_with("/etc/jetson-llmd/config.toml:3: keepalive_interval"), "{e}");
+        let e = p("keepalive_interval = \"0s\"").expect_err("zero");
+        assert!(e.message.contains("longer than zero"));
+        let e = p("\nkeep_alive = \"4m\"\n").expect_err("unknown key");
+        assert_eq!(e.line, 2);
+        assert!(e.message.contains("unknown field"), "{}", e.message);
+        let e = p("expected_compute = \"sm87\"").expect_err("bad compute");
+        assert!(e.message.contains("8.7"));
+        let e = p("on_reboot_required = \"panic\"").expect_err("bad");
+        assert!(e.message.contains("report"));
+        let e = p("[models.\"x; rm\"]\nfrom = \"a\"\n").expect_err("bad name");
+        assert!(e.message.contains("not a valid Ollama model name"));
+        let e = p("min_gpu_percent = 300").expect_err("out of range for u8");
+        assert_eq!(e.line, 1);
+    }
+}

@@ -1,0 +1,343 @@
+//! GPU verdict from Ollama's server log.
+//!
+//! Ollama logs GPU discovery once per start as an slog/logfmt line `msg="inference compute"`
+//! (discover/types.go LogDetails since v0.12.4: `library=CUDA compute=8.7 name=CUDA0
+//! description=Orin libdirs=ollama,cuda_jetpack6 ... type=iGPU`; before: `library=cuda
+//! variant=jetpack6 compute=8.7 ... name=Orin`). On CPU fallback it logs the same message with
+//! `library=cpu`. We read the lines of the latest start only, accept plain lines, journalctl's
+//! short prefix, `-o cat`, and `-o json` lines (MESSAGE field).
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Splits a logfmt line into key/value pairs (Go's %q quoting for values with spaces).
+pub fn logfmt(line: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let b = line.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        while i < b.len() && b[i] == b' ' {
+            i += 1;
+        }
+        let ks = i;
+        while i < b.len() && b[i] != b'=' && b[i] != b' ' {
+            i += 1;
+        }
+        if i >= b.len() || b[i] != b'=' {
+            continue;
+        }
+        let key = &line[ks..i];
+        i += 1;
+        let mut val = String::new();
+        if i < b.len() && b[i] == b'"' {
+            i += 1;
+            while i < b.len() && b[i] != b'"' {
+                if b[i] == b'\\' && i + 1 < b.len() {
+                    i += 1;
+                }
+                let ch = line[i..].chars().next().unwrap_or(' ');
+                val.push(ch);
+                i += ch.len_utf8();
+            }
+            i += 1;
+        } else {
+            let vs = i;
+            while i < b.len() && b[i] != b' ' {
+                i += 1;
+            }
+            val.push_str(&line[vs..i]);
+        }
+        if !key.is_empty() {
+            out.insert(key.to_string(), val);
+        }
+    }
+    out
+}
+
+/// One log line as Ollama wrote it, with any journal framing removed.
+pub fn unframe(line: &str) -> String {
+    let line = line.trim_end_matches(['\r', '\n']);
+    if line.starts_with('{') {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+            if let Some(m) = v.get("MESSAGE") {
+                return match m {
+                    serde_json::Value::String(s) => s.clone(),
+                    // journald stores non-UTF-8 messages as byte arrays.
+                    serde_json::Value::Array(a) => String::from_utf8_lossy(&a.iter().filter_map(|x| x.as_u64().map(|n| n as u8)).collect::<Vec<_>>()).into_owned(),
+                    _ => String::new(),
+                };
+            }
+        }
+    }
+    // journalctl short: "Nov 23 21:40:29 host ollama[1234]: time=..." (also short-iso/-precise).
+    if let Some(pos) = line.find("]: ") {
+        let head = &line[..pos];
+        if head.contains('[') && !head.contains("msg=") && !head.contains("time=") {
+            return line[pos + 3..].to_string();
+        }
+    }
+    line.to_string()
+}
+
+/// Removes control characters and ANSI escapes before a log line reaches a terminal.
+pub fn sanitize(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip an escape sequence up to its final letter.
+            while let Some(&n) = chars.peek() {
+                chars.next();
+                if n.is_ascii_alphabetic() || n == '~' {
+                    break;
+                }
+            }
+        } else if !c.is_control() || c == '\t' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct GpuReport {
+    /// A CUDA GPU with the expected compute capability was discovered.
+    pub gpu: bool,
+    /// A discovery line was found at all (false: Ollama not started, or still discovering).
+    pub discovered: bool,
+    pub library: Option<String>,
+    pub compute: Option<String>,
+    pub expected_compute: String,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub libdirs: Option<String>,
+    pub driver: Option<String>,
+    pub total: Option<String>,
+    pub available: Option<String>,
+    /// "current" (0.12.4+) or "legacy".
+    pub log_format: Option<String>,
+    pub ollama_version: Option<String>,
+    /// Why Ollama runs on the CPU (null when on the GPU).
+    pub cpu_fallback_reason: Option<String>,
+    /// An out-of-memory load failure was seen since the start.
+    pub oom: bool,
+    pub oom_line: Option<String>,
+    /// Last `offloaded N/M layers to GPU`.
+    pub offloaded: Option<(u32, u32)>,
+}
+
+impl GpuReport {
+    /// One line for people.
+    pub fn summary(&self) -> String {
+        if !self.discovered {
+            return "no GPU discovery line in Ollama's log yet".into();
+        }
+        if self.gpu {
+            return format!(
+                "CUDA GPU found: {} compute {}{}{}",
+                self.description.as_deref().or(self.name.as_deref()).unwrap_or("?"),
+                self.compute.as_deref().unwrap_or("?"),
+                self.libdirs.as_deref().map(|l| format!(", libs {l}")).unwrap_or_default(),
+                self.available.as_deref().map(|a| format!(", {a} available")).unwrap_or_default()
+            );
+        }
+        format!("Ollama runs on the CPU: {}", self.cpu_fallback_reason.as_deref().unwrap_or("no CUDA GPU was discovered"))
+    }
+}
+
+/// Reads log lines (oldest first) and decides. `cmdline` is /proc/cmdline when known.
+pub fn analyze<S: AsRef<str>>(lines: &[S], expected_compute: &str, cmdline: Option<&str>) -> GpuReport {
+    let lines: Vec<String> = lines.iter().map(|l| unframe(l.as_ref())).collect();
+    // Only the latest start counts: an older start's discovery says nothing about now.
+    let start = lines.iter().rposition(|l| l.contains("msg=\"server config\"")).or_else(|| lines.iter().rposition(|l| l.contains("msg=\"Listening on "))).unwrap_or(0);
+    let lines = &lines[start..];
+    let mut r = GpuReport { expected_compute: expected_compute.to_string(), ..Default::default() };
+    let mut cuda_init_failure: Option<String> = None;
+    let mut igpu_dropped = false;
+    let mut best: Option<BTreeMap<String, String>> = None;
+    for l in lines {
+        if let Some(p) = l.find("(version ") {
+            if l.contains("Listening on") {
+                r.ollama_version = l[p + 9..].split(')').next().map(str::to_string);
+            }
+        }
+        if let Some(p) = l.find("failed to initialize CUDA") {
+            cuda_init_failure = Some(sanitize(l[p..].trim_end_matches('"')));
+        }
+        if l.contains("dropping integrated GPU") {
+            igpu_dropped = true;
+        }
+        if let Some(p) = l.find("offloaded ") {
+            let rest = &l[p + 10..];
+            if let Some((nm, tail)) = rest.split_once(" layers to GPU").map(|(a, b)| (a, b)) {
+                let _ = tail;
+                if let Some((n, m)) = nm.split_once('/') {
+                    if let (Ok(n), Ok(m)) = (n.trim().parse(), m.trim().parse()) {
+                        r.offloaded = Some((n, m));
+                    }
+                }
+            }
+        }
+        if ollama_client::looks_like_oom(l) && !l.contains("msg=\"inference compute\"") {
+            r.oom = true;
+            r.oom_line = Some(sanitize(l).chars().take(300).collect());
+        }
+        if l.contains("msg=\"inference compute\"") || l.contains("msg=inference compute") {
+            let kv = logfmt(l);
+            let is_gpu = kv.get("library").is_some_and(|v| !v.eq_ignore_ascii_case("cpu"));
+            let best_is_gpu = best.as_ref().and_then(|b| b.get("library")).is_some_and(|v| !v.eq_ignore_ascii_case("cpu"));
+            if best.is_none() || is_gpu || !best_is_gpu {
+                if !(best_is_gpu && !is_gpu) {
+                    best = Some(kv);
+                }
+            }
+        }
+    }
+    let Some(kv) = best else {
+        if let Some(c) = cuda_init_failure {
+            r.cpu_fallback_reason = Some(cuda_reason(&c, cmdline));
+        }
+        return r;
+    };
+    r.discovered = true;
+    let get = |k: &str| kv.get(k).filter(|v| !v.is_empty()).cloned();
+    r.library = get("library");
+    r.compute = get("compute");
+    r.name = get("name");
+    r.description = get("description");
+    r.libdirs = get("libdirs").or_else(|| get("variant").map(|v| format!("cuda_{v}")));
+    r.driver = get("driver");
+    r.total = get("total");
+    r.available = get("available");
+    r.log_format = Some(if kv.contains_key("description") || kv.contains_key("libdirs") { "current" } else { "legacy" }.into());
+    let is_cuda = r.library.as_deref().is_some_and(|l| l.eq_ignore_ascii_case("cuda"));
+    let compute_ok = r.compute.as_deref() == Some(expected_compute);
+    r.gpu = is_cuda && compute_ok;
+    if !r.gpu {
+        r.cpu_fallback_reason = Some(if let Some(c) = cuda_init_failure {
+            cuda_reason(&c, cmdline)
+        } else if igpu_dropped {
+            "Ollama dropped the integrated GPU; set OLLAMA_IGPU_ENABLE=1 in ollama.service's environment".into()
+        } else if is_cuda {
+            format!(
+                "Ollama found a CUDA device with compute {} but {} was expected: the CUDA libraries in use ({}) were not built for Orin; install Ollama's JetPack 6 tarball (`sudo jetson-llmd install`)",
+                r.compute.as_deref().unwrap_or("?"),
+                expected_compute,
+                r.libdirs.as_deref().unwrap_or("unknown")
+            )
+        } else if r.library.as_deref().is_some_and(|l| !l.eq_ignore_ascii_case("cpu")) {
+            format!("Ollama picked the {} library, not CUDA", r.library.as_deref().unwrap_or("?"))
+        } else if cmdline.is_some_and(has_cma) {
+            "no CUDA GPU was discovered and the kernel command line sets cma=: remove it (the JetPack 6 libraries do not need it and it breaks CUDA)".into()
+        } else {
+            "no CUDA GPU was discovered: Ollama's JetPack 6 libraries (lib/ollama/cuda_jetpack6) are probably missing; run `sudo jetson-llmd install`".into()
+        });
+    }
+    if r.gpu && r.offloaded.is_some_and(|(n, _)| n == 0) {
+        r.cpu_fallback_reason = Some("the GPU was found but the last load offloaded 0 layers to it".into());
+    }
+    r
+}
+
+fn has_cma(cmdline: &str) -> bool {
+    cmdline.split_whitespace().any(|w| w.starts_with("cma="))
+}
+
+fn cuda_reason(line: &str, cmdline: Option<&str>) -> String {
+    let hint = if cmdline.is_some_and(has_cma) {
+        "the kernel command line sets cma=, which breaks CUDA initialisation on Jetson: remove it and reboot"
+    } else {
+        "check the JetPack/L4T driver install (nvidia-l4t-cuda) and that the ollama user is in the video and render groups"
+    };
+    format!("CUDA failed to initialise ({line}); {hint}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NEW: &str = r#"time=2026-05-01T10:00:02.100+02:00 level=INFO source=types.go:60 msg="inference compute" id=GPU-2f6a filter_id="" library=CUDA compute=8.7 name=CUDA0 description=Orin libdirs=ollama,cuda_jetpack6 driver=12.6 pci_id=0000:00:00.0 type=iGPU total="7.4 GiB" available="5.1 GiB""#;
+    const OLD: &str = r#"time=2024-09-13T09:19:01.543+02:00 level=INFO source=types.go:107 msg="inference compute" id=GPU-5fd13bbd-9d4e-5a47-8d0c-b7a2d5e4f3a1 library=cuda variant=jetpack6 compute=8.7 driver=12.2 name=Orin total="61.4 GiB" available="51.6 GiB""#;
+    const CPU: &str = r#"time=2026-05-01T10:00:02.100+02:00 level=INFO source=types.go:60 msg="inference compute" id=cpu library=cpu compute="" name=cpu description=cpu libdirs=ollama driver="" pci_id="" type="" total="7.4 GiB" available="5.6 GiB""#;
+
+    #[test]
+    fn logfmt_handles_quotes() {
+        let kv = logfmt(NEW);
+        assert_eq!(kv["msg"], "inference compute");
+        assert_eq!(kv["total"], "7.4 GiB");
+        assert_eq!(kv["filter_id"], "");
+        assert_eq!(kv["libdirs"], "ollama,cuda_jetpack6");
+        let kv = logfmt(r#"msg="a \"quoted\" word" k=v"#);
+        assert_eq!(kv["msg"], "a \"quoted\" word");
+    }
+
+    #[test]
+    fn current_format_gpu() {
+        let r = analyze(&[NEW], "8.7", None);
+        assert!(r.gpu && r.discovered);
+        assert_eq!(r.description.as_deref(), Some("Orin"));
+        assert_eq!(r.log_format.as_deref(), Some("current"));
+        assert!(r.summary().contains("Orin compute 8.7"));
+    }
+
+    #[test]
+    fn legacy_format_gpu_behind_journal_prefix() {
+        let line = format!("Sep 13 09:19:01 orin ollama[1234]: {OLD}");
+        let r = analyze(&[line], "8.7", None);
+        assert!(r.gpu);
+        assert_eq!(r.log_format.as_deref(), Some("legacy"));
+        assert_eq!(r.libdirs.as_deref(), Some("cuda_jetpack6"));
+    }
+
+    #[test]
+    fn journal_json_lines() {
+        let j = serde_json::json!({ "MESSAGE": NEW, "_SYSTEMD_UNIT": "ollama.service" }).to_string();
+        assert!(analyze(&[j], "8.7", None).gpu);
+    }
+
+    #[test]
+    fn cpu_fallback_reasons() {
+        let r = analyze(&[CPU], "8.7", None);
+        assert!(!r.gpu && r.discovered);
+        assert!(r.cpu_fallback_reason.as_deref().expect("reason").contains("cuda_jetpack6"));
+        let r = analyze(&[CPU], "8.7", Some("console=ttyTCU0 cma=4096M root=/dev/mmcblk0p1"));
+        assert!(r.cpu_fallback_reason.as_deref().expect("reason").contains("cma="));
+        let r = analyze(&["ggml_cuda_init: failed to initialize CUDA: unknown error", CPU], "8.7", None);
+        assert!(r.cpu_fallback_reason.as_deref().expect("reason").starts_with("CUDA failed to initialise"));
+        let wrong = NEW.replace("compute=8.7", "compute=5.0").replace("cuda_jetpack6", "cuda_v12");
+        let r = analyze(&[wrong], "8.7", None);
+        assert!(!r.gpu);
+        assert!(r.cpu_fallback_reason.as_deref().expect("reason").contains("cuda_v12"));
+    }
+
+    #[test]
+    fn only_the_latest_start_counts() {
+        let start = r#"time=2026-05-01T10:00:00.000+02:00 level=INFO source=routes.go:1544 msg="server config" env="map[]""#;
+        let listen = r#"time=2026-05-01T10:00:00.001+02:00 level=INFO source=routes.go:1597 msg="Listening on 127.0.0.1:11434 (version 0.30.6)""#;
+        let r = analyze(&[start, listen, NEW, start, listen, CPU], "8.7", None);
+        assert!(!r.gpu, "the second start fell back to CPU");
+        assert_eq!(r.ollama_version.as_deref(), Some("0.30.6"));
+        let r = analyze(&[start, listen, CPU, start, listen], "8.7", None);
+        assert!(!r.discovered, "discovery of the current start has not happened yet");
+    }
+
+    #[test]
+    fn oom_and_offload() {
+        let r = analyze(
+            &[
+                NEW,
+                "load_tensors: offloaded 37/37 layers to GPU",
+                "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 180.00 MiB on device 0: cudaMalloc failed: out of memory",
+            ],
+            "8.7",
+            None,
+        );
+        assert!(r.gpu && r.oom);
+        assert_eq!(r.offloaded, Some((37, 37)));
+    }
+
+    #[test]
+    fn sanitize_strips_escapes() {
+        assert_eq!(sanitize("a\u{1b}[31mred\u{1b}[0m\u{7}b"), "aredb");
+    }
+}

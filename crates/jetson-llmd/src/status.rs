@@ -1,0 +1,251 @@
+//! `jetson-llmd status`: one screen (or one JSON object) of what matters, built from the live
+//! API and the supervisor's state file. Works unprivileged.
+
+use crate::api::OllamaApi;
+use crate::config::Settings;
+use crate::model_name::ModelName;
+use crate::outcome::code;
+use crate::state::{State, StateFile};
+use serde::Serialize;
+use std::path::Path;
+
+#[derive(Debug, Serialize)]
+pub struct OllamaInfo {
+    pub url: String,
+    pub reachable: bool,
+    pub version: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelInfo {
+    pub configured: Option<String>,
+    pub config_error: Option<String>,
+    pub loaded: bool,
+    pub gpu_percent: Option<u8>,
+    pub size: Option<u64>,
+    pub size_vram: Option<u64>,
+    pub expires_at: Option<String>,
+    /// "forever" when pinned with keep_alive -1.
+    pub expiry: Option<String>,
+    pub context_length: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct MemoryInfo {
+    pub mem_total_kb: Option<u64>,
+    pub mem_available_kb: Option<u64>,
+    pub swap_total_kb: Option<u64>,
+    pub swap_free_kb: Option<u64>,
+    pub cma_total_kb: Option<u64>,
+    pub cma_free_kb: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    /// healthy, degraded or unreachable.
+    pub health: String,
+    pub warnings: Vec<String>,
+    pub ollama: OllamaInfo,
+    pub model: ModelInfo,
+    pub gpu: Option<serde_json::Value>,
+    pub supervisor: Option<State>,
+    pub memory: MemoryInfo,
+}
+
+impl StatusReport {
+    pub fn exit_code(&self) -> i32 {
+        match self.health.as_str() {
+            "healthy" => code::OK,
+            "unreachable" => code::UNREACHABLE,
+            _ => code::FAILED,
+        }
+    }
+}
+
+pub fn meminfo(text: &str) -> MemoryInfo {
+    let get = |k: &str| {
+        text.lines().find_map(|l| {
+            let (key, rest) = l.split_once(':')?;
+            (key.trim() == k).then(|| rest.split_whitespace().next()?.parse().ok()).flatten()
+        })
+    };
+    MemoryInfo {
+        mem_total_kb: get("MemTotal"),
+        mem_available_kb: get("MemAvailable"),
+        swap_total_kb: get("SwapTotal"),
+        swap_free_kb: get("SwapFree"),
+        cma_total_kb: get("CmaTotal"),
+        cma_free_kb: get("CmaFree"),
+    }
+}
+
+pub async fn gather<A: OllamaApi>(api: &A, settings: &Settings, model_conf: &Path, root: &Path) -> StatusReport {
+    let mut warnings = Vec::new();
+    let (configured, config_error) = match crate::modelconf::read(model_conf) {
+        Ok(c) => (Some(c.model), None),
+        Err(e) => (None, Some(e)),
+    };
+    if let Some(e) = &config_error {
+        warnings.push(format!("model.conf: {}", e.lines().next().unwrap_or("")));
+    }
+    let supervisor = StateFile::read(&crate::rooted(root, &settings.state_dir));
+    let mut ollama = OllamaInfo { url: api.url(), reachable: false, version: None, error: None };
+    match api.version().await {
+        Ok(v) => {
+            ollama.reachable = true;
+            ollama.version = Some(v.version);
+        }
+        Err(e) => ollama.error = Some(e.to_string()),
+    }
+    let mut model = ModelInfo {
+        configured: configured.as_ref().map(ModelName::to_string),
+        config_error,
+        loaded: false,
+        gpu_percent: None,
+        size: None,
+        size_vram: None,
+        expires_at: None,
+        expiry: None,
+        context_length: None,
+    };
+    if ollama.reachable {
+        match api.ps().await {
+            Ok(ps) => {
+                if let Some(m) = configured.as_ref().and_then(|c| ps.models.iter().find(|m| c.matches(&m.name))) {
+                    model.loaded = true;
+                    model.gpu_percent = Some(m.gpu_percent());
+                    model.size = Some(m.size);
+                    model.size_vram = Some(m.size_vram);
+                    model.expires_at = Some(m.expires_at.clone());
+                    model.expiry = Some(if m.pinned_forever() { "forever".into() } else { m.expires_at.clone() });
+                    model.context_length = m.context_length;
+                }
+                for other in ps.models.iter().filter(|m| !configured.as_ref().is_some_and(|c| c.matches(&m.name))) {
+                    warnings.push(format!("{} is also loaded ({}% GPU): it competes for the 8 GB of unified memory", other.name, other.gpu_percent()));
+                }
+            }
+            Err(e) => warnings.push(format!("cannot list loaded models: {e}")),
+        }
+    }
+    let memory = std::fs::read_to_string(root.join("proc/meminfo")).map(|t| meminfo(&t)).unwrap_or_default();
+    if let (Some(t), Some(f)) = (memory.swap_total_kb, memory.swap_free_kb) {
+        if t > f && t - f > 64 * 1024 {
+            warnings.push(format!("{} MiB of swap in use: on eMMC that is a performance cliff; use a smaller model or context", (t - f) / 1024));
+        }
+    }
+    if let Some(s) = &supervisor {
+        warnings.extend(s.warnings.iter().cloned());
+        if s.stage != "ready" && !s.status.is_empty() {
+            warnings.insert(0, s.status.clone());
+        }
+    }
+    if model.loaded && model.expiry.as_deref() != Some("forever") {
+        warnings.push("the model is not pinned (finite expiry): another client changed keep_alive; keepalive re-pins it".into());
+    }
+    if model.loaded && model.gpu_percent.unwrap_or(0) < settings.min_gpu_percent {
+        warnings.push(format!("the model is only {}% on the GPU", model.gpu_percent.unwrap_or(0)));
+    }
+    let gpu = supervisor.as_ref().and_then(|s| s.gpu.clone());
+    let health = if !ollama.reachable {
+        "unreachable"
+    } else if model.loaded && model.gpu_percent.unwrap_or(0) >= settings.min_gpu_percent.max(1) && model.expiry.as_deref() == Some("forever") && supervisor.as_ref().is_none_or(|s| s.stage == "ready") {
+        "healthy"
+    } else {
+        "degraded"
+    };
+    StatusReport { health: health.into(), warnings, ollama, model, gpu, supervisor, memory }
+}
+
+fn gib(b: u64) -> String {
+    format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+}
+
+/// The human rendering.
+pub fn render(r: &StatusReport) -> String {
+    let mut o = String::new();
+    let mark = match r.health.as_str() {
+        "healthy" => "OK",
+        "unreachable" => "DOWN",
+        _ => "DEGRADED",
+    };
+    o.push_str(&format!("jetson-llmd: {mark}\n"));
+    for w in &r.warnings {
+        o.push_str(&format!("  ! {}\n", crate::gpu::sanitize(w)));
+    }
+    o.push('\n');
+    let row = |o: &mut String, k: &str, v: String| o.push_str(&format!("  {k:<13} {v}\n"));
+    row(&mut o, "ollama", match (&r.ollama.version, &r.ollama.error) {
+        (Some(v), _) => format!("{v} at {}", r.ollama.url),
+        (None, Some(e)) => format!("unreachable: {e}"),
+        _ => "unknown".into(),
+    });
+    if let Some(g) = &r.gpu {
+        let ok = g.get("gpu").and_then(|v| v.as_bool()).unwrap_or(false);
+        let text = if ok {
+            format!(
+                "CUDA {} compute {}",
+                g.get("description").and_then(|v| v.as_str()).or(g.get("name").and_then(|v| v.as_str())).unwrap_or("?"),
+                g.get("compute").and_then(|v| v.as_str()).unwrap_or("?")
+            )
+        } else {
+            format!("CPU fallback: {}", g.get("cpu_fallback_reason").and_then(|v| v.as_str()).unwrap_or("no GPU discovered"))
+        };
+        row(&mut o, "gpu", text);
+    }
+    let m = &r.model;
+    row(&mut o, "model", match (&m.configured, &m.config_error) {
+        (Some(c), _) => c.clone(),
+        (None, Some(e)) => format!("(invalid model.conf) {}", e.lines().next().unwrap_or("")),
+        _ => "-".into(),
+    });
+    if m.loaded {
+        row(&mut o, "loaded", format!(
+            "yes, {}% GPU, {} ({} on GPU), context {}",
+            m.gpu_percent.unwrap_or(0),
+            gib(m.size.unwrap_or(0)),
+            gib(m.size_vram.unwrap_or(0)),
+            m.context_length.map_or("?".into(), |c| c.to_string())
+        ));
+        row(&mut o, "expires", m.expiry.clone().unwrap_or_default());
+    } else {
+        row(&mut o, "loaded", "no".into());
+    }
+    if let Some(s) = &r.supervisor {
+        row(&mut o, "stage", format!("{} ({})", s.stage, crate::gpu::sanitize(&s.status)));
+        if let Some(p) = &s.last_ping {
+            row(&mut o, "last ping", format!(
+                "{} {}",
+                p.get("at").and_then(|v| v.as_str()).unwrap_or("?"),
+                p.get("detail").and_then(|v| v.as_str()).unwrap_or("")
+            ));
+        }
+        row(&mut o, "re-warms", format!("{} (Ollama restarts: {})", s.rewarm_count, s.ollama_restarts));
+        if !s.timeline.is_empty() {
+            o.push_str("  boot timeline:\n");
+            for e in &s.timeline {
+                o.push_str(&format!("    +{:>7.1}s  {}\n", e.after_ms as f64 / 1000.0, e.event));
+            }
+        }
+    } else {
+        row(&mut o, "supervisor", "no state file (jetson-llmd supervise not running?)".into());
+    }
+    if let (Some(t), Some(a)) = (r.memory.mem_total_kb, r.memory.mem_available_kb) {
+        let swap = match (r.memory.swap_total_kb, r.memory.swap_free_kb) {
+            (Some(t), Some(f)) => format!(", swap used {} MiB", t.saturating_sub(f) / 1024),
+            _ => String::new(),
+        };
+        row(&mut o, "memory", format!("{} MiB available of {} MiB{swap}", a / 1024, t / 1024));
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn meminfo_fields() {
+        let m = super::meminfo("MemTotal:        7800000 kB\nMemAvailable:    5000000 kB\nSwapTotal: 3900000 kB\nSwapFree: 3900000 kB\nCmaTotal: 262144 kB\nCmaFree: 100 kB\n");
+        assert_eq!(m.mem_available_kb, Some(5_000_000));
+        assert_eq!(m.cma_total_kb, Some(262_144));
+    }
+}
