@@ -76,7 +76,7 @@ pub struct Profile {
 }
 
 fn model(name: &str, family: &str, params: &str, disk_gb: f64, loaded_gb: f64, load_s: u64, gpu: f64, cpu: f64, ctx: Option<u64>) -> ModelSpec {
-    let digest = format!("{:064x}", fnv(name));
+    let digest = digest_of(name);
     ModelSpec {
         name: name.into(),
         family: family.into(),
@@ -93,6 +93,11 @@ fn model(name: &str, family: &str, params: &str, disk_gb: f64, loaded_gb: f64, l
         context_length: 131072,
         digest,
     }
+}
+
+/// A stable 64-hex-digit pseudo sha256 for a name.
+pub fn digest_of(s: &str) -> String {
+    format!("{:032x}{:032x}", fnv(s), fnv(&format!("{s}#")))
 }
 
 /// Stable pseudo-digest so the same model always shows the same digest.

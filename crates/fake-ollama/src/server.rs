@@ -819,8 +819,8 @@ async fn create(State(app): State<App>, body: Bytes) -> Response {
     let name = normalize(model);
     lines.push(json!({ "status": format!("using existing layer sha256:{}", spec.digest) }));
     spec.name = name.clone();
-    spec.digest = format!("{:064x}", crate::profile::fnv(&format!("{name}{params}")));
-    lines.push(json!({ "status": format!("creating new layer sha256:{:064x}", crate::profile::fnv(&params.to_string())) }));
+    spec.digest = crate::profile::digest_of(&format!("{name}{params}"));
+    lines.push(json!({ "status": format!("creating new layer sha256:{}", crate::profile::digest_of(&params.to_string())) }));
     lines.push(json!({ "status": "writing manifest" }));
     lines.push(json!({ "status": "success" }));
     app.emu.lock().local.insert(name, LocalModel { spec, modified_at: OffsetDateTime::now_utc() });

@@ -1,0 +1,185 @@
+//! Preload and keepalive over real HTTP against the fake-ollama emulator on 127.0.0.1:0.
+
+use fake_ollama::{spawn, Config, CpuReason, Fault, FaultKind, Handle};
+use jetson_llmd::config::Settings;
+use jetson_llmd::model_name::ModelName;
+use jetson_llmd::outcome::{code, Failure};
+use jetson_llmd::warm::{self, DropCaches, MemoryRelief};
+use ollama_client::{Client, KeepAlive, Timeouts};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const SCALE: f64 = 0.01;
+
+async fn emu(c: Config) -> Handle {
+    spawn(c, "127.0.0.1:0".parse().expect("addr")).await.expect("binds")
+}
+
+fn client(h: &Handle) -> Client {
+    let t = Timeouts { request: Duration::from_secs(2), load: Duration::from_secs(10), ..Default::default() };
+    Client::new(ollama_client::parse_host(&h.url()).expect("url"), t)
+}
+
+fn m(s: &str) -> ModelName {
+    ModelName::parse(s).expect("valid")
+}
+
+struct NoRelief;
+impl MemoryRelief for NoRelief {
+    fn drop_caches(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn preload_creates_the_seed_model_pins_it_on_the_gpu() {
+    let h = emu(Config::orin_nano(SCALE)).await;
+    let c = client(&h);
+    let r = warm::preload(&c, &Settings::default(), &m("gemma4:e2b-8k"), &NoRelief).await.expect("warm");
+    assert_eq!(r.gpu_percent, 100);
+    assert!(r.pinned, "keep_alive -1 pins it: {}", r.expires_at);
+    assert!(r.load_ms.expect("cold") >= 550, "cold load measured: {:?}", r.load_ms);
+    let runner = h.emu.runner("gemma4:e2b-8k").expect("loaded");
+    assert_eq!(runner.options.num_ctx, 8192, "created with the seed's num_ctx");
+    // A second preload finds it warm: no new load, nothing reported as cold.
+    let r2 = warm::preload(&c, &Settings::default(), &m("gemma4:e2b-8k"), &NoRelief).await.expect("warm");
+    assert_eq!(r2.load_ms, None);
+    assert_eq!(h.emu.counters().loads, 1);
+}
+
+#[tokio::test]
+async fn preload_pulls_a_missing_plain_model() {
+    let h = emu(Config::orin_nano(SCALE)).await;
+    let r = warm::preload(&client(&h), &Settings::default(), &m("qwen3.5:2b"), &NoRelief).await.expect("warm");
+    assert_eq!(r.model, "qwen3.5:2b");
+    assert_eq!(h.emu.counters().requests.get("/api/pull"), Some(&1));
+}
+
+#[tokio::test]
+async fn unknown_model_and_failed_pull_are_reported_with_ollamas_words() {
+    let h = emu(Config::orin_nano(SCALE)).await;
+    let e = warm::preload(&client(&h), &Settings::default(), &m("no-such-model:1b"), &NoRelief).await.expect_err("missing");
+    assert!(matches!(&e, Failure::Missing { detail, .. } if detail.contains("file does not exist")), "{e}");
+    assert_eq!(e.exit_code(), code::FAILED);
+    h.emu.inject(Fault { kind: FaultKind::PullFailure, path_prefix: None });
+    let e = warm::preload(&client(&h), &Settings::default(), &m("llama3.2:3b"), &NoRelief).await.expect_err("pull fails");
+    assert!(e.to_string().contains("max retries exceeded"), "{e}");
+}
+
+#[tokio::test]
+async fn cpu_fallback_is_not_warm() {
+    let mut c = Config::orin_nano(SCALE);
+    c.cpu_only = Some(CpuReason::MissingLibs);
+    let h = emu(c).await;
+    let e = warm::preload(&client(&h), &Settings::default(), &m("gemma3:4b"), &NoRelief).await.expect_err("cpu");
+    assert!(matches!(e, Failure::OnCpu { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn a_model_too_large_for_the_board_fails_clearly() {
+    let h = emu(Config::orin_nano(SCALE)).await;
+    let e = warm::preload(&client(&h), &Settings::default(), &m("llama3.1:8b"), &NoRelief).await.expect_err("too big");
+    assert!(e.to_string().contains("requires more system memory"), "{e}");
+}
+
+#[tokio::test]
+async fn out_of_memory_drops_caches_once_then_succeeds() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let dc = dir.path().join("drop_caches");
+    std::fs::write(&dc, "").expect("w");
+    let mut c = Config::orin_nano(SCALE);
+    c.fragile_memory = true;
+    c.drop_caches_file = Some(dc.clone());
+    let h = emu(c).await;
+    let cl = client(&h);
+    warm::preload(&cl, &Settings::default(), &m("gemma3:4b"), &NoRelief).await.expect("first load");
+    h.emu.evict(None);
+    tokio::time::sleep(Duration::from_millis(20)).await; // a distinct mtime for the drop_caches write
+    let r = warm::preload(&cl, &Settings::default(), &m("gemma3:4b"), &DropCaches { path: dc.clone() }).await.expect("recovered");
+    assert!(r.dropped_caches);
+    assert_eq!(std::fs::read_to_string(&dc).expect("r"), "3\n");
+}
+
+#[tokio::test]
+async fn out_of_memory_that_survives_drop_caches_means_reboot_required() {
+    let mut c = Config::orin_nano(SCALE);
+    c.fragile_memory = true;
+    let h = emu(c).await;
+    let cl = client(&h);
+    warm::preload(&cl, &Settings::default(), &m("gemma3:4b"), &NoRelief).await.expect("first load");
+    cl.load("gemma3:4b", KeepAlive::Unload).await.expect("unload");
+    let e = warm::preload(&cl, &Settings::default(), &m("gemma3:4b"), &NoRelief).await.expect_err("oom");
+    assert!(matches!(&e, Failure::RebootRequired { detail } if detail.contains("cudaMalloc failed: out of memory")), "{e}");
+    assert_eq!(e.exit_code(), code::REBOOT_REQUIRED);
+    assert_eq!(h.emu.counters().oom_failures, 2, "exactly one retry, no loop");
+}
+
+#[tokio::test]
+async fn keepalive_tick_rewarms_after_eviction_and_repins_after_another_client() {
+    let h = emu(Config::orin_nano(SCALE)).await;
+    let cl = client(&h);
+    let s = Settings::default();
+    warm::preload(&cl, &s, &m("gemma3:4b"), &NoRelief).await.expect("warm");
+    let t = warm::tick(&cl, &s, &m("gemma3:4b"), &NoRelief).await.expect("tick");
+    assert!(!t.rewarmed);
+    h.emu.evict(Some("gemma3:4b"));
+    let t = warm::tick(&cl, &s, &m("gemma3:4b"), &NoRelief).await.expect("tick");
+    assert!(t.rewarmed && t.pinned);
+    // Another client sends keep_alive 5m: the pin is gone until the next tick restores it.
+    cl.load("gemma3:4b", KeepAlive::For(Duration::from_secs(300))).await.expect("other client");
+    assert!(!cl.ps().await.expect("ps").models[0].pinned_forever());
+    let t = warm::tick(&cl, &s, &m("gemma3:4b"), &NoRelief).await.expect("tick");
+    assert!(t.pinned && !t.rewarmed);
+    // Ticks never send options, so they never cause a reload.
+    assert_eq!(h.emu.counters().reloads_for_options, 0);
+}
+
+#[tokio::test]
+async fn faults_give_one_clear_error_each() {
+    let h = emu(Config::orin_nano(SCALE)).await;
+    let cl = client(&h);
+    let s = Settings::default();
+    warm::preload(&cl, &s, &m("gemma3:4b"), &NoRelief).await.expect("warm");
+    for (kind, needle) in [(FaultKind::Status500, "HTTP 500"), (FaultKind::Busy503, "server busy"), (FaultKind::Hang, "did not answer within 2s"), (FaultKind::Reset, "cannot reach Ollama")] {
+        h.emu.inject(Fault { kind, path_prefix: Some("/api/ps".into()) });
+        let e = warm::tick(&cl, &s, &m("gemma3:4b"), &NoRelief).await.expect_err("fault");
+        assert!(e.to_string().contains(needle), "{kind:?}: {e}");
+        assert!(e.to_string().contains("/api/ps"), "names the URL: {e}");
+    }
+    // And the next tick is fine again.
+    warm::tick(&cl, &s, &m("gemma3:4b"), &NoRelief).await.expect("recovers");
+}
+
+#[tokio::test]
+async fn waiting_for_a_slow_start_and_giving_up_on_none() {
+    // Nothing listens yet: the wait gives up with Unreachable after its deadline.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("b").local_addr().expect("a").port();
+    let t = Timeouts { request: Duration::from_millis(300), connect: Duration::from_millis(200), ..Default::default() };
+    let cl = Client::new(ollama_client::parse_host(&format!("127.0.0.1:{port}")).expect("u"), t);
+    let cancel = CancellationToken::new();
+    let e = warm::wait_for_api(&cl, Duration::from_millis(500), &cancel).await.expect_err("nobody there");
+    assert_eq!(e.exit_code(), code::UNREACHABLE);
+    // Ollama shows up late: the wait succeeds.
+    let late = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        spawn(Config::orin_nano(SCALE), format!("127.0.0.1:{port}").parse().expect("a")).await.expect("binds")
+    });
+    let v = warm::wait_for_api(&cl, Duration::from_secs(5), &cancel).await.expect("comes up");
+    assert_eq!(v, "0.30.6");
+    drop(late);
+}
+
+#[tokio::test]
+async fn restart_of_ollama_is_survived_by_the_next_tick() {
+    let h = emu(Config::orin_nano(SCALE)).await;
+    let cl = client(&h);
+    let s = Settings::default();
+    warm::preload(&cl, &s, &m("gemma3:4b"), &NoRelief).await.expect("warm");
+    h.restart(Duration::from_millis(300));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let e = warm::tick(&cl, &s, &m("gemma3:4b"), &NoRelief).await.expect_err("down");
+    assert_eq!(e.exit_code(), code::UNREACHABLE);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = warm::tick(&cl, &s, &m("gemma3:4b"), &NoRelief).await.expect("back");
+    assert!(t.rewarmed);
+}
