@@ -43,7 +43,7 @@ enum Phase {
 
 impl<'a, A: OllamaApi, L: Launcher, N: Notifier> Supervisor<'a, A, L, N> {
     fn stage(&mut self, stage: &str, status: &str) {
-        tracing::info!("{stage}: {status}");
+        tracing::info!(stage, "{status}");
         self.notify.status(status);
         self.state.stage(stage, &crate::notify::one_line(status));
     }
