@@ -561,7 +561,7 @@ fn terminated_prefix(version: &str) -> String {
 }
 
 fn version_at_least(v: &str, major: u64, minor: u64) -> bool {
-    let mut it = v.split(|c: char| c == '.' || c == '-').map(|p| p.parse::<u64>().unwrap_or(0));
+    let mut it = v.split(['.', '-']).map(|p| p.parse::<u64>().unwrap_or(0));
     let (a, b) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
     (a, b) >= (major, minor)
 }

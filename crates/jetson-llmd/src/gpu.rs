@@ -169,8 +169,7 @@ pub fn analyze<S: AsRef<str>>(lines: &[S], expected_compute: &str, cmdline: Opti
         }
         if let Some(p) = l.find("offloaded ") {
             let rest = &l[p + 10..];
-            if let Some((nm, tail)) = rest.split_once(" layers to GPU").map(|(a, b)| (a, b)) {
-                let _ = tail;
+            if let Some((nm, _)) = rest.split_once(" layers to GPU") {
                 if let Some((n, m)) = nm.split_once('/') {
                     if let (Ok(n), Ok(m)) = (n.trim().parse(), m.trim().parse()) {
                         r.offloaded = Some((n, m));
@@ -186,10 +185,9 @@ pub fn analyze<S: AsRef<str>>(lines: &[S], expected_compute: &str, cmdline: Opti
             let kv = logfmt(l);
             let is_gpu = kv.get("library").is_some_and(|v| !v.eq_ignore_ascii_case("cpu"));
             let best_is_gpu = best.as_ref().and_then(|b| b.get("library")).is_some_and(|v| !v.eq_ignore_ascii_case("cpu"));
-            if best.is_none() || is_gpu || !best_is_gpu {
-                if !(best_is_gpu && !is_gpu) {
-                    best = Some(kv);
-                }
+            // A GPU line wins over a CPU line (Ollama also lists the CPU next to the GPU).
+            if is_gpu || !best_is_gpu {
+                best = Some(kv);
             }
         }
     }

@@ -89,7 +89,15 @@ pub async fn gather<A: OllamaApi>(api: &A, settings: &Settings, model_conf: &Pat
     if let Some(e) = &config_error {
         warnings.push(format!("model.conf: {}", e.lines().next().unwrap_or("")));
     }
-    let supervisor = StateFile::read(&crate::rooted(root, &settings.state_dir));
+    let mut supervisor = StateFile::read(&crate::rooted(root, &settings.state_dir));
+    if let Some(s) = supervisor.as_mut() {
+        // A state file left behind by a supervisor that is gone must not read as "ready".
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.pid as i32), None).is_ok();
+        if !alive {
+            warnings.push(format!("jetson-llmd supervise (pid {}) is not running; the state below is from its last run", s.pid));
+            s.stage = "not-running".into();
+        }
+    }
     let mut ollama = OllamaInfo { url: api.url(), reachable: false, version: None, error: None };
     match api.version().await {
         Ok(v) => {
@@ -136,7 +144,7 @@ pub async fn gather<A: OllamaApi>(api: &A, settings: &Settings, model_conf: &Pat
     }
     if let Some(s) = &supervisor {
         warnings.extend(s.warnings.iter().cloned());
-        if s.stage != "ready" && !s.status.is_empty() {
+        if s.stage != "ready" && s.stage != "not-running" && !s.status.is_empty() {
             warnings.insert(0, s.status.clone());
         }
     }

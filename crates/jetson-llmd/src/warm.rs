@@ -72,7 +72,7 @@ fn progress_logger(what: String) -> impl FnMut(&ProgressLine) {
     let mut last_status = String::new();
     move |p: &ProgressLine| {
         if let (Some(t), Some(c)) = (p.total, p.completed) {
-            let d = if t == 0 { 10 } else { c * 10 / t };
+            let d = (c * 10).checked_div(t).unwrap_or(10);
             if last_decile != Some(d) {
                 last_decile = Some(d);
                 tracing::info!("{what}: {} {}%", p.status, d * 10);

@@ -69,10 +69,15 @@ impl Rig {
         (o.status.code().unwrap_or(-1), serde_json::from_slice(&o.stdout).unwrap_or(Value::Null))
     }
 
-    fn stop(mut self) -> (i32, String) {
+    fn stop(&mut self) -> (i32, String) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
-        let out = self.child.wait_with_output().expect("wait");
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+        let status = self.child.wait().expect("wait");
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        (status.code().unwrap_or(-1), err)
     }
 }
 
@@ -82,7 +87,7 @@ fn events(s: &Value) -> Vec<String> {
 
 #[test]
 fn boots_in_order_recovers_follows_model_conf_and_stops_cleanly() {
-    let rig = Rig::start(&[]);
+    let mut rig = Rig::start(&[]);
     let s = rig.wait_stage("ready", 30);
     assert_eq!(events(&s), ["ollama started", "API ready", "GPU found", "model warm", "keepalive running"]);
     assert_eq!(s["gpu"]["gpu"], true);
@@ -143,11 +148,15 @@ fn boots_in_order_recovers_follows_model_conf_and_stops_cleanly() {
     let (code, log) = rig.stop();
     assert_eq!(code, 0, "clean stop: {log}");
     assert!(log.contains("stopping"), "{log}");
+    // The state file stays behind, but status must not call a dead supervisor ready.
+    let (code, st) = rig.status_json();
+    assert_eq!(code, 3, "its Ollama child is gone too: {st:#}");
+    assert_eq!(st["supervisor"]["stage"], "not-running", "{st:#}");
 }
 
 #[test]
 fn cpu_fallback_is_never_ready_and_says_why() {
-    let rig = Rig::start(&[("FAKE_OLLAMA_NO_GPU", "missing-libs")]);
+    let mut rig = Rig::start(&[("FAKE_OLLAMA_NO_GPU", "missing-libs")]);
     let s = rig.wait_stage("cpu-fallback", 30);
     assert!(s["status"].as_str().expect("status").contains("cuda_jetpack6"), "{s:#}");
     assert!(!events(&s).contains(&"model warm".to_string()));
@@ -160,7 +169,7 @@ fn cpu_fallback_is_never_ready_and_says_why() {
 
 #[test]
 fn unknown_model_is_reported_with_its_cause() {
-    let rig = Rig::start(&[]);
+    let mut rig = Rig::start(&[]);
     std::fs::write(rig.root.path().join("etc/ollama/model.conf"), "OLLAMA_MODEL=no-such-model:1b\n").expect("w");
     let s = rig.wait_stage("model-missing", 30);
     assert!(s["status"].as_str().expect("s").contains("file does not exist"), "{s:#}");
