@@ -158,10 +158,15 @@ struct Ctx {
     json: bool,
 }
 
+/// config.toml and model.conf: explicit paths are taken as given; the defaults live under --root.
+fn paths(g: &Global) -> (PathBuf, PathBuf) {
+    let cfg = if g.config.as_os_str() == config::DEFAULT_CONFIG { rooted(&g.root, &g.config) } else { g.config.clone() };
+    let mc = if g.model_conf.as_os_str() == config::DEFAULT_MODEL_CONF { rooted(&g.root, &g.model_conf) } else { g.model_conf.clone() };
+    (cfg, mc)
+}
+
 fn context(g: &Global) -> anyhow::Result<Ctx> {
-    // --config/--model-conf given explicitly are taken as given; defaults live under --root.
-    let cfg_path = if g.config.as_os_str() == config::DEFAULT_CONFIG { rooted(&g.root, &g.config) } else { g.config.clone() };
-    let model_conf = if g.model_conf.as_os_str() == config::DEFAULT_MODEL_CONF { rooted(&g.root, &g.model_conf) } else { g.model_conf.clone() };
+    let (cfg_path, model_conf) = paths(g);
     let settings = config::load(&cfg_path).map_err(|e| Failure::Config(e.to_string()))?;
     let url = ollama_client::parse_host(&g.ollama).map_err(|e| Failure::Config(e.to_string()))?;
     if !ollama_client::is_loopback(&url) && !settings.allow_remote_ollama {
@@ -322,8 +327,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
 }
 
 fn check(g: &Global) -> anyhow::Result<i32> {
-    let cfg_path = if g.config.as_os_str() == config::DEFAULT_CONFIG { rooted(&g.root, &g.config) } else { g.config.clone() };
-    let model_conf = if g.model_conf.as_os_str() == config::DEFAULT_MODEL_CONF { rooted(&g.root, &g.model_conf) } else { g.model_conf.clone() };
+    let (cfg_path, model_conf) = paths(g);
     let mut problems = Vec::new();
     let mut report = serde_json::json!({});
     match config::load(&cfg_path) {
@@ -354,7 +358,7 @@ fn check(g: &Global) -> anyhow::Result<i32> {
 }
 
 fn gpu_check(g: &Global, log: Option<PathBuf>) -> anyhow::Result<i32> {
-    let cfg_path = if g.config.as_os_str() == config::DEFAULT_CONFIG { rooted(&g.root, &g.config) } else { g.config.clone() };
+    let (cfg_path, _) = paths(g);
     let settings = config::load(&cfg_path).map_err(|e| Failure::Config(e.to_string()))?;
     let text = match &log {
         Some(p) => {
