@@ -11,6 +11,8 @@ pub mod outcome;
 pub mod state;
 pub mod status;
 pub mod supervise;
+pub mod systemd;
+pub mod systemd_supervise;
 pub mod warm;
 
 /// `path` as seen under `--root` (absolute paths are re-anchored at root).

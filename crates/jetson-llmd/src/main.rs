@@ -64,6 +64,8 @@ fn modelconf_default() -> &'static str {
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
 enum LauncherKind {
+    /// Drive ollama.service, ollama-preload.service and ollama-keepalive.service over D-Bus.
+    Systemd,
     /// Run `ollama serve` as a child process (containers, the demo).
     Process,
 }
@@ -73,7 +75,7 @@ enum Cmd {
     /// Run the daemon: start Ollama, check its GPU, preload the model, keep it warm, recover.
     Supervise {
         /// How Ollama is started.
-        #[arg(long, value_enum, default_value = "process")]
+        #[arg(long, value_enum, default_value = "systemd")]
         launcher: LauncherKind,
         /// The `ollama` binary (overrides config.toml's ollama_bin).
         #[arg(long, value_name = "PATH")]
@@ -277,9 +279,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
                 model.clone()
             };
+            let pet = || notify.watchdog();
+            let watchdog = jetson_llmd::notify::watchdog_period().map(|p| (p, &pet as &dyn Fn()));
             warm::keepalive_loop(&ctx.client, &ctx.settings, model_of, &relief, &cancel, |t| {
                 notify.status(&t.detail);
-                notify.watchdog();
                 if json {
                     if let Ok(s) = serde_json::to_string(t) {
                         println!("{s}");
@@ -287,15 +290,29 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 } else if t.ok {
                     tracing::info!("keepalive: {}", t.detail);
                 }
-            })
+            }, watchdog)
             .await?;
             Ok(code::OK)
         }
-        Cmd::Supervise { launcher, ollama_bin } => {
+        Cmd::Supervise { launcher: LauncherKind::Systemd, .. } => {
             let ctx = context(g)?;
-            match launcher {
-                LauncherKind::Process => {}
-            }
+            let sd = jetson_llmd::systemd::Systemd::system().await.context("supervise --launcher systemd needs systemd's D-Bus API (use --launcher process in a container without systemd)")?;
+            let sup = jetson_llmd::systemd_supervise::SystemdSupervisor {
+                api: &ctx.client,
+                sd,
+                settings: &ctx.settings,
+                model_conf: ctx.model_conf.clone(),
+                cmdline: std::fs::read_to_string(rooted(&ctx.root, Path::new("/proc/cmdline"))).ok(),
+                notify: jetson_llmd::notify::SdNotify,
+                state: StateFile::new(Some(&rooted(&ctx.root, &ctx.settings.state_dir))),
+                conf_poll: Duration::from_secs(2),
+                preload_deadline: ctx.settings.load_timeout + Duration::from_secs(3600),
+            };
+            sup.run(shutdown_token()).await?;
+            Ok(code::OK)
+        }
+        Cmd::Supervise { launcher: LauncherKind::Process, ollama_bin } => {
+            let ctx = context(g)?;
             let bin = ollama_bin.unwrap_or_else(|| ctx.settings.ollama_bin.clone());
             let host = ctx.client.base_url().host_str().unwrap_or("127.0.0.1").to_string();
             let port = ctx.client.base_url().port_or_known_default().unwrap_or(11434);

@@ -10,6 +10,8 @@ pub mod code {
     pub const UNREACHABLE: i32 = 3;
     /// GPU memory is unallocatable; only a reboot helps. Listed in RestartPreventExitStatus=.
     pub const REBOOT_REQUIRED: i32 = 4;
+    /// Ollama discovered no usable CUDA GPU (supervise under systemd). Listed in RestartPreventExitStatus=.
+    pub const GPU_MISSING: i32 = 5;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,10 @@ pub enum Failure {
     NotResident { model: String },
     #[error("{0}")]
     Config(String),
+    #[error("Ollama runs on the CPU: {reason}")]
+    GpuMissing { reason: String },
+    #[error("{0}")]
+    Systemd(String),
 }
 
 impl Failure {
@@ -38,6 +44,7 @@ impl Failure {
             Failure::Unreachable(_) => code::UNREACHABLE,
             Failure::RebootRequired { .. } => code::REBOOT_REQUIRED,
             Failure::Config(_) => code::USAGE,
+            Failure::GpuMissing { .. } => code::GPU_MISSING,
             _ => code::FAILED,
         }
     }
@@ -53,6 +60,8 @@ impl Failure {
             Failure::LoadFailed { .. } => "load-failed",
             Failure::NotResident { .. } => "not-resident",
             Failure::Config(_) => "config-invalid",
+            Failure::GpuMissing { .. } => "cpu-fallback",
+            Failure::Systemd(_) => "systemd-error",
         }
     }
 }

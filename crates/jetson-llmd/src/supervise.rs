@@ -11,7 +11,6 @@ use crate::notify::Notifier;
 use crate::outcome::Failure;
 use crate::state::StateFile;
 use crate::warm::{self, MemoryRelief};
-use ollama_client::KeepAlive;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::time::{sleep_until, Instant};
@@ -274,11 +273,14 @@ impl<'a, A: OllamaApi, L: Launcher, N: Notifier> Supervisor<'a, A, L, N> {
                 Ok(Phase::Warm(current))
             }
             Phase::Warm(current) => {
-                tracing::info!("model.conf now names {}; unloading {current} to make room", conf.model);
-                if let Err(e) = self.api.load(current.as_str(), KeepAlive::Unload).await {
-                    tracing::warn!("unloading {current} failed: {e}");
+                tracing::info!("model.conf now names {}; {current} stays loaded until it is warm", conf.model);
+                let next = self.preload_phase(cancel).await?;
+                if let Phase::Warm(new) = &next {
+                    if new.full() != current.full() {
+                        crate::systemd_supervise::unload_if_loaded(self.api, &current.full()).await;
+                    }
                 }
-                self.preload_phase(cancel).await
+                Ok(next)
             }
             Phase::Retry { .. } | Phase::Stuck => {
                 // A CPU fallback stays stuck whatever the model; only a config problem is fixed here.

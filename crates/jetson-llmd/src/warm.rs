@@ -236,7 +236,16 @@ pub struct TickRecord {
 /// The keepalive loop. `model_of` is asked for the model before every tick (model.conf may
 /// have changed); it returns the last good model when the file is invalid. Returns only on
 /// cancel or a terminal failure (reboot required).
-pub async fn keepalive_loop<A, M, R>(api: &A, settings: &Settings, mut model_of: M, relief: &dyn MemoryRelief, cancel: &CancellationToken, mut on_tick: R) -> Result<(), Failure>
+/// `watchdog`, when set, is called at that period while the loop waits (WATCHDOG=1 under systemd).
+pub async fn keepalive_loop<A, M, R>(
+    api: &A,
+    settings: &Settings,
+    mut model_of: M,
+    relief: &dyn MemoryRelief,
+    cancel: &CancellationToken,
+    mut on_tick: R,
+    watchdog: Option<(Duration, &dyn Fn())>,
+) -> Result<(), Failure>
 where
     A: OllamaApi,
     M: FnMut() -> ModelName,
@@ -278,9 +287,22 @@ where
         if !rec.ok {
             tracing::warn!("keepalive: {} (failure {failures} in a row; next try in {})", rec.detail, humantime::format_duration(wait));
         }
-        tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(wait) => {}
+        let until = Instant::now() + wait;
+        loop {
+            let next = match watchdog {
+                Some((period, _)) => (Instant::now() + period).min(until),
+                None => until,
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tokio::time::sleep_until(next) => {}
+            }
+            if let Some((_, pet)) = watchdog {
+                pet();
+            }
+            if Instant::now() >= until {
+                break;
+            }
         }
     }
 }

@@ -104,7 +104,7 @@ async fn pings_every_four_minutes_with_keep_alive_forever() {
         if ticks == 4 {
             c2.cancel();
         }
-    })
+    }, None)
     .await
     .expect("cancelled cleanly");
     let loads = fake.loads.borrow();
@@ -132,7 +132,7 @@ async fn unreachable_ollama_is_retried_with_capped_backoff_and_never_crashes() {
         if t.ok && at.len() > 1 {
             c2.cancel();
         }
-    })
+    }, None)
     .await
     .expect("ok");
     // 0: ok; then 240: down, +5, +10, +20, +40, +80, +160 (capped at the 240 s interval), then up.
@@ -146,7 +146,7 @@ async fn out_of_memory_ends_the_loop_with_reboot_required_instead_of_looping() {
     *fake.loaded.borrow_mut() = false;
     let cancel = CancellationToken::new();
     let mut ticks = 0;
-    let r = warm::keepalive_loop(&fake, &Settings::default(), model, &NoRelief, &cancel, |_| ticks += 1).await;
+    let r = warm::keepalive_loop(&fake, &Settings::default(), model, &NoRelief, &cancel, |_| ticks += 1, None).await;
     assert!(matches!(r, Err(Failure::RebootRequired { .. })), "{r:?}");
     assert_eq!(ticks, 1);
     assert_eq!(fake.loads.borrow().len(), 2, "one load, one retry after drop_caches, then stop");

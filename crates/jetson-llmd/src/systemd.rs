@@ -1,0 +1,213 @@
+//! The boundary to systemd: the Manager and Unit objects over the system bus (zbus_systemd
+//! proxies generated from systemd's own interface XML; only methods systemd 249 has), plus the
+//! journal through `journalctl` (no libsystemd link, so the binary stays static for musl).
+
+use futures_util::StreamExt;
+use std::time::Duration;
+use zbus_systemd::systemd1::{ManagerProxy, ServiceProxy, UnitProxy};
+
+pub const OLLAMA: &str = "ollama.service";
+pub const PRELOAD: &str = "ollama-preload.service";
+pub const KEEPALIVE: &str = "ollama-keepalive.service";
+pub const SUPERVISOR: &str = "jetson-llmd.service";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SdError {
+    #[error("cannot talk to systemd over the system bus: {0}; is D-Bus running (systemctl status dbus)?")]
+    Bus(String),
+    #[error("{unit}: {message}")]
+    Job { unit: String, result: String, message: String },
+    #[error("{unit}: no answer from systemd within {}s", .after.as_secs())]
+    Deadline { unit: String, after: Duration },
+}
+
+impl SdError {
+    pub fn job_result(&self) -> Option<&str> {
+        match self {
+            SdError::Job { result, .. } => Some(result),
+            _ => None,
+        }
+    }
+}
+
+fn bus(e: impl std::fmt::Display) -> SdError {
+    SdError::Bus(e.to_string())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Start,
+    Restart,
+    Stop,
+}
+
+/// What `status` shows for a unit.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct UnitInfo {
+    pub unit: String,
+    pub load_state: String,
+    pub active_state: String,
+    pub sub_state: String,
+    /// When the unit last changed state (RFC 3339), if ever.
+    pub since: Option<String>,
+    /// Service Result= (success, exit-code, start-limit-hit, ...).
+    pub result: Option<String>,
+    pub exec_main_status: Option<i32>,
+    pub status_text: Option<String>,
+}
+
+pub struct Systemd {
+    pub conn: zbus::Connection,
+    manager: ManagerProxy<'static>,
+}
+
+/// Realtime microseconds (systemd's timestamps) to RFC 3339.
+pub fn usec_to_rfc3339(us: u64) -> Option<String> {
+    if us == 0 {
+        return None;
+    }
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(us as i128 * 1000).ok()?;
+    t.format(&time::format_description::well_known::Rfc3339).ok()
+}
+
+impl Systemd {
+    /// The system bus (zbus honours DBUS_SYSTEM_BUS_ADDRESS).
+    pub async fn system() -> Result<Systemd, SdError> {
+        let conn = zbus::Connection::system().await.map_err(bus)?;
+        Systemd::on(conn).await
+    }
+
+    /// A bus at an explicit address, e.g. `unix:path=/tmp/x/system_bus_socket` (tests).
+    pub async fn at(address: &str) -> Result<Systemd, SdError> {
+        let conn = zbus::connection::Builder::address(address).build().await.map_err(bus)?;
+        Systemd::on(conn).await
+    }
+
+    async fn on(conn: zbus::Connection) -> Result<Systemd, SdError> {
+        let manager = ManagerProxy::new(&conn).await.map_err(bus)?;
+        Ok(Systemd { conn, manager })
+    }
+
+    pub fn manager(&self) -> &ManagerProxy<'static> {
+        &self.manager
+    }
+
+    /// Subscribe so systemd emits job and unit signals to us (needed before waiting on them).
+    pub async fn subscribe(&self) -> Result<(), SdError> {
+        self.manager.subscribe().await.map_err(bus)
+    }
+
+    pub async fn unit(&self, name: &str) -> Result<UnitProxy<'static>, SdError> {
+        // LoadUnit, not GetUnit: GetUnit fails for units systemd has not loaded (or dropped).
+        let path = self.manager.load_unit(name.to_string()).await.map_err(bus)?;
+        UnitProxy::builder(&self.conn).path(path).build().await.map_err(bus)
+    }
+
+    async fn service(&self, name: &str) -> Result<ServiceProxy<'static>, SdError> {
+        let path = self.manager.load_unit(name.to_string()).await.map_err(bus)?;
+        ServiceProxy::builder(&self.conn).path(path).build().await.map_err(bus)
+    }
+
+    /// Queues a job (mode "replace") and waits for its JobRemoved, under a deadline.
+    /// Returns Ok on "done"; every other result becomes a message with the unit's last log lines.
+    pub async fn run_job(&self, unit: &str, verb: Verb, deadline: Duration) -> Result<(), SdError> {
+        // The signal stream must exist before the job is queued, or a fast job is missed.
+        let mut removed = self.manager.receive_job_removed().await.map_err(bus)?;
+        let job = match verb {
+            Verb::Start => self.manager.start_unit(unit.to_string(), "replace".into()).await,
+            Verb::Restart => self.manager.restart_unit(unit.to_string(), "replace".into()).await,
+            Verb::Stop => self.manager.stop_unit(unit.to_string(), "replace".into()).await,
+        }
+        .map_err(|e| SdError::Job { unit: unit.into(), result: "refused".into(), message: format!("systemd refused the job: {e}") })?;
+        let wait = async {
+            while let Some(sig) = removed.next().await {
+                let Ok(args) = sig.args() else { continue };
+                if args.job.as_str() == job.as_str() {
+                    return Some(args.result.to_string());
+                }
+            }
+            None
+        };
+        let result = tokio::time::timeout(deadline, wait)
+            .await
+            .map_err(|_| SdError::Deadline { unit: unit.into(), after: deadline })?
+            .ok_or_else(|| SdError::Bus("the signal stream ended".into()))?;
+        if result == "done" {
+            return Ok(());
+        }
+        let svc_result = match self.service(unit).await {
+            Ok(s) => s.result().await.ok(),
+            Err(_) => None,
+        };
+        let what = match (verb, result.as_str()) {
+            (_, "failed") => format!("failed (Result={})", svc_result.clone().unwrap_or_else(|| "unknown".into())),
+            (_, "timeout") => "did not finish within its timeout (TimeoutStartSec=)".into(),
+            (_, "dependency") => "a unit it depends on failed".into(),
+            (_, "canceled") => "the job was canceled (another start or stop replaced it)".into(),
+            (_, "skipped") => "was skipped (a condition was not met)".into(),
+            (_, other) => format!("job ended with {other}"),
+        };
+        let tail = journal_tail(unit, 5);
+        let message = if tail.is_empty() { what } else { format!("{what}; last log lines: {}", tail.join(" | ")) };
+        Err(SdError::Job { unit: unit.into(), result: svc_result.unwrap_or(result), message })
+    }
+
+    pub async fn reset_failed(&self, unit: &str) -> Result<(), SdError> {
+        self.manager.reset_failed_unit(unit.to_string()).await.map_err(bus)
+    }
+
+    pub async fn info(&self, unit: &str) -> Result<UnitInfo, SdError> {
+        let u = self.unit(unit).await?;
+        let svc = self.service(unit).await.ok();
+        let (result, exec_main_status, status_text) = match &svc {
+            Some(s) => (s.result().await.ok(), s.exec_main_status().await.ok(), s.status_text().await.ok().filter(|t| !t.is_empty())),
+            None => (None, None, None),
+        };
+        Ok(UnitInfo {
+            unit: unit.to_string(),
+            load_state: u.load_state().await.map_err(bus)?,
+            active_state: u.active_state().await.map_err(bus)?,
+            sub_state: u.sub_state().await.map_err(bus)?,
+            since: u.state_change_timestamp().await.ok().and_then(usec_to_rfc3339),
+            result,
+            exec_main_status,
+            status_text,
+        })
+    }
+
+    /// When the unit's main process last started (realtime µs), for reading its log since then.
+    pub async fn main_start_usec(&self, unit: &str) -> Option<u64> {
+        self.service(unit).await.ok()?.exec_main_start_timestamp().await.ok().filter(|&t| t > 0)
+    }
+
+    /// A stream of ActiveState values of `unit`, starting with the current one.
+    pub async fn active_states(&self, unit: &str) -> Result<impl futures_util::Stream<Item = String> + Unpin + 'static, SdError> {
+        let u = self.unit(unit).await?;
+        let changes = u.receive_active_state_changed().await;
+        let s = changes.then(|c| async move { c.get().await.unwrap_or_default() });
+        Ok(Box::pin(s))
+    }
+}
+
+/// `journalctl -u UNIT -n N -o cat` for this boot: the last lines, sanitised, for messages.
+pub fn journal_tail(unit: &str, n: usize) -> Vec<String> {
+    journal(&["-u", unit, "-b", "-n", &n.to_string(), "-o", "cat", "--no-pager", "-q"])
+}
+
+/// The unit's log since `since_usec` (realtime µs), this boot.
+pub fn journal_since(unit: &str, since_usec: Option<u64>) -> Vec<String> {
+    let since = since_usec.map(|u| format!("@{}", u / 1_000_000));
+    let mut args = vec!["-u", unit, "-b", "-o", "cat", "--no-pager", "-q"];
+    if let Some(s) = &since {
+        args.push("--since");
+        args.push(s);
+    }
+    journal(&args)
+}
+
+fn journal(args: &[&str]) -> Vec<String> {
+    match std::process::Command::new("journalctl").args(args).output() {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).lines().map(crate::gpu::sanitize).filter(|l| !l.is_empty()).collect(),
+        Err(_) => Vec::new(),
+    }
+}

@@ -1,0 +1,240 @@
+//! The container tier: Debian's systemd as PID 1 of a systemd-nspawn container, our units
+//! installed, fake-ollama standing in as /usr/local/bin/ollama, driven and observed over D-Bus
+//! from the host. Needs root and `scripts/container-rootfs`; `scripts/test` runs it with
+//! `--ignored`. Recipe: ../shared/notes/test-environment.md.
+
+use jetson_llmd::systemd::{Systemd, Verb, KEEPALIVE, OLLAMA, PRELOAD, SUPERVISOR};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use zbus_systemd::systemd1::{ServiceProxy, UnitProxy};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace")
+}
+
+fn rootfs() -> PathBuf {
+    let p = std::env::var_os("JETSON_LLMD_ROOTFS").map(PathBuf::from).unwrap_or_else(|| workspace().join("target/systemd-rootfs/bookworm"));
+    assert!(p.join(".jetson-llmd-ready").exists(), "{} is not prepared: run scripts/container-rootfs", p.display());
+    p
+}
+
+struct Container {
+    root: PathBuf,
+    bus_dir: tempfile::TempDir,
+    nspawn: Child,
+    port: u16,
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, text).expect("write");
+}
+
+fn env_file(port: u16, extra: &str) -> String {
+    format!("OLLAMA_KEEP_ALIVE=-1\nOLLAMA_MAX_LOADED_MODELS=1\nOLLAMA_HOST=127.0.0.1:{port}\nFAKE_OLLAMA_TIME_SCALE=0.02\n{extra}")
+}
+
+impl Container {
+    /// Installs binaries, units and /etc files into the rootfs, verifies the units, boots.
+    fn boot() -> Container {
+        let root = rootfs();
+        let bin = Path::new(env!("CARGO_BIN_EXE_jetson-llmd"));
+        let fake = bin.with_file_name("fake-ollama");
+        assert!(fake.exists(), "build fake-ollama first (cargo build --workspace --bins)");
+        std::fs::create_dir_all(root.join("usr/local/bin")).expect("mkdir");
+        std::fs::copy(bin, root.join("usr/local/bin/jetson-llmd")).expect("copy jetson-llmd");
+        std::fs::copy(&fake, root.join("usr/local/bin/ollama")).expect("copy fake-ollama");
+        let units = workspace().join("units");
+        for u in ["ollama.service", "ollama-preload.service", "ollama-keepalive.service", "jetson-llmd.service"] {
+            std::fs::copy(units.join(u), root.join("etc/systemd/system").join(u)).expect("copy unit");
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("b").local_addr().expect("a").port();
+        write(&root.join("etc/jetson-llmd/ollama.env"), &env_file(port, ""));
+        write(
+            &root.join("etc/jetson-llmd/config.toml"),
+            "keepalive_interval = \"2s\"\nstate_dir = \"/var/lib/jetson-llmd\"\ngpu_discovery_timeout = \"10s\"\nretry_max_backoff = \"3s\"\n",
+        );
+        write(&root.join("etc/ollama/model.conf"), "OLLAMA_MODEL=gemma4:e2b-8k\n");
+        let _ = std::fs::remove_dir_all(root.join("var/lib/jetson-llmd"));
+        let _ = std::fs::remove_dir_all(root.join("usr/share/ollama/.fake"));
+
+        // The units must be clean for systemd itself.
+        let v = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(format!("--root={}", root.display()))
+            .args(["/etc/systemd/system/ollama.service", "/etc/systemd/system/ollama-preload.service", "/etc/systemd/system/ollama-keepalive.service", "/etc/systemd/system/jetson-llmd.service"])
+            .output()
+            .expect("systemd-analyze");
+        let out = String::from_utf8_lossy(&v.stderr).to_string() + &String::from_utf8_lossy(&v.stdout);
+        let ours: Vec<&str> = out.lines().filter(|l| l.contains("ollama") || l.contains("jetson-llmd")).collect();
+        assert!(v.status.success() && ours.is_empty(), "systemd-analyze verify: {out}");
+
+        let bus_dir = tempfile::tempdir().expect("tmp");
+        let log = std::fs::File::create(workspace().join("target/nspawn.log")).expect("log");
+        let nspawn = Command::new("systemd-nspawn")
+            .arg("-D")
+            .arg(&root)
+            .args(["-b", "--register=no", "--keep-unit", "--console=read-only", "-M", "llmdtest"])
+            .arg(format!("--bind={}:/run/dbus", bus_dir.path().display()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("systemd-nspawn");
+        Container { root, bus_dir, nspawn, port }
+    }
+
+    fn address(&self) -> String {
+        format!("unix:path={}/system_bus_socket", self.bus_dir.path().display())
+    }
+
+    async fn connect(&self) -> Systemd {
+        let t = Instant::now();
+        loop {
+            if self.bus_dir.path().join("system_bus_socket").exists() {
+                if let Ok(sd) = Systemd::at(&self.address()).await {
+                    if let Ok(s) = sd.manager().system_state().await {
+                        if s == "running" || s == "degraded" {
+                            return sd;
+                        }
+                    }
+                }
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "the container did not boot; see target/nspawn.log");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn state(&self) -> Value {
+        std::fs::read_to_string(self.root.join("var/lib/jetson-llmd/state.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+async fn unit(sd: &Systemd, name: &str) -> UnitProxy<'static> {
+    sd.unit(name).await.expect("unit")
+}
+
+async fn status_text(sd: &Systemd, name: &str) -> String {
+    let path = sd.manager().load_unit(name.to_string()).await.expect("load");
+    let s = ServiceProxy::builder(&sd.conn).path(path).build().await.expect("svc");
+    s.status_text().await.unwrap_or_default()
+}
+
+async fn model_loaded(c: &Container, model: &str) -> bool {
+    let Ok(r) = reqwest::get(c.url("/api/ps")).await else { return false };
+    let Ok(v) = r.json::<Value>().await else { return false };
+    v["models"].as_array().is_some_and(|m| m.iter().any(|x| x["name"] == model && x["size"] == x["size_vram"]))
+}
+
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, secs: u64, mut f: impl FnMut() -> F) {
+    let t = Instant::now();
+    while !f().await {
+        assert!(t.elapsed() < Duration::from_secs(secs), "timed out after {secs}s waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and systemd-nspawn: run by scripts/test (tier 2)"]
+async fn boot_order_recovery_failures_and_stop_under_real_systemd() {
+    let mut c = Container::boot();
+    let sd = c.connect().await;
+    sd.subscribe().await.expect("subscribe");
+    let t0 = Instant::now();
+
+    // 1. Boot: the start job of jetson-llmd.service (Type=notify) completes only on READY=1.
+    sd.run_job(SUPERVISOR, Verb::Start, Duration::from_secs(90)).await.expect("jetson-llmd.service starts");
+    let ready_after = t0.elapsed();
+    let ts = |name: &'static str| {
+        let sd = &sd;
+        async move {
+            let u = unit(sd, name).await;
+            (u.inactive_exit_timestamp().await.expect("t"), u.active_enter_timestamp().await.expect("t"))
+        }
+    };
+    let (_, ollama_active) = ts(OLLAMA).await;
+    let (preload_start, preload_done) = ts(PRELOAD).await;
+    let (keepalive_start, keepalive_active) = ts(KEEPALIVE).await;
+    let (_, supervisor_ready) = ts(SUPERVISOR).await;
+    assert!(ollama_active > 0 && ollama_active <= preload_start, "ollama active before preload starts");
+    assert!(preload_done <= keepalive_start, "preload done before keepalive starts");
+    assert!(keepalive_active <= supervisor_ready, "READY only after the model is warm and keepalive runs");
+    assert!(model_loaded(&c, "gemma4:e2b-8k").await, "the model is warm on the GPU");
+    let status = status_text(&sd, SUPERVISOR).await;
+    assert!(status.starts_with("ready: gemma4:e2b-8k warm on the GPU"), "STATUS={status}");
+    let st = c.state();
+    let tl: Vec<String> = st["timeline"].as_array().expect("timeline").iter().map(|e| format!("{} +{} ms", e["event"].as_str().unwrap_or(""), e["after_ms"])).collect();
+    println!("boot timeline in the container (READY after {} ms): {}", ready_after.as_millis(), tl.join(" -> "));
+    let events: Vec<&str> = st["timeline"].as_array().expect("tl").iter().map(|e| e["event"].as_str().unwrap_or("")).collect();
+    assert_eq!(events, ["ollama active", "API ready", "GPU found", "model warm", "keepalive running"]);
+
+    // 2. Ollama is killed: Restart=always brings it back; the supervisor re-runs GPU check + preload.
+    sd.manager().kill_unit(OLLAMA.to_string(), "all".into(), 9).await.expect("kill");
+    eventually("re-warm after systemctl kill ollama.service", 40, || async {
+        c.state()["ollama_restarts"].as_u64().unwrap_or(0) >= 1 && c.state()["stage"] == "ready" && model_loaded(&c, "gemma4:e2b-8k").await
+    })
+    .await;
+
+    // 3. The emulator evicts the model: the keepalive (2 s interval here) re-warms it.
+    reqwest::Client::new().post(c.url("/_fake/evict")).body("{}").send().await.expect("evict");
+    assert!(!model_loaded(&c, "gemma4:e2b-8k").await);
+    eventually("keepalive re-warms an evicted model", 20, || model_loaded(&c, "gemma4:e2b-8k")).await;
+
+    // 4. A preload that fails (unknown model) is reported with its cause, the supervisor stays up,
+    //    and the model that was warm stays loaded (it is only replaced once the new one is warm).
+    write(&c.root.join("etc/ollama/model.conf"), "OLLAMA_MODEL=no-such-model:1b\n");
+    eventually("the failed preload's cause in STATUS=", 30, || async { status_text(&sd, SUPERVISOR).await.contains("file does not exist") }).await;
+    let s = status_text(&sd, SUPERVISOR).await;
+    assert!(s.starts_with("NOT READY: ollama-preload.service failed"), "STATUS={s}");
+    assert!(model_loaded(&c, "gemma4:e2b-8k").await, "the working model was not unloaded for a model that cannot load");
+    write(&c.root.join("etc/ollama/model.conf"), "OLLAMA_MODEL=gemma4:e2b-8k\n");
+    eventually("back to ready after fixing model.conf", 40, || async { status_text(&sd, SUPERVISOR).await.starts_with("ready:") && model_loaded(&c, "gemma4:e2b-8k").await }).await;
+
+    // 5. Clean stop.
+    sd.run_job(SUPERVISOR, Verb::Stop, Duration::from_secs(30)).await.expect("stops");
+    let info = sd.info(SUPERVISOR).await.expect("info");
+    assert_eq!((info.active_state.as_str(), info.result.as_deref()), ("inactive", Some("success")), "{info:?}");
+
+    // 6. CPU fallback: never ready, says why, exits 5 (no restart loop).
+    write(&c.root.join("etc/jetson-llmd/ollama.env"), &env_file(c.port, "FAKE_OLLAMA_NO_GPU=missing-libs\n"));
+    sd.run_job(OLLAMA, Verb::Restart, Duration::from_secs(30)).await.expect("restart ollama");
+    let e = sd.run_job(SUPERVISOR, Verb::Start, Duration::from_secs(60)).await.expect_err("must not become ready on the CPU");
+    assert_eq!(e.job_result(), Some("exit-code"), "{e}");
+    let info = sd.info(SUPERVISOR).await.expect("info");
+    assert_eq!(info.exec_main_status, Some(5), "{info:?}");
+    assert!(info.status_text.as_deref().unwrap_or("").contains("cuda_jetpack6"), "{info:?}");
+    assert_eq!(info.active_state, "failed", "RestartPreventExitStatus=5 keeps it from looping: {info:?}");
+
+    // Shut the container down.
+    let _ = sd.manager().power_off().await;
+    let t = Instant::now();
+    while c.nspawn.try_wait().expect("wait").is_none() {
+        if t.elapsed() > Duration::from_secs(15) {
+            let _ = c.nspawn.kill();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if self.nspawn.try_wait().ok().flatten().is_none() {
+            // SIGTERM asks nspawn for a clean shutdown of the container.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.nspawn.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let t = Instant::now();
+            while self.nspawn.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.nspawn.kill();
+        }
+    }
+}
