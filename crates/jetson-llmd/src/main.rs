@@ -214,7 +214,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::GpuCheck { log } => gpu_check(g, log),
         Cmd::Status => {
             let ctx = context(g)?;
-            let r = status::gather(&ctx.client, &ctx.settings, &ctx.model_conf, &ctx.root).await;
+            let mut r = status::gather(&ctx.client, &ctx.settings, &ctx.model_conf, &ctx.root).await;
+            // Units are read only for the real host: under --root they would describe another system.
+            if ctx.root == Path::new("/") {
+                r.units = status::units().await;
+            }
             if ctx.json {
                 print_json(&r)?;
             } else {

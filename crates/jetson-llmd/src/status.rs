@@ -50,6 +50,8 @@ pub struct StatusReport {
     pub model: ModelInfo,
     pub gpu: Option<serde_json::Value>,
     pub supervisor: Option<State>,
+    /// The four units as systemd sees them (empty without a system bus).
+    pub units: Vec<crate::systemd::UnitInfo>,
     pub memory: MemoryInfo,
 }
 
@@ -162,7 +164,22 @@ pub async fn gather<A: OllamaApi>(api: &A, settings: &Settings, model_conf: &Pat
     } else {
         "degraded"
     };
-    StatusReport { health: health.into(), warnings, ollama, model, gpu, supervisor, memory }
+    StatusReport { health: health.into(), warnings, ollama, model, gpu, supervisor, units: Vec::new(), memory }
+}
+
+/// Reads the units over the system bus (works unprivileged); quietly empty without one.
+pub async fn units() -> Vec<crate::systemd::UnitInfo> {
+    use crate::systemd::{Systemd, KEEPALIVE, OLLAMA, PRELOAD, SUPERVISOR};
+    let Ok(Ok(sd)) = tokio::time::timeout(std::time::Duration::from_secs(2), Systemd::system()).await else { return Vec::new() };
+    let mut out = Vec::new();
+    for u in [SUPERVISOR, OLLAMA, PRELOAD, KEEPALIVE] {
+        if let Ok(Ok(i)) = tokio::time::timeout(std::time::Duration::from_secs(2), sd.info(u)).await {
+            if i.load_state != "not-found" {
+                out.push(i);
+            }
+        }
+    }
+    out
 }
 
 fn gib(b: u64) -> String {
@@ -237,6 +254,19 @@ pub fn render(r: &StatusReport) -> String {
         }
     } else {
         row(&mut o, "supervisor", "no state file (jetson-llmd supervise not running?)".into());
+    }
+    if !r.units.is_empty() {
+        o.push_str("  units:\n");
+        for u in &r.units {
+            o.push_str(&format!(
+                "    {:<26} {}/{}{}{}\n",
+                u.unit,
+                u.active_state,
+                u.sub_state,
+                u.since.as_deref().map(|s| format!(" since {s}")).unwrap_or_default(),
+                u.result.as_deref().filter(|r| *r != "success").map(|r| format!(" (result: {r})")).unwrap_or_default()
+            ));
+        }
     }
     if let (Some(t), Some(a)) = (r.memory.mem_total_kb, r.memory.mem_available_kb) {
         let swap = match (r.memory.swap_total_kb, r.memory.swap_free_kb) {

@@ -151,3 +151,23 @@ async fn out_of_memory_ends_the_loop_with_reboot_required_instead_of_looping() {
     assert_eq!(ticks, 1);
     assert_eq!(fake.loads.borrow().len(), 2, "one load, one retry after drop_caches, then stop");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_watchdog_is_fed_between_pings() {
+    let fake = Fake::new(&[Mode::Up]);
+    let cancel = CancellationToken::new();
+    let c2 = cancel.clone();
+    let pets = std::cell::Cell::new(0u32);
+    let pet = || pets.set(pets.get() + 1);
+    let mut ticks = 0;
+    warm::keepalive_loop(&fake, &Settings::default(), model, &NoRelief, &cancel, |_| {
+        ticks += 1;
+        if ticks == 2 {
+            c2.cancel();
+        }
+    }, Some((Duration::from_secs(30), &pet as &dyn Fn())))
+    .await
+    .expect("ok");
+    // One 240 s wait between the two pings, fed every 30 s.
+    assert_eq!(pets.get(), 8);
+}

@@ -176,3 +176,21 @@ fn unknown_model_is_reported_with_its_cause() {
     let (code, _) = rig.stop();
     assert_eq!(code, 0);
 }
+
+#[test]
+fn systemd_launcher_without_a_bus_fails_with_one_clear_line() {
+    let root = tempfile::tempdir().expect("tmp");
+    std::fs::create_dir_all(root.path().join("etc/ollama")).expect("mkdir");
+    std::fs::write(root.path().join("etc/ollama/model.conf"), "OLLAMA_MODEL=gemma4:e2b-8k\n").expect("w");
+    let o = Command::new(env!("CARGO_BIN_EXE_jetson-llmd"))
+        .arg("--root")
+        .arg(root.path())
+        .args(["supervise", "--launcher", "systemd"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", format!("unix:path={}/no-bus", root.path().display()))
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.starts_with("error: supervise --launcher systemd needs systemd's D-Bus API"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

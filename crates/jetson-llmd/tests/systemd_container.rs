@@ -176,6 +176,28 @@ async fn boot_order_recovery_failures_and_stop_under_real_systemd() {
     let events: Vec<&str> = st["timeline"].as_array().expect("tl").iter().map(|e| e["event"].as_str().unwrap_or("")).collect();
     assert_eq!(events, ["ollama active", "API ready", "GPU found", "model warm", "keepalive running"]);
 
+    // `status` reads the units over D-Bus (here: the container's bus, from the host).
+    let o = Command::new(env!("CARGO_BIN_EXE_jetson-llmd"))
+        .arg("--model-conf")
+        .arg(c.root.join("etc/ollama/model.conf"))
+        .args(["--json", "status"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", c.address())
+        .env("OLLAMA_HOST", format!("127.0.0.1:{}", c.port))
+        .output()
+        .expect("status");
+    let st: Value = serde_json::from_slice(&o.stdout).expect("status json");
+    let units: Vec<(String, String, String)> = st["units"]
+        .as_array()
+        .expect("units")
+        .iter()
+        .map(|u| (u["unit"].as_str().unwrap_or("").into(), u["active_state"].as_str().unwrap_or("").into(), u["sub_state"].as_str().unwrap_or("").into()))
+        .collect();
+    assert!(units.contains(&(SUPERVISOR.into(), "active".into(), "running".into())), "{units:?}");
+    assert!(units.contains(&(OLLAMA.into(), "active".into(), "running".into())), "{units:?}");
+    assert!(units.contains(&(PRELOAD.into(), "active".into(), "exited".into())), "{units:?}");
+    assert!(units.contains(&(KEEPALIVE.into(), "active".into(), "running".into())), "{units:?}");
+    assert!(st["units"][0]["since"].as_str().is_some_and(|s| s.starts_with("20")), "{st:#}");
+
     // 2. Ollama is killed: Restart=always brings it back; the supervisor re-runs GPU check + preload.
     sd.manager().kill_unit(OLLAMA.to_string(), "all".into(), 9).await.expect("kill");
     eventually("re-warm after systemctl kill ollama.service", 40, || async {
