@@ -189,18 +189,29 @@ impl Systemd {
     }
 }
 
-/// `journalctl -u UNIT -n N -o cat` for this boot: the last lines, sanitised, for messages.
+/// `journalctl -u UNIT -n N -o cat`: the unit's last lines, sanitised, for messages.
+///
+/// No `-b` here or below: under ProtectKernelTunables=/ProtectControlGroups= in a container the
+/// boot ID that `-b` filters on can differ from the journal's (seen under systemd-nspawn), and
+/// `--since` the unit's start is the tighter bound anyway.
 pub fn journal_tail(unit: &str, n: usize) -> Vec<String> {
-    journal(&["-u", unit, "-b", "-n", &n.to_string(), "-o", "cat", "--no-pager", "-q"])
+    journal(&["-u", unit, "-n", &n.to_string(), "-o", "cat", "--no-pager", "-q"])
 }
 
-/// The unit's log since `since_usec` (realtime µs), this boot.
+/// The unit's log since `since_usec` (realtime µs); without it, its last 20000 lines (the GPU
+/// verdict only looks at the latest start in them anyway).
 pub fn journal_since(unit: &str, since_usec: Option<u64>) -> Vec<String> {
     let since = since_usec.map(|u| format!("@{}", u / 1_000_000));
-    let mut args = vec!["-u", unit, "-b", "-o", "cat", "--no-pager", "-q"];
-    if let Some(s) = &since {
-        args.push("--since");
-        args.push(s);
+    let mut args = vec!["-u", unit, "-o", "cat", "--no-pager", "-q"];
+    match &since {
+        Some(s) => {
+            args.push("--since");
+            args.push(s);
+        }
+        None => {
+            args.push("-n");
+            args.push("20000");
+        }
     }
     journal(&args)
 }

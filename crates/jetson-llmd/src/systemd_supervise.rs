@@ -60,14 +60,22 @@ impl<'a, A: OllamaApi, N: Notifier> SystemdSupervisor<'a, A, N> {
         }
     }
 
-    async fn gpu_from_journal(&self, cancel: &CancellationToken) -> GpuReport {
+    /// Polls ollama.service's journal since its main process started for the discovery line.
+    /// Err when not a single line could be read (the verdict would be a guess).
+    async fn gpu_from_journal(&self, cancel: &CancellationToken) -> Result<GpuReport, String> {
         let since = self.sd.main_start_usec(OLLAMA).await;
         let deadline = Instant::now() + self.settings.gpu_discovery_timeout;
         loop {
             let lines = systemd::journal_since(OLLAMA, since);
             let r = gpu::analyze(&lines, &self.settings.expected_compute, self.cmdline.as_deref());
-            if r.discovered || Instant::now() >= deadline || cancel.is_cancelled() {
-                return r;
+            if r.discovered {
+                return Ok(r);
+            }
+            if Instant::now() >= deadline || cancel.is_cancelled() {
+                if lines.is_empty() {
+                    return Err(format!("could not read a single line of {OLLAMA}'s journal since it started; check that `journalctl -u {OLLAMA}` shows its log"));
+                }
+                return Ok(r);
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -86,7 +94,7 @@ impl<'a, A: OllamaApi, N: Notifier> SystemdSupervisor<'a, A, N> {
         self.state.state.ollama_version = Some(version.clone());
         self.state.event("API ready");
         self.stage("checking-gpu", &format!("Ollama {version} is up; reading GPU discovery from its journal"));
-        let report = self.gpu_from_journal(cancel).await;
+        let report = self.gpu_from_journal(cancel).await.map_err(Failure::Systemd)?;
         self.state.gpu(&report);
         if !report.gpu {
             let why = if report.discovered { report.cpu_fallback_reason.clone().unwrap_or_else(|| "no CUDA GPU was discovered".into()) } else { format!("no GPU discovery line in {OLLAMA}'s journal within {}", humantime::format_duration(self.settings.gpu_discovery_timeout)) };

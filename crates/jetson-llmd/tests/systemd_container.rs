@@ -58,7 +58,10 @@ impl Container {
             "keepalive_interval = \"2s\"\nstate_dir = \"/var/lib/jetson-llmd\"\ngpu_discovery_timeout = \"10s\"\nretry_max_backoff = \"3s\"\n",
         );
         write(&root.join("etc/ollama/model.conf"), "OLLAMA_MODEL=gemma4:e2b-8k\n");
+        // The state goes where the host can read it; the production unit keeps it in /run.
         let _ = std::fs::remove_dir_all(root.join("var/lib/jetson-llmd"));
+        std::fs::create_dir_all(root.join("var/lib/jetson-llmd")).expect("mkdir");
+        write(&root.join("etc/systemd/system/jetson-llmd.service.d/50-test.conf"), "[Service]\nReadWritePaths=/var/lib/jetson-llmd\n");
         let _ = std::fs::remove_dir_all(root.join("usr/share/ollama/.fake"));
 
         // The units must be clean for systemd itself.
