@@ -13,6 +13,7 @@ pub mod status;
 pub mod supervise;
 pub mod systemd;
 pub mod systemd_supervise;
+pub mod units;
 pub mod warm;
 
 /// `path` as seen under `--root` (absolute paths are re-anchored at root).

@@ -102,6 +102,18 @@ enum Cmd {
     },
     /// Validate config.toml and model.conf; print each problem as file:line.
     Check,
+    /// Print the systemd units rendered for the installed binaries, or write them to --output.
+    Units {
+        /// The jetson-llmd binary the units run.
+        #[arg(long, value_name = "PATH", default_value = jetson_llmd::units::DEFAULT_JETSON_LLMD)]
+        jetson_llmd: PathBuf,
+        /// The ollama binary ollama.service runs (default: config.toml's ollama_bin).
+        #[arg(long, value_name = "PATH")]
+        ollama_bin: Option<PathBuf>,
+        /// Write the units under this directory (e.g. /etc/systemd/system) instead of printing.
+        #[arg(long, value_name = "DIR")]
+        output: Option<PathBuf>,
+    },
 }
 
 fn init_tracing(g: &Global) {
@@ -211,6 +223,31 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     let g = &cli.global;
     match cli.cmd {
         Cmd::Check => check(g),
+        Cmd::Units { jetson_llmd, ollama_bin, output } => {
+            let ollama = match ollama_bin {
+                Some(p) => p,
+                None => config::load(&paths(g).0).map_err(|e| Failure::Config(e.to_string()))?.ollama_bin,
+            };
+            let units = jetson_llmd::units::render(&jetson_llmd, &ollama).map_err(|e| Failure::Config(e.to_string()))?;
+            match output {
+                None => {
+                    for (name, text) in units {
+                        println!("# --- {name}\n{text}");
+                    }
+                }
+                Some(dir) => {
+                    for (name, text) in units {
+                        let path = dir.join(name);
+                        if let Some(p) = path.parent() {
+                            std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))?;
+                        }
+                        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+                        println!("{}", path.display());
+                    }
+                }
+            }
+            Ok(code::OK)
+        }
         Cmd::GpuCheck { log } => gpu_check(g, log),
         Cmd::Status => {
             let ctx = context(g)?;

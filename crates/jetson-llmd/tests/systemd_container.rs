@@ -47,10 +47,9 @@ impl Container {
         std::fs::create_dir_all(root.join("usr/local/bin")).expect("mkdir");
         std::fs::copy(bin, root.join("usr/local/bin/jetson-llmd")).expect("copy jetson-llmd");
         std::fs::copy(&fake, root.join("usr/local/bin/ollama")).expect("copy fake-ollama");
-        let units = workspace().join("units");
-        for u in ["ollama.service", "ollama-preload.service", "ollama-keepalive.service", "jetson-llmd.service"] {
-            std::fs::copy(units.join(u), root.join("etc/systemd/system").join(u)).expect("copy unit");
-        }
+        // Installed the way install will: rendered by `jetson-llmd units`.
+        let o = Command::new(bin).args(["units", "--output"]).arg(root.join("etc/systemd/system")).output().expect("units");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("b").local_addr().expect("a").port();
         write(&root.join("etc/jetson-llmd/ollama.env"), &env_file(port, ""));
         write(
