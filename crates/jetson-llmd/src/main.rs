@@ -306,7 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let cancel = shutdown_token();
             let notify = jetson_llmd::notify::SdNotify;
             use jetson_llmd::notify::Notifier;
-            notify.ready();
+            let mut ready = false;
             let conf = ctx.model_conf.clone();
             let json = ctx.json;
             let model_of = move || {
@@ -323,6 +323,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let pet = || notify.watchdog();
             let watchdog = jetson_llmd::notify::watchdog_period().map(|p| (p, &pet as &dyn Fn()));
             warm::keepalive_loop(&ctx.client, &ctx.settings, model_of, &relief, &cancel, |t| {
+                // Ready once the first ping has run (whatever its result: the loop is working).
+                if !ready {
+                    notify.ready();
+                    ready = true;
+                }
                 notify.status(&t.detail);
                 if json {
                     if let Ok(s) = serde_json::to_string(t) {

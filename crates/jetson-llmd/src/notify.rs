@@ -30,3 +30,18 @@ impl Notifier for SdNotify {
 pub fn watchdog_period() -> Option<std::time::Duration> {
     sd_notify::watchdog_enabled().map(|d| d / 2)
 }
+
+/// Awaits `fut`, sending WATCHDOG=1 every `period` meanwhile. For the long steps inside the main
+/// loop (a cold load takes 30-70 s, a pull much longer): each has its own deadline, so a hang is
+/// still caught, just not by the watchdog.
+pub async fn pet_while<F: std::future::Future>(fut: F, period: Option<std::time::Duration>) -> F::Output {
+    let Some(period) = period else { return fut.await };
+    tokio::pin!(fut);
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            out = &mut fut => return out,
+            _ = tick.tick() => { let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]); }
+        }
+    }
+}

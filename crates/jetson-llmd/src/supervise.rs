@@ -101,7 +101,7 @@ impl<'a, A: OllamaApi, L: Launcher, N: Notifier> Supervisor<'a, A, L, N> {
             self.state.gpu(&report);
             let mut phase = if report.gpu {
                 self.state.event("GPU found");
-                self.preload_phase(&cancel).await?
+                crate::notify::pet_while(self.preload_phase(&cancel), watchdog).await?
             } else {
                 let why = if report.discovered { report.summary() } else { format!("no GPU discovery line within {}", humantime::format_duration(self.settings.gpu_discovery_timeout)) };
                 self.stage("cpu-fallback", &format!("NOT READY: {why}; not loading the model on the CPU (run `jetson-llmd gpu-check`)"));
@@ -147,15 +147,15 @@ impl<'a, A: OllamaApi, L: Launcher, N: Notifier> Supervisor<'a, A, L, N> {
                         let now_text = std::fs::read(&self.model_conf).ok();
                         if now_text != conf_text {
                             conf_text = now_text;
-                            phase = self.conf_changed(phase, &cancel).await?;
+                            phase = crate::notify::pet_while(self.conf_changed(phase, &cancel), watchdog).await?;
                             next_tick = Instant::now() + self.settings.keepalive_interval;
                         }
                     }
                     _ = sleep_until(next_tick) => {
                         next_tick = Instant::now() + self.settings.keepalive_interval;
                         phase = match phase {
-                            Phase::Warm(m) => self.keepalive_tick(m).await?,
-                            Phase::Retry { failures } => match self.preload_phase(&cancel).await? {
+                            Phase::Warm(m) => crate::notify::pet_while(self.keepalive_tick(m), watchdog).await?,
+                            Phase::Retry { failures } => match crate::notify::pet_while(self.preload_phase(&cancel), watchdog).await? {
                                 Phase::Retry { .. } => Phase::Retry { failures: failures + 1 },
                                 p => p,
                             },

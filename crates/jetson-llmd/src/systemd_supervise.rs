@@ -150,7 +150,7 @@ impl<'a, A: OllamaApi, N: Notifier> SystemdSupervisor<'a, A, N> {
             attempt += 1;
             let booted = tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
-                b = self.boot(&cancel, attempt) => b,
+                b = crate::notify::pet_while(self.boot(&cancel, attempt), watchdog) => b,
             };
             let mut retry_at: Option<Instant> = None;
             match booted {
@@ -209,7 +209,7 @@ impl<'a, A: OllamaApi, N: Notifier> SystemdSupervisor<'a, A, N> {
                     }
                     _ = sleep_until(retry), if retry_at.is_some() => {
                         retry_at = None;
-                        match self.preload(&cancel).await {
+                        match crate::notify::pet_while(self.preload(&cancel), watchdog).await {
                             Ok(Boot::Warm) => if !ready_sent { self.notify.ready(); ready_sent = true; },
                             Ok(Boot::PreloadFailed) => retry_at = Some(Instant::now() + self.settings.retry_max_backoff.min(self.settings.keepalive_interval)),
                             Err(f) => { self.stage(f.stage(), &format!("NOT READY: {f}")); return Err(f); }
@@ -238,7 +238,7 @@ impl<'a, A: OllamaApi, N: Notifier> SystemdSupervisor<'a, A, N> {
                                     retry_at = None;
                                     // The old model stays loaded until the new one is warm: if the new
                                     // one cannot be pulled or loaded, the endpoint keeps working.
-                                    match self.preload(&cancel).await {
+                                    match crate::notify::pet_while(self.preload(&cancel), watchdog).await {
                                         Ok(Boot::Warm) => {
                                             if let Some(o) = old.filter(|o| !c.model.matches(o)) {
                                                 unload_if_loaded(self.api, &o).await;

@@ -255,7 +255,20 @@ where
     let mut rewarms = 0u64;
     loop {
         let model = model_of();
-        let result = tick(api, settings, &model, relief).await;
+        // A re-warm can take minutes: keep feeding the watchdog while it runs.
+        let result = {
+            let t = tick(api, settings, &model, relief);
+            tokio::pin!(t);
+            match watchdog {
+                None => t.await,
+                Some((period, pet)) => loop {
+                    tokio::select! {
+                        r = &mut t => break r,
+                        _ = tokio::time::sleep(period) => pet(),
+                    }
+                },
+            }
+        };
         let (ok, detail, report) = match &result {
             Ok(r) => {
                 failures = 0;

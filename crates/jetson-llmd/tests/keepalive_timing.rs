@@ -21,6 +21,7 @@ enum Mode {
 }
 
 struct Fake {
+    load_delay: Duration,
     modes: RefCell<VecDeque<Mode>>,
     loaded: RefCell<bool>,
     loads: RefCell<Vec<(Duration, KeepAlive)>>,
@@ -29,7 +30,7 @@ struct Fake {
 
 impl Fake {
     fn new(modes: &[Mode]) -> Fake {
-        Fake { modes: RefCell::new(modes.iter().copied().collect()), loaded: RefCell::new(true), loads: RefCell::new(vec![]), t0: Instant::now() }
+        Fake { load_delay: Duration::ZERO, modes: RefCell::new(modes.iter().copied().collect()), loaded: RefCell::new(true), loads: RefCell::new(vec![]), t0: Instant::now() }
     }
     fn mode(&self) -> Mode {
         let mut m = self.modes.borrow_mut();
@@ -65,6 +66,7 @@ impl OllamaApi for Fake {
     }
     async fn load(&self, _model: &str, k: KeepAlive) -> Result<(), Error> {
         self.loads.borrow_mut().push((self.t0.elapsed(), k));
+        tokio::time::sleep(self.load_delay).await;
         if self.modes.borrow().front() == Some(&Mode::Oom) {
             *self.loaded.borrow_mut() = false;
             return Err(Error::Api { url: "u".into(), status: 500, message: "llama-server process has terminated: cudaMalloc failed: out of memory".into() });
@@ -170,4 +172,21 @@ async fn the_watchdog_is_fed_between_pings() {
     .expect("ok");
     // One 240 s wait between the two pings, fed every 30 s.
     assert_eq!(pets.get(), 8);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_watchdog_is_fed_during_a_long_rewarm() {
+    // A cold re-warm on the board takes 30-70 s; WatchdogSec=120 must not kill it midway.
+    let mut fake = Fake::new(&[Mode::Up]);
+    fake.load_delay = Duration::from_secs(100);
+    *fake.loaded.borrow_mut() = false;
+    let cancel = CancellationToken::new();
+    let c2 = cancel.clone();
+    let pet_times = RefCell::new(Vec::new());
+    let t0 = Instant::now();
+    let pet = || pet_times.borrow_mut().push(t0.elapsed().as_secs());
+    warm::keepalive_loop(&fake, &Settings::default(), model, &NoRelief, &cancel, |_| c2.cancel(), Some((Duration::from_secs(30), &pet as &dyn Fn())))
+        .await
+        .expect("ok");
+    assert_eq!(*pet_times.borrow(), vec![30, 60, 90], "fed every 30 s while the 100 s load ran");
 }
