@@ -47,12 +47,13 @@ impl<'a, A: OllamaApi, N: Notifier> SystemdSupervisor<'a, A, N> {
         self.state.stage(stage, &crate::notify::one_line(status));
     }
 
-    /// Starts (or, after a crash loop, resets and starts) ollama.service.
+    /// Starts ollama.service; a failed start is retried once after ResetFailedUnit, which also
+    /// clears systemd's start rate limit ("Start request repeated too quickly"). systemd 252
+    /// keeps Result=exit-code in that case rather than start-limit-hit, so we do not rely on it.
     async fn start_ollama(&mut self, attempt: u32) -> Result<(), SdError> {
         match self.sd.run_job(OLLAMA, Verb::Start, self.settings.startup_timeout).await {
-            Err(SdError::Job { result, .. }) if result == "start-limit-hit" => {
-                // systemd refuses further starts until the failure is reset.
-                tracing::warn!("{OLLAMA} hit its start limit; resetting it (attempt {attempt})");
+            Err(SdError::Job { result, message, .. }) if result != "refused" => {
+                tracing::warn!("{OLLAMA} did not start ({message}); resetting its failed state and start limit (attempt {attempt})");
                 self.sd.reset_failed(OLLAMA).await?;
                 self.sd.run_job(OLLAMA, Verb::Start, self.settings.startup_timeout).await
             }
@@ -90,7 +91,27 @@ impl<'a, A: OllamaApi, N: Notifier> SystemdSupervisor<'a, A, N> {
         }
         self.state.event("ollama active");
         self.stage("waiting-for-api", &format!("{OLLAMA} is active; waiting for its API at {}", self.api.url()));
-        let version = warm::wait_for_api(self.api, self.settings.startup_timeout, cancel).await?;
+        // Stop waiting at once if Ollama crashes meanwhile (a crash loop ends in "failed").
+        let failed = async {
+            match self.sd.active_states(OLLAMA).await {
+                Ok(mut s) => {
+                    while let Some(state) = s.next().await {
+                        if state == "failed" {
+                            return;
+                        }
+                    }
+                    std::future::pending::<()>().await
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        let version = tokio::select! {
+            v = warm::wait_for_api(self.api, self.settings.startup_timeout, cancel) => v?,
+            _ = failed => {
+                let tail = systemd::journal_tail(OLLAMA, 3);
+                return Err(Failure::Systemd(format!("{OLLAMA} failed before its API answered; last log lines: {}", tail.join(" | "))));
+            }
+        };
         self.state.state.ollama_version = Some(version.clone());
         self.state.event("API ready");
         self.stage("checking-gpu", &format!("Ollama {version} is up; reading GPU discovery from its journal"));
@@ -139,6 +160,16 @@ impl<'a, A: OllamaApi, N: Notifier> SystemdSupervisor<'a, A, N> {
         Ok(Boot::Warm)
     }
 
+    /// A failure only a human (or a reboot) fixes: say why, and stop the keepalive so it does not
+    /// re-load the model onto the CPU or into unallocatable memory behind our back.
+    async fn terminal(&mut self, f: Failure) -> Failure {
+        self.stage(f.stage(), &format!("NOT READY: {f}"));
+        if let Err(e) = self.sd.run_job(KEEPALIVE, Verb::Stop, Duration::from_secs(30)).await {
+            tracing::warn!("stopping {KEEPALIVE}: {e}");
+        }
+        f
+    }
+
     pub async fn run(mut self, cancel: CancellationToken) -> Result<(), Failure> {
         self.sd.subscribe().await.map_err(|e| Failure::Systemd(e.to_string()))?;
         let mut states = self.sd.active_states(OLLAMA).await.map_err(|e| Failure::Systemd(e.to_string()))?;
@@ -164,8 +195,7 @@ impl<'a, A: OllamaApi, N: Notifier> SystemdSupervisor<'a, A, N> {
                 Ok(Boot::PreloadFailed) => retry_at = Some(Instant::now() + warm::backoff(1, self.settings.retry_max_backoff.min(self.settings.keepalive_interval))),
                 Err(f @ (Failure::GpuMissing { .. } | Failure::RebootRequired { .. } | Failure::Config(_))) => {
                     // Nothing a restart fixes: say why and stop (RestartPreventExitStatus= lists these codes).
-                    self.stage(f.stage(), &format!("NOT READY: {f}"));
-                    return Err(f);
+                    return Err(self.terminal(f).await);
                 }
                 Err(f) => {
                     let wait = warm::backoff(attempt, self.settings.retry_max_backoff);
@@ -212,7 +242,7 @@ impl<'a, A: OllamaApi, N: Notifier> SystemdSupervisor<'a, A, N> {
                         match crate::notify::pet_while(self.preload(&cancel), watchdog).await {
                             Ok(Boot::Warm) => if !ready_sent { self.notify.ready(); ready_sent = true; },
                             Ok(Boot::PreloadFailed) => retry_at = Some(Instant::now() + self.settings.retry_max_backoff.min(self.settings.keepalive_interval)),
-                            Err(f) => { self.stage(f.stage(), &format!("NOT READY: {f}")); return Err(f); }
+                            Err(f) => return Err(self.terminal(f).await),
                         }
                     }
                     _ = sleep_until(next_conf) => {
@@ -246,7 +276,7 @@ impl<'a, A: OllamaApi, N: Notifier> SystemdSupervisor<'a, A, N> {
                                             if !ready_sent { self.notify.ready(); ready_sent = true; }
                                         }
                                         Ok(Boot::PreloadFailed) => retry_at = Some(Instant::now() + warm::backoff(1, self.settings.retry_max_backoff.min(self.settings.keepalive_interval))),
-                                        Err(f) => { self.stage(f.stage(), &format!("NOT READY: {f}")); return Err(f); }
+                                        Err(f) => return Err(self.terminal(f).await),
                                     }
                                 } else {
                                     self.state.save();

@@ -54,14 +54,14 @@ impl Container {
         write(&root.join("etc/jetson-llmd/ollama.env"), &env_file(port, ""));
         write(
             &root.join("etc/jetson-llmd/config.toml"),
-            "keepalive_interval = \"2s\"\nstate_dir = \"/var/lib/jetson-llmd\"\ngpu_discovery_timeout = \"10s\"\nretry_max_backoff = \"3s\"\n",
+            "keepalive_interval = \"2s\"\nstate_dir = \"/var/lib/jetson-llmd\"\ngpu_discovery_timeout = \"10s\"\nretry_max_backoff = \"3s\"\nstartup_timeout = \"20s\"\n",
         );
         write(&root.join("etc/ollama/model.conf"), "OLLAMA_MODEL=gemma4:e2b-8k\n");
         // The state goes where the host can read it; the production unit keeps it in /run.
         let _ = std::fs::remove_dir_all(root.join("var/lib/jetson-llmd"));
         std::fs::create_dir_all(root.join("var/lib/jetson-llmd")).expect("mkdir");
         write(&root.join("etc/systemd/system/jetson-llmd.service.d/50-test.conf"), "[Service]\nReadWritePaths=/var/lib/jetson-llmd\n");
-        let _ = std::fs::remove_dir_all(root.join("usr/share/ollama/.fake"));
+        let _ = std::fs::remove_file(root.join("etc/systemd/system/ollama.service.d/60-test.conf"));
 
         // The units must be clean for systemd itself.
         let v = Command::new("systemd-analyze")
@@ -199,6 +199,18 @@ async fn boot_order_recovery_failures_and_stop_under_real_systemd() {
     assert!(units.contains(&(PRELOAD.into(), "active".into(), "exited".into())), "{units:?}");
     assert!(units.contains(&(KEEPALIVE.into(), "active".into(), "running".into())), "{units:?}");
     assert!(st["units"][0]["since"].as_str().is_some_and(|s| s.starts_with("20")), "{st:#}");
+    // And unprivileged: any user may read unit properties on the system bus.
+    std::fs::set_permissions(c.bus_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_jetson-llmd"))
+        .args(["--model-conf", "/nonexistent", "--json", "status"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", c.address())
+        .env("OLLAMA_HOST", format!("127.0.0.1:{}", c.port))
+        .output()
+        .expect("setpriv");
+    let st: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    assert_eq!(st["units"].as_array().map(Vec::len), Some(4), "as nobody: {st:#} {}", String::from_utf8_lossy(&o.stderr));
 
     // 2. Ollama is killed: Restart=always brings it back; the supervisor re-runs GPU check + preload.
     sd.manager().kill_unit(OLLAMA.to_string(), "all".into(), 9).await.expect("kill");
@@ -236,6 +248,47 @@ async fn boot_order_recovery_failures_and_stop_under_real_systemd() {
     assert_eq!(info.exec_main_status, Some(5), "{info:?}");
     assert!(info.status_text.as_deref().unwrap_or("").contains("cuda_jetpack6"), "{info:?}");
     assert_eq!(info.active_state, "failed", "RestartPreventExitStatus=5 keeps it from looping: {info:?}");
+    let ka = sd.info(KEEPALIVE).await.expect("info");
+    assert_eq!(ka.active_state, "inactive", "no keepalive re-loading the model onto the CPU: {ka:?}");
+    assert!(!model_loaded(&c, "gemma4:e2b-8k").await);
+
+    // 7. A crash-looping Ollama hits systemd's start limit: the supervisor resets it
+    //    (ResetFailedUnit) and retries with backoff until Ollama can start again.
+    write(&c.root.join("etc/jetson-llmd/ollama.env"), &env_file(c.port, "FAKE_OLLAMA_PROFILE=broken\n"));
+    write(&c.root.join("etc/systemd/system/ollama.service.d/60-test.conf"), "[Service]\nRestartSec=100ms\n");
+    sd.manager().reload().await.expect("daemon-reload");
+    tokio::time::sleep(Duration::from_millis(500)).await; // the reload is asynchronous
+    sd.run_job(OLLAMA, Verb::Restart, Duration::from_secs(30)).await.expect("ollama restarted into a crash loop");
+    sd.reset_failed(SUPERVISOR).await.expect("reset jetson-llmd");
+    let mut removed = sd.manager().receive_job_removed().await.expect("signals");
+    sd.manager().start_unit(SUPERVISOR.to_string(), "replace".into()).await.expect("queue start");
+    let saw_limit = {
+        let u = unit(&sd, OLLAMA).await;
+        let t = Instant::now();
+        let mut seen = false;
+        // Restart=always, RestartSec=100ms: five quick crashes end in "failed" (start limit).
+        while t.elapsed() < Duration::from_secs(30) && !seen {
+            seen = u.active_state().await.unwrap_or_default() == "failed";
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        seen
+    };
+    assert!(saw_limit, "ollama.service never hit its start limit");
+    // Let the supervisor run into the limit at least once before Ollama is repaired.
+    eventually("the supervisor reports the failed start", 30, || async { status_text(&sd, SUPERVISOR).await.contains("NOT READY") }).await;
+    write(&c.root.join("etc/jetson-llmd/ollama.env"), &env_file(c.port, ""));
+    let t = Instant::now();
+    let mut result = None;
+    while t.elapsed() < Duration::from_secs(60) && result.is_none() {
+        if let Ok(Some(sig)) = tokio::time::timeout(Duration::from_millis(500), futures_util::StreamExt::next(&mut removed)).await {
+            let a = sig.args().expect("args");
+            if a.unit == SUPERVISOR {
+                result = Some(a.result.to_string());
+            }
+        }
+    }
+    assert_eq!(result.as_deref(), Some("done"), "jetson-llmd became ready after resetting the start limit");
+    assert!(model_loaded(&c, "gemma4:e2b-8k").await);
 
     // Shut the container down.
     let _ = sd.manager().power_off().await;
