@@ -147,6 +147,15 @@ pub fn describe(path: &std::path::Path, errors: &[ConfError]) -> String {
     errors.iter().map(|e| format!("{}:{}: {}", path.display(), e.line, e.message)).collect::<Vec<_>>().join("\n")
 }
 
+/// Reads and parses the file; the error is ready to print (`path:line: message`, one per line).
+pub fn read(path: &std::path::Path) -> Result<ModelConf, String> {
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!("{}: not found; create it with one line: {KEY}=gemma4:e2b-8k", path.display()),
+        _ => format!("{}: cannot read: {e}", path.display()),
+    })?;
+    parse(&bytes).map_err(|errs| describe(path, &errs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,11 +246,3 @@ mod tests {
     }
 }
 
-/// Reads and parses the file; the error is ready to print (`path:line: message`, one per line).
-pub fn read(path: &std::path::Path) -> Result<ModelConf, String> {
-    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => format!("{}: not found; create it with one line: {KEY}=gemma4:e2b-8k", path.display()),
-        _ => format!("{}: cannot read: {e}", path.display()),
-    })?;
-    parse(&bytes).map_err(|errs| describe(path, &errs))
-}

@@ -168,22 +168,13 @@ impl<'a, A: OllamaApi, L: Launcher, N: Notifier> Supervisor<'a, A, L, N> {
     }
 
     async fn keepalive_tick(&mut self, model: ModelName) -> Result<Phase, Failure> {
-        match warm::tick(self.api, self.settings, &model, self.relief).await {
-            Ok(r) => {
-                if r.rewarmed {
-                    self.state.state.rewarm_count += 1;
-                }
-                let rec = warm::TickRecord {
-                    at: crate::state::now(),
-                    model: model.to_string(),
-                    ok: true,
-                    detail: format!("{model} warm, {}% GPU{}", r.gpu_percent, if r.rewarmed { ", re-warmed" } else { "" }),
-                    rewarmed: r.rewarmed,
-                    rewarm_count: self.state.state.rewarm_count,
-                    consecutive_failures: 0,
-                    report: Some(r),
-                };
-                self.state.ping(&rec);
+        let result = warm::tick(self.api, self.settings, &model, self.relief).await;
+        if result.as_ref().is_ok_and(|r| r.rewarmed) {
+            self.state.state.rewarm_count += 1;
+        }
+        self.state.ping(&warm::TickRecord::new(&model, &result, self.state.state.rewarm_count, u32::from(result.is_err())));
+        match result {
+            Ok(_) => {
                 self.stage("ready", &self.ready_text(&model));
                 Ok(Phase::Warm(model))
             }

@@ -233,6 +233,26 @@ pub struct TickRecord {
     pub report: Option<WarmReport>,
 }
 
+impl TickRecord {
+    /// The record of one tick; `rewarm_count` already includes this tick's re-warm.
+    pub fn new(model: &ModelName, result: &Result<WarmReport, Failure>, rewarm_count: u64, consecutive_failures: u32) -> TickRecord {
+        let (ok, detail, report) = match result {
+            Ok(r) => (true, format!("{model} warm, {}% GPU{}", r.gpu_percent, if r.rewarmed { ", re-warmed" } else { "" }), Some(r.clone())),
+            Err(f) => (false, f.to_string(), None),
+        };
+        TickRecord {
+            at: crate::state::now(),
+            model: model.to_string(),
+            ok,
+            detail,
+            rewarmed: report.as_ref().is_some_and(|r| r.rewarmed),
+            rewarm_count,
+            consecutive_failures,
+            report,
+        }
+    }
+}
+
 /// The keepalive loop. `model_of` is asked for the model before every tick (model.conf may
 /// have changed); it returns the last good model when the file is invalid. Returns only on
 /// cancel or a terminal failure (reboot required).
@@ -269,29 +289,16 @@ where
                 },
             }
         };
-        let (ok, detail, report) = match &result {
+        match &result {
             Ok(r) => {
                 failures = 0;
                 if r.rewarmed {
                     rewarms += 1;
                 }
-                (true, format!("{} warm, {}% GPU{}", model, r.gpu_percent, if r.rewarmed { ", re-warmed" } else { "" }), Some(r.clone()))
             }
-            Err(f) => {
-                failures += 1;
-                (false, f.to_string(), None)
-            }
-        };
-        let rec = TickRecord {
-            at: crate::state::now(),
-            model: model.to_string(),
-            ok,
-            detail,
-            rewarmed: report.as_ref().is_some_and(|r| r.rewarmed),
-            rewarm_count: rewarms,
-            consecutive_failures: failures,
-            report,
-        };
+            Err(_) => failures += 1,
+        }
+        let rec = TickRecord::new(&model, &result, rewarms, failures);
         on_tick(&rec);
         if let Err(Failure::RebootRequired { detail }) = result {
             return Err(Failure::RebootRequired { detail });
