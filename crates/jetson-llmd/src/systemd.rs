@@ -139,14 +139,7 @@ impl Systemd {
             Ok(s) => s.result().await.ok(),
             Err(_) => None,
         };
-        let what = match (verb, result.as_str()) {
-            (_, "failed") => format!("failed (Result={})", svc_result.clone().unwrap_or_else(|| "unknown".into())),
-            (_, "timeout") => "did not finish within its timeout (TimeoutStartSec=)".into(),
-            (_, "dependency") => "a unit it depends on failed".into(),
-            (_, "canceled") => "the job was canceled (another start or stop replaced it)".into(),
-            (_, "skipped") => "was skipped (a condition was not met)".into(),
-            (_, other) => format!("job ended with {other}"),
-        };
+        let what = describe_job_result(&result, svc_result.as_deref());
         let tail = journal_tail(unit, 5);
         let message = if tail.is_empty() { what } else { format!("{what}; last log lines: {}", tail.join(" | ")) };
         Err(SdError::Job { unit: unit.into(), result: svc_result.unwrap_or(result), message })
@@ -189,6 +182,24 @@ impl Systemd {
     }
 }
 
+/// Words for a JobRemoved result (systemd's org.freedesktop.systemd1(5): done, canceled,
+/// timeout, failed, dependency, skipped) plus the service's Result= when it failed.
+pub fn describe_job_result(result: &str, service_result: Option<&str>) -> String {
+    match result {
+        "done" => "done".into(),
+        "failed" => match service_result {
+            Some("start-limit-hit") => "failed: started too often in a short time (start limit hit)".into(),
+            Some(r) => format!("failed (Result={r})"),
+            None => "failed".into(),
+        },
+        "timeout" => "did not finish within its timeout (TimeoutStartSec=)".into(),
+        "dependency" => "a unit it depends on failed".into(),
+        "canceled" => "the job was canceled (another start or stop replaced it)".into(),
+        "skipped" => "was skipped (a condition was not met)".into(),
+        other => format!("job ended with {other:?}"),
+    }
+}
+
 /// `journalctl -u UNIT -n N -o cat`: the unit's last lines, sanitised, for messages.
 ///
 /// No `-b` here or below: under ProtectKernelTunables=/ProtectControlGroups= in a container the
@@ -220,5 +231,23 @@ fn journal(args: &[&str]) -> Vec<String> {
     match std::process::Command::new("journalctl").args(args).output() {
         Ok(o) => String::from_utf8_lossy(&o.stdout).lines().map(crate::gpu::sanitize).filter(|l| !l.is_empty()).collect(),
         Err(_) => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_job_result_has_words() {
+        assert_eq!(describe_job_result("failed", Some("exit-code")), "failed (Result=exit-code)");
+        assert!(describe_job_result("failed", Some("start-limit-hit")).contains("start limit"));
+        assert!(describe_job_result("timeout", None).contains("TimeoutStartSec="));
+        assert_eq!(describe_job_result("dependency", None), "a unit it depends on failed");
+        assert!(describe_job_result("canceled", None).contains("replaced"));
+        assert!(describe_job_result("skipped", None).contains("condition"));
+        assert_eq!(describe_job_result("weird", None), "job ended with \"weird\"");
+        assert_eq!(usec_to_rfc3339(0), None);
+        assert_eq!(usec_to_rfc3339(1_700_000_000_000_000).as_deref(), Some("2023-11-14T22:13:20Z"));
     }
 }
