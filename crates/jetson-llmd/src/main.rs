@@ -309,6 +309,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let mut ready = false;
             let conf = ctx.model_conf.clone();
             let json = ctx.json;
+            let state_dir = rooted(&ctx.root, &ctx.settings.state_dir);
             let model_of = move || {
                 match modelconf::read(&conf) {
                     Ok(c) if c.model != model => {
@@ -329,6 +330,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     ready = true;
                 }
                 notify.status(&t.detail);
+                jetson_llmd::state::write_keepalive(&state_dir, t);
                 if json {
                     if let Ok(s) = serde_json::to_string(t) {
                         println!("{s}");

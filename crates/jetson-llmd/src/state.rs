@@ -109,3 +109,17 @@ impl StateFile {
         }
     }
 }
+
+/// The standalone keepalive's last ping (`<state_dir>/keepalive.json`), for `status`.
+pub fn write_keepalive(dir: &Path, t: &TickRecord) {
+    let path = dir.join("keepalive.json");
+    let Ok(text) = serde_json::to_vec_pretty(t) else { return };
+    let tmp = path.with_extension("json.tmp");
+    if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)) {
+        tracing::debug!("cannot write {}: {e}", path.display());
+    }
+}
+
+pub fn read_keepalive(dir: &Path) -> Option<serde_json::Value> {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("keepalive.json")).ok()?).ok()
+}

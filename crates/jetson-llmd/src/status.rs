@@ -50,6 +50,8 @@ pub struct StatusReport {
     pub model: ModelInfo,
     pub gpu: Option<serde_json::Value>,
     pub supervisor: Option<State>,
+    /// The last ping of `jetson-llmd keepalive` (ollama-keepalive.service), if it wrote one.
+    pub keepalive: Option<serde_json::Value>,
     /// The four units as systemd sees them (empty without a system bus).
     pub units: Vec<crate::systemd::UnitInfo>,
     pub memory: MemoryInfo,
@@ -164,7 +166,8 @@ pub async fn gather<A: OllamaApi>(api: &A, settings: &Settings, model_conf: &Pat
     } else {
         "degraded"
     };
-    StatusReport { health: health.into(), warnings, ollama, model, gpu, supervisor, units: Vec::new(), memory }
+    let keepalive = crate::state::read_keepalive(&crate::rooted(root, &settings.state_dir));
+    StatusReport { health: health.into(), warnings, ollama, model, gpu, supervisor, keepalive, units: Vec::new(), memory }
 }
 
 /// Reads the units over the system bus (works unprivileged); quietly empty without one.
@@ -238,11 +241,13 @@ pub fn render(r: &StatusReport) -> String {
     }
     if let Some(s) = &r.supervisor {
         row(&mut o, "stage", format!("{} ({})", s.stage, crate::gpu::sanitize(&s.status)));
-        if let Some(p) = &s.last_ping {
+        // The supervisor pings itself in process mode; under systemd the keepalive unit does.
+        let newest = [s.last_ping.as_ref(), r.keepalive.as_ref()].into_iter().flatten().max_by_key(|p| p.get("at").and_then(|v| v.as_str()).unwrap_or("").to_string());
+        if let Some(p) = newest {
             row(&mut o, "last ping", format!(
                 "{} {}",
                 p.get("at").and_then(|v| v.as_str()).unwrap_or("?"),
-                p.get("detail").and_then(|v| v.as_str()).unwrap_or("")
+                crate::gpu::sanitize(p.get("detail").and_then(|v| v.as_str()).unwrap_or(""))
             ));
         }
         row(&mut o, "re-warms", format!("{} (Ollama restarts: {})", s.rewarm_count, s.ollama_restarts));

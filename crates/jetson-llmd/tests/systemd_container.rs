@@ -61,6 +61,7 @@ impl Container {
         let _ = std::fs::remove_dir_all(root.join("var/lib/jetson-llmd"));
         std::fs::create_dir_all(root.join("var/lib/jetson-llmd")).expect("mkdir");
         write(&root.join("etc/systemd/system/jetson-llmd.service.d/50-test.conf"), "[Service]\nReadWritePaths=/var/lib/jetson-llmd\n");
+        write(&root.join("etc/systemd/system/ollama-keepalive.service.d/50-test.conf"), "[Service]\nReadWritePaths=/var/lib/jetson-llmd\n");
         let _ = std::fs::remove_file(root.join("etc/systemd/system/ollama.service.d/60-test.conf"));
 
         // The units must be clean for systemd itself.
@@ -219,10 +220,13 @@ async fn boot_order_recovery_failures_and_stop_under_real_systemd() {
     })
     .await;
 
-    // 3. The emulator evicts the model: the keepalive (2 s interval here) re-warms it.
+    // 3. The emulator evicts the model: the keepalive (2 s interval here) re-warms it, and its
+    //    last ping (with the re-warm count) is where `status` finds it.
     reqwest::Client::new().post(c.url("/_fake/evict")).body("{}").send().await.expect("evict");
     assert!(!model_loaded(&c, "gemma4:e2b-8k").await);
     eventually("keepalive re-warms an evicted model", 20, || model_loaded(&c, "gemma4:e2b-8k")).await;
+    let ka = || std::fs::read_to_string(c.root.join("var/lib/jetson-llmd/keepalive.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()).unwrap_or(Value::Null);
+    eventually("keepalive.json records the re-warm", 10, || async { ka()["rewarm_count"].as_u64().unwrap_or(0) >= 1 && ka()["ok"] == true }).await;
 
     // 4. A preload that fails (unknown model) is reported with its cause, the supervisor stays up,
     //    and the model that was warm stays loaded (it is only replaced once the new one is warm).
