@@ -767,16 +767,24 @@ fn pull_lines(emu: &Emulator, name: &str, lines: &mut Vec<Value>) -> bool {
     true
 }
 
-async fn pull(State(app): State<App>, body: Bytes) -> Response {
-    let v = match body_json(&body) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let model = v.get("model").or_else(|| v.get("name")).and_then(Value::as_str).unwrap_or("");
+/// The common head of /api/pull and /api/create: the body, the model name (`name` is the
+/// deprecated spelling Ollama still accepts) and `stream` (default true).
+fn model_request(body: &Bytes) -> Result<(Value, String, bool), Response> {
+    let v = body_json(body)?;
+    let model = v.get("model").or_else(|| v.get("name")).and_then(Value::as_str).unwrap_or("").to_string();
     if model.is_empty() {
-        return err(StatusCode::BAD_REQUEST, "model is required");
+        return Err(err(StatusCode::BAD_REQUEST, "model is required"));
     }
     let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(true);
+    Ok((v, model, stream))
+}
+
+async fn pull(State(app): State<App>, body: Bytes) -> Response {
+    let (_, model, stream) = match model_request(&body) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let model = model.as_str();
     let mut lines = Vec::new();
     if pull_lines(&app.emu, &normalize(model), &mut lines) {
         lines.push(json!({ "status": "success" }));
@@ -787,15 +795,11 @@ async fn pull(State(app): State<App>, body: Bytes) -> Response {
 
 /// POST /api/create with `from` and `parameters` (server/create.go). A missing base is pulled.
 async fn create(State(app): State<App>, body: Bytes) -> Response {
-    let v = match body_json(&body) {
-        Ok(v) => v,
+    let (v, model, stream) = match model_request(&body) {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let model = v.get("model").or_else(|| v.get("name")).and_then(Value::as_str).unwrap_or("");
-    if model.is_empty() {
-        return err(StatusCode::BAD_REQUEST, "model is required");
-    }
-    let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(true);
+    let model = model.as_str();
     let Some(from) = v.get("from").and_then(Value::as_str) else {
         return err(StatusCode::BAD_REQUEST, "neither 'from' or 'files' was specified");
     };
