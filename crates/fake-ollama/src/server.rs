@@ -157,6 +157,8 @@ fn startup_log(emu: &Arc<Emulator>, addr: SocketAddr) {
     });
 }
 
+/// discover/types.go LogDetails: one `inference compute` line per device, or one CPU line when
+/// there is none (some 0.12.x releases also print `filter_id=` after `id=`; parsers must not care).
 fn discovery_log(emu: &Emulator) {
     let c = &emu.config;
     let total = human_bytes2(c.profile.total_memory);
@@ -168,7 +170,7 @@ fn discovery_log(emu: &Emulator) {
             "types.go:60",
             "inference compute",
             &format!(
-                "id={} filter_id=\"\" library=CUDA compute={} name={} description={} libdirs={} driver={} pci_id={} type={} total=\"{}\" available=\"{}\"",
+                "id={} library=CUDA compute={} name={} description={} libdirs={} driver={} pci_id={} type={} total=\"{}\" available=\"{}\"",
                 g.id, g.compute, g.name, g.description, g.libdirs, g.driver, g.pci_id, g.kind, total, human_bytes2(c.profile.gpu_available)
             ),
         ),
