@@ -285,9 +285,56 @@ pub fn render(r: &StatusReport) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn report() -> StatusReport {
+        let mut state = State { pid: 1, stage: "ready".into(), status: "ready: gemma4:e2b-8k warm on the GPU, pinned".into(), rewarm_count: 2, ollama_restarts: 1, ..Default::default() };
+        for (e, ms) in [("ollama active", 16), ("API ready", 121), ("GPU found", 129), ("model warm", 41433), ("keepalive running", 41470)] {
+            state.timeline.push(crate::state::TimelineEvent { event: e.into(), at: "2026-11-23T22:00:00Z".into(), after_ms: ms });
+        }
+        StatusReport {
+            health: "degraded".into(),
+            warnings: vec!["1200 MiB of swap in use: on eMMC that is a performance cliff; use a smaller model or context".into(), "evil \u{1b}[2Jescape".into()],
+            ollama: OllamaInfo { url: "http://127.0.0.1:11434/".into(), reachable: true, version: Some("0.30.6".into()), error: None },
+            model: ModelInfo {
+                configured: Some("gemma4:e2b-8k".into()),
+                config_error: None,
+                loaded: true,
+                gpu_percent: Some(100),
+                size: Some(3_865_470_566),
+                size_vram: Some(3_865_470_566),
+                expires_at: Some("2318-03-01T00:00:00Z".into()),
+                expiry: Some("forever".into()),
+                context_length: Some(8192),
+            },
+            gpu: Some(serde_json::json!({ "gpu": true, "description": "Orin", "compute": "8.7" })),
+            supervisor: Some(state),
+            keepalive: Some(serde_json::json!({ "at": "2026-11-23T22:04:00Z", "detail": "gemma4:e2b-8k warm, 100% GPU" })),
+            units: vec![crate::systemd::UnitInfo {
+                unit: "ollama.service".into(),
+                load_state: "loaded".into(),
+                active_state: "active".into(),
+                sub_state: "running".into(),
+                since: Some("2026-11-23T22:00:00Z".into()),
+                result: Some("success".into()),
+                exec_main_status: Some(0),
+                status_text: None,
+            }],
+            memory: meminfo("MemTotal: 7800000 kB\nMemAvailable: 4000000 kB\nSwapTotal: 3900000 kB\nSwapFree: 2671200 kB\n"),
+        }
+    }
+
+    #[test]
+    fn render_puts_warnings_first_and_strips_escapes() {
+        let text = render(&report());
+        assert!(!text.contains('\u{1b}'));
+        insta::assert_snapshot!(text);
+        assert_eq!(report().exit_code(), code::FAILED);
+    }
+
     #[test]
     fn meminfo_fields() {
-        let m = super::meminfo("MemTotal:        7800000 kB\nMemAvailable:    5000000 kB\nSwapTotal: 3900000 kB\nSwapFree: 3900000 kB\nCmaTotal: 262144 kB\nCmaFree: 100 kB\n");
+        let m = meminfo("MemTotal:        7800000 kB\nMemAvailable:    5000000 kB\nSwapTotal: 3900000 kB\nSwapFree: 3900000 kB\nCmaTotal: 262144 kB\nCmaFree: 100 kB\n");
         assert_eq!(m.mem_available_kb, Some(5_000_000));
         assert_eq!(m.cma_total_kb, Some(262_144));
     }
