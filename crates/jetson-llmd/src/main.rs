@@ -24,7 +24,7 @@ The model named in /etc/ollama/model.conf (OLLAMA_MODEL=gemma4:e2b-8k) is loaded
 keep_alive -1 and pinned there: every unload/reload cycle risks GPU memory that cannot be allocated\n\
 again until a reboot. `supervise` runs the whole chain; `preload` and `keepalive` are its steps;\n\
 `status` and `gpu-check` explain what is going on.",
-    after_help = "Exit codes: 0 ok, 1 failed or degraded (e.g. model on CPU), 2 bad usage or configuration,\n3 Ollama unreachable, 4 reboot required (GPU memory unallocatable)."
+    after_help = "Exit codes: 0 ok, 1 failed or degraded (e.g. model on CPU), 2 bad usage or configuration,\n3 Ollama unreachable, 4 reboot required (GPU memory unallocatable), 5 Ollama runs on the CPU (supervise)."
 )]
 struct Cli {
     #[command(flatten)]
