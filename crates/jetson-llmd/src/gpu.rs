@@ -334,6 +334,21 @@ mod tests {
         assert_eq!(r.offloaded, Some((37, 37)));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn hostile_lines_never_panic(lines in proptest::collection::vec("(\\PC|[=\" \\\\\u{1b}\r\t\\[]){0,120}", 0..8)) {
+            let mut ls = lines.clone();
+            ls.push(format!("msg=\"inference compute\" {}", lines.first().cloned().unwrap_or_default()));
+            let r = analyze(&ls, "8.7", Some("cma=x"));
+            proptest::prop_assert!(!r.gpu || r.compute.as_deref() == Some("8.7"));
+            for l in &ls {
+                let _ = logfmt(l);
+                let clean = !sanitize(l).contains('\u{1b}');
+                proptest::prop_assert!(clean, "escape left in {:?}", l);
+            }
+        }
+    }
+
     #[test]
     fn sanitize_strips_escapes() {
         assert_eq!(sanitize("a\u{1b}[31mred\u{1b}[0m\u{7}b"), "aredb");
