@@ -193,6 +193,11 @@ fn context(g: &Global) -> anyhow::Result<Ctx> {
     Ok(Ctx { client: ollama_client::Client::new(url, timeouts), settings, model_conf, root: g.root.clone(), json: g.json })
 }
 
+/// The one remediation for unallocatable GPU memory, under --root.
+fn drop_caches(ctx: &Ctx) -> DropCaches {
+    DropCaches { path: rooted(&ctx.root, Path::new("/proc/sys/vm/drop_caches")) }
+}
+
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -266,7 +271,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Preload => {
             let ctx = context(g)?;
             let model = model_from_conf(&ctx)?;
-            let relief = DropCaches { path: rooted(&ctx.root, Path::new("/proc/sys/vm/drop_caches")) };
+            let relief = drop_caches(&ctx);
             let cancel = shutdown_token();
             let version = warm::wait_for_api(&ctx.client, ctx.settings.startup_timeout, &cancel).await?;
             tracing::info!("Ollama {version} at {}; preloading {model}", ctx.client.url());
@@ -292,7 +297,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
                 ctx.settings.keepalive_interval = i;
             }
-            let relief = DropCaches { path: rooted(&ctx.root, Path::new("/proc/sys/vm/drop_caches")) };
+            let relief = drop_caches(&ctx);
             let mut model = model_from_conf(&ctx)?;
             if once {
                 let r = warm::tick(&ctx.client, &ctx.settings, &model, &relief).await.with_context(|| format!("keepalive ping of {model} through {}", ctx.client.url()))?;
@@ -371,7 +376,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 ("OLLAMA_KEEP_ALIVE".to_string(), "-1".to_string()),
                 ("OLLAMA_MAX_LOADED_MODELS".to_string(), "1".to_string()),
             ];
-            let relief = DropCaches { path: rooted(&ctx.root, Path::new("/proc/sys/vm/drop_caches")) };
+            let relief = drop_caches(&ctx);
             let state_dir = rooted(&ctx.root, &ctx.settings.state_dir);
             let cmdline = std::fs::read_to_string(rooted(&ctx.root, Path::new("/proc/cmdline"))).ok();
             let sup = jetson_llmd::supervise::Supervisor {

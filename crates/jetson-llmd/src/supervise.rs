@@ -101,7 +101,7 @@ impl<'a, A: OllamaApi, L: Launcher, N: Notifier> Supervisor<'a, A, L, N> {
             self.state.gpu(&report);
             let mut phase = if report.gpu {
                 self.state.event("GPU found");
-                crate::notify::pet_while(self.preload_phase(&cancel), watchdog).await?
+                crate::notify::pet_while(self.preload_phase(), watchdog).await?
             } else {
                 let why = if report.discovered { report.summary() } else { format!("no GPU discovery line within {}", humantime::format_duration(self.settings.gpu_discovery_timeout)) };
                 self.stage("cpu-fallback", &format!("NOT READY: {why}; not loading the model on the CPU (run `jetson-llmd gpu-check`)"));
@@ -114,12 +114,9 @@ impl<'a, A: OllamaApi, L: Launcher, N: Notifier> Supervisor<'a, A, L, N> {
             let mut next_watchdog = Instant::now() + watchdog.unwrap_or(Duration::from_secs(3600));
             let mut next_conf = Instant::now() + self.conf_poll;
             loop {
-                if let Phase::Warm(m) = &phase {
-                    if !ready_sent {
-                        self.notify.ready();
-                        ready_sent = true;
-                    }
-                    let _ = m;
+                if matches!(phase, Phase::Warm(_)) && !ready_sent {
+                    self.notify.ready();
+                    ready_sent = true;
                 }
                 if let Phase::Retry { failures, .. } = &phase {
                     let wait = warm::backoff(*failures, self.settings.retry_max_backoff.min(self.settings.keepalive_interval));
@@ -147,7 +144,7 @@ impl<'a, A: OllamaApi, L: Launcher, N: Notifier> Supervisor<'a, A, L, N> {
                         let now_text = std::fs::read(&self.model_conf).ok();
                         if now_text != conf_text {
                             conf_text = now_text;
-                            phase = crate::notify::pet_while(self.conf_changed(phase, &cancel), watchdog).await?;
+                            phase = crate::notify::pet_while(self.conf_changed(phase), watchdog).await?;
                             next_tick = Instant::now() + self.settings.keepalive_interval;
                         }
                     }
@@ -155,7 +152,7 @@ impl<'a, A: OllamaApi, L: Launcher, N: Notifier> Supervisor<'a, A, L, N> {
                         next_tick = Instant::now() + self.settings.keepalive_interval;
                         phase = match phase {
                             Phase::Warm(m) => crate::notify::pet_while(self.keepalive_tick(m), watchdog).await?,
-                            Phase::Retry { failures } => match crate::notify::pet_while(self.preload_phase(&cancel), watchdog).await? {
+                            Phase::Retry { failures } => match crate::notify::pet_while(self.preload_phase(), watchdog).await? {
                                 Phase::Retry { .. } => Phase::Retry { failures: failures + 1 },
                                 p => p,
                             },
@@ -187,7 +184,7 @@ impl<'a, A: OllamaApi, L: Launcher, N: Notifier> Supervisor<'a, A, L, N> {
         format!("ready: {model} warm on the GPU ({pct}%), pinned; keepalive every {}", humantime::format_duration(self.settings.keepalive_interval))
     }
 
-    async fn preload_phase(&mut self, _cancel: &CancellationToken) -> Result<Phase, Failure> {
+    async fn preload_phase(&mut self) -> Result<Phase, Failure> {
         let model = match crate::modelconf::read(&self.model_conf) {
             Ok(c) => {
                 for w in &c.warnings {
@@ -241,7 +238,7 @@ impl<'a, A: OllamaApi, L: Launcher, N: Notifier> Supervisor<'a, A, L, N> {
     }
 
     /// model.conf changed: an invalid file keeps the running model; a new valid model replaces it.
-    async fn conf_changed(&mut self, phase: Phase, cancel: &CancellationToken) -> Result<Phase, Failure> {
+    async fn conf_changed(&mut self, phase: Phase) -> Result<Phase, Failure> {
         let conf = match crate::modelconf::read(&self.model_conf) {
             Ok(c) => c,
             Err(e) => {
@@ -265,7 +262,7 @@ impl<'a, A: OllamaApi, L: Launcher, N: Notifier> Supervisor<'a, A, L, N> {
             }
             Phase::Warm(current) => {
                 tracing::info!("model.conf now names {}; {current} stays loaded until it is warm", conf.model);
-                let next = self.preload_phase(cancel).await?;
+                let next = self.preload_phase().await?;
                 if let Phase::Warm(new) = &next {
                     if new.full() != current.full() {
                         crate::systemd_supervise::unload_if_loaded(self.api, &current.full()).await;
@@ -278,7 +275,7 @@ impl<'a, A: OllamaApi, L: Launcher, N: Notifier> Supervisor<'a, A, L, N> {
                 if self.state.state.stage == "cpu-fallback" {
                     return Ok(Phase::Stuck);
                 }
-                self.preload_phase(cancel).await
+                self.preload_phase().await
             }
         }
     }

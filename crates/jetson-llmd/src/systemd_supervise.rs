@@ -122,10 +122,10 @@ impl<'a, A: OllamaApi, N: Notifier> SystemdSupervisor<'a, A, N> {
             return Err(Failure::GpuMissing { reason: why });
         }
         self.state.event("GPU found");
-        self.preload(cancel).await
+        self.preload().await
     }
 
-    async fn preload(&mut self, _cancel: &CancellationToken) -> Result<Boot, Failure> {
+    async fn preload(&mut self) -> Result<Boot, Failure> {
         let model = crate::modelconf::read(&self.model_conf).map_err(Failure::Config)?.model;
         self.stage("preloading", &format!("{PRELOAD}: loading {model} onto the GPU (a cold load takes 30-70 s on an Orin Nano)"));
         // Restart, not start: a RemainAfterExit oneshot that already ran would be a no-op.
@@ -144,7 +144,7 @@ impl<'a, A: OllamaApi, N: Notifier> SystemdSupervisor<'a, A, N> {
         }
         if let Ok(ps) = self.api.ps().await {
             if let Some(m) = ps.models.iter().find(|m| model.matches(&m.name)) {
-                self.state.state.warm = serde_json::to_value(serde_json::json!({ "model": model, "gpu_percent": m.gpu_percent(), "size": m.size, "size_vram": m.size_vram, "expires_at": m.expires_at, "pinned": m.pinned_forever() })).ok();
+                self.state.state.warm = Some(serde_json::json!({ "model": model, "gpu_percent": m.gpu_percent(), "size": m.size, "size_vram": m.size_vram, "expires_at": m.expires_at, "pinned": m.pinned_forever() }));
             }
         }
         self.state.state.model = Some(model.to_string());
@@ -239,7 +239,7 @@ impl<'a, A: OllamaApi, N: Notifier> SystemdSupervisor<'a, A, N> {
                     }
                     _ = sleep_until(retry), if retry_at.is_some() => {
                         retry_at = None;
-                        match crate::notify::pet_while(self.preload(&cancel), watchdog).await {
+                        match crate::notify::pet_while(self.preload(), watchdog).await {
                             Ok(Boot::Warm) => if !ready_sent { self.notify.ready(); ready_sent = true; },
                             Ok(Boot::PreloadFailed) => retry_at = Some(Instant::now() + self.settings.retry_max_backoff.min(self.settings.keepalive_interval)),
                             Err(f) => return Err(self.terminal(f).await),
@@ -268,7 +268,7 @@ impl<'a, A: OllamaApi, N: Notifier> SystemdSupervisor<'a, A, N> {
                                     retry_at = None;
                                     // The old model stays loaded until the new one is warm: if the new
                                     // one cannot be pulled or loaded, the endpoint keeps working.
-                                    match crate::notify::pet_while(self.preload(&cancel), watchdog).await {
+                                    match crate::notify::pet_while(self.preload(), watchdog).await {
                                         Ok(Boot::Warm) => {
                                             if let Some(o) = old.filter(|o| !c.model.matches(o)) {
                                                 unload_if_loaded(self.api, &o).await;
