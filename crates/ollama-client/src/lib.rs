@@ -4,6 +4,7 @@
 //! `{"error": "..."}` text, including errors that arrive as a line in the middle of a stream.
 
 pub mod host;
+pub mod text;
 pub mod types;
 
 use futures_util::StreamExt;
@@ -12,7 +13,7 @@ use serde::Serialize;
 use std::time::Duration;
 use url::Url;
 
-pub use host::{is_loopback, parse_host, HostError, DEFAULT_HOST};
+pub use host::{is_loopback, parse_host, HostError, OllamaHost, DEFAULT_HOST};
 pub use types::*;
 
 /// What went wrong talking to Ollama.
@@ -28,7 +29,18 @@ pub enum Error {
     Stream { url: String, message: String },
     #[error("unexpected answer from Ollama at {url}: {detail}")]
     Protocol { url: String, detail: String },
+    #[error("Ollama at {url} sent {what} larger than {} KiB; refusing to read more", .cap / 1024)]
+    TooLarge { url: String, what: &'static str, cap: usize },
+    #[error("Ollama at {url} kept streaming without progress for {}; gave up", humanize(*.after))]
+    Stalled { url: String, after: Duration },
 }
+
+/// Largest JSON answer read (a /api/tags with hundreds of models is well under 1 MiB).
+pub const MAX_BODY: usize = 8 << 20;
+/// Largest error body read; the rest is dropped.
+pub const MAX_ERROR_BODY: usize = 64 << 10;
+/// Longest line of a streamed (NDJSON) answer.
+pub const MAX_LINE: usize = 1 << 20;
 
 fn humanize(d: Duration) -> String {
     if d.as_secs() >= 1 {
@@ -41,12 +53,12 @@ fn humanize(d: Duration) -> String {
 impl Error {
     /// Connection refused/reset or a timeout: the server may come back, retrying helps.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Unreachable { .. } | Error::Timeout { .. })
+        matches!(self, Error::Unreachable { .. } | Error::Timeout { .. } | Error::Stalled { .. })
             || matches!(self, Error::Api { status, .. } if *status == 503 || *status >= 502 && *status <= 504)
     }
 
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, Error::Unreachable { .. } | Error::Timeout { .. })
+        matches!(self, Error::Unreachable { .. } | Error::Timeout { .. } | Error::Stalled { .. })
     }
 
     /// Ollama said the model does not exist locally (HTTP 404, or the scheduler's wording).
@@ -174,8 +186,11 @@ impl Client {
         if status.is_success() {
             return Ok(resp);
         }
-        let body = resp.text().await.unwrap_or_default();
-        Err(Error::Api { url: url.to_string(), status: status.as_u16(), message: error_text(&body) })
+        let body = match read_capped(resp, MAX_ERROR_BODY).await {
+            Ok(b) | Err(Capped::TooLarge(b)) => b,
+            Err(Capped::Io(_)) => Vec::new(),
+        };
+        Err(Error::Api { url: url.to_string(), status: status.as_u16(), message: error_text(&String::from_utf8_lossy(&body)) })
     }
 
     async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
@@ -191,19 +206,27 @@ impl Client {
     }
 
     async fn decode<T: DeserializeOwned>(&self, resp: reqwest::Response, url: &Url, timeout: Duration) -> Result<T, Error> {
-        let bytes = resp.bytes().await.map_err(|e| self.map_err(url, e, timeout))?;
+        let bytes = match read_capped(resp, MAX_BODY).await {
+            Ok(b) => b,
+            Err(Capped::TooLarge(_)) => return Err(Error::TooLarge { url: url.to_string(), what: "an answer", cap: MAX_BODY }),
+            Err(Capped::Io(e)) => return Err(self.map_err(url, e, timeout)),
+        };
         serde_json::from_slice(&bytes).map_err(|e| Error::Protocol {
             url: url.to_string(),
-            detail: format!("{e} in {:?}", String::from_utf8_lossy(&bytes[..bytes.len().min(200)])),
+            detail: format!("{e} in {:?}", text::clip(&String::from_utf8_lossy(&bytes[..bytes.len().min(200)]), 200)),
         })
     }
 
     /// Reads an NDJSON stream, calling `on_line` for each decoded line; returns the last one.
-    /// A line with an `error` key ends the stream with [`Error::Stream`].
-    async fn post_stream<B: Serialize, T: DeserializeOwned + Default>(
+    /// A line with an `error` key ends the stream with [`Error::Stream`]. Every line is capped
+    /// ([`MAX_LINE`]); `progress` says whether a line moved things forward, and a stream that goes
+    /// `stream_idle` without progress is cut ([`Error::Stalled`]): a peer that repeats itself
+    /// forever is as stuck as one that says nothing.
+    async fn post_stream<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
         body: &B,
+        mut progress: impl FnMut(&T) -> bool,
         mut on_line: impl FnMut(&T),
     ) -> Result<T, Error> {
         let url = self.url(path);
@@ -211,6 +234,7 @@ impl Client {
         let mut stream = resp.bytes_stream();
         let mut buf: Vec<u8> = Vec::new();
         let mut last: Option<T> = None;
+        let mut last_progress = tokio::time::Instant::now();
         loop {
             let chunk = stream.next().await;
             let eof = chunk.is_none();
@@ -219,6 +243,9 @@ impl Client {
                 buf.extend_from_slice(&chunk);
             }
             while let Some(pos) = buf.iter().position(|&b| b == b'\n').or(if eof && !buf.is_empty() { Some(buf.len()) } else { None }) {
+                if pos > MAX_LINE {
+                    return Err(Error::TooLarge { url: url.to_string(), what: "a stream line", cap: MAX_LINE });
+                }
                 let line: Vec<u8> = buf.drain(..pos.min(buf.len())).collect();
                 if !buf.is_empty() {
                     buf.remove(0);
@@ -228,16 +255,23 @@ impl Client {
                 if text.is_empty() {
                     continue;
                 }
-                let value: serde_json::Value = serde_json::from_str(text)
-                    .map_err(|e| Error::Protocol { url: url.to_string(), detail: format!("{e} in stream line {text:?}") })?;
+                let bad = |e: serde_json::Error| Error::Protocol { url: url.to_string(), detail: format!("{e} in stream line {:?}", text::clip(text, 200)) };
+                let value: serde_json::Value = serde_json::from_str(text).map_err(bad)?;
                 if let Some(err) = value.get("error") {
                     let message = err.as_str().map(str::to_string).unwrap_or_else(|| err.to_string());
-                    return Err(Error::Stream { url: url.to_string(), message });
+                    return Err(Error::Stream { url: url.to_string(), message: text::clip(&message, text::MAX_TEXT) });
                 }
-                let item: T = serde_json::from_value(value)
-                    .map_err(|e| Error::Protocol { url: url.to_string(), detail: format!("{e} in stream line {text:?}") })?;
+                let item: T = serde_json::from_value(value).map_err(bad)?;
+                if progress(&item) {
+                    last_progress = tokio::time::Instant::now();
+                } else if last_progress.elapsed() > self.timeouts.stream_idle {
+                    return Err(Error::Stalled { url: url.to_string(), after: self.timeouts.stream_idle });
+                }
                 on_line(&item);
                 last = Some(item);
+            }
+            if buf.len() > MAX_LINE {
+                return Err(Error::TooLarge { url: url.to_string(), what: "a stream line", cap: MAX_LINE });
             }
             if eof {
                 break;
@@ -248,7 +282,9 @@ impl Client {
 
     /// GET /api/version.
     pub async fn version(&self) -> Result<VersionResponse, Error> {
-        self.get_json("api/version").await
+        let mut v: VersionResponse = self.get_json("api/version").await?;
+        v.version = text::clip(&v.version, 64);
+        Ok(v)
     }
 
     /// GET /api/tags: models on disk.
@@ -277,18 +313,20 @@ impl Client {
     pub async fn generate(&self, req: &GenerateRequest, on_chunk: impl FnMut(&GenerateResponse)) -> Result<GenerateResponse, Error> {
         let mut req = req.clone();
         req.stream = Some(true);
-        self.post_stream("api/generate", &req, on_chunk).await
+        self.post_stream("api/generate", &req, |_| true, on_chunk).await
     }
 
     /// POST /api/create from a base model plus parameters; streams status lines until "success".
     pub async fn create(&self, req: &CreateRequest, on_progress: impl FnMut(&ProgressLine)) -> Result<ProgressLine, Error> {
-        let last: ProgressLine = self.post_stream("api/create", req, on_progress).await?;
+        let mut p = Progress::default();
+        let last: ProgressLine = self.post_stream("api/create", req, |l| p.advanced(l), on_progress).await?;
         self.expect_success(last, "api/create")
     }
 
     /// POST /api/pull; streams progress until "success".
     pub async fn pull(&self, model: &str, on_progress: impl FnMut(&ProgressLine)) -> Result<ProgressLine, Error> {
-        let last: ProgressLine = self.post_stream("api/pull", &serde_json::json!({ "model": model }), on_progress).await?;
+        let mut p = Progress::default();
+        let last: ProgressLine = self.post_stream("api/pull", &serde_json::json!({ "model": model }), |l| p.advanced(l), on_progress).await?;
         self.expect_success(last, "api/pull")
     }
 
@@ -296,7 +334,7 @@ impl Client {
         if last.status == "success" {
             Ok(last)
         } else {
-            Err(Error::Stream { url: self.url(path).to_string(), message: format!("stream ended at {:?} without \"success\"", last.status) })
+            Err(Error::Stream { url: self.url(path).to_string(), message: format!("stream ended at {:?} without \"success\"", text::clip(&last.status, 200)) })
         }
     }
 
@@ -309,18 +347,67 @@ impl Client {
     }
 }
 
+/// A pull or create moves forward when a status appears for the first time or a download's
+/// `completed` grows (up to its `total`). Both sets are bounded, so an endless stream of
+/// ever-new statuses stops counting as progress.
+#[derive(Default)]
+struct Progress {
+    statuses: std::collections::HashSet<String>,
+    completed: std::collections::HashMap<String, u64>,
+}
+
+impl Progress {
+    const MAX_KEYS: usize = 1000;
+
+    fn advanced(&mut self, l: &ProgressLine) -> bool {
+        let mut moved = false;
+        if self.statuses.len() < Self::MAX_KEYS && !self.statuses.contains(&l.status) {
+            self.statuses.insert(l.status.chars().take(200).collect());
+            moved = true;
+        }
+        if let (Some(c), Some(t)) = (l.completed, l.total) {
+            let key = l.digest.clone().unwrap_or_default();
+            let known = self.completed.get(&key).copied();
+            if c <= t && known.is_none_or(|k| c > k) && (known.is_some() || self.completed.len() < Self::MAX_KEYS) {
+                self.completed.insert(key, c);
+                moved = true;
+            }
+        }
+        moved
+    }
+}
+
+enum Capped {
+    TooLarge(Vec<u8>),
+    Io(reqwest::Error),
+}
+
+/// Reads a body up to `cap` bytes; past it, what was read so far as [`Capped::TooLarge`].
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, Capped> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(Capped::Io)? {
+        if out.len() + chunk.len() > cap {
+            out.extend_from_slice(&chunk[..cap - out.len()]);
+            return Err(Capped::TooLarge(out));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
 /// Ollama's error body is `{"error":"..."}`; anything else is passed through, shortened.
+/// Either way the text is cleaned of control characters: it ends up on terminals and in the journal.
 fn error_text(body: &str) -> String {
     if let Ok(v) = serde_json::from_str::<serde_json::Value>(body) {
         if let Some(e) = v.get("error") {
-            return e.as_str().map(str::to_string).unwrap_or_else(|| e.to_string());
+            return text::clip(&e.as_str().map(str::to_string).unwrap_or_else(|| e.to_string()), text::MAX_TEXT);
         }
     }
     let t = body.trim();
     if t.is_empty() {
         "(empty body)".to_string()
     } else {
-        t.chars().take(300).collect()
+        text::clip(t, 300)
     }
 }
 
