@@ -1,10 +1,10 @@
 //! Preload and keepalive over real HTTP against the fake-ollama emulator on 127.0.0.1:0.
 
 use fake_ollama::{spawn, Config, CpuReason, Fault, FaultKind, Handle};
-use jetson_llmd::config::Settings;
-use jetson_llmd::model_name::ModelName;
-use jetson_llmd::outcome::{code, Failure};
-use jetson_llmd::warm::{self, DropCaches, MemoryRelief};
+use jetson_llmd::conf::{ModelName, Settings};
+use jetson_llmd::failure::{code, Failure};
+use jetson_llmd::host::memory::{DropCaches, MemoryRelief};
+use jetson_llmd::ollama::warm;
 use ollama_client::{Client, KeepAlive, Timeouts};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +17,7 @@ async fn emu(c: Config) -> Handle {
 
 fn client(h: &Handle) -> Client {
     let t = Timeouts { request: Duration::from_secs(2), load: Duration::from_secs(10), ..Default::default() };
-    Client::new(ollama_client::parse_host(&h.url()).expect("url"), t)
+    Client::new(ollama_client::parse_host(&h.url()).expect("url").url, t)
 }
 
 fn m(s: &str) -> ModelName {
@@ -26,7 +26,7 @@ fn m(s: &str) -> ModelName {
 
 struct NoRelief;
 impl MemoryRelief for NoRelief {
-    fn drop_caches(&self) -> std::io::Result<()> {
+    async fn drop_caches(&self) -> std::io::Result<()> {
         Ok(())
     }
 }
@@ -155,7 +155,7 @@ async fn waiting_for_a_slow_start_and_giving_up_on_none() {
     // Nothing listens yet: the wait gives up with Unreachable after its deadline.
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("b").local_addr().expect("a").port();
     let t = Timeouts { request: Duration::from_millis(300), connect: Duration::from_millis(200), ..Default::default() };
-    let cl = Client::new(ollama_client::parse_host(&format!("127.0.0.1:{port}")).expect("u"), t);
+    let cl = Client::new(ollama_client::parse_host(&format!("127.0.0.1:{port}")).expect("u").url, t);
     let cancel = CancellationToken::new();
     let e = warm::wait_for_api(&cl, Duration::from_millis(500), &cancel).await.expect_err("nobody there");
     assert_eq!(e.exit_code(), code::UNREACHABLE);

@@ -151,20 +151,35 @@ fn boots_in_order_recovers_follows_model_conf_and_stops_cleanly() {
     // The state file stays behind, but status must not call a dead supervisor ready.
     let (code, st) = rig.status_json();
     assert_eq!(code, 3, "its Ollama child is gone too: {st:#}");
-    assert_eq!(st["supervisor"]["stage"], "not-running", "{st:#}");
+    assert_eq!(st["supervisor_running"], "not-running", "{st:#}");
+    assert_eq!(st["supervisor"]["stage"], "stopping", "the last stage it wrote: {st:#}");
 }
 
 #[test]
-fn cpu_fallback_is_never_ready_and_says_why() {
+fn cpu_fallback_is_terminal_exit_5_and_says_why() {
+    // The same decision as under systemd: never ready, never a load onto the CPU, exit 5.
     let mut rig = Rig::start(&[("FAKE_OLLAMA_NO_GPU", "missing-libs")]);
-    let s = rig.wait_stage("cpu-fallback", 30);
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = rig.child.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "supervise did not exit on CPU fallback: {:#}", rig.state());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(5));
+    let s = rig.state();
+    assert_eq!(s["stage"], "cpu-fallback");
     assert!(s["status"].as_str().expect("status").contains("cuda_jetpack6"), "{s:#}");
     assert!(!events(&s).contains(&"model warm".to_string()));
+    let mut err = String::new();
+    if let Some(mut e) = rig.child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    assert!(err.contains("ERROR") && err.contains("NOT READY: Ollama runs on the CPU"), "at ERROR level: {err}");
     let (code, st) = rig.status_json();
-    assert_eq!(code, 1, "degraded: {st:#}");
-    assert_eq!(st["model"]["loaded"], false, "nothing was loaded on the CPU");
-    let (code, _) = rig.stop();
-    assert_eq!(code, 0);
+    assert_eq!(code, 3, "its Ollama child stopped with it: {st:#}");
 }
 
 #[test]
@@ -191,6 +206,6 @@ fn systemd_launcher_without_a_bus_fails_with_one_clear_line() {
         .expect("runs");
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.starts_with("error: supervise --launcher systemd needs systemd's D-Bus API"), "{err}");
+    assert!(err.starts_with("error: supervise needs systemd's D-Bus API (use --launcher process"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }

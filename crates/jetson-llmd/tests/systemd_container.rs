@@ -3,7 +3,7 @@
 //! from the host. Needs root and `scripts/container-rootfs`; `scripts/test` runs it with
 //! `--ignored`. Recipe: ../shared/notes/test-environment.md.
 
-use jetson_llmd::systemd::{Systemd, Verb, KEEPALIVE, OLLAMA, PRELOAD, SUPERVISOR};
+use jetson_llmd::host::systemd::{Systemd, Verb, KEEPALIVE, OLLAMA, PRELOAD, SUPERVISOR};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;

@@ -14,7 +14,7 @@ pub fn clean(s: &str) -> String {
             '\u{1b}' => match chars.peek() {
                 Some('[') => {
                     chars.next();
-                    while let Some(n) = chars.next() {
+                    for n in chars.by_ref() {
                         if ('@'..='~').contains(&n) {
                             break;
                         }

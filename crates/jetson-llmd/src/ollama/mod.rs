@@ -1,5 +1,10 @@
-//! The boundary to Ollama: a small trait, so preload/keepalive logic runs against a fake in
-//! paused-time tests and against the real HTTP client (and the emulator) elsewhere.
+//! Everything about talking to Ollama: the API boundary (a small trait, so the logic runs
+//! against a fake under paused time and against the real client and the emulator elsewhere),
+//! warming and pinning the model, the keepalive loop, and reading GPU discovery from its log.
+
+pub mod discovery;
+pub mod keepalive;
+pub mod warm;
 
 use ollama_client::{Client, CreateRequest, Error, KeepAlive, ProgressLine, PsResponse, TagsResponse, VersionResponse};
 
@@ -35,5 +40,30 @@ impl OllamaApi for Client {
     }
     async fn create(&self, req: &CreateRequest, on_progress: &mut dyn FnMut(&ProgressLine)) -> Result<(), Error> {
         Client::create(self, req, on_progress).await.map(|_| ())
+    }
+}
+
+/// A borrowed API is an API (tests keep the fake to look at it while the supervisor runs).
+impl<T: OllamaApi> OllamaApi for &T {
+    fn url(&self) -> String {
+        (**self).url()
+    }
+    async fn version(&self) -> Result<VersionResponse, Error> {
+        (**self).version().await
+    }
+    async fn tags(&self) -> Result<TagsResponse, Error> {
+        (**self).tags().await
+    }
+    async fn ps(&self) -> Result<PsResponse, Error> {
+        (**self).ps().await
+    }
+    async fn load(&self, model: &str, keep_alive: KeepAlive) -> Result<(), Error> {
+        (**self).load(model, keep_alive).await
+    }
+    async fn pull(&self, model: &str, on_progress: &mut dyn FnMut(&ProgressLine)) -> Result<(), Error> {
+        (**self).pull(model, on_progress).await
+    }
+    async fn create(&self, req: &CreateRequest, on_progress: &mut dyn FnMut(&ProgressLine)) -> Result<(), Error> {
+        (**self).create(req, on_progress).await
     }
 }

@@ -1,13 +1,24 @@
 //! `jetson-llmd status`: one screen (or one JSON object) of what matters, built from the live
 //! API and the supervisor's state file. Works unprivileged.
 
-use crate::api::OllamaApi;
-use crate::config::Settings;
-use crate::model_name::ModelName;
-use crate::outcome::code;
-use crate::state::{State, StateFile};
+use crate::conf::{modelconf, ModelName, Settings};
+use crate::failure::code;
+use crate::host::{fs, liveness, rooted, Liveness};
+use crate::ollama::discovery::GpuReport;
+use crate::ollama::warm::TickRecord;
+use crate::ollama::OllamaApi;
+use crate::supervisor::stage::Stage;
+use crate::supervisor::state::{read_keepalive, State, StateFile};
 use serde::Serialize;
 use std::path::Path;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Health {
+    Healthy,
+    Degraded,
+    Unreachable,
+}
 
 #[derive(Debug, Serialize)]
 pub struct OllamaInfo {
@@ -43,26 +54,28 @@ pub struct MemoryInfo {
 
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
-    /// healthy, degraded or unreachable.
-    pub health: String,
+    pub health: Health,
     pub warnings: Vec<String>,
     pub ollama: OllamaInfo,
     pub model: ModelInfo,
-    pub gpu: Option<serde_json::Value>,
+    pub gpu: Option<GpuReport>,
+    /// The supervisor's state file, if there is one.
     pub supervisor: Option<State>,
+    /// Whether the process that wrote it still runs (an unprivileged caller can tell too).
+    pub supervisor_running: Option<Liveness>,
     /// The last ping of `jetson-llmd keepalive` (ollama-keepalive.service), if it wrote one.
-    pub keepalive: Option<serde_json::Value>,
+    pub keepalive: Option<TickRecord>,
     /// The four units as systemd sees them (empty without a system bus).
-    pub units: Vec<crate::systemd::UnitInfo>,
+    pub units: Vec<crate::host::systemd::UnitInfo>,
     pub memory: MemoryInfo,
 }
 
 impl StatusReport {
     pub fn exit_code(&self) -> i32 {
-        match self.health.as_str() {
-            "healthy" => code::OK,
-            "unreachable" => code::UNREACHABLE,
-            _ => code::FAILED,
+        match self.health {
+            Health::Healthy => code::OK,
+            Health::Unreachable => code::UNREACHABLE,
+            Health::Degraded => code::FAILED,
         }
     }
 }
@@ -86,21 +99,28 @@ pub fn meminfo(text: &str) -> MemoryInfo {
 
 pub async fn gather<A: OllamaApi>(api: &A, settings: &Settings, model_conf: &Path, root: &Path) -> StatusReport {
     let mut warnings = Vec::new();
-    let (configured, config_error) = match crate::modelconf::read(model_conf) {
+    let (configured, config_error) = match modelconf::read(model_conf).await {
         Ok(c) => (Some(c.model), None),
         Err(e) => (None, Some(e)),
     };
     if let Some(e) = &config_error {
         warnings.push(format!("model.conf: {}", e.lines().next().unwrap_or("")));
     }
-    let mut supervisor = StateFile::read(&crate::rooted(root, &settings.state_dir));
-    if let Some(s) = supervisor.as_mut() {
-        // A state file left behind by a supervisor that is gone must not read as "ready".
-        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.pid as i32), None).is_ok();
-        if !alive {
-            warnings.push(format!("jetson-llmd supervise (pid {}) is not running; the state below is from its last run", s.pid));
-            s.stage = "not-running".into();
+    let state_dir = rooted(root, &settings.state_dir);
+    let supervisor = match StateFile::read(&state_dir).await {
+        Ok(s) => s,
+        Err(e) => {
+            warnings.push(format!("cannot read the supervisor's state: {e}"));
+            None
         }
+    };
+    let supervisor_running = supervisor.as_ref().map(|s| liveness(s.pid));
+    match (&supervisor, supervisor_running) {
+        (Some(s), Some(Liveness::NotRunning)) => {
+            warnings.push(format!("jetson-llmd supervise (pid {}) is not running; the state below is from its last run", s.pid));
+        }
+        (Some(s), Some(Liveness::Unknown)) => warnings.push(format!("cannot tell whether jetson-llmd supervise (pid {}) still runs", s.pid)),
+        _ => {}
     }
     let mut ollama = OllamaInfo { url: api.url(), reachable: false, version: None, error: None };
     match api.version().await {
@@ -140,15 +160,16 @@ pub async fn gather<A: OllamaApi>(api: &A, settings: &Settings, model_conf: &Pat
             Err(e) => warnings.push(format!("cannot list loaded models: {e}")),
         }
     }
-    let memory = std::fs::read_to_string(root.join("proc/meminfo")).map(|t| meminfo(&t)).unwrap_or_default();
+    let memory = fs::read_text(&root.join("proc/meminfo"), fs::cap::PROC).await.map(|t| meminfo(&t)).unwrap_or_default();
     if let (Some(t), Some(f)) = (memory.swap_total_kb, memory.swap_free_kb) {
         if t > f && t - f > 64 * 1024 {
             warnings.push(format!("{} MiB of swap in use: on eMMC that is a performance cliff; use a smaller model or context", (t - f) / 1024));
         }
     }
-    if let Some(s) = &supervisor {
+    let live = supervisor_running == Some(Liveness::Running);
+    if let Some(s) = supervisor.as_ref().filter(|_| live) {
         warnings.extend(s.warnings.iter().cloned());
-        if s.stage != "ready" && s.stage != "not-running" && !s.status.is_empty() {
+        if s.stage != Stage::Ready && !s.status.is_empty() {
             warnings.insert(0, s.status.clone());
         }
     }
@@ -159,20 +180,29 @@ pub async fn gather<A: OllamaApi>(api: &A, settings: &Settings, model_conf: &Pat
         warnings.push(format!("the model is only {}% on the GPU", model.gpu_percent.unwrap_or(0)));
     }
     let gpu = supervisor.as_ref().and_then(|s| s.gpu.clone());
+    let supervisor_ok = supervisor.as_ref().is_none_or(|s| s.stage == Stage::Ready && live);
     let health = if !ollama.reachable {
-        "unreachable"
-    } else if model.loaded && model.gpu_percent.unwrap_or(0) >= settings.min_gpu_percent.max(1) && model.expiry.as_deref() == Some("forever") && supervisor.as_ref().is_none_or(|s| s.stage == "ready") {
-        "healthy"
+        Health::Unreachable
+    } else if model.loaded && model.gpu_percent.unwrap_or(0) >= settings.min_gpu_percent.max(1) && model.expiry.as_deref() == Some("forever") && supervisor_ok {
+        Health::Healthy
     } else {
-        "degraded"
+        Health::Degraded
     };
-    let keepalive = crate::state::read_keepalive(&crate::rooted(root, &settings.state_dir));
-    StatusReport { health: health.into(), warnings, ollama, model, gpu, supervisor, keepalive, units: Vec::new(), memory }
+    let keepalive = match read_keepalive(&state_dir).await {
+        Ok(k) => k,
+        Err(e) => {
+            warnings.push(format!("cannot read the keepalive's last ping: {e}"));
+            None
+        }
+    };
+    // Everything above may carry text from files or Ollama: clean it once, here.
+    let warnings = warnings.iter().map(|w| crate::text::clip(w, 500)).collect();
+    StatusReport { health, warnings, ollama, model, gpu, supervisor, supervisor_running, keepalive, units: Vec::new(), memory }
 }
 
 /// Reads the units over the system bus (works unprivileged); quietly empty without one.
-pub async fn units() -> Vec<crate::systemd::UnitInfo> {
-    use crate::systemd::{Systemd, KEEPALIVE, OLLAMA, PRELOAD, SUPERVISOR};
+pub async fn units() -> Vec<crate::host::systemd::UnitInfo> {
+    use crate::host::systemd::{Systemd, KEEPALIVE, OLLAMA, PRELOAD, SUPERVISOR};
     let Ok(Ok(sd)) = tokio::time::timeout(std::time::Duration::from_secs(2), Systemd::system()).await else { return Vec::new() };
     let mut out = Vec::new();
     for u in [SUPERVISOR, OLLAMA, PRELOAD, KEEPALIVE] {
@@ -192,14 +222,14 @@ fn gib(b: u64) -> String {
 /// The human rendering.
 pub fn render(r: &StatusReport) -> String {
     let mut o = String::new();
-    let mark = match r.health.as_str() {
-        "healthy" => "OK",
-        "unreachable" => "DOWN",
-        _ => "DEGRADED",
+    let mark = match r.health {
+        Health::Healthy => "OK",
+        Health::Unreachable => "DOWN",
+        Health::Degraded => "DEGRADED",
     };
     o.push_str(&format!("jetson-llmd: {mark}\n"));
     for w in &r.warnings {
-        o.push_str(&format!("  ! {}\n", crate::gpu::sanitize(w)));
+        o.push_str(&format!("  ! {}\n", crate::text::clean(w)));
     }
     o.push('\n');
     let row = |o: &mut String, k: &str, v: String| o.push_str(&format!("  {k:<13} {v}\n"));
@@ -209,17 +239,12 @@ pub fn render(r: &StatusReport) -> String {
         _ => "unknown".into(),
     });
     if let Some(g) = &r.gpu {
-        let ok = g.get("gpu").and_then(|v| v.as_bool()).unwrap_or(false);
-        let text = if ok {
-            format!(
-                "CUDA {} compute {}",
-                g.get("description").and_then(|v| v.as_str()).or(g.get("name").and_then(|v| v.as_str())).unwrap_or("?"),
-                g.get("compute").and_then(|v| v.as_str()).unwrap_or("?")
-            )
+        let text = if g.gpu {
+            format!("CUDA {} compute {}", g.description.as_deref().or(g.name.as_deref()).unwrap_or("?"), g.compute.as_deref().unwrap_or("?"))
         } else {
-            format!("CPU fallback: {}", g.get("cpu_fallback_reason").and_then(|v| v.as_str()).unwrap_or("no GPU discovered"))
+            format!("CPU fallback: {}", g.cpu_fallback_reason.as_deref().unwrap_or("no GPU discovered"))
         };
-        row(&mut o, "gpu", text);
+        row(&mut o, "gpu", crate::text::clean(&text));
     }
     let m = &r.model;
     row(&mut o, "model", match (&m.configured, &m.config_error) {
@@ -240,21 +265,21 @@ pub fn render(r: &StatusReport) -> String {
         row(&mut o, "loaded", "no".into());
     }
     if let Some(s) = &r.supervisor {
-        row(&mut o, "stage", format!("{} ({})", s.stage, crate::gpu::sanitize(&s.status)));
+        let stage = match r.supervisor_running {
+            Some(crate::host::Liveness::NotRunning) => format!("not running (last stage: {})", s.stage),
+            _ => format!("{} ({})", s.stage, crate::text::clean(&s.status)),
+        };
+        row(&mut o, "stage", stage);
         // The supervisor pings itself in process mode; under systemd the keepalive unit does.
-        let newest = [s.last_ping.as_ref(), r.keepalive.as_ref()].into_iter().flatten().max_by_key(|p| p.get("at").and_then(|v| v.as_str()).unwrap_or("").to_string());
+        let newest = [s.last_ping.as_ref(), r.keepalive.as_ref()].into_iter().flatten().max_by_key(|p| p.at.clone());
         if let Some(p) = newest {
-            row(&mut o, "last ping", format!(
-                "{} {}",
-                p.get("at").and_then(|v| v.as_str()).unwrap_or("?"),
-                crate::gpu::sanitize(p.get("detail").and_then(|v| v.as_str()).unwrap_or(""))
-            ));
+            row(&mut o, "last ping", format!("{} {}", crate::text::clean(&p.at), crate::text::clean(&p.detail)));
         }
         row(&mut o, "re-warms", format!("{} (Ollama restarts: {})", s.rewarm_count, s.ollama_restarts));
         if !s.timeline.is_empty() {
             o.push_str("  boot timeline:\n");
             for e in &s.timeline {
-                o.push_str(&format!("    +{:>7.1}s  {}\n", e.after_ms as f64 / 1000.0, e.event));
+                o.push_str(&format!("    +{:>7.1}s  {}\n", e.after_ms as f64 / 1000.0, crate::text::clean(&e.event)));
             }
         }
     } else {
@@ -288,12 +313,12 @@ mod tests {
     use super::*;
 
     fn report() -> StatusReport {
-        let mut state = State { pid: 1, stage: "ready".into(), status: "ready: gemma4:e2b-8k warm on the GPU, pinned".into(), rewarm_count: 2, ollama_restarts: 1, ..Default::default() };
+        let mut state = State { pid: 1, stage: Stage::Ready, status: "ready: gemma4:e2b-8k warm on the GPU, pinned".into(), rewarm_count: 2, ollama_restarts: 1, ..Default::default() };
         for (e, ms) in [("ollama active", 16), ("API ready", 121), ("GPU found", 129), ("model warm", 41433), ("keepalive running", 41470)] {
-            state.timeline.push(crate::state::TimelineEvent { event: e.into(), at: "2026-11-23T22:00:00Z".into(), after_ms: ms });
+            state.timeline.push(crate::supervisor::state::TimelineEvent { event: e.into(), at: "2026-11-23T22:00:00Z".into(), after_ms: ms });
         }
         StatusReport {
-            health: "degraded".into(),
+            health: Health::Degraded,
             warnings: vec!["1200 MiB of swap in use: on eMMC that is a performance cliff; use a smaller model or context".into(), "evil \u{1b}[2Jescape".into()],
             ollama: OllamaInfo { url: "http://127.0.0.1:11434/".into(), reachable: true, version: Some("0.30.6".into()), error: None },
             model: ModelInfo {
@@ -307,10 +332,20 @@ mod tests {
                 expiry: Some("forever".into()),
                 context_length: Some(8192),
             },
-            gpu: Some(serde_json::json!({ "gpu": true, "description": "Orin", "compute": "8.7" })),
+            gpu: Some(GpuReport { gpu: true, discovered: true, description: Some("Orin".into()), compute: Some("8.7".into()), ..Default::default() }),
             supervisor: Some(state),
-            keepalive: Some(serde_json::json!({ "at": "2026-11-23T22:04:00Z", "detail": "gemma4:e2b-8k warm, 100% GPU" })),
-            units: vec![crate::systemd::UnitInfo {
+            supervisor_running: Some(Liveness::Running),
+            keepalive: Some(TickRecord {
+                at: "2026-11-23T22:04:00Z".into(),
+                model: "gemma4:e2b-8k".into(),
+                ok: true,
+                detail: "gemma4:e2b-8k warm, 100% GPU".into(),
+                rewarmed: false,
+                rewarm_count: 2,
+                consecutive_failures: 0,
+                report: None,
+            }),
+            units: vec![crate::host::systemd::UnitInfo {
                 unit: "ollama.service".into(),
                 load_state: "loaded".into(),
                 active_state: "active".into(),

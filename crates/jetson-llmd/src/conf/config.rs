@@ -2,7 +2,7 @@
 //! validate into [`Settings`]. Every key is optional; the defaults below are documented again in
 //! etc/jetson-llmd/config.toml.
 
-use crate::model_name::ModelName;
+use super::model_name::ModelName;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::num::NonZeroU64;
@@ -110,8 +110,9 @@ impl Default for Settings {
     }
 }
 
+/// A config.toml problem; `line` 0 means the file as a whole.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{path}:{line}: {message}")]
+#[error("{path}{}: {message}", if *.line > 0 { format!(":{}", .line) } else { String::new() })]
 pub struct ConfigError {
     pub path: String,
     pub line: usize,
@@ -126,17 +127,36 @@ pub fn parse(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
     })
 }
 
-fn duration(path: &Path, text: &str, key: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
-    let Some(s) = v else { return Ok(default) };
-    let d = humantime::parse_duration(s.trim()).map_err(|e| ConfigError {
-        path: path.display().to_string(),
-        line: line_of(text, key),
-        message: format!("{key} = {s:?}: {e}; write a duration like \"4m\", \"30s\" or \"1h 30m\""),
-    })?;
-    if d.is_zero() {
-        return Err(ConfigError { path: path.display().to_string(), line: line_of(text, key), message: format!("{key} must be longer than zero") });
+/// Sane bounds for every duration key: (key, least, most). Outside them a value is a typo or a
+/// misunderstanding (a 1 ns keepalive would hammer Ollama thousands of times a second).
+pub const DURATION_BOUNDS: [(&str, Duration, Duration); 6] = [
+    ("keepalive_interval", Duration::from_secs(10), Duration::from_secs(3600)),
+    ("startup_timeout", Duration::from_secs(1), Duration::from_secs(3600)),
+    ("gpu_discovery_timeout", Duration::from_secs(1), Duration::from_secs(600)),
+    ("load_timeout", Duration::from_secs(10), Duration::from_secs(7200)),
+    ("request_timeout", Duration::from_secs(1), Duration::from_secs(600)),
+    ("retry_max_backoff", Duration::from_secs(5), Duration::from_secs(3600)),
+];
+
+/// Checks `d` against [`DURATION_BOUNDS`] for `key`; the message names the bounds.
+pub fn check_bounds(key: &str, d: Duration) -> Result<Duration, String> {
+    let Some((_, lo, hi)) = DURATION_BOUNDS.iter().find(|(k, ..)| *k == key) else { return Ok(d) };
+    if d < *lo || d > *hi {
+        return Err(format!(
+            "{key} = {:?} is out of bounds: use {} to {}",
+            humantime::format_duration(d).to_string(),
+            humantime::format_duration(*lo),
+            humantime::format_duration(*hi)
+        ));
     }
     Ok(d)
+}
+
+fn duration(path: &Path, text: &str, key: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    let err = |message| ConfigError { path: path.display().to_string(), line: line_of(text, key), message };
+    let Some(s) = v else { return Ok(default) };
+    let d = humantime::parse_duration(s.trim()).map_err(|e| err(format!("{key} = {s:?}: {e}; write a duration like \"4m\", \"30s\" or \"1h 30m\"")))?;
+    check_bounds(key, d).map_err(err)
 }
 
 fn line_of(text: &str, key: &str) -> usize {
@@ -193,12 +213,16 @@ pub fn settle(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Confi
     })
 }
 
-/// Reads config.toml; a missing file means all defaults.
-pub fn load(path: &Path) -> Result<Settings, ConfigError> {
-    let text = match std::fs::read(path) {
+/// Reads config.toml (a regular file, at most 256 KiB); a missing file means all defaults.
+pub async fn load(path: &Path) -> Result<Settings, ConfigError> {
+    let text = match crate::host::fs::read_capped(path, crate::host::fs::cap::CONFIG).await {
         Ok(b) => String::from_utf8(b).map_err(|e| ConfigError { path: path.display().to_string(), line: 1, message: format!("not valid UTF-8: {e}") })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Settings::default()),
-        Err(e) => return Err(ConfigError { path: path.display().to_string(), line: 0, message: format!("cannot read: {e}") }),
+        Err(e) if e.is_not_found() => return Ok(Settings::default()),
+        Err(e) => {
+            let message = e.to_string();
+            let message = message.strip_prefix(&format!("{}: ", path.display())).unwrap_or(&message).to_string();
+            return Err(ConfigError { path: path.display().to_string(), line: 0, message });
+        }
     };
     let raw = parse(path, &text)?;
     settle(path, &text, raw)
@@ -242,7 +266,12 @@ mod tests {
         assert_eq!(e.line, 3);
         assert!(e.to_string().starts_with("/etc/jetson-llmd/config.toml:3: keepalive_interval"), "{e}");
         let e = p("keepalive_interval = \"0s\"").expect_err("zero");
-        assert!(e.message.contains("longer than zero"));
+        assert!(e.message.contains("out of bounds: use 10s to 1h"), "{}", e.message);
+        let e = p("keepalive_interval = \"1ns\"").expect_err("1ns");
+        assert!(e.message.contains("out of bounds"), "{}", e.message);
+        let e = p("load_timeout = \"100d\"").expect_err("huge");
+        assert!(e.message.contains("10s to 2h"), "{}", e.message);
+        assert!(p("keepalive_interval = \"10s\"\nretry_max_backoff = \"1h\"").is_ok());
         let e = p("\nkeep_alive = \"4m\"\n").expect_err("unknown key");
         assert_eq!(e.line, 2);
         assert!(e.message.contains("unknown field"), "{}", e.message);

@@ -1,6 +1,6 @@
 //! The boundary to systemd: the Manager and Unit objects over the system bus (zbus_systemd
-//! proxies generated from systemd's own interface XML; only methods systemd 249 has), plus the
-//! journal through `journalctl` (no libsystemd link, so the binary stays static for musl).
+//! proxies generated from systemd's own interface XML; only methods systemd 249 has). The
+//! journal is read in [`super::journal`].
 
 use futures_util::StreamExt;
 use std::time::Duration;
@@ -140,7 +140,7 @@ impl Systemd {
             Err(_) => None,
         };
         let what = describe_job_result(&result, svc_result.as_deref());
-        let tail = journal_tail(unit, 5);
+        let tail = super::journal::tail(unit, 5).await;
         let message = if tail.is_empty() { what } else { format!("{what}; last log lines: {}", tail.join(" | ")) };
         Err(SdError::Job { unit: unit.into(), result: svc_result.unwrap_or(result), message })
     }
@@ -173,6 +173,20 @@ impl Systemd {
         self.service(unit).await.ok()?.exec_main_start_timestamp().await.ok().filter(|&t| t > 0)
     }
 
+    /// What `systemctl reboot` does: start reboot.target, replacing every other job.
+    pub async fn request_reboot(&self) -> Result<(), SdError> {
+        self.manager
+            .start_unit("reboot.target".into(), "replace-irreversibly".into())
+            .await
+            .map(|_| ())
+            .map_err(|e| SdError::Job { unit: "reboot.target".into(), result: "refused".into(), message: format!("systemd refused the reboot: {e}") })
+    }
+
+    /// The unit's ActiveState as last seen by this connection (fresh after each signal).
+    pub async fn active_state(&self, unit: &str) -> Result<String, SdError> {
+        self.unit(unit).await?.active_state().await.map_err(bus)
+    }
+
     /// A stream of ActiveState values of `unit`, starting with the current one.
     pub async fn active_states(&self, unit: &str) -> Result<impl futures_util::Stream<Item = String> + Unpin + 'static, SdError> {
         let u = self.unit(unit).await?;
@@ -197,40 +211,6 @@ pub fn describe_job_result(result: &str, service_result: Option<&str>) -> String
         "canceled" => "the job was canceled (another start or stop replaced it)".into(),
         "skipped" => "was skipped (a condition was not met)".into(),
         other => format!("job ended with {other:?}"),
-    }
-}
-
-/// `journalctl -u UNIT -n N -o cat`: the unit's last lines, sanitised, for messages.
-///
-/// No `-b` here or below: under ProtectKernelTunables=/ProtectControlGroups= in a container the
-/// boot ID that `-b` filters on can differ from the journal's (seen under systemd-nspawn), and
-/// `--since` the unit's start is the tighter bound anyway.
-pub fn journal_tail(unit: &str, n: usize) -> Vec<String> {
-    journal(&["-u", unit, "-n", &n.to_string(), "-o", "cat", "--no-pager", "-q"])
-}
-
-/// The unit's log since `since_usec` (realtime µs); without it, its last 20000 lines (the GPU
-/// verdict only looks at the latest start in them anyway).
-pub fn journal_since(unit: &str, since_usec: Option<u64>) -> Vec<String> {
-    let since = since_usec.map(|u| format!("@{}", u / 1_000_000));
-    let mut args = vec!["-u", unit, "-o", "cat", "--no-pager", "-q"];
-    match &since {
-        Some(s) => {
-            args.push("--since");
-            args.push(s);
-        }
-        None => {
-            args.push("-n");
-            args.push("20000");
-        }
-    }
-    journal(&args)
-}
-
-fn journal(args: &[&str]) -> Vec<String> {
-    match std::process::Command::new("journalctl").args(args).output() {
-        Ok(o) => String::from_utf8_lossy(&o.stdout).lines().map(crate::gpu::sanitize).filter(|l| !l.is_empty()).collect(),
-        Err(_) => Vec::new(),
     }
 }
 

@@ -1,17 +1,19 @@
-//! Typed failures that decide the exit code (see docs/usage.md).
+//! Typed failures and the exit codes they mean (docs/usage.md lists them per command).
 
-/// Exit codes shared by preload, keepalive and supervise.
+/// Exit codes shared by every command.
 pub mod code {
     pub const OK: i32 = 0;
-    /// Not warm, on the CPU, or another failure.
+    /// Not warm, degraded, or another failure.
     pub const FAILED: i32 = 1;
     /// Bad command line or configuration.
     pub const USAGE: i32 = 2;
+    /// Ollama's API did not answer.
     pub const UNREACHABLE: i32 = 3;
     /// GPU memory is unallocatable; only a reboot helps. Listed in RestartPreventExitStatus=.
     pub const REBOOT_REQUIRED: i32 = 4;
-    /// Ollama discovered no usable CUDA GPU (supervise under systemd). Listed in RestartPreventExitStatus=.
-    pub const GPU_MISSING: i32 = 5;
+    /// Ollama runs on the CPU (no usable CUDA GPU, or the model placed on the CPU).
+    /// Listed in RestartPreventExitStatus=.
+    pub const ON_CPU: i32 = 5;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +36,20 @@ pub enum Failure {
     Config(String),
     #[error("Ollama runs on the CPU: {reason}")]
     GpuMissing { reason: String },
+    #[error("cannot start Ollama: {0}")]
+    OllamaStart(String),
+    #[error("something else already serves {addr} (another `ollama serve`, or ollama.service?); stop it (sudo systemctl stop ollama) or set another OLLAMA_HOST")]
+    PortInUse { addr: String },
+    #[error("Ollama stopped: {0}")]
+    OllamaDown(String),
+    #[error("cannot read Ollama's log: {0}")]
+    LogUnreadable(String),
+    #[error("{0}")]
+    Preload(String),
     #[error("{0}")]
     Systemd(String),
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl Failure {
@@ -44,24 +58,8 @@ impl Failure {
             Failure::Unreachable(_) => code::UNREACHABLE,
             Failure::RebootRequired { .. } => code::REBOOT_REQUIRED,
             Failure::Config(_) => code::USAGE,
-            Failure::GpuMissing { .. } => code::GPU_MISSING,
+            Failure::GpuMissing { .. } | Failure::OnCpu { .. } => code::ON_CPU,
             _ => code::FAILED,
-        }
-    }
-
-    /// Short words for STATUS= and `status`.
-    pub fn stage(&self) -> &'static str {
-        match self {
-            Failure::Unreachable(_) => "ollama-unreachable",
-            Failure::OnCpu { .. } => "cpu-fallback",
-            Failure::PartlyOnGpu { .. } => "partly-on-gpu",
-            Failure::Missing { .. } => "model-missing",
-            Failure::RebootRequired { .. } => "reboot-required",
-            Failure::LoadFailed { .. } => "load-failed",
-            Failure::NotResident { .. } => "not-resident",
-            Failure::Config(_) => "config-invalid",
-            Failure::GpuMissing { .. } => "cpu-fallback",
-            Failure::Systemd(_) => "systemd-error",
         }
     }
 }

@@ -79,27 +79,9 @@ pub fn unframe(line: &str) -> String {
     line.to_string()
 }
 
-/// Removes control characters and ANSI escapes before a log line reaches a terminal.
-pub fn sanitize(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // Skip an escape sequence up to its final letter.
-            while let Some(&n) = chars.peek() {
-                chars.next();
-                if n.is_ascii_alphabetic() || n == '~' {
-                    break;
-                }
-            }
-        } else if !c.is_control() || c == '\t' {
-            out.push(c);
-        }
-    }
-    out
-}
+use crate::text::clean as sanitize;
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct GpuReport {
     /// A CUDA GPU with the expected compute capability was discovered.
     pub gpu: bool,
@@ -158,7 +140,7 @@ pub fn analyze<S: AsRef<str>>(lines: &[S], expected_compute: &str, cmdline: Opti
     for l in lines {
         if let Some(p) = l.find("(version ") {
             if l.contains("Listening on") {
-                r.ollama_version = l[p + 9..].split(')').next().map(str::to_string);
+                r.ollama_version = l[p + 9..].split(')').next().map(|v| crate::text::clip(v, 64));
             }
         }
         if let Some(p) = l.find("failed to initialize CUDA") {
@@ -198,7 +180,8 @@ pub fn analyze<S: AsRef<str>>(lines: &[S], expected_compute: &str, cmdline: Opti
         return r;
     };
     r.discovered = true;
-    let get = |k: &str| kv.get(k).filter(|v| !v.is_empty()).cloned();
+    // Values come from a log line: cleaned and capped before they reach anyone.
+    let get = |k: &str| kv.get(k).filter(|v| !v.is_empty()).map(|v| crate::text::clip(v, 200));
     r.library = get("library");
     r.compute = get("compute");
     r.name = get("name");
@@ -218,7 +201,7 @@ pub fn analyze<S: AsRef<str>>(lines: &[S], expected_compute: &str, cmdline: Opti
             "Ollama dropped the integrated GPU; set OLLAMA_IGPU_ENABLE=1 in ollama.service's environment".into()
         } else if is_cuda {
             format!(
-                "Ollama found a CUDA device with compute {} but {} was expected: the CUDA libraries in use ({}) were not built for Orin; install Ollama's JetPack 6 tarball (`sudo jetson-llmd install`)",
+                "Ollama found a CUDA device with compute {} but {} was expected: the CUDA libraries in use ({}) were not built for Orin; install Ollama together with its JetPack 6 tarball (ollama-linux-arm64-jetpack6.tar.zst)",
                 r.compute.as_deref().unwrap_or("?"),
                 expected_compute,
                 r.libdirs.as_deref().unwrap_or("unknown")
@@ -228,7 +211,7 @@ pub fn analyze<S: AsRef<str>>(lines: &[S], expected_compute: &str, cmdline: Opti
         } else if cmdline.is_some_and(has_cma) {
             "no CUDA GPU was discovered and the kernel command line sets cma=: remove it (the JetPack 6 libraries do not need it and it breaks CUDA)".into()
         } else {
-            "no CUDA GPU was discovered: Ollama's JetPack 6 libraries (lib/ollama/cuda_jetpack6) are probably missing; run `sudo jetson-llmd install`".into()
+            "no CUDA GPU was discovered: Ollama's JetPack 6 libraries (lib/ollama/cuda_jetpack6) are probably missing; install Ollama together with its JetPack 6 tarball (ollama-linux-arm64-jetpack6.tar.zst)".into()
         });
     }
     if r.gpu && r.offloaded.is_some_and(|(n, _)| n == 0) {

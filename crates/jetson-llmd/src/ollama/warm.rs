@@ -2,37 +2,18 @@
 //! keep it there. Never sends runner options (they would make Ollama reload the model, the very
 //! unload/reload cycle that leaves Jetson GPU memory unallocatable).
 
-use crate::api::OllamaApi;
-use crate::config::Settings;
-use crate::model_name::ModelName;
-use crate::outcome::Failure;
+use super::OllamaApi;
+use crate::conf::{ModelName, Settings};
+use crate::failure::Failure;
+use crate::host::memory::MemoryRelief;
 use ollama_client::{CreateRequest, KeepAlive, ProgressLine, RunningModel};
-use serde::Serialize;
-use std::path::PathBuf;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Frees what the kernel can free, the one remediation for unallocatable GPU memory short of a
-/// reboot (`echo 3 > /proc/sys/vm/drop_caches`).
-pub trait MemoryRelief {
-    fn drop_caches(&self) -> std::io::Result<()>;
-}
-
-/// Writes to `<root>/proc/sys/vm/drop_caches` after a sync.
-pub struct DropCaches {
-    pub path: PathBuf,
-}
-
-impl MemoryRelief for DropCaches {
-    fn drop_caches(&self) -> std::io::Result<()> {
-        nix::unistd::sync();
-        std::fs::write(&self.path, "3\n")
-    }
-}
-
 /// What a successful preload or keepalive tick saw.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct WarmReport {
     pub model: String,
     pub gpu_percent: u8,
@@ -48,19 +29,30 @@ pub struct WarmReport {
     pub dropped_caches: bool,
 }
 
+/// How often a long wait says it is still waiting.
+pub const STILL_WAITING: Duration = Duration::from_secs(15);
+
 /// Polls /api/version until it answers or `timeout` passes (Ollama has no readiness signal).
+/// Says at once what it waits for, where and for how long, then every [`STILL_WAITING`].
 pub async fn wait_for_api<A: OllamaApi>(api: &A, timeout: Duration, cancel: &CancellationToken) -> Result<String, Failure> {
-    let deadline = Instant::now() + timeout;
+    let t0 = Instant::now();
+    let deadline = t0 + timeout;
     let mut delay = Duration::from_millis(100);
+    let mut next_word = t0 + STILL_WAITING;
+    tracing::info!("waiting for Ollama's API at {} (up to {})", api.url(), humantime::format_duration(timeout));
     loop {
         match api.version().await {
             Ok(v) => return Ok(v.version),
             Err(e) if Instant::now() + delay >= deadline => return Err(Failure::Unreachable(e)),
             Err(e) if !e.is_transient() => return Err(Failure::Unreachable(e)),
+            Err(e) if Instant::now() >= next_word => {
+                next_word = Instant::now() + STILL_WAITING;
+                tracing::warn!("still waiting for Ollama's API at {} ({}s of {}): {}", api.url(), t0.elapsed().as_secs(), humantime::format_duration(timeout), e);
+            }
             Err(_) => {}
         }
         tokio::select! {
-            _ = cancel.cancelled() => return Err(Failure::Unreachable(ollama_client::Error::Unreachable { url: api.url(), detail: "cancelled while waiting".into() })),
+            _ = cancel.cancelled() => return Err(Failure::Cancelled),
             _ = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(2));
@@ -71,16 +63,17 @@ fn progress_logger(what: String) -> impl FnMut(&ProgressLine) {
     let mut last_decile = None;
     let mut last_status = String::new();
     move |p: &ProgressLine| {
+        let status = crate::text::clip(&p.status, 200);
         if let (Some(t), Some(c)) = (p.total, p.completed) {
-            let d = (c * 10).checked_div(t).unwrap_or(10);
+            let d = c.saturating_mul(10).checked_div(t).unwrap_or(10).min(10);
             if last_decile != Some(d) {
                 last_decile = Some(d);
-                tracing::info!("{what}: {} {}%", p.status, d * 10);
+                tracing::info!("{what}: {status} {}%", d * 10);
             }
-        } else if p.status != last_status {
-            tracing::info!("{what}: {}", p.status);
+        } else if status != last_status {
+            tracing::info!("{what}: {status}");
         }
-        last_status = p.status.clone();
+        last_status = status;
     }
 }
 
@@ -119,13 +112,13 @@ pub async fn ensure_present<A: OllamaApi>(api: &A, settings: &Settings, model: &
 
 /// Loads with keep_alive -1; on an out-of-memory failure drops caches once and retries once,
 /// then gives up with [`Failure::RebootRequired`] instead of looping.
-async fn load_pinned<A: OllamaApi>(api: &A, model: &ModelName, relief: &dyn MemoryRelief) -> Result<(Duration, bool), Failure> {
+async fn load_pinned<A: OllamaApi, R: MemoryRelief>(api: &A, model: &ModelName, relief: &R) -> Result<(Duration, bool), Failure> {
     let t0 = Instant::now();
     match api.load(model.as_str(), KeepAlive::Forever).await {
         Ok(()) => return Ok((t0.elapsed(), false)),
         Err(e) if e.is_out_of_memory() => {
             tracing::warn!("loading {model} ran out of GPU memory ({}); dropping caches and trying once more", e.message());
-            if let Err(io) = relief.drop_caches() {
+            if let Err(io) = relief.drop_caches().await {
                 return Err(Failure::RebootRequired { detail: format!("{}; dropping caches failed too: {io}", e.message()) });
             }
         }
@@ -154,7 +147,7 @@ fn find<'a>(ps: &'a [RunningModel], model: &ModelName) -> Option<&'a RunningMode
 }
 
 /// Checks placement and pin in /api/ps.
-async fn verify<A: OllamaApi>(api: &A, settings: &Settings, model: &ModelName) -> Result<WarmReport, Failure> {
+pub async fn verify<A: OllamaApi>(api: &A, settings: &Settings, model: &ModelName) -> Result<WarmReport, Failure> {
     let ps = api.ps().await.map_err(Failure::Unreachable)?;
     let m = find(&ps.models, model).ok_or_else(|| Failure::NotResident { model: model.to_string() })?;
     let pct = m.gpu_percent();
@@ -178,12 +171,12 @@ async fn verify<A: OllamaApi>(api: &A, settings: &Settings, model: &ModelName) -
 }
 
 /// `jetson-llmd preload`: model present, loaded pinned, verified on the GPU.
-pub async fn preload<A: OllamaApi>(api: &A, settings: &Settings, model: &ModelName, relief: &dyn MemoryRelief) -> Result<WarmReport, Failure> {
+pub async fn preload<A: OllamaApi, R: MemoryRelief>(api: &A, settings: &Settings, model: &ModelName, relief: &R) -> Result<WarmReport, Failure> {
     ensure_present(api, settings, model).await?;
     let already = api.ps().await.map_err(Failure::Unreachable)?.models.iter().any(|m| model.matches(&m.name));
     let (took, dropped) = load_pinned(api, model, relief).await?;
     let mut r = verify(api, settings, model).await?;
-    r.load_ms = (!already).then(|| took.as_millis() as u64);
+    r.load_ms = (!already).then_some(took.as_millis() as u64);
     r.dropped_caches = dropped;
     if !r.pinned {
         // Some other client replaced the pin between our load and the check; say it, do not fail.
@@ -194,7 +187,7 @@ pub async fn preload<A: OllamaApi>(api: &A, settings: &Settings, model: &ModelNa
 
 /// One keepalive tick: re-assert keep_alive -1 with a load-only request (cheap when loaded),
 /// re-warm if the model had gone, and check placement and pin.
-pub async fn tick<A: OllamaApi>(api: &A, settings: &Settings, model: &ModelName, relief: &dyn MemoryRelief) -> Result<WarmReport, Failure> {
+pub async fn tick<A: OllamaApi, R: MemoryRelief>(api: &A, settings: &Settings, model: &ModelName, relief: &R) -> Result<WarmReport, Failure> {
     let ps = api.ps().await.map_err(Failure::Unreachable)?;
     let before = find(&ps.models, model).cloned();
     if before.is_none() {
@@ -208,7 +201,7 @@ pub async fn tick<A: OllamaApi>(api: &A, settings: &Settings, model: &ModelName,
     let (took, dropped) = load_pinned(api, model, relief).await?;
     let mut r = verify(api, settings, model).await?;
     r.rewarmed = before.is_none();
-    r.load_ms = r.rewarmed.then(|| took.as_millis() as u64);
+    r.load_ms = r.rewarmed.then_some(took.as_millis() as u64);
     r.dropped_caches = dropped;
     Ok(r)
 }
@@ -221,7 +214,7 @@ pub fn backoff(failures: u32, max: Duration) -> Duration {
 }
 
 /// Everything the keepalive loop reports after each tick.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TickRecord {
     pub at: String,
     pub model: String,
@@ -241,7 +234,7 @@ impl TickRecord {
             Err(f) => (false, f.to_string(), None),
         };
         TickRecord {
-            at: crate::state::now(),
+            at: crate::supervisor::state::now(),
             model: model.to_string(),
             ok,
             detail,
@@ -253,76 +246,14 @@ impl TickRecord {
     }
 }
 
-/// The keepalive loop. `model_of` is asked for the model before every tick (model.conf may
-/// have changed); it returns the last good model when the file is invalid. Returns only on
-/// cancel or a terminal failure (reboot required).
-/// `watchdog`, when set, is called at that period while the loop waits (WATCHDOG=1 under systemd).
-pub async fn keepalive_loop<A, M, R>(
-    api: &A,
-    settings: &Settings,
-    mut model_of: M,
-    relief: &dyn MemoryRelief,
-    cancel: &CancellationToken,
-    mut on_tick: R,
-    watchdog: Option<(Duration, &dyn Fn())>,
-) -> Result<(), Failure>
-where
-    A: OllamaApi,
-    M: FnMut() -> ModelName,
-    R: FnMut(&TickRecord),
-{
-    let mut failures = 0u32;
-    let mut rewarms = 0u64;
-    loop {
-        let model = model_of();
-        // A re-warm can take minutes: keep feeding the watchdog while it runs.
-        let result = {
-            let t = tick(api, settings, &model, relief);
-            tokio::pin!(t);
-            match watchdog {
-                None => t.await,
-                Some((period, pet)) => loop {
-                    tokio::select! {
-                        r = &mut t => break r,
-                        _ = tokio::time::sleep(period) => pet(),
-                    }
-                },
-            }
-        };
-        match &result {
-            Ok(r) => {
-                failures = 0;
-                if r.rewarmed {
-                    rewarms += 1;
-                }
-            }
-            Err(_) => failures += 1,
-        }
-        let rec = TickRecord::new(&model, &result, rewarms, failures);
-        on_tick(&rec);
-        if let Err(Failure::RebootRequired { detail }) = result {
-            return Err(Failure::RebootRequired { detail });
-        }
-        let wait = if failures == 0 { settings.keepalive_interval } else { backoff(failures, settings.retry_max_backoff.min(settings.keepalive_interval)) };
-        if !rec.ok {
-            tracing::warn!("keepalive: {} (failure {failures} in a row; next try in {})", rec.detail, humantime::format_duration(wait));
-        }
-        let until = Instant::now() + wait;
-        loop {
-            let next = match watchdog {
-                Some((period, _)) => (Instant::now() + period).min(until),
-                None => until,
-            };
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                _ = tokio::time::sleep_until(next) => {}
-            }
-            if let Some((_, pet)) = watchdog {
-                pet();
-            }
-            if Instant::now() >= until {
-                break;
-            }
+/// Unloads a model that is no longer configured (with OLLAMA_MAX_LOADED_MODELS=1 Ollama has
+/// usually evicted it already when the new one loaded).
+pub async fn unload_if_loaded<A: OllamaApi>(api: &A, name: &str) {
+    let loaded = api.ps().await.map(|p| p.models.iter().any(|m| m.name == name)).unwrap_or(false);
+    if loaded {
+        tracing::info!("unloading {name}: model.conf names another model now");
+        if let Err(e) = api.load(name, KeepAlive::Unload).await {
+            tracing::warn!("unloading {name} failed: {e}");
         }
     }
 }

@@ -10,11 +10,11 @@ pub const DEFAULT_OLLAMA: &str = "/usr/local/bin/ollama";
 
 /// (path relative to /etc/systemd/system, template)
 pub const TEMPLATES: [(&str, &str); 5] = [
-    ("jetson-llmd.service", include_str!("../../../units/jetson-llmd.service")),
-    ("ollama.service", include_str!("../../../units/ollama.service")),
-    ("ollama.service.d/50-jetson-llmd.conf", include_str!("../../../units/ollama.service.d/50-jetson-llmd.conf")),
-    ("ollama-preload.service", include_str!("../../../units/ollama-preload.service")),
-    ("ollama-keepalive.service", include_str!("../../../units/ollama-keepalive.service")),
+    ("jetson-llmd.service", include_str!("../../../../units/jetson-llmd.service")),
+    ("ollama.service", include_str!("../../../../units/ollama.service")),
+    ("ollama.service.d/50-jetson-llmd.conf", include_str!("../../../../units/ollama.service.d/50-jetson-llmd.conf")),
+    ("ollama-preload.service", include_str!("../../../../units/ollama-preload.service")),
+    ("ollama-keepalive.service", include_str!("../../../../units/ollama-keepalive.service")),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,7 @@
 //! backslash continuations and escapes, unbalanced or inner quotes, and `export` are errors with
 //! a line number instead of being silently reinterpreted. The last duplicate wins, with a warning.
 
-use crate::model_name::ModelName;
+use super::model_name::ModelName;
 
 pub const KEY: &str = "OLLAMA_MODEL";
 
@@ -147,13 +147,22 @@ pub fn describe(path: &std::path::Path, errors: &[ConfError]) -> String {
     errors.iter().map(|e| format!("{}:{}: {}", path.display(), e.line, e.message)).collect::<Vec<_>>().join("\n")
 }
 
-/// Reads and parses the file; the error is ready to print (`path:line: message`, one per line).
-pub fn read(path: &std::path::Path) -> Result<ModelConf, String> {
-    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => format!("{}: not found; create it with one line: {KEY}=gemma4:e2b-8k", path.display()),
-        _ => format!("{}: cannot read: {e}", path.display()),
-    })?;
+/// Reads the file (a regular file, at most 64 KiB, never blocking on a FIFO) and parses it; the
+/// error is ready to print (`path:line: message`, one per line).
+pub async fn read(path: &std::path::Path) -> Result<ModelConf, String> {
+    let bytes = read_bytes(path).await?;
     parse(&bytes).map_err(|errs| describe(path, &errs))
+}
+
+/// The raw bytes, for noticing a change; the error is ready to print.
+pub async fn read_bytes(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    crate::host::fs::read_capped(path, crate::host::fs::cap::MODEL_CONF).await.map_err(|e| {
+        if e.is_not_found() {
+            format!("{}: not found; create it with one line: {KEY}=gemma4:e2b-8k", path.display())
+        } else {
+            e.to_string()
+        }
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,26 @@
+//! `jetson-llmd gpu-check`: the GPU verdict from Ollama's log.
+
+use super::{cmdline, print_json, settings, Global};
+use anyhow::Context;
+use jetson_llmd::failure::code;
+use jetson_llmd::host::{fs, journal, systemd::OLLAMA};
+use jetson_llmd::ollama::discovery;
+use std::path::PathBuf;
+
+pub async fn run(g: &Global, log: Option<PathBuf>) -> anyhow::Result<i32> {
+    let settings = settings(g).await?;
+    let lines: Vec<String> = match &log {
+        Some(p) => fs::read_text(p, fs::cap::LOG).await.with_context(|| "pass a saved log of Ollama (journalctl -u ollama -b > ollama.log)".to_string())?.lines().map(str::to_string).collect(),
+        None => journal::this_boot(OLLAMA).await.context("cannot read ollama.service's journal; pass a saved log with --log FILE")?,
+    };
+    let r = discovery::analyze(&lines, &settings.expected_compute, cmdline(&g.root).await.as_deref());
+    if g.json {
+        print_json(&r)?;
+    } else {
+        println!("{}", jetson_llmd::text::clean(&r.summary()));
+        if r.oom {
+            println!("out of memory seen: {}", jetson_llmd::text::clean(r.oom_line.as_deref().unwrap_or("")));
+        }
+    }
+    Ok(if r.gpu { code::OK } else { code::FAILED })
+}

@@ -1,0 +1,208 @@
+//! The command line: one file per command; this file holds the clap definitions, the shared
+//! context (settings, client, paths) and error reporting.
+
+pub mod check;
+pub mod exec_child;
+pub mod gpu_check;
+pub mod keepalive;
+pub mod logging;
+pub mod preload;
+pub mod status;
+pub mod supervise;
+pub mod units;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use jetson_llmd::conf::{config, modelconf, ModelName, Settings};
+use jetson_llmd::failure::{code, Failure};
+use jetson_llmd::host::rooted;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "jetson-llmd",
+    version,
+    about = "Keeps one Ollama model warm on the GPU of a Jetson Orin Nano, and says why when it cannot",
+    long_about = "Keeps one Ollama model warm on the GPU of a Jetson Orin Nano (8 GB unified memory, JetPack 6).\n\n\
+The model named in /etc/ollama/model.conf (OLLAMA_MODEL=gemma4:e2b-8k) is loaded first at boot with\n\
+keep_alive -1 and pinned there: every unload/reload cycle risks GPU memory that cannot be allocated\n\
+again until a reboot. `supervise` runs the whole chain; `preload` and `keepalive` are its steps;\n\
+`status` and `gpu-check` explain what is going on; `check` validates the files.\n\n\
+Typical use on a Jetson:\n  sudo systemctl start jetson-llmd     # runs `supervise`\n  jetson-llmd status                   # what is loaded, where, since when\n  sudoedit /etc/ollama/model.conf      # switch models by editing one line",
+    after_help = "Exit codes: 0 ok; 1 failed or degraded; 2 bad usage or configuration; 3 Ollama unreachable;\n4 reboot required (GPU memory unallocatable); 5 Ollama runs on the CPU. See docs/usage.md."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Args)]
+pub struct Global {
+    /// Supervisor settings (every key optional; see /etc/jetson-llmd/config.toml).
+    #[arg(long, global = true, value_name = "PATH", default_value = config::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// The file naming the model to keep warm (one line: OLLAMA_MODEL=<name>).
+    #[arg(long, global = true, value_name = "PATH", default_value = config::DEFAULT_MODEL_CONF)]
+    pub model_conf: PathBuf,
+    /// Treat DIR as / for host files (/etc, /proc, /run...); explicit paths are taken as given.
+    #[arg(long, global = true, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+    /// Ollama's address, read like Ollama's CLI reads OLLAMA_HOST (0.0.0.0 connects locally).
+    #[arg(long = "ollama", global = true, env = "OLLAMA_HOST", value_name = "URL", default_value = ollama_client::DEFAULT_HOST)]
+    pub ollama: String,
+    /// Machine-readable output (JSON on stdout).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LauncherArg {
+    /// Drive ollama.service, ollama-preload.service and ollama-keepalive.service over D-Bus.
+    Systemd,
+    /// Run `ollama serve` as a child process (containers, the demo).
+    Process,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Run the daemon: start Ollama, check its GPU, preload the model, keep it warm, recover.
+    /// SIGHUP (systemctl reload) re-reads config.toml and model.conf.
+    Supervise {
+        /// How Ollama is started.
+        #[arg(long, value_enum, default_value = "systemd")]
+        launcher: LauncherArg,
+        /// The `ollama` binary (overrides config.toml's ollama_bin; process launcher).
+        #[arg(long, value_name = "PATH")]
+        ollama_bin: Option<PathBuf>,
+    },
+    /// Load the model.conf model pinned (keep_alive -1), check it is on the GPU, exit when warm.
+    Preload,
+    /// Re-assert the pin every interval (default 4m) and re-warm the model if it was unloaded.
+    Keepalive {
+        /// Interval between pings (overrides config.toml; 10s to 1h), e.g. 4m, 90s.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        interval: Option<Duration>,
+        /// One ping, then exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// One screen: Ollama, GPU, model placement and expiry, last ping, boot timeline, memory.
+    Status,
+    /// GPU verdict from Ollama's log (the journal of ollama.service, or --log FILE).
+    GpuCheck {
+        /// A saved log: plain `ollama serve` output or journalctl output (short, cat or json).
+        #[arg(long, value_name = "FILE")]
+        log: Option<PathBuf>,
+    },
+    /// Validate config.toml and model.conf; print each problem as file:line.
+    Check,
+    /// Print the systemd units rendered for the installed binaries, or write them to --output.
+    Units {
+        /// The jetson-llmd binary the units run.
+        #[arg(long, value_name = "PATH", default_value = jetson_llmd::install::units::DEFAULT_JETSON_LLMD)]
+        jetson_llmd: PathBuf,
+        /// The ollama binary ollama.service runs (default: config.toml's ollama_bin).
+        #[arg(long, value_name = "PATH")]
+        ollama_bin: Option<PathBuf>,
+        /// Write the units under this directory (e.g. /etc/systemd/system) instead of printing.
+        #[arg(long, value_name = "DIR")]
+        output: Option<PathBuf>,
+    },
+    /// (internal) Start PROGRAM so that it dies with the supervisor.
+    #[command(hide = true)]
+    ExecChild(ExecChildArgs),
+}
+
+#[derive(Args)]
+pub struct ExecChildArgs {
+    #[arg(long)]
+    pub parent: i32,
+    pub program: PathBuf,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let g = &cli.global;
+    match cli.cmd {
+        Cmd::Check => check::run(g).await,
+        Cmd::Units { jetson_llmd, ollama_bin, output } => units::run(g, &jetson_llmd, ollama_bin, output).await,
+        Cmd::GpuCheck { log } => gpu_check::run(g, log).await,
+        Cmd::Status => status::run(g).await,
+        Cmd::Preload => preload::run(g).await,
+        Cmd::Keepalive { interval, once } => keepalive::run(g, interval, once).await,
+        Cmd::Supervise { launcher, ollama_bin } => supervise::run(g, launcher, ollama_bin).await,
+        Cmd::ExecChild(_) => Ok(code::USAGE),
+    }
+}
+
+/// Prints `error: ...` and ` -> cause` lines (cleaned: causes may quote files or Ollama) and
+/// returns the exit code the error means.
+pub fn report_error(e: &anyhow::Error) -> i32 {
+    eprintln!("error: {}", jetson_llmd::text::clean(&e.to_string()));
+    for cause in e.chain().skip(1) {
+        eprintln!(" -> {}", jetson_llmd::text::clean(&cause.to_string()));
+    }
+    e.chain().find_map(|c| c.downcast_ref::<Failure>()).map_or(code::FAILED, Failure::exit_code)
+}
+
+/// What most commands need.
+pub struct Ctx {
+    pub settings: Settings,
+    pub host: ollama_client::OllamaHost,
+    pub client: ollama_client::Client,
+    pub paths: jetson_llmd::supervisor::Paths,
+    pub root: PathBuf,
+    pub json: bool,
+}
+
+/// config.toml and model.conf: explicit paths are taken as given; the defaults live under --root.
+pub fn paths(g: &Global) -> jetson_llmd::supervisor::Paths {
+    let under = |p: &Path, default: &str| if p.as_os_str() == default { rooted(&g.root, p) } else { p.to_path_buf() };
+    jetson_llmd::supervisor::Paths { config: under(&g.config, config::DEFAULT_CONFIG), model_conf: under(&g.model_conf, config::DEFAULT_MODEL_CONF) }
+}
+
+pub async fn settings(g: &Global) -> Result<Settings, Failure> {
+    config::load(&paths(g).config).await.map_err(|e| Failure::Config(e.to_string()))
+}
+
+pub async fn context(g: &Global) -> anyhow::Result<Ctx> {
+    let settings = settings(g).await?;
+    let host = ollama_client::parse_host(&g.ollama).map_err(|e| Failure::Config(format!("{e}; set OLLAMA_HOST (or --ollama) to host:port, e.g. 127.0.0.1:11434")))?;
+    if !host.is_local() && !settings.allow_remote_ollama {
+        return Err(Failure::Config(format!(
+            "Ollama address {} is not on this machine; jetson-llmd supervises a local Ollama (set allow_remote_ollama = true in config.toml to override)",
+            host.url
+        ))
+        .into());
+    }
+    let timeouts = ollama_client::Timeouts { request: settings.request_timeout, load: settings.load_timeout, ..Default::default() };
+    let client = ollama_client::Client::new(host.url.clone(), timeouts);
+    Ok(Ctx { client, host, settings, paths: paths(g), root: g.root.clone(), json: g.json })
+}
+
+pub fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+pub async fn model_from_conf(ctx: &Ctx) -> Result<ModelName, Failure> {
+    let c = modelconf::read(&ctx.paths.model_conf).await.map_err(Failure::Config)?;
+    for w in &c.warnings {
+        tracing::warn!("{}: {w}", ctx.paths.model_conf.display());
+    }
+    Ok(c.model)
+}
+
+/// /proc/cmdline under --root, for the `cma=` hint (bounded; absent is fine).
+pub async fn cmdline(root: &Path) -> Option<String> {
+    jetson_llmd::host::fs::read_text(&rooted(root, Path::new("/proc/cmdline")), jetson_llmd::host::fs::cap::PROC).await.ok()
+}

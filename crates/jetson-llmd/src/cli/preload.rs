@@ -1,0 +1,37 @@
+//! `jetson-llmd preload` (ollama-preload.service): the model warm and pinned, then exit.
+
+use super::{context, model_from_conf, print_json, Global};
+use anyhow::Context;
+use jetson_llmd::failure::{code, Failure};
+use jetson_llmd::host::memory::DropCaches;
+use jetson_llmd::host::signals::Signals;
+use jetson_llmd::ollama::warm;
+
+pub async fn run(g: &Global) -> anyhow::Result<i32> {
+    let ctx = context(g).await?;
+    let model = model_from_conf(&ctx).await?;
+    let relief = DropCaches::under(&ctx.root);
+    let signals = Signals::install();
+    let version = warm::wait_for_api(&ctx.client, ctx.settings.startup_timeout, &signals.shutdown).await?;
+    tracing::info!("Ollama {version} at {}; preloading {model}", ctx.client.base_url());
+    let what = format!("loading {model}");
+    let work = warm::preload(&ctx.client, &ctx.settings, &model, &relief);
+    let n = jetson_llmd::host::notify::SdNotify;
+    // SIGTERM ends a pull or load at once (Ollama finishes or drops it on its side).
+    let r = jetson_llmd::host::notify::guarded(work, &n, None, &signals.shutdown, Some((warm::STILL_WAITING, &what)))
+        .await
+        .ok_or(Failure::Cancelled)?
+        .with_context(|| format!("preloading {model} through {}", ctx.client.base_url()))?;
+    if ctx.json {
+        print_json(&r)?;
+    } else {
+        println!(
+            "{} warm: {}% on the GPU, {}{}",
+            r.model,
+            r.gpu_percent,
+            if r.pinned { "pinned (keep_alive -1)" } else { "NOT pinned" },
+            r.load_ms.map(|ms| format!(", cold load {:.1} s", ms as f64 / 1000.0)).unwrap_or_else(|| ", was already loaded".into())
+        );
+    }
+    Ok(code::OK)
+}

@@ -1,0 +1,58 @@
+//! `jetson-llmd supervise`: the daemon, with the systemd or the process backend.
+
+use super::{cmdline, context, Global, LauncherArg};
+use anyhow::Context;
+use jetson_llmd::failure::code;
+use jetson_llmd::host::memory::DropCaches;
+use jetson_llmd::host::notify::{watchdog_period, SdNotify};
+use jetson_llmd::host::rooted;
+use jetson_llmd::host::signals::Signals;
+use jetson_llmd::host::systemd::Systemd;
+use jetson_llmd::supervisor::process::ProcessBackend;
+use jetson_llmd::supervisor::state::{LauncherKind, StateFile};
+use jetson_llmd::supervisor::systemd::SystemdBackend;
+use jetson_llmd::supervisor::Supervisor;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// model.conf is looked at this often (issue: inotify instead).
+const CONF_POLL: Duration = Duration::from_secs(2);
+
+pub async fn run(g: &Global, launcher: LauncherArg, ollama_bin: Option<PathBuf>) -> anyhow::Result<i32> {
+    let ctx = context(g).await?;
+    // Handlers first: a SIGTERM during start-up must already end us cleanly.
+    let signals = Signals::install();
+    let kind = match launcher {
+        LauncherArg::Systemd => LauncherKind::Systemd,
+        LauncherArg::Process => LauncherKind::Process,
+    };
+    let state = StateFile::new(Some(&rooted(&ctx.root, &ctx.settings.state_dir)), kind);
+    let cmdline = cmdline(&ctx.root).await;
+    let result = match launcher {
+        LauncherArg::Systemd => {
+            let sd = Systemd::system().await.context("supervise needs systemd's D-Bus API (use --launcher process in a container without systemd)")?;
+            let preload_deadline = ctx.settings.load_timeout + Duration::from_secs(3600);
+            let backend = SystemdBackend::new(sd, ctx.settings.startup_timeout, preload_deadline).await?;
+            let sup = Supervisor { api: ctx.client.clone(), backend, notify: SdNotify, settings: ctx.settings.clone(), paths: ctx.paths.clone(), cmdline, state, conf_poll: CONF_POLL, watchdog: watchdog_period() };
+            sup.run(signals).await
+        }
+        LauncherArg::Process => {
+            let bin = ollama_bin.unwrap_or_else(|| ctx.settings.ollama_bin.clone());
+            let env = vec![
+                // The address as given (0.0.0.0 serves the LAN); we connect on loopback.
+                ("OLLAMA_HOST".to_string(), ctx.host.bind.clone()),
+                // The seed's rules: pinned by default, one model at a time on 8 GB.
+                ("OLLAMA_KEEP_ALIVE".to_string(), "-1".to_string()),
+                ("OLLAMA_MAX_LOADED_MODELS".to_string(), "1".to_string()),
+            ];
+            let url = &ctx.host.url;
+            let connect = (url.host_str().unwrap_or("127.0.0.1").to_string(), url.port_or_known_default().unwrap_or(11434));
+            let shim = std::env::current_exe().ok();
+            let backend = ProcessBackend::new(bin, env, shim, connect, DropCaches::under(&ctx.root));
+            let sup = Supervisor { api: ctx.client.clone(), backend, notify: SdNotify, settings: ctx.settings.clone(), paths: ctx.paths.clone(), cmdline, state, conf_poll: CONF_POLL, watchdog: watchdog_period() };
+            sup.run(signals).await
+        }
+    };
+    result?;
+    Ok(code::OK)
+}

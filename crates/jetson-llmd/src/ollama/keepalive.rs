@@ -1,0 +1,206 @@
+//! `jetson-llmd keepalive` (ollama-keepalive.service): one tick every interval, following
+//! model.conf, re-warming an evicted model, feeding the watchdog while it waits or works.
+
+use super::warm::{self, TickRecord};
+use super::OllamaApi;
+use crate::conf::{modelconf, ModelName, Settings};
+use crate::failure::Failure;
+use crate::host::memory::MemoryRelief;
+use crate::host::notify::{guarded, Notifier};
+use std::path::Path;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Where the loop reports.
+pub struct Reporting<'a, N: Notifier> {
+    pub notify: &'a N,
+    /// WATCHDOG=1 period (half of WatchdogSec=), if any.
+    pub watchdog: Option<Duration>,
+    /// Where keepalive.json (the last ping, for `status`) goes.
+    pub state_dir: Option<&'a Path>,
+}
+
+/// Runs until cancelled (Ok) or a terminal failure (reboot required, model on the CPU).
+/// model.conf is re-read before every tick; an invalid file keeps the last good model.
+#[allow(clippy::too_many_arguments)]
+pub async fn run<A, R, N>(
+    api: &A,
+    settings: &Settings,
+    model_conf: &Path,
+    mut model: ModelName,
+    relief: &R,
+    report: Reporting<'_, N>,
+    cancel: &CancellationToken,
+    mut on_tick: impl FnMut(&TickRecord),
+) -> Result<(), Failure>
+where
+    A: OllamaApi,
+    R: MemoryRelief,
+    N: Notifier,
+{
+    let mut failures = 0u32;
+    let mut rewarms = 0u64;
+    loop {
+        match modelconf::read(model_conf).await {
+            Ok(c) if c.model != model => {
+                tracing::info!("model.conf now names {}; following it", c.model);
+                model = c.model;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!("{e}; keeping {model}"),
+        }
+        let what = format!("keeping {model} warm");
+        let Some(result) = guarded(warm::tick(api, settings, &model, relief), report.notify, report.watchdog, cancel, Some((warm::STILL_WAITING, &what))).await else {
+            return Ok(());
+        };
+        match &result {
+            Ok(r) => {
+                failures = 0;
+                if r.rewarmed {
+                    rewarms += 1;
+                }
+            }
+            Err(_) => failures += 1,
+        }
+        let rec = TickRecord::new(&model, &result, rewarms, failures);
+        on_tick(&rec);
+        if let Some(dir) = report.state_dir {
+            crate::supervisor::state::write_keepalive(dir, &rec).await;
+        }
+        if let Err(f @ (Failure::RebootRequired { .. } | Failure::OnCpu { .. })) = result {
+            return Err(f);
+        }
+        let wait = if failures == 0 { settings.keepalive_interval } else { warm::backoff(failures, settings.retry_max_backoff.min(settings.keepalive_interval)) };
+        if !rec.ok {
+            tracing::warn!("keepalive: {} (failure {failures} in a row; next try in {})", rec.detail, humantime::format_duration(wait));
+        }
+        let until = Instant::now() + wait;
+        if guarded(tokio::time::sleep_until(until), report.notify, report.watchdog, cancel, None).await.is_none() {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{model, FakeApi, FakeNotify, FakeRelief, Mode};
+    use ollama_client::KeepAlive;
+
+    struct Rig {
+        dir: tempfile::TempDir,
+        notify: FakeNotify,
+        cancel: CancellationToken,
+    }
+
+    impl Rig {
+        fn new() -> Rig {
+            let dir = tempfile::tempdir().expect("tmp");
+            std::fs::write(dir.path().join("model.conf"), "OLLAMA_MODEL=gemma4:e2b-8k\n").expect("w");
+            Rig { dir, notify: FakeNotify::starting_now(), cancel: CancellationToken::new() }
+        }
+
+        async fn run(&self, api: &FakeApi, watchdog: Option<Duration>, on_tick: impl FnMut(&TickRecord)) -> Result<(), Failure> {
+            let report = Reporting { notify: &self.notify, watchdog, state_dir: Some(self.dir.path()) };
+            run(api, &Settings::default(), &self.dir.path().join("model.conf"), model("gemma4:e2b-8k"), &FakeRelief::default(), report, &self.cancel, on_tick).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_every_four_minutes_with_keep_alive_forever() {
+        let rig = Rig::new();
+        let api = FakeApi::default().with_loaded("gemma4:e2b-8k");
+        let mut ticks = 0;
+        rig.run(&api, None, |t| {
+            assert!(t.ok, "{}", t.detail);
+            ticks += 1;
+            if ticks == 4 {
+                rig.cancel.cancel();
+            }
+        })
+        .await
+        .expect("cancelled cleanly");
+        let at: Vec<u64> = api.loads.borrow().iter().map(|(d, ..)| d.as_secs()).collect();
+        assert_eq!(at, vec![0, 240, 480, 720]);
+        assert!(api.load_log().iter().all(|(_, k)| *k == KeepAlive::Forever));
+        let last: TickRecord = serde_json::from_slice(&std::fs::read(rig.dir.path().join("keepalive.json")).expect("keepalive.json")).expect("typed");
+        assert!(last.ok);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unreachable_ollama_is_retried_with_capped_backoff_and_never_crashes() {
+        // One entry per /api/ps call: a good tick asks twice (before and after the load), a tick
+        // against a dead server once.
+        let mut modes = vec![Mode::Up, Mode::Up];
+        modes.extend(std::iter::repeat_n(Mode::Down, 7));
+        modes.extend([Mode::Up, Mode::Up]);
+        let api = FakeApi::new(&modes).with_loaded("gemma4:e2b-8k");
+        let rig = Rig::new();
+        let t0 = Instant::now();
+        let (mut at, mut failures) = (Vec::new(), Vec::new());
+        rig.run(&api, None, |t| {
+            at.push(t0.elapsed().as_secs());
+            failures.push(t.consecutive_failures);
+            if t.ok && at.len() > 1 {
+                rig.cancel.cancel();
+            }
+        })
+        .await
+        .expect("ok");
+        // 0: ok; then 240: down, +5, +10, +20, +40, +80, +160 (capped at the 240 s interval), then up.
+        assert_eq!(at, vec![0, 240, 245, 255, 275, 315, 395, 555, 795]);
+        assert_eq!(failures, vec![0, 1, 2, 3, 4, 5, 6, 7, 0]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn out_of_memory_ends_the_loop_with_reboot_required_instead_of_looping() {
+        let rig = Rig::new();
+        let api = FakeApi::new(&[Mode::Oom]);
+        let mut ticks = 0;
+        let r = rig.run(&api, None, |_| ticks += 1).await;
+        assert!(matches!(r, Err(Failure::RebootRequired { .. })), "{r:?}");
+        assert_eq!(ticks, 1);
+        assert_eq!(api.loads.borrow().len(), 2, "one load, one retry after drop_caches, then stop");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_is_fed_between_pings_and_during_a_long_rewarm() {
+        let rig = Rig::new();
+        // A cold re-warm on the board takes 30-70 s; WatchdogSec=120 must not kill it midway.
+        let api = FakeApi::default();
+        api.load_delay.set(Duration::from_secs(100));
+        let mut ticks = 0;
+        rig.run(&api, Some(Duration::from_secs(30)), |_| {
+            ticks += 1;
+            if ticks == 2 {
+                rig.cancel.cancel();
+            }
+        })
+        .await
+        .expect("ok");
+        let pets: Vec<u64> = rig.notify.pets.borrow().iter().map(|d| d.as_secs()).collect();
+        // 30, 60, 90 during the first 100 s load; every 30 s of the 240 s wait (100 to 340 s);
+        // 370, 400, 430 during the second tick (the fake takes 100 s for every load).
+        assert_eq!(pets, vec![30, 60, 90, 130, 160, 190, 220, 250, 280, 310, 370, 400, 430]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn follows_model_conf_and_keeps_the_last_good_model_on_a_bad_edit() {
+        let rig = Rig::new();
+        let api = FakeApi::default().with_loaded("gemma4:e2b-8k");
+        let conf = rig.dir.path().join("model.conf");
+        let mut seen = Vec::new();
+        rig.run(&api, None, |t| {
+            seen.push(t.model.clone());
+            match seen.len() {
+                1 => std::fs::write(&conf, "OLLAMA_MODEL=llama3.2:3b\n").expect("w"),
+                2 => std::fs::write(&conf, "OLLAMA_MODEL=\n").expect("w"),
+                _ => rig.cancel.cancel(),
+            }
+        })
+        .await
+        .expect("ok");
+        assert_eq!(seen, ["gemma4:e2b-8k", "llama3.2:3b", "llama3.2:3b"]);
+    }
+}

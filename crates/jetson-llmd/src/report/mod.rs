@@ -1,0 +1,3 @@
+//! What jetson-llmd tells people and scripts: `status` today; doctor, bench and metrics later.
+
+pub mod status;

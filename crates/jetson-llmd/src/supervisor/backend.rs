@@ -1,0 +1,56 @@
+//! What differs between running Ollama as our child and driving it through systemd: how it is
+//! started, how we hear that it went down or came back, where its log comes from, how the model
+//! is preloaded and kept warm, and what is stopped on a terminal failure. The supervisor's loop
+//! (supervisor/mod.rs) is the same for both.
+
+use crate::conf::{ModelName, Settings};
+use crate::failure::Failure;
+use crate::ollama::warm::WarmReport;
+use crate::ollama::OllamaApi;
+
+/// What the backend noticed about Ollama on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OllamaEvent {
+    /// Ollama exited, crashed or its unit went down (how, in words).
+    Down(String),
+    /// Ollama is running again without us starting it (systemd's Restart=).
+    Up,
+}
+
+#[allow(async_fn_in_trait)]
+pub trait Backend {
+    /// Which launcher this is (for state.json and messages).
+    fn kind(&self) -> super::state::LauncherKind;
+
+    /// What is started, in words ("/usr/local/bin/ollama serve (child process)").
+    fn describe(&self) -> String;
+
+    /// Starts Ollama, or makes sure it runs; returns once it is started (not when the API answers).
+    async fn start_ollama(&mut self) -> Result<(), Failure>;
+
+    /// The next thing that happened to Ollama; pending while nothing does. Cancel-safe.
+    async fn next_event(&mut self) -> OllamaEvent;
+
+    /// Ollama's log lines since its last start, oldest first (bounded).
+    async fn ollama_log(&mut self) -> Result<Vec<String>, Failure>;
+
+    /// Loads `model` pinned onto the GPU (in-process, or by running ollama-preload.service).
+    async fn warm<A: OllamaApi>(&mut self, api: &A, settings: &Settings, model: &ModelName) -> Result<(), Failure>;
+
+    /// One keepalive tick when the loop itself keeps the model warm; None when a separate
+    /// keepalive (ollama-keepalive.service) does.
+    async fn tick<A: OllamaApi>(&mut self, api: &A, settings: &Settings, model: &ModelName) -> Option<Result<WarmReport, Failure>>;
+
+    /// Starts the separate keepalive, if there is one.
+    async fn start_keepalive(&mut self) -> Result<(), Failure>;
+
+    /// Stops the separate keepalive so it does not reload the model behind our back after a
+    /// terminal failure (onto the CPU, or into unallocatable memory).
+    async fn stop_keepalive(&mut self);
+
+    /// Our shutdown: the child process stops with us; ollama.service stays up.
+    async fn shutdown(&mut self);
+
+    /// Asks the machine to reboot (on_reboot_required = "reboot").
+    async fn request_reboot(&mut self) -> Result<(), Failure>;
+}

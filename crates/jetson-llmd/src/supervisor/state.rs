@@ -1,0 +1,182 @@
+//! The supervisor's state file (`<state_dir>/state.json`): what `status` shows about the stage,
+//! the boot timeline, the GPU verdict and the last keepalive ping. Typed both ways, written
+//! atomically (temp + fsync + rename) so a reader never sees half a file, read with a cap.
+
+use super::stage::Stage;
+use crate::ollama::discovery::GpuReport;
+use crate::ollama::warm::{TickRecord, WarmReport};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub fn now() -> String {
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TimelineEvent {
+    pub event: String,
+    pub at: String,
+    /// Milliseconds since the supervisor started this boot sequence.
+    pub after_ms: u64,
+}
+
+/// Which launcher wrote the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LauncherKind {
+    #[default]
+    Systemd,
+    Process,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct State {
+    pub pid: u32,
+    pub started_at: String,
+    pub launcher: LauncherKind,
+    pub stage: Stage,
+    /// The stage in words (also sent as STATUS=).
+    pub status: String,
+    pub model: Option<String>,
+    pub ollama_version: Option<String>,
+    pub gpu: Option<GpuReport>,
+    pub warm: Option<WarmReport>,
+    /// The supervisor's own last ping (process launcher; under systemd see keepalive.json).
+    pub last_ping: Option<TickRecord>,
+    pub rewarm_count: u64,
+    pub ollama_restarts: u64,
+    pub timeline: Vec<TimelineEvent>,
+    pub warnings: Vec<String>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            pid: 0,
+            started_at: String::new(),
+            launcher: LauncherKind::default(),
+            stage: Stage::Starting,
+            status: String::new(),
+            model: None,
+            ollama_version: None,
+            gpu: None,
+            warm: None,
+            last_ping: None,
+            rewarm_count: 0,
+            ollama_restarts: 0,
+            timeline: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Holds the state and writes it on every change.
+pub struct StateFile {
+    path: Option<PathBuf>,
+    pub state: State,
+    t0: tokio::time::Instant,
+    /// A write failed and that was said; say it again only once it works (one warning per episode).
+    failing: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Read(#[from] crate::host::fs::ReadError),
+    #[error("{}: not a state file of this jetson-llmd: {source}", .path.display())]
+    Parse { path: PathBuf, source: serde_json::Error },
+}
+
+impl StateFile {
+    pub fn new(dir: Option<&Path>, launcher: LauncherKind) -> StateFile {
+        let path = dir.map(|d| d.join("state.json"));
+        let state = State { pid: std::process::id(), started_at: now(), launcher, ..Default::default() };
+        StateFile { path, state, t0: tokio::time::Instant::now(), failing: false }
+    }
+
+    /// Reads `<dir>/state.json` (at most 1 MiB); Ok(None) when there is none.
+    pub async fn read(dir: &Path) -> Result<Option<State>, StateError> {
+        read_json(&dir.join("state.json")).await
+    }
+
+    /// Starts a new timeline (a new boot sequence after an Ollama restart).
+    pub fn restart_timeline(&mut self) {
+        self.state.timeline.clear();
+        self.t0 = tokio::time::Instant::now();
+    }
+
+    pub async fn event(&mut self, event: &str) {
+        let after_ms = self.t0.elapsed().as_millis() as u64;
+        tracing::info!("timeline: {event} (+{after_ms} ms)");
+        self.state.timeline.push(TimelineEvent { event: event.to_string(), at: now(), after_ms });
+        self.save().await;
+    }
+
+    pub async fn save(&mut self) {
+        let Some(path) = &self.path else { return };
+        let text = match serde_json::to_vec_pretty(&self.state) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!("cannot encode the state: {e}");
+                return;
+            }
+        };
+        // 0644: an unprivileged `jetson-llmd status` reads it.
+        match crate::host::fs::write_atomic(path, text, 0o644).await {
+            Ok(()) if self.failing => {
+                self.failing = false;
+                tracing::info!("{} is written again", path.display());
+            }
+            Ok(()) => {}
+            Err(e) if !self.failing => {
+                self.failing = true;
+                tracing::warn!("cannot write {}: {e}; `jetson-llmd status` will show stale state until it works", path.display());
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
+    let bytes = match crate::host::fs::read_capped(path, crate::host::fs::cap::STATE).await {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    serde_json::from_slice(&bytes).map(Some).map_err(|source| StateError::Parse { path: path.to_path_buf(), source })
+}
+
+/// The standalone keepalive's last ping (`<state_dir>/keepalive.json`), for `status`.
+pub async fn write_keepalive(dir: &Path, t: &TickRecord) {
+    let path = dir.join("keepalive.json");
+    let Ok(text) = serde_json::to_vec_pretty(t) else { return };
+    if let Err(e) = crate::host::fs::write_atomic(&path, text, 0o644).await {
+        tracing::warn!("cannot write {}: {e}", path.display());
+    }
+}
+
+pub async fn read_keepalive(dir: &Path) -> Result<Option<TickRecord>, StateError> {
+    read_json(&dir.join("keepalive.json")).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn round_trips_typed_and_tolerates_missing_fields() {
+        let d = tempfile::tempdir().expect("tmp");
+        let mut f = StateFile::new(Some(d.path()), LauncherKind::Process);
+        f.state.stage = Stage::CpuFallback;
+        f.event("ollama started").await;
+        let back = StateFile::read(d.path()).await.expect("read").expect("some");
+        assert_eq!(back, f.state);
+        std::fs::write(d.path().join("state.json"), r#"{"pid": 7, "stage": "ready"}"#).expect("w");
+        let s = StateFile::read(d.path()).await.expect("read").expect("some");
+        assert_eq!((s.pid, s.stage), (7, Stage::Ready));
+        std::fs::write(d.path().join("state.json"), "{").expect("w");
+        assert!(matches!(StateFile::read(d.path()).await, Err(StateError::Parse { .. })));
+        assert!(StateFile::read(&d.path().join("none")).await.expect("none").is_none());
+    }
+}

@@ -1,0 +1,153 @@
+//! The systemd backend (`supervise`, the default on a Jetson): ollama.service is started and
+//! watched over D-Bus, its log comes from the journal, the model is warmed by
+//! ollama-preload.service and kept warm by ollama-keepalive.service. No fixed sleeps: each step
+//! waits on a D-Bus signal (JobRemoved, PropertiesChanged) under a deadline.
+
+use super::backend::{Backend, OllamaEvent};
+use super::state::LauncherKind;
+use crate::conf::{ModelName, Settings};
+use crate::failure::{code, Failure};
+use crate::host::journal;
+use crate::host::systemd::{SdError, Systemd, Verb, KEEPALIVE, OLLAMA, PRELOAD};
+use crate::ollama::warm::WarmReport;
+use crate::ollama::OllamaApi;
+use futures_util::{Stream, StreamExt};
+use std::pin::Pin;
+use std::time::Duration;
+
+type States = Pin<Box<dyn Stream<Item = String>>>;
+
+pub struct SystemdBackend {
+    sd: Systemd,
+    states: Option<States>,
+    /// Whether we believe ollama.service is up (set by a successful start, cleared by Down).
+    up: bool,
+    startup_timeout: Duration,
+    /// Longest a preload may take (pulls of a 4 GB model included).
+    preload_deadline: Duration,
+}
+
+fn sd_failure(e: SdError) -> Failure {
+    Failure::Systemd(e.to_string())
+}
+
+impl SystemdBackend {
+    pub async fn new(sd: Systemd, startup_timeout: Duration, preload_deadline: Duration) -> Result<SystemdBackend, Failure> {
+        sd.subscribe().await.map_err(sd_failure)?;
+        Ok(SystemdBackend { sd, states: None, up: false, startup_timeout, preload_deadline })
+    }
+
+    async fn start_job(&self) -> Result<(), SdError> {
+        match self.sd.run_job(OLLAMA, Verb::Start, self.startup_timeout).await {
+            Err(SdError::Job { result, message, .. }) if result != "refused" => {
+                // A crash loop ends in the start limit; resetting it once is what a person would do.
+                tracing::warn!("{OLLAMA} did not start ({message}); resetting its failed state and start limit");
+                self.sd.reset_failed(OLLAMA).await?;
+                self.sd.run_job(OLLAMA, Verb::Start, self.startup_timeout).await
+            }
+            other => other,
+        }
+    }
+
+    /// The preload unit's own error line (jetson-llmd prints `error: ...` and ` -> cause` lines).
+    async fn preload_error(&self, e: &SdError) -> String {
+        let tail = journal::tail(PRELOAD, 8).await;
+        let err: Vec<&str> = tail.iter().map(String::as_str).filter(|l| l.starts_with("error:") || l.starts_with(" -> ") || l.starts_with("->")).collect();
+        if err.is_empty() {
+            e.to_string()
+        } else {
+            err.join(" ")
+        }
+    }
+}
+
+impl Backend for SystemdBackend {
+    fn kind(&self) -> LauncherKind {
+        LauncherKind::Systemd
+    }
+
+    fn describe(&self) -> String {
+        OLLAMA.to_string()
+    }
+
+    async fn start_ollama(&mut self) -> Result<(), Failure> {
+        if self.states.is_none() {
+            self.states = Some(Box::pin(self.sd.active_states(OLLAMA).await.map_err(sd_failure)?));
+        }
+        self.start_job().await.map_err(|e| match e {
+            SdError::Bus(_) => sd_failure(e),
+            other => Failure::OllamaStart(other.to_string()),
+        })?;
+        self.up = true;
+        Ok(())
+    }
+
+    async fn next_event(&mut self) -> OllamaEvent {
+        loop {
+            let Some(states) = self.states.as_mut() else { return std::future::pending().await };
+            let Some(_) = states.next().await else {
+                self.states = None;
+                self.up = false;
+                return OllamaEvent::Down("lost the D-Bus signal stream of ollama.service".into());
+            };
+            // Decide on the latest state, not the (possibly stale, queued) one in the signal: a
+            // restart that already finished must not read as a new crash.
+            let now = self.sd.active_state(OLLAMA).await.unwrap_or_default();
+            match (self.up, now.as_str()) {
+                (true, "active" | "reloading") | (false, "activating" | "deactivating" | "inactive") => {}
+                (true, s) => {
+                    self.up = false;
+                    let how = if s == "failed" { format!("{OLLAMA} failed") } else { format!("{OLLAMA} is {s} (Restart=always brings it back)") };
+                    return OllamaEvent::Down(how);
+                }
+                (false, "active") => {
+                    self.up = true;
+                    return OllamaEvent::Up;
+                }
+                (false, _) => {}
+            }
+        }
+    }
+
+    async fn ollama_log(&mut self) -> Result<Vec<String>, Failure> {
+        let since = self.sd.main_start_usec(OLLAMA).await;
+        journal::since(OLLAMA, since).await.map_err(|e| Failure::LogUnreadable(format!("{e}; check that `journalctl -u {OLLAMA}` shows its log")))
+    }
+
+    async fn warm<A: OllamaApi>(&mut self, _api: &A, _settings: &Settings, model: &ModelName) -> Result<(), Failure> {
+        // Restart, not start: a RemainAfterExit oneshot that already ran would be a no-op.
+        let Err(e) = self.sd.run_job(PRELOAD, Verb::Restart, self.preload_deadline).await else { return Ok(()) };
+        let status = self.sd.info(PRELOAD).await.ok().and_then(|i| i.exec_main_status);
+        let detail = self.preload_error(&e).await;
+        // The preload's exit code is a Failure's exit code: map it back to the same failure.
+        Err(match status {
+            Some(code::REBOOT_REQUIRED) => Failure::RebootRequired { detail },
+            Some(code::ON_CPU) => Failure::OnCpu { model: model.to_string(), hint: detail },
+            // Exit 2 (model.conf invalid) included: the supervisor checked the file just before,
+            // so it changed meanwhile; the next attempt reads it again.
+            _ => Failure::Preload(format!("{PRELOAD} failed: {detail}")),
+        })
+    }
+
+    async fn tick<A: OllamaApi>(&mut self, _api: &A, _settings: &Settings, _model: &ModelName) -> Option<Result<WarmReport, Failure>> {
+        None
+    }
+
+    async fn start_keepalive(&mut self) -> Result<(), Failure> {
+        self.sd.run_job(KEEPALIVE, Verb::Start, Duration::from_secs(120)).await.map_err(sd_failure)
+    }
+
+    async fn stop_keepalive(&mut self) {
+        if let Err(e) = self.sd.run_job(KEEPALIVE, Verb::Stop, Duration::from_secs(30)).await {
+            tracing::warn!("stopping {KEEPALIVE}: {e}");
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        // ollama.service and the loaded model stay up; the keepalive is PartOf= us.
+    }
+
+    async fn request_reboot(&mut self) -> Result<(), Failure> {
+        self.sd.request_reboot().await.map_err(sd_failure)
+    }
+}

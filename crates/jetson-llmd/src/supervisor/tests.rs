@@ -1,0 +1,368 @@
+//! The control loop's transitions with fakes of every boundary, under paused time: boot, warm,
+//! eviction, Ollama exit, config change, CPU fallback, reboot required, SIGHUP, shutdown.
+
+use super::stage::Stage;
+use super::state::{LauncherKind, State, StateFile};
+use super::{Paths, Supervisor};
+use crate::conf::{OnRebootRequired, Settings};
+use crate::failure::{code, Failure};
+use crate::host::signals::Signals;
+use crate::supervisor::backend::OllamaEvent;
+use crate::testing::{FakeApi, FakeBackend, FakeNotify, Mode, CPU_LOG};
+use ollama_client::KeepAlive;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+struct Rig {
+    dir: tempfile::TempDir,
+    api: FakeApi,
+    notify: FakeNotify,
+    signals: Signals,
+    settings: Settings,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join("model.conf"), "OLLAMA_MODEL=gemma4:e2b-8k\n").expect("w");
+        Rig { dir, api: FakeApi::default(), notify: FakeNotify::starting_now(), signals: Signals::default(), settings: Settings::default() }
+    }
+
+    fn paths(&self) -> Paths {
+        Paths { config: self.dir.path().join("config.toml"), model_conf: self.dir.path().join("model.conf") }
+    }
+
+    fn supervisor(&self, backend: FakeBackend) -> Supervisor<&FakeApi, FakeBackend, FakeNotify> {
+        Supervisor {
+            api: &self.api,
+            state: StateFile::new(Some(self.dir.path()), backend.kind),
+            backend,
+            notify: self.notify.clone(),
+            settings: self.settings.clone(),
+            paths: self.paths(),
+            cmdline: None,
+            conf_poll: Duration::from_secs(2),
+            watchdog: None,
+        }
+    }
+
+    fn state(&self) -> State {
+        let t = std::fs::read_to_string(self.dir.path().join("state.json")).unwrap_or_default();
+        serde_json::from_str(&t).unwrap_or_default()
+    }
+
+    /// Waits (virtual time) until the state file satisfies `f`.
+    async fn until(&self, what: &str, f: impl Fn(&State) -> bool) -> State {
+        let t0 = Instant::now();
+        loop {
+            let s = self.state();
+            if f(&s) {
+                return s;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(3600), "never reached: {what}; state: {s:#?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn write_conf(&self, text: &str) {
+        std::fs::write(self.dir.path().join("model.conf"), text).expect("w");
+    }
+}
+
+fn events(s: &State) -> Vec<&str> {
+    s.timeline.iter().map(|e| e.event.as_str()).collect()
+}
+
+fn ready(s: &State) -> bool {
+    s.stage == Stage::Ready
+}
+
+#[tokio::test(start_paused = true)]
+async fn boots_in_order_sends_ready_once_and_stops_cleanly() {
+    let rig = Rig::new();
+    let (backend, _tx) = FakeBackend::new(LauncherKind::Process);
+    let calls = backend.calls.clone();
+    let (r, s) = tokio::join!(rig.supervisor(backend).run(rig.signals.clone()), async {
+        let s = rig.until("ready", ready).await;
+        rig.signals.shutdown.cancel();
+        s
+    });
+    r.expect("a clean stop");
+    assert_eq!(events(&s), ["ollama started", "API ready", "GPU found", "model warm", "keepalive running"]);
+    assert_eq!(s.launcher, LauncherKind::Process);
+    assert!(s.status.starts_with("ready: gemma4:e2b-8k warm on the GPU (100%), pinned"), "{}", s.status);
+    assert_eq!(s.gpu.as_ref().map(|g| g.gpu), Some(true));
+    assert_eq!(*calls.borrow(), ["start", "warm gemma4:e2b-8k", "start_keepalive", "shutdown"]);
+    assert_eq!(rig.notify.ready.get(), 1);
+    assert_eq!(rig.state().stage, Stage::Stopping);
+    assert_eq!(rig.api.load_log(), [("gemma4:e2b-8k".to_string(), KeepAlive::Forever)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_evicted_model_is_rewarmed_at_the_next_tick() {
+    let rig = Rig::new();
+    let (backend, _tx) = FakeBackend::new(LauncherKind::Process);
+    let (r, ()) = tokio::join!(rig.supervisor(backend).run(rig.signals.clone()), async {
+        rig.until("ready", ready).await;
+        let t = Instant::now();
+        *rig.api.loaded.borrow_mut() = None;
+        let s = rig.until("re-warmed", |s| s.rewarm_count == 1).await;
+        assert_eq!(t.elapsed().as_secs(), 240, "at the next 4-minute tick");
+        assert_eq!(s.stage, Stage::Ready);
+        assert!(s.last_ping.as_ref().is_some_and(|p| p.ok && p.rewarmed));
+        rig.signals.shutdown.cancel();
+    });
+    r.expect("ok");
+    assert_eq!(rig.api.loaded.borrow().as_deref(), Some("gemma4:e2b-8k"));
+    assert_eq!(rig.notify.ready.get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_child_is_restarted_after_the_backoff_it_announced() {
+    let rig = Rig::new();
+    let (backend, tx) = FakeBackend::new(LauncherKind::Process);
+    let calls = backend.calls.clone();
+    let (r, ()) = tokio::join!(rig.supervisor(backend).run(rig.signals.clone()), async {
+        rig.until("ready", ready).await;
+        *rig.api.loaded.borrow_mut() = None;
+        let t = Instant::now();
+        tx.send(OllamaEvent::Down("ollama serve exited (signal: 9)".into())).expect("send");
+        let s = rig.until("down", |s| s.stage == Stage::OllamaDown).await;
+        assert!(s.status.contains("ollama serve exited (signal: 9); starting it again in 5s"), "{}", s.status);
+        let s = rig.until("ready again", |s| ready(s) && s.ollama_restarts == 1).await;
+        assert_eq!(t.elapsed().as_secs(), 5, "the delay printed is the delay used");
+        assert_eq!(events(&s).len(), 5, "a new timeline for the new boot");
+        rig.signals.shutdown.cancel();
+    });
+    r.expect("ok");
+    assert_eq!(calls.borrow().iter().filter(|c| *c == "start").count(), 2);
+    assert_eq!(rig.notify.ready.get(), 1, "READY=1 once per process");
+}
+
+#[tokio::test(start_paused = true)]
+async fn under_systemd_a_unit_back_up_is_rechecked_at_once() {
+    let rig = Rig::new();
+    let (backend, tx) = FakeBackend::new(LauncherKind::Systemd);
+    let calls = backend.calls.clone();
+    let (r, ()) = tokio::join!(rig.supervisor(backend).run(rig.signals.clone()), async {
+        rig.until("ready", ready).await;
+        tx.send(OllamaEvent::Down("ollama.service is activating".into())).expect("send");
+        rig.until("down", |s| s.stage == Stage::OllamaDown).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let t = Instant::now();
+        tx.send(OllamaEvent::Up).expect("send");
+        rig.until("ready again", |s| ready(s) && s.ollama_restarts == 1).await;
+        assert!(t.elapsed() < Duration::from_secs(1), "not after the 5 s backoff: {:?}", t.elapsed());
+        // No in-loop ticks under systemd: ollama-keepalive.service does that.
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        rig.signals.shutdown.cancel();
+    });
+    r.expect("ok");
+    assert!(!calls.borrow().iter().any(|c| c.starts_with("tick")), "{:?}", calls.borrow());
+    assert_eq!(events(&rig.state()), ["ollama active", "API ready", "GPU found", "model warm", "keepalive running"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_model_conf_edit_switches_only_once_the_new_model_is_warm() {
+    let rig = Rig::new();
+    let (backend, _tx) = FakeBackend::new(LauncherKind::Process);
+    let (r, ()) = tokio::join!(rig.supervisor(backend).run(rig.signals.clone()), async {
+        rig.until("ready", ready).await;
+        rig.write_conf("OLLAMA_MODEL=llama3.2:3b\n");
+        let s = rig.until("switched", |s| ready(s) && s.model.as_deref() == Some("llama3.2:3b")).await;
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        rig.signals.shutdown.cancel();
+    });
+    r.expect("ok");
+    let loads = rig.api.load_log();
+    let new = loads.iter().position(|(m, k)| m == "llama3.2:3b" && *k == KeepAlive::Forever).expect("new loaded");
+    // The fake holds one model like OLLAMA_MAX_LOADED_MODELS=1: the old one was already gone,
+    // so no unload was needed; it is never unloaded before the new one loaded.
+    assert!(!loads[..new].iter().any(|(_, k)| *k == KeepAlive::Unload), "{loads:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invalid_edit_keeps_the_running_model_and_says_where() {
+    let rig = Rig::new();
+    let (backend, _tx) = FakeBackend::new(LauncherKind::Process);
+    let (r, ()) = tokio::join!(rig.supervisor(backend).run(rig.signals.clone()), async {
+        rig.until("ready", ready).await;
+        rig.write_conf("OLLAMA_MODEL=gemma4:e2b-8k; reboot\n");
+        let s = rig.until("warning", |s| !s.warnings.is_empty()).await;
+        assert!(s.warnings[0].starts_with("model.conf is invalid (keeping gemma4:e2b-8k loaded):"), "{:?}", s.warnings);
+        assert!(s.warnings[0].contains("model.conf:1:"), "file:line: {:?}", s.warnings);
+        assert_eq!(s.stage, Stage::Ready);
+        assert!(rig.notify.statuses.borrow().last().is_some_and(|t| t.starts_with("model.conf is invalid, keeping gemma4:e2b-8k loaded")));
+        // A FIFO in its place must not freeze the loop: the eviction is still repaired.
+        std::fs::remove_file(rig.dir.path().join("model.conf")).expect("rm");
+        nix::unistd::mkfifo(&rig.dir.path().join("model.conf"), nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("fifo");
+        *rig.api.loaded.borrow_mut() = None;
+        let s = rig.until("re-warmed with a FIFO as model.conf", |s| s.rewarm_count == 1).await;
+        assert!(s.warnings.iter().any(|w| w.contains("is a FIFO")), "{:?}", s.warnings);
+        rig.write_conf_after_fifo();
+        rig.until("fixed", |s| s.warnings.is_empty()).await;
+        rig.signals.shutdown.cancel();
+    });
+    r.expect("ok");
+    assert_eq!(rig.api.load_log().iter().filter(|(m, _)| m != "gemma4:e2b-8k").count(), 0);
+}
+
+impl Rig {
+    fn write_conf_after_fifo(&self) {
+        let _ = std::fs::remove_file(self.dir.path().join("model.conf"));
+        self.write_conf("OLLAMA_MODEL=gemma4:e2b-8k\n");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn cpu_fallback_is_terminal_under_both_launchers() {
+    for kind in [LauncherKind::Process, LauncherKind::Systemd] {
+        let rig = Rig::new();
+        let (backend, _tx) = FakeBackend::new(kind);
+        *backend.log.borrow_mut() = vec![CPU_LOG.to_string()];
+        let calls = backend.calls.clone();
+        let r = rig.supervisor(backend).run(rig.signals.clone()).await;
+        let f = r.expect_err("terminal");
+        assert_eq!(f.exit_code(), code::ON_CPU);
+        let s = rig.state();
+        assert_eq!(s.stage, Stage::CpuFallback);
+        assert!(s.status.starts_with("NOT READY: Ollama runs on the CPU:") && s.status.contains("cuda_jetpack6"), "{}", s.status);
+        assert_eq!(*calls.borrow(), ["start", "stop_keepalive", "shutdown"], "never loads onto the CPU");
+        assert_eq!(rig.notify.ready.get(), 0);
+        assert!(rig.api.load_log().is_empty());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn reboot_required_is_terminal_and_can_ask_for_a_reboot() {
+    for (policy, wants_reboot) in [(OnRebootRequired::Report, false), (OnRebootRequired::Reboot, true)] {
+        let mut rig = Rig::new();
+        rig.settings.on_reboot_required = policy;
+        rig.api = FakeApi::new(&[Mode::Oom]);
+        let (backend, _tx) = FakeBackend::new(LauncherKind::Systemd);
+        let calls = backend.calls.clone();
+        let relief = backend.relief.clone();
+        let f = rig.supervisor(backend).run(rig.signals.clone()).await.expect_err("terminal");
+        assert!(matches!(f, Failure::RebootRequired { .. }), "{f:?}");
+        assert_eq!(f.exit_code(), code::REBOOT_REQUIRED);
+        assert_eq!(rig.state().stage, Stage::RebootRequired);
+        assert_eq!(relief.0.get(), 1, "drop_caches once, then stop");
+        assert_eq!(rig.api.load_log().len(), 2, "one load, one retry");
+        assert_eq!(calls.borrow().contains(&"reboot".to_string()), wants_reboot, "{:?}", calls.borrow());
+        assert!(calls.borrow().contains(&"stop_keepalive".to_string()));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invalid_model_conf_at_start_exits_2_under_both_launchers() {
+    for kind in [LauncherKind::Process, LauncherKind::Systemd] {
+        let rig = Rig::new();
+        rig.write_conf("OLLAMA_MODEL=\n");
+        let (backend, _tx) = FakeBackend::new(kind);
+        let f = rig.supervisor(backend).run(rig.signals.clone()).await.expect_err("terminal");
+        assert_eq!(f.exit_code(), code::USAGE);
+        let s = rig.state();
+        assert_eq!(s.stage, Stage::ConfigInvalid);
+        assert!(s.status.contains("model.conf:1: OLLAMA_MODEL is empty"), "{}", s.status);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_loads_back_off_as_announced_and_a_model_that_does_not_fit_waits_for_an_edit() {
+    let rig = Rig::new();
+    rig.api.load_errors.borrow_mut().extend(["llama runner process has terminated: exit status 2".to_string(), "llama runner process has terminated: exit status 2".to_string()]);
+    let (backend, _tx) = FakeBackend::new(LauncherKind::Process);
+    let (r, ()) = tokio::join!(rig.supervisor(backend).run(rig.signals.clone()), async {
+        let s = rig.until("load failed", |s| s.stage == Stage::LoadFailed).await;
+        assert!(s.status.ends_with("retrying in 5s or when model.conf changes"), "{}", s.status);
+        let t = Instant::now();
+        let s = rig.until("second failure", |s| s.status.contains("retrying in 10s")).await;
+        assert_eq!(t.elapsed().as_secs(), 5);
+        let t = Instant::now();
+        rig.until("ready", ready).await;
+        assert_eq!(t.elapsed().as_secs(), 10);
+        drop(s);
+        // Now a model that lands partly on the CPU: no retry loop, wait for model.conf.
+        rig.api.gpu_percent.set(60);
+        rig.write_conf("OLLAMA_MODEL=llama3.2:3b\n");
+        let s = rig.until("partly", |s| s.stage == Stage::PartlyOnGpu).await;
+        assert!(s.status.ends_with("waiting for model.conf to change"), "{}", s.status);
+        let loads = rig.api.loads.borrow().len();
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(rig.api.loads.borrow().len(), loads, "no reload loop");
+        rig.api.gpu_percent.set(100);
+        rig.write_conf("OLLAMA_MODEL=gemma4:e2b-8k\n");
+        rig.until("ready after the edit", |s| ready(s) && s.model.as_deref() == Some("gemma4:e2b-8k")).await;
+        rig.signals.shutdown.cancel();
+    });
+    r.expect("ok");
+}
+
+#[tokio::test(start_paused = true)]
+async fn sighup_rereads_config_toml_and_a_bad_one_keeps_the_settings() {
+    let rig = Rig::new();
+    let (backend, _tx) = FakeBackend::new(LauncherKind::Process);
+    let calls = backend.calls.clone();
+    let (r, ()) = tokio::join!(rig.supervisor(backend).run(rig.signals.clone()), async {
+        rig.until("ready", ready).await;
+        std::fs::write(rig.paths().config, "keepalive_interval = \"1ns\"\n").expect("w");
+        rig.signals.request_reload();
+        let s = rig.until("warning", |s| !s.warnings.is_empty()).await;
+        assert!(s.warnings[0].starts_with("config.toml is invalid (the settings in use stay):"), "{:?}", s.warnings);
+        std::fs::write(rig.paths().config, "keepalive_interval = \"30s\"\n").expect("w");
+        rig.signals.request_reload();
+        rig.until("warning gone", |s| s.warnings.is_empty()).await;
+        // The tick scheduled before the reload still runs at 4 min; from then on every 30 s.
+        tokio::time::sleep(Duration::from_secs(240 + 61)).await;
+        rig.signals.shutdown.cancel();
+    });
+    r.expect("ok");
+    assert_eq!(calls.borrow().iter().filter(|c| c.starts_with("tick")).count(), 3, "{:?}", calls.borrow());
+}
+
+#[tokio::test(start_paused = true)]
+async fn ollama_that_cannot_start_is_retried_with_growing_backoff() {
+    let rig = Rig::new();
+    let (backend, _tx) = FakeBackend::new(LauncherKind::Systemd);
+    backend.start_errors.borrow_mut().extend([Failure::OllamaStart("ollama.service: start limit hit".into()), Failure::PortInUse { addr: "127.0.0.1:11434".into() }]);
+    let calls = backend.calls.clone();
+    let statuses: Rc<RefCell<Vec<(u64, String)>>> = Rc::default();
+    let (r, ()) = tokio::join!(rig.supervisor(backend).run(rig.signals.clone()), async {
+        let t = Instant::now();
+        let s = rig.until("failed", |s| s.stage == Stage::OllamaFailed).await;
+        statuses.borrow_mut().push((t.elapsed().as_secs(), s.status));
+        let s = rig.until("port", |s| s.stage == Stage::PortInUse).await;
+        statuses.borrow_mut().push((t.elapsed().as_secs(), s.status));
+        rig.until("ready", ready).await;
+        statuses.borrow_mut().push((t.elapsed().as_secs(), String::new()));
+        rig.signals.shutdown.cancel();
+    });
+    r.expect("ok");
+    let st = statuses.borrow();
+    assert!(st[0].1.ends_with("trying again in 5s"), "{st:?}");
+    assert!(st[1].1.contains("something else already serves 127.0.0.1:11434") && st[1].1.ends_with("trying again in 10s"), "{st:?}");
+    assert_eq!((st[0].0, st[1].0, st[2].0), (0, 5, 15));
+    assert_eq!(calls.borrow().iter().filter(|c| *c == "start").count(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_watchdog_is_fed_while_idle_and_during_a_long_load() {
+    let mut rig = Rig::new();
+    rig.api.load_delay.set(Duration::from_secs(100));
+    rig.settings.keepalive_interval = Duration::from_secs(3600);
+    let (backend, _tx) = FakeBackend::new(LauncherKind::Systemd);
+    let mut sup = rig.supervisor(backend);
+    sup.watchdog = Some(Duration::from_secs(30));
+    let (r, ()) = tokio::join!(sup.run(rig.signals.clone()), async {
+        rig.until("ready", ready).await;
+        tokio::time::sleep(Duration::from_secs(95)).await;
+        rig.signals.shutdown.cancel();
+    });
+    r.expect("ok");
+    let pets: Vec<u64> = rig.notify.pets.borrow().iter().map(|d| d.as_secs()).collect();
+    // 30, 60, 90 during the 100 s load, then every 30 s from the loop.
+    assert!(pets.starts_with(&[30, 60, 90]), "{pets:?}");
+    assert!(pets.len() >= 6, "{pets:?}");
+}
