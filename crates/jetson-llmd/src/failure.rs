@@ -48,7 +48,7 @@ pub enum Failure {
     Preload(String),
     #[error("{0}")]
     Systemd(String),
-    #[error("cancelled")]
+    #[error("stopped by a signal before the work was done")]
     Cancelled,
 }
 

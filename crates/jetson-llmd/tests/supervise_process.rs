@@ -26,6 +26,11 @@ struct Rig {
 
 impl Rig {
     fn start(extra_env: &[(&str, &str)]) -> Rig {
+        Rig::custom(extra_env, &fake_ollama_bin(), "127.0.0.1")
+    }
+
+    /// `bind_host` is what OLLAMA_HOST names (e.g. 0.0.0.0); `ollama` the binary run as Ollama.
+    fn custom(extra_env: &[(&str, &str)], ollama: &Path, bind_host: &str) -> Rig {
         let root = tempfile::tempdir().expect("tmp");
         std::fs::create_dir_all(root.path().join("etc/ollama")).expect("mkdir");
         std::fs::create_dir_all(root.path().join("proc/sys/vm")).expect("mkdir");
@@ -33,12 +38,14 @@ impl Rig {
         std::fs::write(root.path().join("proc/sys/vm/drop_caches"), "").expect("w");
         let port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_jetson-llmd"));
-        cmd.args(["--root"]).arg(root.path()).args(["supervise", "--launcher", "process", "--ollama-bin"]).arg(fake_ollama_bin());
-        cmd.env("OLLAMA_HOST", format!("127.0.0.1:{port}")).env("FAKE_OLLAMA_TIME_SCALE", "0.01").env_remove("NOTIFY_SOCKET").env_remove("JOURNAL_STREAM");
+        cmd.args(["--root"]).arg(root.path()).args(["supervise", "--launcher", "process", "--ollama-bin"]).arg(ollama);
+        cmd.env("OLLAMA_HOST", format!("{bind_host}:{port}")).env("FAKE_OLLAMA_TIME_SCALE", "0.01").env_remove("NOTIFY_SOCKET").env_remove("JOURNAL_STREAM");
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        let child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
+        // A file, not a pipe: a pipe nobody reads would block the supervisor once full.
+        let log = std::fs::File::create(root.path().join("supervise.log")).expect("log");
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("spawn");
         Rig { root, port, child }
     }
 
@@ -72,12 +79,38 @@ impl Rig {
     fn stop(&mut self) -> (i32, String) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
         let status = self.child.wait().expect("wait");
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            use std::io::Read;
-            let _ = e.read_to_string(&mut err);
+        (status.code().unwrap_or(-1), self.log())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.root.path().join("supervise.log")).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).expect("kill");
+    }
+
+    /// Pids of the supervisor's children (the Ollama it started).
+    fn children(&self) -> Vec<i32> {
+        let o = Command::new("pgrep").args(["-P", &self.child.id().to_string()]).output().expect("pgrep");
+        String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect()
+    }
+
+    fn wait_for(&self, what: &str, secs: u64, f: impl Fn(&Rig) -> bool) {
+        let t = Instant::now();
+        while !f(self) {
+            assert!(t.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}; state: {:#}\nlog:\n{}", self.state(), self.log());
+            std::thread::sleep(Duration::from_millis(50));
         }
-        (status.code().unwrap_or(-1), err)
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -172,11 +205,7 @@ fn cpu_fallback_is_terminal_exit_5_and_says_why() {
     assert_eq!(s["stage"], "cpu-fallback");
     assert!(s["status"].as_str().expect("status").contains("cuda_jetpack6"), "{s:#}");
     assert!(!events(&s).contains(&"model warm".to_string()));
-    let mut err = String::new();
-    if let Some(mut e) = rig.child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut err);
-    }
+    let err = rig.log();
     assert!(err.contains("ERROR") && err.contains("NOT READY: Ollama runs on the CPU"), "at ERROR level: {err}");
     let (code, st) = rig.status_json();
     assert_eq!(code, 3, "its Ollama child stopped with it: {st:#}");
@@ -208,4 +237,173 @@ fn systemd_launcher_without_a_bus_fails_with_one_clear_line() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.starts_with("error: supervise needs systemd's D-Bus API (use --launcher process"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie still answers kill(0); /proc/PID/stat's state says what it is.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| !r.trim_start().starts_with('Z')))
+}
+
+#[test]
+fn sighup_rereads_instead_of_killing_and_sigkill_takes_ollama_along() {
+    let mut rig = Rig::start(&[]);
+    rig.wait_stage("ready", 30);
+    rig.signal(nix::sys::signal::Signal::SIGHUP);
+    rig.wait_for("the SIGHUP log line", 10, |r| r.log().contains("SIGHUP: re-reading the configuration"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(rig.child.try_wait().expect("wait").is_none(), "SIGHUP must not end the supervisor: {}", rig.log());
+    assert_eq!(rig.state()["stage"], "ready");
+
+    let ollama = rig.children();
+    assert_eq!(ollama.len(), 1, "one Ollama child: {ollama:?}");
+    rig.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = rig.child.wait();
+    let t = Instant::now();
+    while alive(ollama[0]) {
+        assert!(t.elapsed() < Duration::from_secs(10), "ollama serve (pid {}) outlived a SIGKILLed supervisor and holds the port", ollama[0]);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(std::net::TcpStream::connect(("127.0.0.1", rig.port)).is_err(), "the port is free again");
+}
+
+#[test]
+fn a_child_that_writes_invalid_utf8_keeps_running() {
+    // Ollama's runner can print raw bytes; a reader that gives up closes the pipe and the child
+    // dies of SIGPIPE on its next write, a restart loop.
+    let dir = tempfile::tempdir().expect("tmp");
+    let wrapper = dir.path().join("ollama");
+    std::fs::write(&wrapper, format!("#!/bin/sh\nprintf 'bad \\377\\376 bytes\\n' >&2\nexec {} \"$@\"\n", fake_ollama_bin().display())).expect("w");
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let rig = Rig::custom(&[], &wrapper, "127.0.0.1");
+    rig.wait_stage("ready", 30);
+    std::thread::sleep(Duration::from_secs(2));
+    let s = rig.state();
+    assert_eq!((s["stage"].as_str(), s["ollama_restarts"].as_u64()), (Some("ready"), Some(0)), "{s:#}\n{}", rig.log());
+}
+
+#[test]
+fn ollama_host_0000_serves_the_lan_and_is_reached_on_loopback() {
+    let rig = Rig::custom(&[], &fake_ollama_bin(), "0.0.0.0");
+    rig.wait_stage("ready", 30);
+    let o = Command::new(env!("CARGO_BIN_EXE_jetson-llmd"))
+        .arg("--root")
+        .arg(rig.root.path())
+        .args(["--json", "status"])
+        .env("OLLAMA_HOST", format!("0.0.0.0:{}", rig.port))
+        .output()
+        .expect("status");
+    let st: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(o.status.code(), Some(0), "{st:#} {}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(st["ollama"]["url"], format!("http://127.0.0.1:{}/", rig.port));
+}
+
+#[test]
+fn a_port_already_served_is_named_and_nothing_is_started() {
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = squatter.local_addr().expect("addr").port();
+    let root = tempfile::tempdir().expect("tmp");
+    std::fs::create_dir_all(root.path().join("etc/ollama")).expect("mkdir");
+    std::fs::write(root.path().join("etc/ollama/model.conf"), "OLLAMA_MODEL=gemma4:e2b-8k\n").expect("w");
+    let log = std::fs::File::create(root.path().join("log")).expect("log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jetson-llmd"))
+        .arg("--root")
+        .arg(root.path())
+        .args(["supervise", "--launcher", "process", "--ollama-bin"])
+        .arg(fake_ollama_bin())
+        .env("OLLAMA_HOST", format!("127.0.0.1:{port}"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn");
+    let state = || std::fs::read_to_string(root.path().join("run/jetson-llmd/state.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()).unwrap_or(Value::Null);
+    let t = Instant::now();
+    while state()["stage"] != "port-in-use" {
+        assert!(t.elapsed() < Duration::from_secs(10), "{:#}", state());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let s = state();
+    assert!(s["status"].as_str().unwrap_or("").contains(&format!("something else already serves 127.0.0.1:{port}")), "{s:#}");
+    let kids = Command::new("pgrep").args(["-P", &child.id().to_string()]).output().expect("pgrep");
+    assert!(kids.stdout.is_empty(), "no second Ollama started");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).expect("term");
+    assert_eq!(child.wait().expect("wait").code(), Some(0));
+    drop(squatter);
+}
+
+fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_jetson-llmd"));
+    c.args(args).env_remove("OLLAMA_HOST").env_remove("NOTIFY_SOCKET");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let o = c.output().expect("runs");
+    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
+}
+
+#[test]
+fn bad_addresses_and_bounds_are_configuration_errors() {
+    let d = tempfile::tempdir().expect("tmp");
+    let conf = d.path().join("model.conf");
+    std::fs::write(&conf, "OLLAMA_MODEL=gemma4:e2b-8k\n").expect("w");
+    let mc = conf.to_str().expect("utf8");
+    for host in ["127.0.0.1:99999", "127.0.0.1:-1", "http://127.0.0.1:11434?x=1"] {
+        let (code, _, err) = run_cli(&["--model-conf", mc, "keepalive", "--once"], &[("OLLAMA_HOST", host)]);
+        assert_eq!(code, 2, "{host}: {err}");
+        assert!(err.starts_with("error: OLLAMA_HOST value") && err.lines().count() == 1, "{host}: {err}");
+    }
+    let (code, _, err) = run_cli(&["--model-conf", mc, "keepalive", "--interval", "1ns"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("out of bounds: use 10s to 1h"), "{err}");
+    let cfg = d.path().join("config.toml");
+    std::fs::write(&cfg, "keepalive_interval = \"1ns\"\n").expect("w");
+    let (code, out, _) = run_cli(&["--config", cfg.to_str().expect("p"), "--model-conf", mc, "check"], &[]);
+    assert_eq!(code, 2);
+    assert!(out.contains("config.toml:1: keepalive_interval = \"1ns\" is out of bounds"), "{out}");
+}
+
+#[test]
+fn hostile_model_conf_files_fail_fast_with_one_line() {
+    let d = tempfile::tempdir().expect("tmp");
+    let fifo = d.path().join("fifo.conf");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let zero = d.path().join("zero.conf");
+    std::os::unix::fs::symlink("/dev/zero", &zero).expect("symlink");
+    let big = d.path().join("big.conf");
+    std::fs::write(&big, "#".repeat(1 << 20)).expect("w");
+    for (path, says) in [(&fifo, "is a FIFO, not a regular file"), (&zero, "is a character device, not a regular file"), (&big, "larger than 64 KiB")] {
+        let t = Instant::now();
+        let (code, out, _) = run_cli(&["--model-conf", path.to_str().expect("p"), "--config", "/nonexistent/config.toml", "check"], &[]);
+        assert!(t.elapsed() < Duration::from_secs(10), "must not hang on {}", path.display());
+        assert_eq!(code, 2, "{out}");
+        assert!(out.contains(says), "{}: {out}", path.display());
+    }
+}
+
+#[test]
+fn status_tells_another_users_supervisor_from_a_dead_one() {
+    // As root (CI): run status as nobody against a state file whose pid is root's (ours).
+    if std::fs::read_to_string("/proc/self/status").map_or(true, |s| !s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))) {
+        eprintln!("skipped: needs root to drop to nobody");
+        return;
+    }
+    let root = tempfile::tempdir().expect("tmp");
+    std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let dir = root.path().join("run/jetson-llmd");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let st = |pid: u32| format!(r#"{{"pid": {pid}, "stage": "ready", "status": "ready: x"}}"#);
+    let status = || {
+        let o = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_jetson-llmd"))
+            .arg("--root")
+            .arg(root.path())
+            .args(["--model-conf", "/nonexistent", "--json", "status"])
+            .env("OLLAMA_HOST", format!("127.0.0.1:{}", free_port()))
+            .output()
+            .expect("setpriv");
+        serde_json::from_slice::<Value>(&o.stdout).unwrap_or(Value::Null)
+    };
+    std::fs::write(dir.join("state.json"), st(std::process::id())).expect("w");
+    assert_eq!(status()["supervisor_running"], "running", "EPERM from kill(0) is a live process");
+    std::fs::write(dir.join("state.json"), st(u32::MAX / 2)).expect("w");
+    assert_eq!(status()["supervisor_running"], "not-running");
 }
