@@ -54,7 +54,7 @@ impl Container {
         write(&root.join("etc/jetson-llmd/ollama.env"), &env_file(port, ""));
         write(
             &root.join("etc/jetson-llmd/config.toml"),
-            "keepalive_interval = \"2s\"\nstate_dir = \"/var/lib/jetson-llmd\"\ngpu_discovery_timeout = \"10s\"\nretry_max_backoff = \"3s\"\nstartup_timeout = \"20s\"\n",
+            "keepalive_interval = \"10s\"\nstate_dir = \"/var/lib/jetson-llmd\"\ngpu_discovery_timeout = \"10s\"\nretry_max_backoff = \"3s\"\nstartup_timeout = \"20s\"\n",
         );
         write(&root.join("etc/ollama/model.conf"), "OLLAMA_MODEL=gemma4:e2b-8k\n");
         // The state goes where the host can read it; the production unit keeps it in /run.
@@ -63,6 +63,16 @@ impl Container {
         write(&root.join("etc/systemd/system/jetson-llmd.service.d/50-test.conf"), "[Service]\nReadWritePaths=/var/lib/jetson-llmd\n");
         write(&root.join("etc/systemd/system/ollama-keepalive.service.d/50-test.conf"), "[Service]\nReadWritePaths=/var/lib/jetson-llmd\n");
         let _ = std::fs::remove_file(root.join("etc/systemd/system/ollama.service.d/60-test.conf"));
+        let _ = std::fs::remove_file(root.join("var/lib/jetson-llmd/reboot-requested"));
+        // A reboot request is recorded, not carried out: this reboot.target shadows Debian's.
+        write(
+            &root.join("etc/systemd/system/reboot.target"),
+            "[Unit]\nDescription=Reboot (recorded by the jetson-llmd test)\nDefaultDependencies=no\nRequires=llmd-test-reboot.service\nAfter=llmd-test-reboot.service\nAllowIsolate=yes\n",
+        );
+        write(
+            &root.join("etc/systemd/system/llmd-test-reboot.service"),
+            "[Unit]\nDefaultDependencies=no\n[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo requested > /var/lib/jetson-llmd/reboot-requested'\n",
+        );
 
         // The units must be clean for systemd itself.
         let v = Command::new("systemd-analyze")
@@ -220,7 +230,7 @@ async fn boot_order_recovery_failures_and_stop_under_real_systemd() {
     })
     .await;
 
-    // 3. The emulator evicts the model: the keepalive (2 s interval here) re-warms it, and its
+    // 3. The emulator evicts the model: the keepalive (10 s interval here, the least allowed) re-warms it, and its
     //    last ping (with the re-warm count) is where `status` finds it.
     reqwest::Client::new().post(c.url("/_fake/evict")).body("{}").send().await.expect("evict");
     assert!(!model_loaded(&c, "gemma4:e2b-8k").await);
@@ -297,6 +307,28 @@ async fn boot_order_recovery_failures_and_stop_under_real_systemd() {
     }
     assert_eq!(result.as_deref(), Some("done"), "jetson-llmd became ready after resetting the start limit");
     assert!(model_loaded(&c, "gemma4:e2b-8k").await);
+
+    // 8. GPU memory that cannot be allocated again after an unload (the seed's lesson), with
+    //    on_reboot_required = "reboot": the keepalive's re-warm fails even after drop_caches and
+    //    exits 4; the supervisor, watching it, says reboot required, asks systemd for a reboot
+    //    (recorded here) and exits 4, which RestartPreventExitStatus= keeps from looping.
+    let _ = std::fs::remove_file(c.root.join("etc/systemd/system/ollama.service.d/60-test.conf"));
+    write(&c.root.join("etc/jetson-llmd/ollama.env"), &env_file(c.port, "FAKE_OLLAMA_FRAGILE_MEMORY=true\n"));
+    let cfg = std::fs::read_to_string(c.root.join("etc/jetson-llmd/config.toml")).expect("config");
+    write(&c.root.join("etc/jetson-llmd/config.toml"), &format!("{cfg}on_reboot_required = \"reboot\"\n"));
+    sd.manager().reload().await.expect("daemon-reload");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sd.run_job(SUPERVISOR, Verb::Restart, Duration::from_secs(60)).await.expect("supervisor restarted with the new config");
+    sd.run_job(OLLAMA, Verb::Restart, Duration::from_secs(30)).await.expect("ollama restarted with fragile memory");
+    eventually("ready again on fragile memory", 40, || async { status_text(&sd, SUPERVISOR).await.starts_with("ready:") && model_loaded(&c, "gemma4:e2b-8k").await }).await;
+    reqwest::Client::new().post(c.url("/_fake/evict")).body("{}").send().await.expect("evict");
+    let requested = c.root.join("var/lib/jetson-llmd/reboot-requested");
+    eventually("a reboot request", 40, || async { requested.exists() }).await;
+    eventually("the supervisor exits 4", 20, || async { sd.info(SUPERVISOR).await.is_ok_and(|i| i.active_state == "failed") }).await;
+    let info = sd.info(SUPERVISOR).await.expect("info");
+    assert_eq!(info.exec_main_status, Some(4), "{info:?}");
+    assert!(info.status_text.as_deref().unwrap_or("").starts_with("NOT READY: GPU memory cannot be allocated"), "{info:?}");
+    assert_eq!(c.state()["stage"], "reboot-required");
 
     // Shut the container down.
     let _ = sd.manager().power_off().await;

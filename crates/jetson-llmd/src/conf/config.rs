@@ -135,7 +135,7 @@ pub const DURATION_BOUNDS: [(&str, Duration, Duration); 6] = [
     ("gpu_discovery_timeout", Duration::from_secs(1), Duration::from_secs(600)),
     ("load_timeout", Duration::from_secs(10), Duration::from_secs(7200)),
     ("request_timeout", Duration::from_secs(1), Duration::from_secs(600)),
-    ("retry_max_backoff", Duration::from_secs(5), Duration::from_secs(3600)),
+    ("retry_max_backoff", Duration::from_secs(1), Duration::from_secs(3600)),
 ];
 
 /// Checks `d` against [`DURATION_BOUNDS`] for `key`; the message names the bounds.

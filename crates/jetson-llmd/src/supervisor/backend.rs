@@ -9,12 +9,15 @@ use crate::ollama::warm::WarmReport;
 use crate::ollama::OllamaApi;
 
 /// What the backend noticed about Ollama on its own.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum OllamaEvent {
     /// Ollama exited, crashed or its unit went down (how, in words).
     Down(String),
     /// Ollama is running again without us starting it (systemd's Restart=).
     Up,
+    /// A separate part failed in a way that needs the supervisor (ollama-keepalive.service
+    /// exiting 4, reboot required, or 5, model on the CPU).
+    Failed(Failure),
 }
 
 #[allow(async_fn_in_trait)]

@@ -200,6 +200,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                 lp.due = Some((Instant::now(), Due::Boot));
             }
             OllamaEvent::Up => {}
+            OllamaEvent::Failed(f) => return self.failed(lp, f).await,
         }
         Next::Continue
     }
@@ -240,8 +241,10 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
             loop {
                 tokio::select! {
                     v = &mut wait => break v,
-                    e = self.backend.next_event() => if let OllamaEvent::Down(how) = e {
-                        return Err(Failure::OllamaDown(format!("{how} before its API answered")));
+                    e = self.backend.next_event() => match e {
+                        OllamaEvent::Down(how) => return Err(Failure::OllamaDown(format!("{how} before its API answered"))),
+                        OllamaEvent::Failed(f) => return Err(f),
+                        OllamaEvent::Up => {}
                     },
                 }
             }

@@ -20,6 +20,11 @@ type States = Pin<Box<dyn Stream<Item = String>>>;
 pub struct SystemdBackend {
     sd: Systemd,
     states: Option<States>,
+    /// ActiveState of ollama-keepalive.service: its terminal exits (4, 5) are ours to act on.
+    keepalive: Option<States>,
+    /// We started the keepalive and it has not been stopped: its failures are news (a stale
+    /// "failed" from before this boot is not).
+    keepalive_started: bool,
     /// Whether we believe ollama.service is up (set by a successful start, cleared by Down).
     up: bool,
     startup_timeout: Duration,
@@ -34,7 +39,7 @@ fn sd_failure(e: SdError) -> Failure {
 impl SystemdBackend {
     pub async fn new(sd: Systemd, startup_timeout: Duration, preload_deadline: Duration) -> Result<SystemdBackend, Failure> {
         sd.subscribe().await.map_err(sd_failure)?;
-        Ok(SystemdBackend { sd, states: None, up: false, startup_timeout, preload_deadline })
+        Ok(SystemdBackend { sd, states: None, keepalive: None, keepalive_started: false, up: false, startup_timeout, preload_deadline })
     }
 
     async fn start_job(&self) -> Result<(), SdError> {
@@ -46,6 +51,24 @@ impl SystemdBackend {
                 self.sd.run_job(OLLAMA, Verb::Start, self.startup_timeout).await
             }
             other => other,
+        }
+    }
+
+    /// ollama-keepalive.service failed with an exit code that only the supervisor can act on.
+    async fn keepalive_failure(&self) -> Option<Failure> {
+        let info = self.sd.info(KEEPALIVE).await.ok()?;
+        if info.active_state != "failed" {
+            return None;
+        }
+        let detail = {
+            let tail = journal::tail(KEEPALIVE, 8).await;
+            let err: Vec<String> = tail.into_iter().filter(|l| l.starts_with("error:") || l.starts_with(" -> ")).collect();
+            if err.is_empty() { format!("{KEEPALIVE} exited with status {:?}", info.exec_main_status) } else { err.join(" ") }
+        };
+        match info.exec_main_status {
+            Some(code::REBOOT_REQUIRED) => Some(Failure::RebootRequired { detail }),
+            Some(code::ON_CPU) => Some(Failure::OnCpu { model: "the model".into(), hint: detail }),
+            _ => None,
         }
     }
 
@@ -74,6 +97,9 @@ impl Backend for SystemdBackend {
         if self.states.is_none() {
             self.states = Some(Box::pin(self.sd.active_states(OLLAMA).await.map_err(sd_failure)?));
         }
+        if self.keepalive.is_none() {
+            self.keepalive = Some(Box::pin(self.sd.active_states(KEEPALIVE).await.map_err(sd_failure)?));
+        }
         self.start_job().await.map_err(|e| match e {
             SdError::Bus(_) => sd_failure(e),
             other => Failure::OllamaStart(other.to_string()),
@@ -84,12 +110,27 @@ impl Backend for SystemdBackend {
 
     async fn next_event(&mut self) -> OllamaEvent {
         loop {
-            let Some(states) = self.states.as_mut() else { return std::future::pending().await };
-            let Some(_) = states.next().await else {
-                self.states = None;
-                self.up = false;
-                return OllamaEvent::Down("lost the D-Bus signal stream of ollama.service".into());
+            let (Some(states), Some(keepalive)) = (self.states.as_mut(), self.keepalive.as_mut()) else { return std::future::pending().await };
+            let ollama_changed = tokio::select! {
+                s = states.next() => s.map(|_| true),
+                k = keepalive.next() => k.map(|_| false),
             };
+            let Some(ollama_changed) = ollama_changed else {
+                self.states = None;
+                self.keepalive = None;
+                self.up = false;
+                return OllamaEvent::Down("lost the D-Bus signal streams of the units".into());
+            };
+            if !ollama_changed {
+                if !self.keepalive_started {
+                    continue;
+                }
+                if let Some(f) = self.keepalive_failure().await {
+                    self.keepalive_started = false;
+                    return OllamaEvent::Failed(f);
+                }
+                continue;
+            }
             // Decide on the latest state, not the (possibly stale, queued) one in the signal: a
             // restart that already finished must not read as a new crash.
             let now = self.sd.active_state(OLLAMA).await.unwrap_or_default();
@@ -134,10 +175,13 @@ impl Backend for SystemdBackend {
     }
 
     async fn start_keepalive(&mut self) -> Result<(), Failure> {
-        self.sd.run_job(KEEPALIVE, Verb::Start, Duration::from_secs(120)).await.map_err(sd_failure)
+        self.sd.run_job(KEEPALIVE, Verb::Start, Duration::from_secs(120)).await.map_err(sd_failure)?;
+        self.keepalive_started = true;
+        Ok(())
     }
 
     async fn stop_keepalive(&mut self) {
+        self.keepalive_started = false;
         if let Err(e) = self.sd.run_job(KEEPALIVE, Verb::Stop, Duration::from_secs(30)).await {
             tracing::warn!("stopping {KEEPALIVE}: {e}");
         }
