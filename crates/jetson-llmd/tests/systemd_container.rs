@@ -223,6 +223,22 @@ async fn boot_order_recovery_failures_and_stop_under_real_systemd() {
     let st: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
     assert_eq!(st["units"].as_array().map(Vec::len), Some(4), "as nobody: {st:#} {}", String::from_utf8_lossy(&o.stderr));
 
+    // `systemctl reload jetson-llmd` re-reads the files (SIGHUP) and never stops the supervisor.
+    let mut removed = sd.manager().receive_job_removed().await.expect("signals");
+    let job = sd.manager().reload_unit(SUPERVISOR.to_string(), "replace".into()).await.expect("reload queued");
+    let reloaded = loop {
+        let sig = futures_util::StreamExt::next(&mut removed).await.expect("signal");
+        let a = sig.args().expect("args");
+        if a.job.as_str() == job.as_str() {
+            break a.result.to_string();
+        }
+    };
+    assert_eq!(reloaded, "done");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let info = sd.info(SUPERVISOR).await.expect("info");
+    assert_eq!((info.active_state.as_str(), info.sub_state.as_str()), ("active", "running"), "{info:?}");
+    assert!(status_text(&sd, SUPERVISOR).await.starts_with("ready:"));
+
     // 2. Ollama is killed: Restart=always brings it back; the supervisor re-runs GPU check + preload.
     sd.manager().kill_unit(OLLAMA.to_string(), "all".into(), 9).await.expect("kill");
     eventually("re-warm after systemctl kill ollama.service", 40, || async {
