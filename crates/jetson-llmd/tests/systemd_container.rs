@@ -238,6 +238,13 @@ async fn boot_order_recovery_failures_and_stop_under_real_systemd() {
     let info = sd.info(SUPERVISOR).await.expect("info");
     assert_eq!((info.active_state.as_str(), info.sub_state.as_str()), ("active", "running"), "{info:?}");
     assert!(status_text(&sd, SUPERVISOR).await.starts_with("ready:"));
+    // The rootfs keeps its journal across runs: only this run's lines count.
+    let since = format!("@{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs().saturating_sub(120));
+    let journal = || {
+        let o = Command::new("journalctl").arg(format!("--root={}", c.root.display())).args(["-u", SUPERVISOR, "-o", "cat", "--no-pager", "--since", &since]).output().expect("journalctl");
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    eventually("the SIGHUP line in the journal", 10, || async { journal().contains("SIGHUP: re-reading the configuration") }).await;
 
     // 2. Ollama is killed: Restart=always brings it back; the supervisor re-runs GPU check + preload.
     sd.manager().kill_unit(OLLAMA.to_string(), "all".into(), 9).await.expect("kill");

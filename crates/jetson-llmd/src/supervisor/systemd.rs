@@ -60,11 +60,8 @@ impl SystemdBackend {
         if info.active_state != "failed" {
             return None;
         }
-        let detail = {
-            let tail = journal::tail(KEEPALIVE, 8).await;
-            let err: Vec<String> = tail.into_iter().filter(|l| l.starts_with("error:") || l.starts_with(" -> ")).collect();
-            if err.is_empty() { format!("{KEEPALIVE} exited with status {:?}", info.exec_main_status) } else { err.join(" ") }
-        };
+        // Its own error line already says it all; ours wraps it, so only name where to look.
+        let detail = format!("{KEEPALIVE} exited {}; see journalctl -u {KEEPALIVE}", info.exec_main_status.unwrap_or(-1));
         match info.exec_main_status {
             Some(code::REBOOT_REQUIRED) => Some(Failure::RebootRequired { detail }),
             Some(code::ON_CPU) => Some(Failure::OnCpu { model: "the model".into(), hint: detail }),
