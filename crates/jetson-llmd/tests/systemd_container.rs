@@ -158,6 +158,8 @@ async fn eventually<F: std::future::Future<Output = bool>>(what: &str, secs: u64
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root and systemd-nspawn: run by scripts/test (tier 2)"]
 async fn boot_order_recovery_failures_and_stop_under_real_systemd() {
+    // The rootfs keeps its journal across runs: only this run's lines count.
+    let since = format!("@{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs());
     let mut c = Container::boot();
     let sd = c.connect().await;
     sd.subscribe().await.expect("subscribe");
@@ -238,8 +240,6 @@ async fn boot_order_recovery_failures_and_stop_under_real_systemd() {
     let info = sd.info(SUPERVISOR).await.expect("info");
     assert_eq!((info.active_state.as_str(), info.sub_state.as_str()), ("active", "running"), "{info:?}");
     assert!(status_text(&sd, SUPERVISOR).await.starts_with("ready:"));
-    // The rootfs keeps its journal across runs: only this run's lines count.
-    let since = format!("@{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs().saturating_sub(120));
     let journal = || {
         let o = Command::new("journalctl").arg(format!("--root={}", c.root.display())).args(["-u", SUPERVISOR, "-o", "cat", "--no-pager", "--since", &since]).output().expect("journalctl");
         String::from_utf8_lossy(&o.stdout).to_string()
