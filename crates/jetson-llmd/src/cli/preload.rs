@@ -12,6 +12,7 @@ pub async fn run(g: &Global) -> anyhow::Result<i32> {
     let model = model_from_conf(&ctx).await?;
     let relief = DropCaches::under(&ctx.root);
     let signals = Signals::install();
+    tracing::info!("waiting for Ollama's API at {} (up to {})", ctx.client.base_url(), humantime::format_duration(ctx.settings.startup_timeout));
     let version = warm::wait_for_api(&ctx.client, ctx.settings.startup_timeout, &signals.shutdown).await?;
     tracing::info!("Ollama {version} at {}; preloading {model}", ctx.client.base_url());
     let what = format!("loading {model}");

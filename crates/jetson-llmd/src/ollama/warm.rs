@@ -33,13 +33,12 @@ pub struct WarmReport {
 pub const STILL_WAITING: Duration = Duration::from_secs(15);
 
 /// Polls /api/version until it answers or `timeout` passes (Ollama has no readiness signal).
-/// Says at once what it waits for, where and for how long, then every [`STILL_WAITING`].
+/// The caller says at once what is awaited; this says it again every [`STILL_WAITING`].
 pub async fn wait_for_api<A: OllamaApi>(api: &A, timeout: Duration, cancel: &CancellationToken) -> Result<String, Failure> {
     let t0 = Instant::now();
     let deadline = t0 + timeout;
     let mut delay = Duration::from_millis(100);
     let mut next_word = t0 + STILL_WAITING;
-    tracing::info!("waiting for Ollama's API at {} (up to {})", api.url(), humantime::format_duration(timeout));
     loop {
         match api.version().await {
             Ok(v) => return Ok(v.version),
