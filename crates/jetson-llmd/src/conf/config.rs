@@ -284,4 +284,25 @@ mod tests {
         let e = p("min_gpu_percent = 300").expect_err("out of range for u8");
         assert_eq!(e.line, 1);
     }
+
+    #[test]
+    fn the_documented_example_states_the_compiled_defaults() {
+        // etc/jetson-llmd/config.toml shows every key commented out with its default: uncommented,
+        // it must parse and mean exactly the defaults, and name every key RawConfig knows.
+        let example = include_str!("../../../../etc/jetson-llmd/config.toml");
+        let text: String = example
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.starts_with('[') || l.split_once(" = ").is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_')))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let s = p(&text).expect("the example parses");
+        let d = Settings::default();
+        assert_eq!(serde_json::to_value(&s).expect("json"), serde_json::to_value(&d).expect("json"), "{text}");
+        for (key, ..) in DURATION_BOUNDS {
+            assert!(text.contains(&format!("{key} = ")), "{key} is not documented in etc/");
+        }
+        let keys = text.lines().filter(|l| !l.starts_with('[')).filter_map(|l| l.split_once(" = ")).count();
+        assert_eq!(keys, 12 + 2, "every top-level key plus the seed model's from/num_ctx: {text}");
+    }
 }
