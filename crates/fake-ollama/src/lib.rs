@@ -51,8 +51,11 @@ pub struct Config {
     pub default_keep_alive: Keep,
     /// OLLAMA_MAX_LOADED_MODELS; 0 = auto, which is 3 per GPU (server/sched.go defaultModelsPerGPU).
     pub max_loaded: usize,
-    /// OLLAMA_CONTEXT_LENGTH (default 4096 under 24 GiB of VRAM).
+    /// The context a model gets when nothing sets num_ctx (OLLAMA_CONTEXT_LENGTH, or 4096 picked
+    /// for under 24 GiB of VRAM).
     pub context_length: u64,
+    /// OLLAMA_CONTEXT_LENGTH as set in the environment; 0 when unset (the config dump shows it).
+    pub context_length_env: u64,
     /// Multiplies every emulated delay (load, pull, token generation, GPU discovery).
     pub time_scale: f64,
     /// Model memory becomes unallocatable once a model has been unloaded (the seed's lesson).
@@ -76,6 +79,7 @@ impl Config {
             default_keep_alive: Keep::For(Duration::from_secs(300)),
             max_loaded: 0,
             context_length: 4096,
+            context_length_env: 0,
             time_scale: 1.0,
             fragile_memory: false,
             state_dir: None,
@@ -120,6 +124,9 @@ pub enum FaultKind {
     Slow(Duration),
     /// The next pull fails mid-stream.
     PullFailure,
+    /// The next generation runs out of memory mid-way; Ollama then expires every runner, pinned
+    /// or not (server/sched.go expireRunnersForRuntimeOOM, called from routes.go GenerateHandler).
+    RuntimeOom,
 }
 
 #[derive(Debug, Clone)]
@@ -136,13 +143,6 @@ pub struct LocalModel {
     pub modified_at: OffsetDateTime,
 }
 
-/// When a runner expires.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Expiry {
-    Never,
-    At(Instant, OffsetDateTime),
-}
-
 /// Runner options that force a reload when they differ (server/sched.go needsReload compares
 /// the runner-level api.Runner options: num_ctx, num_batch, num_gpu, main_gpu, use_mmap, num_thread).
 #[derive(Debug, Clone, PartialEq)]
@@ -153,18 +153,54 @@ pub struct RunnerOptions {
     pub main_gpu: i64,
     pub use_mmap: Option<bool>,
     pub num_thread: i64,
+    /// Neither the request nor the model set num_ctx (the scheduler picked it).
+    pub num_ctx_auto: bool,
+    /// The request did not set num_batch.
+    pub num_batch_auto: bool,
 }
 
-/// A loaded model.
+impl RunnerOptions {
+    /// server/sched.go (*runnerRef).needsReload, v0.30.6: the new request's num_ctx is capped at
+    /// the model's trained context (effectiveContext); automatic num_ctx or num_batch on both
+    /// sides is no difference; a negative num_gpu ("as many layers as fit") on the new request
+    /// is no difference either.
+    pub fn needs_reload(&self, new: &RunnerOptions, trained_ctx: u64) -> bool {
+        let mut old = self.clone();
+        let mut new = new.clone();
+        new.num_ctx = new.num_ctx.min(trained_ctx.max(1));
+        if old.num_ctx_auto && new.num_ctx_auto {
+            new.num_ctx = old.num_ctx;
+        }
+        if old.num_batch_auto && new.num_batch_auto {
+            new.num_batch = old.num_batch;
+        }
+        if new.num_gpu < 0 {
+            old.num_gpu = -1;
+            new.num_gpu = -1;
+        }
+        let strip = |o: &RunnerOptions| (o.num_ctx, o.num_batch, o.num_gpu, o.main_gpu, o.use_mmap, o.num_thread);
+        strip(&old) != strip(&new)
+    }
+}
+
+/// A loaded model. Runners are keyed by the model's weights file (server/sched.go
+/// schedulerModelKey: ModelPath), so a model created FROM another shares its base's runner.
 #[derive(Debug, Clone)]
 pub struct Runner {
+    /// The name of the model that loaded it (what /api/ps shows: PsHandler uses the runner's
+    /// model, model.ParseName(m.ShortName).DisplayShortest()).
     pub name: String,
     pub spec: ModelSpec,
     pub size: u64,
     pub size_vram: u64,
     pub options: RunnerOptions,
+    /// sessionDuration: the last keep_alive a request carried (or OLLAMA_KEEP_ALIVE).
     pub keep: Keep,
-    pub expiry: Expiry,
+    /// runnerRef.expiresAt: None until the runner first goes idle (the zero time; PsHandler then
+    /// shows now + sessionDuration), then now + sessionDuration each time it goes idle.
+    pub expires_at: Option<OffsetDateTime>,
+    /// The expiry timer, running only while idle with a finite duration.
+    pub timer: Option<Instant>,
     pub refcount: u32,
 }
 
@@ -183,12 +219,20 @@ pub struct Counters {
 #[derive(Debug)]
 pub(crate) struct State {
     pub local: BTreeMap<String, LocalModel>,
+    /// Keyed by the weights file (schedulerModelKey), not the name.
     pub loaded: BTreeMap<String, Runner>,
     pub faults: VecDeque<Fault>,
     pub counters: Counters,
     /// Fragile memory: a model was loaded and later unloaded; the next load fails.
     pub fragmented: bool,
     pub drop_caches_seen: Option<std::time::SystemTime>,
+}
+
+impl State {
+    /// The scheduler key of a local model: its weights file (server/sched.go schedulerModelKey).
+    pub(crate) fn key_of(&self, name: &str) -> Option<String> {
+        self.local.get(name).map(|m| m.spec.blob.clone())
+    }
 }
 
 /// The emulator: state plus configuration, shared by the HTTP handlers and the control API.
@@ -276,13 +320,16 @@ impl Emulator {
         self.lock().counters.clone()
     }
 
-    /// Names of loaded models.
+    /// Names of loaded models (as /api/ps shows them).
     pub fn loaded(&self) -> Vec<String> {
-        self.lock().loaded.keys().cloned().collect()
+        self.lock().loaded.values().map(|r| r.name.clone()).collect()
     }
 
+    /// The runner serving `name`: the one loaded from the same weights file.
     pub fn runner(&self, name: &str) -> Option<Runner> {
-        self.lock().loaded.get(&normalize(name)).cloned()
+        let st = self.lock();
+        let key = st.key_of(&normalize(name))?;
+        st.loaded.get(&key).cloned()
     }
 
     pub fn is_fragmented(&self) -> bool {
@@ -297,18 +344,41 @@ impl Emulator {
     /// Unloads a model as another client's `keep_alive: 0` would (or all models with None).
     pub fn evict(&self, name: Option<&str>) -> Vec<String> {
         let mut st = self.lock();
-        let names: Vec<String> = match name {
-            Some(n) => vec![normalize(n)],
+        let keys: Vec<String> = match name {
+            Some(n) => st.key_of(&normalize(n)).into_iter().collect(),
             None => st.loaded.keys().cloned().collect(),
         };
         let mut out = Vec::new();
-        for n in names {
-            if st.loaded.remove(&n).is_some() {
-                out.push(n.clone());
-                self.note_unload(&mut st, &n, "evicted");
+        for k in keys {
+            if let Some(r) = st.loaded.remove(&k) {
+                out.push(r.name.clone());
+                self.note_unload(&mut st, &r.name, "evicted");
             }
         }
         out
+    }
+
+    /// A runtime out-of-memory: every runner's duration becomes 0, so idle ones unload now and
+    /// busy ones when their requests end (server/sched.go expireRunnersForRuntimeOOM).
+    pub fn expire_all_for_runtime_oom(&self, model: &str, error: &str) {
+        let mut st = self.lock();
+        if st.loaded.is_empty() {
+            return;
+        }
+        self.log("WARN", "sched.go:1658", "runtime OOM detected; expiring loaded models to clear memory before next request", &format!("model={model} error={error:?}"));
+        let keys: Vec<String> = st.loaded.keys().cloned().collect();
+        for k in keys {
+            let idle = st.loaded.get_mut(&k).map(|r| {
+                r.keep = Keep::For(Duration::ZERO);
+                r.timer = None;
+                r.refcount == 0
+            });
+            if idle == Some(true) {
+                if let Some(r) = st.loaded.remove(&k) {
+                    self.note_unload(&mut st, &r.name, "runtime out of memory");
+                }
+            }
+        }
     }
 
     /// Clears unallocatable memory, as `drop_caches` or a reboot does on the board.
@@ -331,23 +401,19 @@ impl Emulator {
     /// Drops runners whose keep-alive ran out (server/sched.go expireTimer -> unload).
     pub fn sweep(&self, now: Instant) {
         let mut st = self.lock();
-        let expired: Vec<String> = st
-            .loaded
-            .iter()
-            .filter(|(_, r)| r.refcount == 0 && matches!(r.expiry, Expiry::At(t, _) if t <= now))
-            .map(|(n, _)| n.clone())
-            .collect();
-        for n in expired {
-            st.loaded.remove(&n);
-            st.counters.expirations += 1;
-            self.note_unload(&mut st, &n, "expired");
+        let expired: Vec<String> = st.loaded.iter().filter(|(_, r)| r.refcount == 0 && r.timer.is_some_and(|t| t <= now)).map(|(k, _)| k.clone()).collect();
+        for k in expired {
+            if let Some(r) = st.loaded.remove(&k) {
+                st.counters.expirations += 1;
+                self.note_unload(&mut st, &r.name, "expired");
+            }
         }
     }
 
     /// Forgets every runner, as a restart of `ollama serve` does (the runners die with it).
     pub(crate) fn drop_all_runners(&self) {
         let mut st = self.lock();
-        let names: Vec<String> = st.loaded.keys().cloned().collect();
+        let names: Vec<String> = st.loaded.values().map(|r| r.name.clone()).collect();
         st.loaded.clear();
         st.counters.restarts += 1;
         for n in names {

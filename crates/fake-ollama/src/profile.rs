@@ -33,8 +33,11 @@ pub struct ModelSpec {
     pub loaded_size: u64,
     /// Extra bytes per 1024 tokens of context beyond 4096.
     pub kv_per_1k: u64,
-    /// Layers the model has (for `offloaded N/M layers to GPU`).
+    /// Layers the model has (for `offloaded N/M layers to GPU`; GGUF `<arch>.block_count`).
     pub layers: u32,
+    /// GGUF `<arch>.attention.head_count_kv` and `.key_length` (for a KV-cache estimate).
+    pub kv_heads: u32,
+    pub head_dim: u32,
     /// Cold load time on the real board, before `time_scale`.
     pub load_time: Duration,
     pub gpu_tok_s: f64,
@@ -42,7 +45,11 @@ pub struct ModelSpec {
     /// PARAMETER num_ctx baked into the model, if any.
     pub num_ctx: Option<u64>,
     pub context_length: u64,
+    /// Manifest digest (what /api/tags and /api/ps show); differs for a model created FROM another.
     pub digest: String,
+    /// The weights file (sha256 of the GGUF blob); shared by a model created FROM another. The
+    /// scheduler keys runners by it (server/sched.go schedulerModelKey: ModelPath).
+    pub blob: String,
 }
 
 impl ModelSpec {
@@ -86,11 +93,14 @@ fn model(name: &str, family: &str, params: &str, disk_gb: f64, loaded_gb: f64, l
         loaded_size: (loaded_gb * GIB as f64) as u64,
         kv_per_1k: 24 * MIB,
         layers: 36,
+        kv_heads: 4,
+        head_dim: 256,
         load_time: Duration::from_secs(load_s),
         gpu_tok_s: gpu,
         cpu_tok_s: cpu,
         num_ctx: ctx,
         context_length: 131072,
+        blob: digest_of(&format!("{name}#blob")),
         digest,
     }
 }

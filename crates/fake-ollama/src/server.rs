@@ -2,7 +2,7 @@
 //! fault injection, and restarts.
 
 use crate::golang::{human_bytes2, Keep};
-use crate::{normalize, CpuReason, Emulator, Expiry, Fault, FaultKind, LocalModel, LogFormat, Runner, RunnerOptions};
+use crate::{normalize, CpuReason, Emulator, Fault, FaultKind, LocalModel, LogFormat, Runner, RunnerOptions};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
@@ -107,7 +107,15 @@ async fn run(first: TcpListener, addr: SocketAddr, app: App) {
                 }
             },
         };
+        // server/routes.go Serve (v0.30.6): the listener exists and "Listening" is logged, then
+        // GPU discovery runs (discover.GPUDevices + LogDetails), and only then srvr.Serve(ln):
+        // meanwhile connections are accepted by the kernel but get no answer.
         startup_log(&app.emu, addr);
+        tokio::select! {
+            _ = tokio::time::sleep(app.emu.config.scaled(DISCOVERY_TIME)) => {}
+            _ = app.ctl.shutdown.cancelled() => return,
+        }
+        discovery_log(&app.emu);
         let stop = CancellationToken::new();
         let server = {
             let stop = stop.clone();
@@ -141,24 +149,22 @@ fn startup_log(emu: &Arc<Emulator>, addr: SocketAddr) {
         "server config",
         &format!(
             "env=\"map[OLLAMA_CONTEXT_LENGTH:{} OLLAMA_HOST:http://{} OLLAMA_KEEP_ALIVE:{} OLLAMA_MAX_LOADED_MODELS:{} OLLAMA_NUM_PARALLEL:1]\"",
-            c.context_length,
+            // envconfig.ContextLength: 0 (unset) means "pick by VRAM" since v0.12; the dump shows 0.
+            c.context_length_env,
             addr,
             c.default_keep_alive.go_string(),
             c.max_loaded
         ),
     );
     emu.log("INFO", "routes.go:1597", &format!("Listening on {addr} (version {})", c.profile.version), "");
-    // Discovery runs after the listener is up, so the API answers before the GPU line appears.
-    let emu = emu.clone();
-    let delay = c.scaled(Duration::from_millis(1500));
-    tokio::spawn(async move {
-        tokio::time::sleep(delay).await;
-        discovery_log(&emu);
-    });
 }
 
-/// discover/types.go LogDetails: one `inference compute` line per device, or one CPU line when
-/// there is none (some 0.12.x releases also print `filter_id=` after `id=`; parsers must not care).
+/// How long GPU discovery takes on the board before `time_scale`.
+const DISCOVERY_TIME: Duration = Duration::from_millis(1500);
+
+/// discover/types.go LogDetails (v0.30.6): one `inference compute` line per device, with
+/// `filter_id` right after `id` (an empty value prints as `filter_id=""`; since v0.30 the id is
+/// the device index), or one CPU line, without filter_id, when there is none.
 fn discovery_log(emu: &Emulator) {
     let c = &emu.config;
     let total = human_bytes2(c.profile.total_memory);
@@ -170,8 +176,9 @@ fn discovery_log(emu: &Emulator) {
             "types.go:60",
             "inference compute",
             &format!(
-                "id={} library=CUDA compute={} name={} description={} libdirs={} driver={} pci_id={} type={} total=\"{}\" available=\"{}\"",
-                g.id, g.compute, g.name, g.description, g.libdirs, g.driver, g.pci_id, g.kind, total, human_bytes2(c.profile.gpu_available)
+                "id={} filter_id=\"\" library=CUDA compute={} name={} description={} libdirs={} driver={} pci_id={} type={} total=\"{}\" available=\"{}\"",
+                if version_at_least(&c.profile.version, 0, 30) { "0" } else { g.id.as_str() },
+                g.compute, g.name, g.description, g.libdirs, g.driver, g.pci_id, g.kind, total, human_bytes2(c.profile.gpu_available)
             ),
         ),
         (Some(g), LogFormat::Legacy) => emu.log(
@@ -219,6 +226,7 @@ fn router(app: App) -> Router {
         .route("/api/show", post(show))
         .route("/api/generate", post(generate))
         .route("/api/chat", post(chat))
+        .route("/api/embed", post(embed))
         .route("/api/pull", post(pull))
         .route("/api/create", post(create))
         .route("/api/delete", any(delete))
@@ -246,12 +254,12 @@ async fn faults(State(app): State<App>, req: Request, next: Next) -> Response {
         let mut st = app.emu.lock();
         *st.counters.requests.entry(path.clone()).or_default() += 1;
         let idx = st.faults.iter().position(|f| {
-            f.kind != FaultKind::PullFailure && f.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
+            !matches!(f.kind, FaultKind::PullFailure | FaultKind::RuntimeOom) && f.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
         });
         idx.and_then(|i| st.faults.remove(i))
     };
     match fault.map(|f| f.kind) {
-        None | Some(FaultKind::PullFailure) => next.run(req).await,
+        None | Some(FaultKind::PullFailure | FaultKind::RuntimeOom) => next.run(req).await,
         Some(FaultKind::Status500) => err(StatusCode::INTERNAL_SERVER_ERROR, "an error was encountered while running the model: unexpected EOF"),
         Some(FaultKind::Busy503) => err(StatusCode::SERVICE_UNAVAILABLE, "server busy, please try again.  maximum pending requests exceeded"),
         Some(FaultKind::Hang) => {
@@ -312,27 +320,30 @@ async fn tags(State(app): State<App>) -> Response {
     let list: Vec<Value> = models
         .into_iter()
         .map(|(name, m)| {
+            // api/types.go ListModelResponse: details.context_length, capabilities.
+            let mut d = details(&m.spec);
+            d["context_length"] = json!(m.spec.context_length);
             json!({
                 "name": name, "model": name, "modified_at": rfc3339(m.modified_at),
-                "size": m.spec.disk_size, "digest": m.spec.digest, "details": details(&m.spec),
+                "size": m.spec.disk_size, "digest": m.spec.digest, "details": d,
+                "capabilities": ["completion"],
             })
         })
         .collect();
     axum::Json(json!({ "models": list })).into_response()
 }
 
-/// GET /api/ps (server/routes.go PsHandler): latest expiry first; keep_alive < 0 shows
-/// now + math.MaxInt64 ns (year 2318).
+/// GET /api/ps (server/routes.go PsHandler): longest remaining first. A runner that has not
+/// gone idle yet has the zero expiresAt, shown as now + sessionDuration; keep_alive < 0 is
+/// sessionDuration math.MaxInt64 (api/types.go Duration.UnmarshalJSON), i.e. year 2318.
 async fn ps(State(app): State<App>) -> Response {
     let st = app.emu.lock();
+    let now = OffsetDateTime::now_utc();
     let mut rows: Vec<(OffsetDateTime, Value)> = st
         .loaded
         .values()
         .map(|r| {
-            let exp = match r.expiry {
-                Expiry::At(_, wall) => wall,
-                Expiry::Never => forever_from(OffsetDateTime::now_utc()),
-            };
+            let exp = r.expires_at.unwrap_or_else(|| after(now, r.keep));
             let v = json!({
                 "name": r.name, "model": r.name, "size": r.size, "digest": r.spec.digest,
                 "details": details(&r.spec), "expires_at": rfc3339(exp), "size_vram": r.size_vram,
@@ -341,8 +352,16 @@ async fn ps(State(app): State<App>) -> Response {
             (exp, v)
         })
         .collect();
-    rows.sort_by(|a, b| b.0.cmp(&a.0));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.0.unix_timestamp()));
     axum::Json(json!({ "models": rows.into_iter().map(|r| r.1).collect::<Vec<_>>() })).into_response()
+}
+
+/// now + sessionDuration, Go style (a negative keep_alive is math.MaxInt64 ns).
+fn after(now: OffsetDateTime, keep: Keep) -> OffsetDateTime {
+    match keep {
+        Keep::Forever => forever_from(now),
+        Keep::For(d) => now + d,
+    }
 }
 
 fn forever_from(t: OffsetDateTime) -> OffsetDateTime {
@@ -366,24 +385,47 @@ async fn show(State(app): State<App>, body: Bytes) -> Response {
     }
     axum::Json(json!({
         "modelfile": modelfile, "parameters": params, "template": "{{ .Prompt }}",
-        "details": details(&m.spec), "model_info": { "general.architecture": m.spec.family, "general.parameter_count": 0 },
+        "details": details(&m.spec), "model_info": model_info(&m.spec),
         "capabilities": ["completion"], "modified_at": rfc3339(m.modified_at),
     }))
     .into_response()
+}
+
+/// /api/show model_info: GGUF metadata keys, architecture-prefixed (what a memory estimate needs:
+/// layers, KV heads, head size, trained context).
+fn model_info(spec: &crate::ModelSpec) -> Value {
+    let arch = spec.family.as_str();
+    let params = spec.parameter_size.trim_end_matches('B').parse::<f64>().map_or(0, |b| (b * 1e9) as u64);
+    let mut m = serde_json::Map::new();
+    m.insert("general.architecture".into(), json!(arch));
+    m.insert("general.parameter_count".into(), json!(params));
+    m.insert("general.file_type".into(), json!(2));
+    m.insert(format!("{arch}.context_length"), json!(spec.context_length));
+    m.insert(format!("{arch}.block_count"), json!(spec.layers));
+    m.insert(format!("{arch}.embedding_length"), json!(2048));
+    m.insert(format!("{arch}.attention.head_count"), json!(8));
+    m.insert(format!("{arch}.attention.head_count_kv"), json!(spec.kv_heads));
+    m.insert(format!("{arch}.attention.key_length"), json!(spec.head_dim));
+    m.insert(format!("{arch}.attention.value_length"), json!(spec.head_dim));
+    Value::Object(m)
 }
 
 fn runner_options(v: &Value, spec: &crate::ModelSpec, cfg: &crate::Config) -> RunnerOptions {
     let o = v.get("options").cloned().unwrap_or(Value::Null);
     let u = |k: &str| o.get(k).and_then(Value::as_u64);
     let i = |k: &str| o.get(k).and_then(Value::as_i64);
+    let requested_ctx = u("num_ctx").or(spec.num_ctx);
     RunnerOptions {
-        // Model PARAMETER num_ctx beats OLLAMA_CONTEXT_LENGTH; a request option beats both.
-        num_ctx: u("num_ctx").unwrap_or(spec.num_ctx.unwrap_or(cfg.context_length)).max(4),
+        // Model PARAMETER num_ctx beats OLLAMA_CONTEXT_LENGTH; a request option beats both; the
+        // trained context caps it (server/sched.go effectiveContext).
+        num_ctx: requested_ctx.unwrap_or(cfg.context_length).clamp(4, spec.context_length.max(4)),
         num_batch: u("num_batch").unwrap_or(512),
         num_gpu: i("num_gpu").unwrap_or(-1),
         main_gpu: i("main_gpu").unwrap_or(0),
         use_mmap: o.get("use_mmap").and_then(Value::as_bool),
         num_thread: i("num_thread").unwrap_or(0),
+        num_ctx_auto: requested_ctx.is_none(),
+        num_batch_auto: u("num_batch").is_none(),
     }
 }
 
@@ -397,101 +439,101 @@ struct Acquired {
 /// Releases the runner when the request ends, even if the client went away mid-stream.
 struct Busy {
     emu: Arc<Emulator>,
-    name: String,
+    key: String,
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        release(&self.emu, &self.name);
+        release(&self.emu, &self.key);
     }
 }
 
-/// After a request finishes the expiry timer starts (server/sched.go processCompleted):
-/// keep_alive 0 unloads at once, negative never expires.
-fn release(emu: &Emulator, name: &str) {
+/// A request finished (server/sched.go processCompleted): at refCount 0 a duration <= 0
+/// unloads now; otherwise the timer starts and expiresAt becomes now + duration.
+fn release(emu: &Emulator, key: &str) {
     let mut st = emu.lock();
-    let Some(r) = st.loaded.get_mut(name) else { return };
+    let Some(r) = st.loaded.get_mut(key) else { return };
     r.refcount = r.refcount.saturating_sub(1);
     if r.refcount > 0 {
         return;
     }
+    let now = OffsetDateTime::now_utc();
     match r.keep {
-        Keep::Forever => r.expiry = Expiry::Never,
         Keep::For(d) if d.is_zero() => {
-            st.loaded.remove(name);
-            emu.note_unload(&mut st, name, "keep_alive 0");
+            if let Some(r) = st.loaded.remove(key) {
+                emu.note_unload(&mut st, &r.name, "keep_alive 0");
+            }
+        }
+        Keep::Forever => {
+            r.expires_at = Some(forever_from(now));
+            r.timer = None;
         }
         Keep::For(d) => {
-            let wall = OffsetDateTime::now_utc() + d;
-            r.expiry = Expiry::At(Instant::now() + d, wall);
+            r.expires_at = Some(now + d);
+            r.timer = Some(Instant::now() + d);
         }
     }
 }
 
-/// The scheduler's part of a request (server/sched.go GetRunner/processPending/load).
-async fn acquire(emu: &Arc<Emulator>, name: &str, opts: RunnerOptions, keep: Option<Keep>) -> Result<Acquired, Response> {
-    let _one_load_at_a_time = emu.load_lock.lock().await;
+/// sessionDuration as Go compares it in ByDurationAndName: uint64 of the nanoseconds, so a
+/// pinned runner (math.MaxInt64) sorts after every finite one.
+fn duration_rank(k: Keep) -> u64 {
+    match k {
+        Keep::Forever => i64::MAX as u64,
+        Keep::For(d) => d.as_nanos().min(u64::MAX as u128) as u64,
+    }
+}
+
+/// server/sched.go findRunnerToUnload: sorted by duration then model path, the first idle one,
+/// else the first (busy) one, whose duration is then set to 0 so it unloads when done.
+fn find_runner_to_unload(st: &crate::State) -> Option<String> {
+    let mut list: Vec<(&String, &Runner)> = st.loaded.iter().collect();
+    list.sort_by(|a, b| duration_rank(a.1.keep).cmp(&duration_rank(b.1.keep)).then_with(|| a.0.cmp(b.0)));
+    list.iter().find(|(_, r)| r.refcount == 0).or(list.first()).map(|(k, _)| (*k).clone())
+}
+
+/// One pass of processPending under the lock: reuse, load, fail, or wait for an unload.
+enum Step {
+    Load((String, crate::ModelSpec, u64, u64)),
+    Reuse(String, Acquired),
+    Fail(Response),
+    Wait,
+}
+
+fn schedule(emu: &Arc<Emulator>, name: &str, opts: &RunnerOptions, keep: Option<Keep>) -> Step {
     let cfg = &emu.config;
-    let (spec, size, size_vram) = {
-        let mut st = emu.lock();
-        emu.check_drop_caches(&mut st);
-        if let Some(r) = st.loaded.get_mut(name) {
-            if r.options == opts {
-                // useLoadedRunner: a request that carries keep_alive replaces the timer.
-                r.refcount += 1;
-                if let Some(k) = keep {
-                    r.keep = k;
-                }
-                return Ok(Acquired { cold_load: None, size: r.size, size_vram: r.size_vram });
+    let mut st = emu.lock();
+    emu.check_drop_caches(&mut st);
+    let Some(spec) = st.local.get(name).map(|m| m.spec.clone()) else {
+        return Step::Fail(err(StatusCode::NOT_FOUND, format!("model \"{name}\" not found, try pulling it first")));
+    };
+    let key = spec.blob.clone();
+    let size = spec.size_at(opts.num_ctx);
+    let victim = if let Some(r) = st.loaded.get_mut(&key) {
+        if !r.options.needs_reload(opts, spec.context_length) {
+            // useLoadedRunner: the timer stops; a request that carries keep_alive replaces
+            // the duration. The runner keeps the name it was loaded under (PsHandler).
+            r.refcount += 1;
+            r.timer = None;
+            if let Some(k) = keep {
+                r.keep = k;
             }
-            // needsReload: different runner options -> unload and load again.
-            st.loaded.remove(name);
-            st.counters.reloads_for_options += 1;
-            emu.note_unload(&mut st, name, "runner options changed");
+            return Step::Reuse(key, Acquired { cold_load: None, size: r.size, size_vram: r.size_vram });
         }
-        let Some(spec) = st.local.get(name).map(|m| m.spec.clone()) else {
-            return Err(err(StatusCode::NOT_FOUND, format!("model \"{name}\" not found, try pulling it first")));
-        };
-        let size = spec.size_at(opts.num_ctx);
-        // OLLAMA_MAX_LOADED_MODELS, then memory: evict idle runners, soonest expiry first.
-        loop {
-            let used_sys: u64 = st.loaded.values().map(|r| r.size).sum();
-            let over_count = st.loaded.len() >= cfg.effective_max_loaded();
-            let over_mem = used_sys + size > cfg.profile.system_available;
-            if !(over_count || over_mem) {
-                break;
-            }
-            let victim = st
-                .loaded
-                .values()
-                .filter(|r| r.refcount == 0)
-                .min_by_key(|r| match r.expiry {
-                    Expiry::At(t, _) => Some(t),
-                    Expiry::Never => None,
-                }.map_or(u128::MAX, |t| t.duration_since(Instant::now()).as_nanos()))
-                .map(|r| r.name.clone());
-            match victim {
-                Some(v) => {
-                    st.loaded.remove(&v);
-                    emu.note_unload(&mut st, &v, "evicted to make room");
-                }
-                None => break,
-            }
-        }
-        // llm/memory.go + llm/server.go: a model larger than system memory cannot load at all.
-        if size > cfg.profile.system_available {
-            let msg = format!(
-                "model requires more system memory ({}) than is available ({})",
-                human_bytes2(size),
-                human_bytes2(cfg.profile.system_available)
-            );
-            emu.log("WARN", "server.go:1020", "model request too large for system", &format!("requested=\"{}\" available=\"{}\"", human_bytes2(size), human_bytes2(cfg.profile.system_available)));
-            return Err(err(StatusCode::INTERNAL_SERVER_ERROR, msg));
-        }
+        Some(key.clone())
+    } else {
+        let used_sys: u64 = st.loaded.values().map(|r| r.size).sum();
+        let over_count = st.loaded.len() >= cfg.effective_max_loaded();
+        // A second model must fit beside the others (load with requireFull); the first one
+        // is always tried (v0.30+: llama-server fits what it can).
+        let over_mem = !st.loaded.is_empty() && used_sys + size > cfg.profile.system_available;
+        if over_count || over_mem { find_runner_to_unload(&st) } else { None }
+    };
+    let Some(victim) = victim else {
         let gpu_ok = cfg.profile.gpu.is_some() && cfg.cpu_only.is_none() && opts.num_gpu != 0;
         let gpu_used: u64 = st.loaded.values().map(|r| r.size_vram).sum();
         let gpu_free = cfg.profile.gpu_available.saturating_sub(gpu_used);
-        // Layer-wise split: whole layers go to the GPU while they fit (llm/memory.go).
+        // Layer-wise split: whole layers go to the GPU while they fit.
         let size_vram = if !gpu_ok {
             0
         } else if size <= gpu_free {
@@ -500,28 +542,63 @@ async fn acquire(emu: &Arc<Emulator>, name: &str, opts: RunnerOptions, keep: Opt
             let per_layer = size / (spec.layers as u64 + 1);
             (gpu_free / per_layer.max(1)) * per_layer
         };
-        if st.fragmented {
-            st.counters.oom_failures += 1;
-            let text = format!("{}: cudaMalloc failed: out of memory", terminated_prefix(&cfg.profile.version));
-            emu.raw_log(format!("ggml_backend_cuda_buffer_type_alloc_buffer: allocating {:.2} MiB on device 0: cudaMalloc failed: out of memory", 180.0));
-            emu.raw_log("NvMapMemAllocInternalTagged: 1075072515 error 12".into());
-            emu.log("ERROR", "sched.go:489", "error loading llama server", &format!("error={text:?}"));
-            // server/sched.go: after an allocation failure Ollama expires every runner.
-            let names: Vec<String> = st.loaded.keys().cloned().collect();
-            for n in names {
-                st.loaded.remove(&n);
-                emu.note_unload(&mut st, &n, "runtime out of memory");
-            }
-            return Err(err(StatusCode::INTERNAL_SERVER_ERROR, text));
-        }
-        (spec, size, size_vram)
+        return Step::Load((key, spec, size, size_vram));
     };
+    // Trigger the expiration: duration 0, unloaded now if idle, else when its request ends;
+    // this request waits for the unload (processPending waits on unloadedCh).
+    let idle = st.loaded.get_mut(&victim).map(|r| {
+        r.keep = Keep::For(Duration::ZERO);
+        r.timer = None;
+        r.refcount == 0
+    });
+    if idle == Some(true) {
+        if let Some(r) = st.loaded.remove(&victim) {
+            let why = if victim == key {
+                st.counters.reloads_for_options += 1;
+                "runner options changed"
+            } else {
+                "evicted to make room"
+            };
+            emu.note_unload(&mut st, &r.name, why);
+        }
+    }
+    Step::Wait
+}
+
+/// The scheduler's part of a request (server/sched.go processPending, load, useLoadedRunner).
+async fn acquire(emu: &Arc<Emulator>, name: &str, opts: RunnerOptions, keep: Option<Keep>) -> Result<(String, Acquired), Response> {
+    // One pending request at a time, and it blocks the others until it has a runner.
+    let _one_load_at_a_time = emu.load_lock.lock().await;
+    let cfg = &emu.config;
+    let (key, spec, size, size_vram) = loop {
+        match schedule(emu, name, &opts, keep) {
+            Step::Load(x) => break x,
+            Step::Reuse(key, acq) => return Ok((key, acq)),
+            Step::Fail(r) => return Err(r),
+            Step::Wait => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    };
+    // Before v0.30 the scheduler refused a model larger than system memory up front
+    // (llm/memory.go + llm/server.go); v0.30's llama-server runner has no such check.
+    if !version_at_least(&cfg.profile.version, 0, 30) && size > cfg.profile.system_available {
+        let msg = format!("model requires more system memory ({}) than is available ({})", human_bytes2(size), human_bytes2(cfg.profile.system_available));
+        emu.log("WARN", "server.go:1020", "model request too large for system", &format!("requested=\"{}\" available=\"{}\"", human_bytes2(size), human_bytes2(cfg.profile.system_available)));
+        return Err(err(StatusCode::INTERNAL_SERVER_ERROR, msg));
+    }
     emu.log(
         "INFO",
-        "server.go:1322",
-        "starting llama server",
-        &format!("model={name} ctx={} gpu_layers={}", opts.num_ctx, if size_vram == 0 { 0 } else { spec.layers + 1 }),
+        "llama_server.go:412",
+        "starting llama-server",
+        &format!("cmd=\"/usr/local/lib/ollama/llama-server --model /usr/share/ollama/.ollama/models/blobs/sha256-{key} --ctx-size {} --batch-size {} --n-gpu-layers {} --port 40213\"", opts.num_ctx, opts.num_batch, if size_vram == 0 { 0 } else { spec.layers + 1 }),
     );
+    if size > cfg.profile.system_available {
+        // It loads, mmap'ed and paged: the seed's llama3.1:8b "loads, partly, and swaps".
+        emu.log("INFO", "sched.go:613", "system memory", &format!("total=\"{}\" free=\"{}\" free_swap=\"3.7 GiB\"", human_bytes2(cfg.profile.total_memory), human_bytes2(cfg.profile.system_available)));
+    }
+    let fragmented = emu.lock().fragmented;
+    if fragmented {
+        return Err(load_out_of_memory(emu, name));
+    }
     let load = spec.load_time;
     tokio::time::sleep(cfg.scaled(load)).await;
     let per_layer = size / (spec.layers as u64 + 1);
@@ -531,7 +608,7 @@ async fn acquire(emu: &Arc<Emulator>, name: &str, opts: RunnerOptions, keep: Opt
     let mut st = emu.lock();
     st.counters.loads += 1;
     st.loaded.insert(
-        name.to_string(),
+        key.clone(),
         Runner {
             name: name.to_string(),
             spec,
@@ -539,14 +616,48 @@ async fn acquire(emu: &Arc<Emulator>, name: &str, opts: RunnerOptions, keep: Opt
             size_vram,
             options: opts,
             keep: keep.unwrap_or(cfg.default_keep_alive),
-            expiry: Expiry::Never,
+            expires_at: None,
+            timer: None,
             refcount: 1,
         },
     );
     if cfg.fragile_memory {
         emu.write_memory_state(crate::MemState::Loaded);
     }
-    Ok(Acquired { cold_load: Some(load), size, size_vram })
+    Ok((key, Acquired { cold_load: Some(load), size, size_vram }))
+}
+
+/// Unallocatable memory (the board, not Ollama): the allocation fails inside llama-server, which
+/// exits; Ollama logs "Load failed", retries once (server/sched.go load: with the other models
+/// evicted, or a smaller automatic context), fails the same way and returns the runner's
+/// captured error lines (llm/status.go StatusWriter, llm/llama_server.go WaitUntilRunning).
+fn load_out_of_memory(emu: &Emulator, name: &str) -> Response {
+    let cfg = &emu.config;
+    let mut st = emu.lock();
+    st.counters.oom_failures += 1;
+    let captured = "cudaMalloc failed: out of memory\nalloc_tensor_range: failed to allocate CUDA0 buffer of size 188743680";
+    let text = if version_at_least(&cfg.profile.version, 0, 30) {
+        format!("{}: exit status 1: {captured}", terminated_prefix(&cfg.profile.version))
+    } else {
+        format!("{}: cudaMalloc failed: out of memory", terminated_prefix(&cfg.profile.version))
+    };
+    for attempt in 0..2 {
+        emu.raw_log("ggml_backend_cuda_buffer_type_alloc_buffer: allocating 180.00 MiB on device 0: cudaMalloc failed: out of memory".into());
+        emu.raw_log("alloc_tensor_range: failed to allocate CUDA0 buffer of size 188743680".into());
+        emu.raw_log("NvMapMemAllocInternalTagged: 1075072515 error 12".into());
+        emu.log("INFO", "sched.go:641", "Load failed", &format!("model=/usr/share/ollama/.ollama/models/blobs/sha256-{} error={text:?}", st.key_of(name).unwrap_or_default()));
+        if attempt == 0 {
+            emu.log("WARN", "sched.go:667", "llama-server load failed; evicting all other models and retrying once", &format!("model={name} error={text:?}"));
+            // The retry evicts whatever else is loaded.
+            let keys: Vec<String> = st.loaded.iter().filter(|(_, r)| r.refcount == 0).map(|(k, _)| k.clone()).collect();
+            for k in keys {
+                if let Some(r) = st.loaded.remove(&k) {
+                    emu.note_unload(&mut st, &r.name, "evicted for OOM retry");
+                }
+            }
+        }
+    }
+    err(StatusCode::INTERNAL_SERVER_ERROR, text)
 }
 
 /// Ollama 0.30 switched from its own runner to llama.cpp's llama-server; the words changed too.
@@ -630,25 +741,59 @@ async fn complete(app: App, body: Bytes, shape: Shape) -> Response {
         }
         r
     };
-    // An empty request with keep_alive 0 unloads without loading first.
+    // An empty prompt with keep_alive 0 (routes.go GenerateHandler -> sched.go expireRunner):
+    // the runner's duration becomes 0 and expiresAt now; idle, it unloads at once, busy, when its
+    // last request ends. Never loads first.
     if empty && keep == Some(Keep::For(Duration::ZERO)) {
         let mut st = emu.lock();
-        if st.loaded.get(&name).is_some_and(|r| r.refcount == 0) {
-            st.loaded.remove(&name);
-            emu.note_unload(&mut st, &name, "keep_alive 0");
+        if let Some(key) = st.key_of(&name) {
+            let idle = st.loaded.get_mut(&key).map(|r| {
+                r.keep = Keep::For(Duration::ZERO);
+                r.expires_at = Some(OffsetDateTime::now_utc());
+                r.timer = None;
+                r.refcount == 0
+            });
+            if idle == Some(true) {
+                if let Some(r) = st.loaded.remove(&key) {
+                    emu.note_unload(&mut st, &r.name, "keep_alive 0");
+                }
+            }
         }
         return axum::Json(base("unload")).into_response();
     }
     let opts = runner_options(&v, &spec, &emu.config);
     let num_predict = v.get("options").and_then(|o| o.get("num_predict")).and_then(Value::as_i64).unwrap_or(24).clamp(1, 4096) as u64;
-    let acq = match acquire(&emu, &name, opts, keep).await {
+    let (key, acq) = match acquire(&emu, &name, opts, keep).await {
         Ok(a) => a,
         Err(r) => return r,
     };
-    let busy = Busy { emu: emu.clone(), name: name.clone() };
+    let busy = Busy { emu: emu.clone(), key };
     if empty {
         drop(busy);
         return axum::Json(base("load")).into_response();
+    }
+    let runtime_oom = {
+        let mut st = emu.lock();
+        let i = st.faults.iter().position(|f| f.kind == FaultKind::RuntimeOom);
+        i.and_then(|i| st.faults.remove(i)).is_some()
+    };
+    if runtime_oom {
+        // The decode fails on the GPU; GenerateHandler calls expireRunnersForRuntimeOOM, which
+        // sets every runner's duration to 0: all unload once idle, pinned or not.
+        let e = "an error was encountered while running the model: CUDA error: out of memory";
+        emu.raw_log(format!("CUDA error: out of memory\n  current device: 0, in function ggml_backend_cuda_synchronize"));
+        emu.expire_all_for_runtime_oom(&name, e);
+        drop(busy);
+        return if stream {
+            let line = json!({ "error": e });
+            Response::builder()
+                .status(200)
+                .header("content-type", "application/x-ndjson")
+                .body(Body::from(format!("{}\n", json!({ "model": model, "created_at": now_rfc3339(), "response": "The", "done": false })) + &format!("{line}\n")))
+                .unwrap_or_else(|_| unreachable_response())
+        } else {
+            err(StatusCode::INTERNAL_SERVER_ERROR, e)
+        };
     }
     // Generation speed follows placement: GPU share of layers at GPU speed, the rest at CPU speed.
     let gpu_share = if acq.size == 0 { 0.0 } else { acq.size_vram as f64 / acq.size as f64 };
@@ -671,6 +816,10 @@ async fn complete(app: App, body: Bytes, shape: Shape) -> Response {
         r["prompt_eval_duration"] = json!(prompt_eval.as_nanos() as u64);
         r["eval_count"] = json!(num_predict);
         r["eval_duration"] = json!(eval.as_nanos() as u64);
+        if shape == Shape::Generate {
+            // api/types.go GenerateResponse.Context: the conversation's token ids (deprecated).
+            r["context"] = json!((1..=prompt_tokens + num_predict).collect::<Vec<u64>>());
+        }
         r
     };
     let words = ["The", " Orin", " keeps", " the", " model", " warm", "."];
@@ -718,6 +867,47 @@ async fn complete(app: App, body: Bytes, shape: Shape) -> Response {
         .header("content-type", "application/x-ndjson")
         .body(Body::from_stream(st))
         .unwrap_or_else(|_| unreachable_response())
+}
+
+/// POST /api/embed (server/routes.go EmbedHandler): loads the model through the scheduler like a
+/// generation, answers one vector per input.
+async fn embed(State(app): State<App>, body: Bytes) -> Response {
+    let v = match body_json(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let model = v.get("model").and_then(Value::as_str).unwrap_or("").to_string();
+    let inputs: Vec<String> = match v.get("input") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
+        _ => Vec::new(),
+    };
+    let keep = match v.get("keep_alive") {
+        None | Some(Value::Null) => None,
+        Some(k) => match Keep::from_json(k) {
+            Ok(k) => Some(k),
+            Err(e) => return err(StatusCode::BAD_REQUEST, e),
+        },
+    };
+    let name = normalize(&model);
+    let Some(spec) = app.emu.lock().local.get(&name).map(|m| m.spec.clone()) else {
+        return err(StatusCode::NOT_FOUND, format!("model '{model}' not found"));
+    };
+    let opts = runner_options(&v, &spec, &app.emu.config);
+    let (key, acq) = match acquire(&app.emu, &name, opts, keep).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let _busy = Busy { emu: app.emu.clone(), key };
+    let embeddings: Vec<Vec<f64>> = inputs.iter().map(|t| (0..8).map(|i| ((t.len() + i) % 7) as f64 / 7.0).collect()).collect();
+    let tokens: usize = inputs.iter().map(|t| t.split_whitespace().count() + 1).sum();
+    axum::Json(json!({
+        "model": model, "embeddings": embeddings,
+        "total_duration": acq.cold_load.unwrap_or_default().as_nanos() as u64 + 1_000_000,
+        "load_duration": acq.cold_load.unwrap_or_default().as_nanos() as u64,
+        "prompt_eval_count": tokens,
+    }))
+    .into_response()
 }
 
 /// Turns a list of progress lines into Ollama's streamed (or final-only) answer.
@@ -861,7 +1051,8 @@ async fn ctl_fault(State(app): State<App>, body: Bytes) -> Response {
         "reset" => FaultKind::Reset,
         "slow" => FaultKind::Slow(Duration::from_millis(v.get("delay_ms").and_then(Value::as_u64).unwrap_or(1000))),
         "pull-failure" => FaultKind::PullFailure,
-        other => return err(StatusCode::BAD_REQUEST, format!("unknown fault kind {other:?}: use 500, 503, hang, reset, slow, pull-failure")),
+        "runtime-oom" => FaultKind::RuntimeOom,
+        other => return err(StatusCode::BAD_REQUEST, format!("unknown fault kind {other:?}: use 500, 503, hang, reset, slow, pull-failure, runtime-oom")),
     };
     let count = v.get("count").and_then(Value::as_u64).unwrap_or(1);
     let path_prefix = v.get("path").and_then(Value::as_str).map(str::to_string);

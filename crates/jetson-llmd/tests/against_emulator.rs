@@ -76,10 +76,14 @@ async fn cpu_fallback_is_not_warm() {
 }
 
 #[tokio::test]
-async fn a_model_too_large_for_the_board_fails_clearly() {
+async fn a_model_too_large_for_the_board_is_partly_on_the_gpu_not_reboot_required() {
+    // Ollama 0.30+ (llama-server) has no memory pre-check: the seed's llama3.1:8b loads partly
+    // and swaps. That is a model that does not fit (wait for model.conf), not unallocatable memory.
     let h = emu(Config::orin_nano(SCALE)).await;
     let e = warm::preload(&client(&h), &Settings::default(), &m("llama3.1:8b"), &NoRelief).await.expect_err("too big");
-    assert!(e.to_string().contains("requires more system memory"), "{e}");
+    assert!(matches!(e, Failure::PartlyOnGpu { percent, .. } if percent > 0 && percent < 100), "{e:?}");
+    assert_eq!(e.exit_code(), code::FAILED);
+    assert!(e.to_string().contains("use a smaller model or a smaller num_ctx"), "{e}");
 }
 
 #[tokio::test]

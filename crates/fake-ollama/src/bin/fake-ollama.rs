@@ -113,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Ok(v) = std::env::var("OLLAMA_CONTEXT_LENGTH") {
         c.context_length = v.trim().parse().unwrap_or(4096);
+        c.context_length_env = c.context_length;
     }
     c.fragile_memory = a.fragile_memory;
     c.state_dir = a.state_dir;
