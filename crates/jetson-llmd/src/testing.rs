@@ -37,6 +37,8 @@ pub struct FakeApi {
     pub loaded: RefCell<Option<String>>,
     /// Share of the loaded model on the GPU (100, or 0 for the CPU).
     pub gpu_percent: Cell<u8>,
+    /// context_length /api/ps reports for the loaded model.
+    pub context: Cell<Option<u64>>,
     pub load_delay: Cell<Duration>,
     /// (time since creation, model, keep_alive) of every load request.
     pub loads: RefCell<Vec<(Duration, String, KeepAlive)>>,
@@ -57,6 +59,7 @@ impl FakeApi {
             modes: RefCell::new(modes.iter().copied().collect()),
             loaded: RefCell::new(None),
             gpu_percent: Cell::new(100),
+            context: Cell::new(Some(8192)),
             load_delay: Cell::new(Duration::ZERO),
             loads: RefCell::new(Vec::new()),
             load_errors: RefCell::new(VecDeque::new()),
@@ -107,7 +110,8 @@ impl OllamaApi for FakeApi {
         }
         let Some(name) = self.loaded.borrow().clone() else { return Ok(PsResponse::default()) };
         let vram = u64::from(self.gpu_percent.get());
-        let json = format!(r#"{{"name":"{name}","size":100,"size_vram":{vram},"expires_at":"2318-01-01T00:00:00Z"}}"#);
+        let ctx = self.context.get().map_or(String::new(), |c| format!(r#","context_length":{c}"#));
+        let json = format!(r#"{{"name":"{name}","size":100,"size_vram":{vram},"expires_at":"2318-01-01T00:00:00Z"{ctx}}}"#);
         Ok(PsResponse { models: vec![serde_json::from_str::<RunningModel>(&json).expect("json")] })
     }
     async fn load(&self, model: &str, k: KeepAlive) -> Result<(), Error> {

@@ -187,3 +187,76 @@ async fn restart_of_ollama_is_survived_by_the_next_tick() {
     let t = warm::tick(&cl, &s, &m("gemma3:4b"), &NoRelief).await.expect("back");
     assert!(t.rewarmed);
 }
+
+async fn other_client(h: &Handle, body: serde_json::Value) -> u16 {
+    reqwest::Client::new().post(format!("{}/api/generate", h.url())).json(&body).send().await.expect("sends").status().as_u16()
+}
+
+#[tokio::test]
+async fn ollama_accepting_but_not_answering_during_discovery_is_not_up_yet_not_a_failure() {
+    // server/routes.go Serve answers HTTP only after GPU discovery (3 s here).
+    let h = emu(Config::orin_nano(2.0)).await;
+    let t = Timeouts { request: Duration::from_millis(400), ..Default::default() };
+    let cl = Client::new(ollama_client::parse_host(&h.url()).expect("url").url, t);
+    let v = warm::wait_for_api(&cl, Duration::from_secs(20), &CancellationToken::new()).await.expect("comes up after discovery");
+    assert_eq!(v, "0.30.6");
+}
+
+#[tokio::test]
+async fn another_clients_model_evicts_ours_even_pinned_and_the_tick_says_who() {
+    let mut c = Config::orin_nano(SCALE);
+    c.max_loaded = 1;
+    let h = emu(c).await;
+    let cl = client(&h);
+    let s = Settings::default();
+    warm::preload(&cl, &s, &m("gemma4:e2b-8k"), &NoRelief).await.expect("warm");
+    assert_eq!(other_client(&h, serde_json::json!({"model": "gemma3:4b"})).await, 200);
+    let t = warm::tick(&cl, &s, &m("gemma4:e2b-8k"), &NoRelief).await.expect("re-warmed");
+    assert!(t.rewarmed);
+    assert_eq!(t.evicted.as_deref(), Some("gemma3:4b is loaded instead: another client's request evicted it"));
+}
+
+#[tokio::test]
+async fn a_runtime_out_of_memory_is_rewarmed_through_the_out_of_memory_path() {
+    // expireRunnersForRuntimeOOM unloads our pinned model; on the board that leaves memory
+    // unallocatable, so the re-warm must go through drop_caches, not a blind retry.
+    let dir = tempfile::tempdir().expect("tmp");
+    let dc = dir.path().join("drop_caches");
+    std::fs::write(&dc, "").expect("w");
+    let mut c = Config::orin_nano(SCALE);
+    c.fragile_memory = true;
+    c.drop_caches_file = Some(dc.clone());
+    let h = emu(c).await;
+    let cl = client(&h);
+    let s = Settings::default();
+    warm::preload(&cl, &s, &m("gemma3:4b"), &NoRelief).await.expect("warm");
+    reqwest::Client::new().post(format!("{}/_fake/fault", h.url())).json(&serde_json::json!({"kind": "runtime-oom"})).send().await.expect("fault");
+    assert_eq!(other_client(&h, serde_json::json!({"model": "gemma3:4b", "prompt": "hi", "stream": false})).await, 500);
+    tokio::time::sleep(Duration::from_millis(20)).await; // a distinct mtime for the drop_caches write
+    let t = warm::tick(&cl, &s, &m("gemma3:4b"), &DropCaches { path: dc }).await.expect("re-warmed after drop_caches");
+    assert!(t.rewarmed && t.dropped_caches, "{t:?}");
+}
+
+#[tokio::test]
+async fn our_base_loaded_at_our_context_by_another_client_is_our_runner() {
+    // server/sched.go schedulerModelKey: gemma4:e2b-8k (FROM gemma4:e2b-it-qat, num_ctx 8192)
+    // shares the base's weights file; a runner of the base at 8192 serves us without a reload
+    // and /api/ps lists it under the base's name.
+    let h = emu(Config::orin_nano(SCALE)).await;
+    let cl = client(&h);
+    let s = Settings::default();
+    let created = reqwest::Client::new()
+        .post(format!("{}/api/create", h.url()))
+        .json(&serde_json::json!({"model": "gemma4:e2b-8k", "from": "gemma4:e2b-it-qat", "parameters": {"num_ctx": 8192}, "stream": false}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status().as_u16(), 200);
+    assert_eq!(other_client(&h, serde_json::json!({"model": "gemma4:e2b-it-qat", "keep_alive": -1, "options": {"num_ctx": 8192}})).await, 200);
+    let loads = h.emu.counters().loads;
+    let r = warm::preload(&cl, &s, &m("gemma4:e2b-8k"), &NoRelief).await.expect("ours, through the shared runner");
+    assert_eq!(r.gpu_percent, 100);
+    assert_eq!(h.emu.counters().loads, loads, "no reload");
+    let t = warm::tick(&cl, &s, &m("gemma4:e2b-8k"), &NoRelief).await.expect("tick");
+    assert!(!t.rewarmed, "never a re-warm loop over a name");
+}

@@ -108,7 +108,7 @@ fn escape_sequences_from_ollama_never_reach_the_terminal() {
     assert!(out.contains("0.30.6"), "{out}");
     let o2 = cmd(port, &d, &["preload"]).output().expect("runs");
     let err = String::from_utf8_lossy(&o2.stderr);
-    assert!(err.contains("redalert"), "{err}");
+    assert!(err.contains("red alert"), "{err}");
     for text in [&out, &err, &String::from_utf8_lossy(&o.stderr)] {
         assert!(!text.chars().any(|c| c == '\u{1b}' || c == '\u{7}' || c == '\r'), "control characters leaked: {text:?}");
     }

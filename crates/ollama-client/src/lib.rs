@@ -89,19 +89,25 @@ impl Error {
     }
 }
 
-/// True for text Ollama classifies as an allocation failure. Ollama's llm/status.go collects the
-/// runner's last error line when it contains one of these; ggml's CUDA backend prints
-/// `cudaMalloc failed: out of memory`, and on Jetson nvmap adds `NvMapMemAllocInternalTagged ... error 12`.
+/// True for text Ollama classifies as an allocation failure: llm/status.go IsOutOfMemoryMessage
+/// (v0.30.6, case-insensitive substrings), plus nvmap's own words on Jetson
+/// (`NvMapMemAllocInternalTagged: ... error 12`).
 pub fn looks_like_oom(text: &str) -> bool {
-    const NEEDLES: [&str; 6] = [
-        "cudaMalloc failed",
+    const NEEDLES: [&str; 11] = [
         "out of memory",
+        "out of device memory",
+        "cudamalloc failed",
+        "hipmalloc failed",
         "failed to allocate",
-        "unable to allocate",
-        "NvMapMemAllocInternalTagged",
-        "CUDA error: out of memory",
+        "allocation failed",
+        "not enough memory",
+        "insufficient memory",
+        "vk_error_out_of_device_memory",
+        "erroroutofmemory",
+        "nvmapmemallocinternaltagged",
     ];
-    NEEDLES.iter().any(|n| text.contains(n))
+    let t = text.to_lowercase();
+    NEEDLES.iter().any(|n| t.contains(n))
 }
 
 /// Timeouts for the three kinds of call.
@@ -441,6 +447,8 @@ mod tests {
         assert!(looks_like_oom("llama-server process has terminated: cudaMalloc failed: out of memory"));
         assert!(looks_like_oom("NvMapMemAllocInternalTagged: 1075072515 error 12"));
         assert!(!looks_like_oom("model 'x' not found"));
+        assert!(looks_like_oom("llama-server reported out-of-memory during startup: CUDA error: Out Of Memory"));
+        assert!(looks_like_oom("ggml_vulkan: ErrorOutOfMemory"));
         let e = Error::Api { url: "u".into(), status: 500, message: "llama runner process has terminated: cudaMalloc failed: out of memory".into() };
         assert!(e.is_out_of_memory());
         assert!(!e.is_model_not_found());

@@ -38,6 +38,8 @@ pub fn clean(s: &str) -> String {
                 None => {}
             },
             '\t' => out.push(c),
+            // Multi-line texts (llama-server's captured error lines) stay readable on one line.
+            '\n' => out.push(' '),
             c if c.is_control() => {}
             // Bidi overrides can reorder what a reader sees on a terminal.
             '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => {}
@@ -64,7 +66,7 @@ mod tests {
 
     #[test]
     fn strips_escapes_and_controls() {
-        assert_eq!(clean("a\u{1b}[2Jb\u{1b}[31mc\u{7}d\r\ne\tf"), "abcde\tf");
+        assert_eq!(clean("a\u{1b}[2Jb\u{1b}[31mc\u{7}d\r\ne\tf"), "abcd e\tf");
         assert_eq!(clean("x\u{1b}]0;title\u{7}y"), "xy");
         assert_eq!(clean("x\u{1b}]8;;http://e\u{1b}\\y"), "xy");
         assert_eq!(clean("\u{202e}evil"), "evil");

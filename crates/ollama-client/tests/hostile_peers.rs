@@ -73,7 +73,7 @@ async fn escapes_from_the_peer_never_reach_our_text() {
     assert_eq!(c.version().await.expect("version").version, "0.30.6");
     let c = peer("HTTP/1.1 500 Internal Server Error\r\n\r\n", b"{\"error\":\"bad\\u001b[31m thing\\r\\nnext\"}", false).await;
     let e = c.version().await.expect_err("500");
-    assert_eq!(e.message(), "bad thingnext");
+    assert_eq!(e.message(), "bad thing next");
     let c = peer(NDJSON_HEAD, b"{\"error\":\"\\u001b[2Jmid-stream\"}\n", false).await;
     assert_eq!(c.pull("x", |_| {}).await.expect_err("err").message(), "mid-stream");
 }

@@ -41,6 +41,7 @@ where
 {
     let mut failures = 0u32;
     let mut rewarms = 0u64;
+    let mut evictions = warm::EvictionBackoff::default();
     loop {
         match modelconf::read(model_conf).await {
             Ok(c) if c.model != model => {
@@ -60,10 +61,15 @@ where
                 if r.rewarmed {
                     rewarms += 1;
                 }
+                evictions.record(r.rewarmed);
             }
             Err(_) => failures += 1,
         }
-        let rec = TickRecord::new(&model, &result, rewarms, failures);
+        let mut rec = TickRecord::new(&model, &result, rewarms, failures);
+        rec.note = evictions.describe(settings.keepalive_interval);
+        if let Some(n) = &rec.note {
+            tracing::warn!("keepalive: {n}");
+        }
         on_tick(&rec);
         if let Some(dir) = report.state_dir {
             crate::supervisor::state::write_keepalive(dir, &rec).await;
@@ -71,7 +77,7 @@ where
         if let Err(f @ (Failure::RebootRequired { .. } | Failure::OnCpu { .. })) = result {
             return Err(f);
         }
-        let wait = if failures == 0 { settings.keepalive_interval } else { warm::backoff(failures, settings.retry_max_backoff.min(settings.keepalive_interval)) };
+        let wait = if failures == 0 { evictions.wait(settings.keepalive_interval) } else { warm::backoff(failures, settings.retry_max_backoff.min(settings.keepalive_interval)) };
         if !rec.ok {
             tracing::warn!("keepalive: {} (failure {failures} in a row; next try in {})", rec.detail, humantime::format_duration(wait));
         }
@@ -183,6 +189,30 @@ mod tests {
         // 30, 60, 90 during the first 100 s load; every 30 s of the 240 s wait (100 to 340 s);
         // 370, 400, 430 during the second tick (the fake takes 100 s for every load).
         assert_eq!(pets, vec![30, 60, 90, 130, 160, 190, 220, 250, 280, 310, 370, 400, 430]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_keeps_evicting_the_model_is_not_fought_every_interval() {
+        let rig = Rig::new();
+        let api = FakeApi::default().with_loaded("gemma4:e2b-8k");
+        let t0 = Instant::now();
+        let mut at = Vec::new();
+        let mut notes = Vec::new();
+        rig.run(&api, None, |t| {
+            at.push(t0.elapsed().as_secs());
+            notes.push(t.note.is_some());
+            // Another client takes the memory after every ping.
+            *api.loaded.borrow_mut() = Some("llama3.2:3b".into());
+            if at.len() == 7 {
+                rig.cancel.cancel();
+            }
+        })
+        .await
+        .expect("ok");
+        // 0 (warm), then re-warms at 240, 480, 720 (the third in an hour: wait 480 s), 1200
+        // (wait 960 s), 2160 (wait 1920 s), 4080: never a reload every 4 minutes for ever.
+        assert_eq!(at, [0, 240, 480, 720, 1200, 2160, 4080]);
+        assert_eq!(notes, [false, false, false, true, true, true, true]);
     }
 
     #[tokio::test(start_paused = true)]

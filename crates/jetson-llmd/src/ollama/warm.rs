@@ -27,6 +27,9 @@ pub struct WarmReport {
     pub rewarmed: bool,
     /// Caches were dropped to get the load through.
     pub dropped_caches: bool,
+    /// What had happened to the model when it had to be re-warmed.
+    #[serde(default)]
+    pub evicted: Option<String>,
 }
 
 /// How often a long wait says it is still waiting.
@@ -141,14 +144,33 @@ fn load_failure(model: &ModelName, e: ollama_client::Error) -> Failure {
     }
 }
 
-fn find<'a>(ps: &'a [RunningModel], model: &ModelName) -> Option<&'a RunningModel> {
-    ps.iter().find(|m| model.matches(&m.name))
+/// Our model in /api/ps. Runners are keyed by the weights file (server/sched.go
+/// schedulerModelKey) and listed under the name of the model that loaded them (routes.go
+/// PsHandler): when another client loaded our base at our context, that runner *is* ours
+/// (requesting ours reuses it without a reload), listed under the base's name. Not accepting it
+/// would make every check say "not resident" after a load that changed nothing.
+fn find<'a>(ps: &'a [RunningModel], model: &ModelName, settings: &Settings) -> Option<&'a RunningModel> {
+    ps.iter().find(|m| model.matches(&m.name)).or_else(|| {
+        let d = settings.derived(model)?;
+        let ctx = d.num_ctx?.get();
+        ps.iter().find(|m| d.from.matches(&m.name) && m.context_length == Some(ctx))
+    })
+}
+
+/// Why our model is gone, from what /api/ps shows instead (for the log and `status`).
+fn absence(ps: &[RunningModel]) -> String {
+    if ps.is_empty() {
+        "nothing is loaded: another client's keep_alive 0, a runtime out-of-memory, or an Ollama restart unloaded it".into()
+    } else {
+        let others: Vec<String> = ps.iter().map(|m| crate::text::clip(&m.name, 100)).collect();
+        format!("{} is loaded instead: another client's request evicted it", others.join(", "))
+    }
 }
 
 /// Checks placement and pin in /api/ps.
 pub async fn verify<A: OllamaApi>(api: &A, settings: &Settings, model: &ModelName) -> Result<WarmReport, Failure> {
     let ps = api.ps().await.map_err(Failure::Unreachable)?;
-    let m = find(&ps.models, model).ok_or_else(|| Failure::NotResident { model: model.to_string() })?;
+    let m = find(&ps.models, model, settings).ok_or_else(|| Failure::NotResident { model: model.to_string() })?;
     let pct = m.gpu_percent();
     if m.size_vram == 0 {
         return Err(Failure::OnCpu { model: model.to_string(), hint: "Ollama placed it on the CPU; run `jetson-llmd gpu-check` to see why".into() });
@@ -166,6 +188,7 @@ pub async fn verify<A: OllamaApi>(api: &A, settings: &Settings, model: &ModelNam
         load_ms: None,
         rewarmed: false,
         dropped_caches: false,
+        evicted: None,
     })
 }
 
@@ -188,9 +211,10 @@ pub async fn preload<A: OllamaApi, R: MemoryRelief>(api: &A, settings: &Settings
 /// re-warm if the model had gone, and check placement and pin.
 pub async fn tick<A: OllamaApi, R: MemoryRelief>(api: &A, settings: &Settings, model: &ModelName, relief: &R) -> Result<WarmReport, Failure> {
     let ps = api.ps().await.map_err(Failure::Unreachable)?;
-    let before = find(&ps.models, model).cloned();
-    if before.is_none() {
-        tracing::warn!("{model} is not loaded (evicted, unloaded by another client, or Ollama restarted); re-warming");
+    let before = find(&ps.models, model, settings).cloned();
+    let evicted = before.is_none().then(|| absence(&ps.models));
+    if let Some(why) = &evicted {
+        tracing::warn!("{model} is not loaded ({why}); re-warming");
         ensure_present(api, settings, model).await?;
     } else if let Some(b) = &before {
         if !b.pinned_forever() {
@@ -202,7 +226,60 @@ pub async fn tick<A: OllamaApi, R: MemoryRelief>(api: &A, settings: &Settings, m
     r.rewarmed = before.is_none();
     r.load_ms = r.rewarmed.then_some(took.as_millis() as u64);
     r.dropped_caches = dropped;
+    r.evicted = evicted;
     Ok(r)
+}
+
+/// Re-warms that keep happening mean another client keeps taking the memory (a chat UI offering
+/// every model, a library sending its own num_ctx). Every reload risks unallocatable memory on
+/// this board, so instead of fighting back every interval the keepalive waits longer each time:
+/// from the third re-warm within an hour, the interval doubles per further re-warm, up to 1 h.
+#[derive(Debug, Default, Clone)]
+pub struct EvictionBackoff {
+    recent: std::collections::VecDeque<Instant>,
+}
+
+impl EvictionBackoff {
+    const WINDOW: Duration = Duration::from_secs(3600);
+    const CAP: Duration = Duration::from_secs(3600);
+
+    pub fn record(&mut self, rewarmed: bool) {
+        let now = Instant::now();
+        while self.recent.front().is_some_and(|t| now.duration_since(*t) > Self::WINDOW) {
+            self.recent.pop_front();
+        }
+        if rewarmed {
+            if self.recent.len() >= 16 {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(now);
+        }
+    }
+
+    /// Re-warms within the last hour.
+    pub fn count(&self) -> usize {
+        let now = Instant::now();
+        self.recent.iter().filter(|t| now.duration_since(**t) <= Self::WINDOW).count()
+    }
+
+    /// The wait before the next tick.
+    pub fn wait(&self, interval: Duration) -> Duration {
+        match self.count() {
+            n if n >= 3 => interval.saturating_mul(1u32 << (n - 2).min(10)).min(Self::CAP.max(interval)),
+            _ => interval,
+        }
+    }
+
+    /// Words for `status` while it holds back.
+    pub fn describe(&self, interval: Duration) -> Option<String> {
+        let n = self.count();
+        (n >= 3).then(|| {
+            format!(
+                "the model was re-warmed {n} times in the last hour (another client keeps evicting it); re-warming only every {} to avoid a reload fight that fragments GPU memory; the guard will stop this",
+                humantime::format_duration(self.wait(interval))
+            )
+        })
+    }
 }
 
 /// Capped exponential backoff: 5 s doubling up to `max`.
@@ -223,13 +300,20 @@ pub struct TickRecord {
     pub rewarm_count: u64,
     pub consecutive_failures: u32,
     pub report: Option<WarmReport>,
+    /// Set while repeated evictions make the keepalive hold back ([`EvictionBackoff`]).
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 impl TickRecord {
     /// The record of one tick; `rewarm_count` already includes this tick's re-warm.
     pub fn new(model: &ModelName, result: &Result<WarmReport, Failure>, rewarm_count: u64, consecutive_failures: u32) -> TickRecord {
         let (ok, detail, report) = match result {
-            Ok(r) => (true, format!("{model} warm, {}% GPU{}", r.gpu_percent, if r.rewarmed { ", re-warmed" } else { "" }), Some(r.clone())),
+            Ok(r) => (
+                true,
+                format!("{model} warm, {}% GPU{}", r.gpu_percent, r.evicted.as_deref().map(|e| format!(", re-warmed ({e})")).unwrap_or_else(|| if r.rewarmed { ", re-warmed".into() } else { String::new() })),
+                Some(r.clone()),
+            ),
             Err(f) => (false, f.to_string(), None),
         };
         TickRecord {
@@ -241,6 +325,7 @@ impl TickRecord {
             rewarm_count,
             consecutive_failures,
             report,
+            note: None,
         }
     }
 }
@@ -260,6 +345,29 @@ pub async fn unload_if_loaded<A: OllamaApi>(api: &A, name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn repeated_evictions_back_off_and_calm_down() {
+        let i = Duration::from_secs(240);
+        let mut b = EvictionBackoff::default();
+        b.record(false);
+        b.record(true);
+        b.record(true);
+        assert_eq!(b.wait(i), i, "two re-warms are not a fight");
+        assert!(b.describe(i).is_none());
+        b.record(true);
+        assert_eq!(b.wait(i), 2 * i);
+        b.record(true);
+        assert_eq!(b.wait(i), 4 * i);
+        for _ in 0..10 {
+            b.record(true);
+        }
+        assert_eq!(b.wait(i), Duration::from_secs(3600), "capped at an hour");
+        assert!(b.describe(i).is_some_and(|d| d.contains("1h")));
+        tokio::time::advance(Duration::from_secs(3601)).await;
+        b.record(false);
+        assert_eq!(b.wait(i), i, "an hour of peace resets it");
+    }
 
     #[test]
     fn backoff_is_capped() {

@@ -344,6 +344,7 @@ mod tests {
                 rewarm_count: 2,
                 consecutive_failures: 0,
                 report: None,
+                note: None,
             }),
             units: vec![crate::host::systemd::UnitInfo {
                 unit: "ollama.service".into(),

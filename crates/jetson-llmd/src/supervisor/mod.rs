@@ -97,6 +97,8 @@ struct Loop {
     conf_bytes: Option<Vec<u8>>,
     /// The last model that was warm: kept when model.conf turns invalid.
     last_good: Option<ModelName>,
+    /// Re-warms that keep happening (another client evicting ours) slow the ticks down.
+    evictions: warm::EvictionBackoff,
 }
 
 const FAR: Duration = Duration::from_secs(86400 * 365);
@@ -116,6 +118,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
             ready_sent: false,
             conf_bytes: modelconf::read_bytes(&self.paths.model_conf).await.ok(),
             last_good: None,
+            evictions: warm::EvictionBackoff::default(),
         };
         let mut next_conf = now + self.conf_poll;
         let mut next_pet = now + self.watchdog.unwrap_or(FAR);
@@ -425,14 +428,25 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         };
         // None: a separate keepalive does this; the loop stops scheduling ticks.
         let Some(result) = result else { return Next::Continue };
-        if result.as_ref().is_ok_and(|r| r.rewarmed) {
-            self.state.state.rewarm_count += 1;
+        if let Ok(r) = &result {
+            if r.rewarmed {
+                self.state.state.rewarm_count += 1;
+            }
+            lp.evictions.record(r.rewarmed);
         }
-        self.state.state.last_ping = Some(TickRecord::new(&model, &result, self.state.state.rewarm_count, u32::from(result.is_err())));
+        let interval = self.settings.keepalive_interval;
+        let mut rec = TickRecord::new(&model, &result, self.state.state.rewarm_count, u32::from(result.is_err()));
+        rec.note = lp.evictions.describe(interval);
+        self.state.state.warnings.retain(|w| !w.starts_with("the model was re-warmed"));
+        if let Some(n) = &rec.note {
+            tracing::warn!("{n}");
+            self.state.state.warnings.push(n.clone());
+        }
+        self.state.state.last_ping = Some(rec);
         match result {
             Ok(r) => {
                 self.state.state.warm = Some(r);
-                lp.due = Some((Instant::now() + self.settings.keepalive_interval, Due::Tick));
+                lp.due = Some((Instant::now() + lp.evictions.wait(interval), Due::Tick));
                 let text = self.ready_text(&model);
                 self.set_stage(Stage::Ready, &text).await;
                 Next::Continue

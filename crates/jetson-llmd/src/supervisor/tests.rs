@@ -366,3 +366,49 @@ async fn the_watchdog_is_fed_while_idle_and_during_a_long_load() {
     assert!(pets.starts_with(&[30, 60, 90]), "{pets:?}");
     assert!(pets.len() >= 6, "{pets:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn another_client_evicting_ours_is_rewarmed_counted_explained_and_not_fought() {
+    let rig = Rig::new();
+    let (backend, _tx) = FakeBackend::new(LauncherKind::Process);
+    let (r, ()) = tokio::join!(rig.supervisor(backend).run(rig.signals.clone()), async {
+        rig.until("ready", ready).await;
+        let mut at = Vec::new();
+        let t0 = Instant::now();
+        for n in 1..=4u64 {
+            // Another client's request for another model takes the memory.
+            *rig.api.loaded.borrow_mut() = Some("llama3.2:3b".into());
+            let s = rig.until("re-warmed", |s| s.rewarm_count == n).await;
+            at.push(t0.elapsed().as_secs());
+            let ping = s.last_ping.expect("ping");
+            assert!(ping.detail.contains("re-warmed (llama3.2:3b is loaded instead: another client's request evicted it)"), "{}", ping.detail);
+        }
+        // The third re-warm in the hour doubles the wait before the fourth.
+        assert_eq!(at, [240, 480, 720, 1200]);
+        let s = rig.state();
+        assert!(s.warnings.iter().any(|w| w.contains("re-warmed 4 times in the last hour")), "{:?}", s.warnings);
+        rig.signals.shutdown.cancel();
+    });
+    r.expect("ok");
+}
+
+#[tokio::test(start_paused = true)]
+async fn our_base_loaded_at_our_context_by_someone_else_is_ours() {
+    // gemma4:e2b-8k is gemma4:e2b-it-qat at num_ctx 8192 (config.toml [models]): Ollama keys
+    // runners by weights file, so that runner serves us without a reload, listed under the
+    // base's name. Counting it as "not resident" would re-warm for ever.
+    let rig = Rig::new();
+    let (backend, _tx) = FakeBackend::new(LauncherKind::Process);
+    let calls = backend.calls.clone();
+    let (r, ()) = tokio::join!(rig.supervisor(backend).run(rig.signals.clone()), async {
+        rig.until("ready", ready).await;
+        *rig.api.loaded.borrow_mut() = Some("gemma4:e2b-it-qat".into());
+        rig.api.context.set(Some(8192));
+        tokio::time::sleep(Duration::from_secs(3 * 240 + 10)).await;
+        let s = rig.state();
+        assert_eq!((s.stage, s.rewarm_count), (Stage::Ready, 0), "{s:#?}");
+        rig.signals.shutdown.cancel();
+    });
+    r.expect("ok");
+    assert_eq!(calls.borrow().iter().filter(|c| c.starts_with("tick")).count(), 3);
+}
