@@ -82,6 +82,7 @@ pub struct Profile {
     pub local: Vec<String>,
 }
 
+#[allow(clippy::too_many_arguments)] // one row of the catalogue table below
 fn model(name: &str, family: &str, params: &str, disk_gb: f64, loaded_gb: f64, load_s: u64, gpu: f64, cpu: f64, ctx: Option<u64>) -> ModelSpec {
     let digest = digest_of(name);
     ModelSpec {

@@ -282,6 +282,7 @@ fn unreachable_response() -> Response {
 }
 
 /// Decodes a JSON body the way gin's ShouldBindJSON fails: empty -> "missing request body".
+#[allow(clippy::result_large_err)] // the error is the HTTP answer itself
 fn body_json(body: &Bytes) -> Result<Value, Response> {
     if body.is_empty() {
         return Err(err(StatusCode::BAD_REQUEST, "missing request body"));
@@ -316,7 +317,7 @@ async fn tags(State(app): State<App>) -> Response {
     let st = app.emu.lock();
     let mut models: Vec<(&String, &LocalModel)> = st.local.iter().collect();
     // server/routes.go ListHandler: most recently modified first.
-    models.sort_by(|a, b| b.1.modified_at.cmp(&a.1.modified_at));
+    models.sort_by_key(|m| std::cmp::Reverse(m.1.modified_at));
     let list: Vec<Value> = models
         .into_iter()
         .map(|(name, m)| {
@@ -597,7 +598,7 @@ async fn acquire(emu: &Arc<Emulator>, name: &str, opts: RunnerOptions, keep: Opt
     }
     let fragmented = emu.lock().fragmented;
     if fragmented {
-        return Err(load_out_of_memory(emu, name));
+        return Err(load_out_of_memory(emu, name, &opts));
     }
     let load = spec.load_time;
     tokio::time::sleep(cfg.scaled(load)).await;
@@ -628,10 +629,12 @@ async fn acquire(emu: &Arc<Emulator>, name: &str, opts: RunnerOptions, keep: Opt
 }
 
 /// Unallocatable memory (the board, not Ollama): the allocation fails inside llama-server, which
-/// exits; Ollama logs "Load failed", retries once (server/sched.go load: with the other models
-/// evicted, or a smaller automatic context), fails the same way and returns the runner's
-/// captured error lines (llm/status.go StatusWriter, llm/llama_server.go WaitUntilRunning).
-fn load_out_of_memory(emu: &Emulator, name: &str) -> Response {
+/// exits with status 1; Ollama logs `msg="Load failed"` and retries once (server/sched.go load,
+/// v0.30.6): with a smaller automatic context when num_ctx was automatic
+/// (reduceAutoNumCtxForLoadOOM), else after evicting every other model when there are any, else
+/// not at all. The error carries the runner's captured lines (llm/status.go StatusWriter,
+/// llm/llama_server.go WaitUntilRunning: `process has terminated: exit status N: <lines>`).
+fn load_out_of_memory(emu: &Emulator, name: &str, opts: &RunnerOptions) -> Response {
     let cfg = &emu.config;
     let mut st = emu.lock();
     st.counters.oom_failures += 1;
@@ -641,18 +644,31 @@ fn load_out_of_memory(emu: &Emulator, name: &str) -> Response {
     } else {
         format!("{}: cudaMalloc failed: out of memory", terminated_prefix(&cfg.profile.version))
     };
-    for attempt in 0..2 {
+    let model_path = format!("/usr/share/ollama/.ollama/models/blobs/sha256-{}", st.key_of(name).unwrap_or_default());
+    let others = !st.loaded.is_empty();
+    let retry = if opts.num_ctx_auto && opts.num_ctx > 2048 {
+        Some(("llama-server load failed; reducing automatic context and retrying once", format!("model={model_path} old_num_ctx={} new_num_ctx={}", opts.num_ctx, opts.num_ctx / 2)))
+    } else if others {
+        Some(("llama-server load failed; evicting all other models and retrying once", format!("model={model_path}")))
+    } else {
+        None
+    };
+    let attempts = if retry.is_some() { 2 } else { 1 };
+    for attempt in 0..attempts {
         emu.raw_log("ggml_backend_cuda_buffer_type_alloc_buffer: allocating 180.00 MiB on device 0: cudaMalloc failed: out of memory".into());
         emu.raw_log("alloc_tensor_range: failed to allocate CUDA0 buffer of size 188743680".into());
         emu.raw_log("NvMapMemAllocInternalTagged: 1075072515 error 12".into());
-        emu.log("INFO", "sched.go:641", "Load failed", &format!("model=/usr/share/ollama/.ollama/models/blobs/sha256-{} error={text:?}", st.key_of(name).unwrap_or_default()));
+        emu.log("INFO", "sched.go:641", "Load failed", &format!("model={model_path} error={text:?}"));
         if attempt == 0 {
-            emu.log("WARN", "sched.go:667", "llama-server load failed; evicting all other models and retrying once", &format!("model={name} error={text:?}"));
-            // The retry evicts whatever else is loaded.
-            let keys: Vec<String> = st.loaded.iter().filter(|(_, r)| r.refcount == 0).map(|(k, _)| k.clone()).collect();
-            for k in keys {
-                if let Some(r) = st.loaded.remove(&k) {
-                    emu.note_unload(&mut st, &r.name, "evicted for OOM retry");
+            if let Some((msg, attrs)) = &retry {
+                emu.log("WARN", "sched.go:652", msg, &format!("{attrs} error={text:?}"));
+                if others && !opts.num_ctx_auto {
+                    let keys: Vec<String> = st.loaded.iter().filter(|(_, r)| r.refcount == 0).map(|(k, _)| k.clone()).collect();
+                    for k in keys {
+                        if let Some(r) = st.loaded.remove(&k) {
+                            emu.note_unload(&mut st, &r.name, "evicted for OOM retry");
+                        }
+                    }
                 }
             }
         }
@@ -781,7 +797,8 @@ async fn complete(app: App, body: Bytes, shape: Shape) -> Response {
         // The decode fails on the GPU; GenerateHandler calls expireRunnersForRuntimeOOM, which
         // sets every runner's duration to 0: all unload once idle, pinned or not.
         let e = "an error was encountered while running the model: CUDA error: out of memory";
-        emu.raw_log(format!("CUDA error: out of memory\n  current device: 0, in function ggml_backend_cuda_synchronize"));
+        emu.raw_log("CUDA error: out of memory".into());
+        emu.raw_log("  current device: 0, in function ggml_backend_cuda_synchronize".into());
         emu.expire_all_for_runtime_oom(&name, e);
         drop(busy);
         return if stream {
@@ -961,6 +978,7 @@ fn pull_lines(emu: &Emulator, name: &str, lines: &mut Vec<Value>) -> bool {
 
 /// The common head of /api/pull and /api/create: the body, the model name (`name` is the
 /// deprecated spelling Ollama still accepts) and `stream` (default true).
+#[allow(clippy::result_large_err)] // the error is the HTTP answer itself
 fn model_request(body: &Bytes) -> Result<(Value, String, bool), Response> {
     let v = body_json(body)?;
     let model = v.get("model").or_else(|| v.get("name")).and_then(Value::as_str).unwrap_or("").to_string();

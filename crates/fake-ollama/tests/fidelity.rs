@@ -208,7 +208,13 @@ async fn an_out_of_memory_load_is_retried_once_and_reported_with_exit_status() {
     assert!(e.starts_with("llama-server process has terminated: exit status 1: cudaMalloc failed: out of memory"), "{e}");
     let logs = h.emu.logs();
     assert_eq!(logs.iter().filter(|l| l.contains("level=INFO") && l.contains("msg=\"Load failed\"")).count(), 2, "{logs:?}");
-    assert_eq!(logs.iter().filter(|l| l.contains("level=WARN") && l.contains("retrying once")).count(), 1);
+    assert_eq!(logs.iter().filter(|l| l.contains("level=WARN") && l.contains("reducing automatic context and retrying once")).count(), 1);
+    // An explicit num_ctx with nothing else loaded: no retry, one "Load failed".
+    let (s, _) = post(&h, "/api/generate", json!({"model": "gemma3:4b", "keep_alive": -1, "options": {"num_ctx": 8192}})).await;
+    assert_eq!(s, 500);
+    let logs = h.emu.logs();
+    assert_eq!(logs.iter().filter(|l| l.contains("msg=\"Load failed\"")).count(), 3, "{logs:?}");
+    assert_eq!(logs.iter().filter(|l| l.contains("retrying once")).count(), 1);
 }
 
 /// server/sched.go expireRunnersForRuntimeOOM (GenerateHandler on an OOM error): every runner's
