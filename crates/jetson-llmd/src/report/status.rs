@@ -195,6 +195,12 @@ pub async fn gather<A: OllamaApi>(api: &A, settings: &Settings, model_conf: &Pat
             None
         }
     };
+    // ollama-keepalive.service holding back after repeated evictions says so here too.
+    if let Some(n) = keepalive.as_ref().and_then(|k| k.note.clone()) {
+        if !warnings.contains(&n) {
+            warnings.push(n);
+        }
+    }
     // Everything above may carry text from files or Ollama: clean it once, here.
     let warnings = warnings.iter().map(|w| crate::text::clip(w, 500)).collect();
     StatusReport { health, warnings, ollama, model, gpu, supervisor, supervisor_running, keepalive, units: Vec::new(), memory }
@@ -373,5 +379,20 @@ mod tests {
         let m = meminfo("MemTotal:        7800000 kB\nMemAvailable:    5000000 kB\nSwapTotal: 3900000 kB\nSwapFree: 3900000 kB\nCmaTotal: 262144 kB\nCmaFree: 100 kB\n");
         assert_eq!(m.mem_available_kb, Some(5_000_000));
         assert_eq!(m.cma_total_kb, Some(262_144));
+    }
+
+    #[tokio::test]
+    async fn a_keepalive_holding_back_is_a_warning_and_a_dead_supervisor_is_not_ready() {
+        let root = tempfile::tempdir().expect("tmp");
+        let dir = root.path().join("run/jetson-llmd");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(root.path().join("model.conf"), "OLLAMA_MODEL=gemma4:e2b-8k\n").expect("w");
+        std::fs::write(dir.join("keepalive.json"), r#"{"at":"2026-11-24T10:00:00Z","model":"gemma4:e2b-8k","ok":true,"detail":"x","rewarmed":true,"rewarm_count":4,"consecutive_failures":0,"report":null,"note":"the model was re-warmed 4 times in the last hour"}"#).expect("w");
+        std::fs::write(dir.join("state.json"), format!(r#"{{"pid": {}, "stage": "ready", "status": "ready: x"}}"#, u32::MAX / 2)).expect("w");
+        let api = crate::testing::FakeApi::default().with_loaded("gemma4:e2b-8k");
+        let r = gather(&api, &Settings::default(), &root.path().join("model.conf"), root.path()).await;
+        assert!(r.warnings.iter().any(|w| w.starts_with("the model was re-warmed 4 times")), "{:?}", r.warnings);
+        assert_eq!(r.supervisor_running, Some(Liveness::NotRunning));
+        assert_eq!(r.health, Health::Degraded, "a dead supervisor's \"ready\" is not healthy");
     }
 }
