@@ -407,3 +407,41 @@ fn status_tells_another_users_supervisor_from_a_dead_one() {
     std::fs::write(dir.join("state.json"), st(u32::MAX / 2)).expect("w");
     assert_eq!(status()["supervisor_running"], "not-running");
 }
+
+fn fake_state(rig: &Rig) -> Value {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", rig.port)).expect("connect");
+    use std::io::{Read, Write};
+    s.write_all(b"GET /_fake/state HTTP/1.0\r\nHost: x\r\n\r\n").expect("w");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("r");
+    serde_json::from_str(out.split("\r\n\r\n").nth(1).unwrap_or("null")).unwrap_or(Value::Null)
+}
+
+#[test]
+fn model_conf_edits_are_seen_at_once_and_a_burst_is_one_switch_to_the_last_value() {
+    let rig = Rig::start(&[]);
+    rig.wait_stage("ready", 30);
+    let conf = rig.root.path().join("etc/ollama/model.conf");
+    let loads = || fake_state(&rig)["counters"]["loads"].as_u64().unwrap_or(0);
+    let before = loads();
+    // A burst within the debounce window: only the last value is loaded.
+    for m in ["gemma3:4b", "gemma4:e2b-it-qat", "llama3.1:8b", "gemma3:4b"] {
+        std::fs::write(&conf, format!("OLLAMA_MODEL={m}\n")).expect("w");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let t = Instant::now();
+    rig.wait_for("the switch", 15, |r| r.state()["model"] == "gemma3:4b" && r.state()["stage"] == "ready");
+    assert!(t.elapsed() < Duration::from_secs(10), "inotify, not the 30 s safety poll");
+    assert_eq!(loads(), before + 1, "one load: the last value, nothing in between");
+    assert_eq!(rig.log().matches("model.conf now names").count(), 1, "{}", rig.log());
+    // An editor's save: a new file renamed over the old one, after a moment without the file.
+    std::fs::remove_file(&conf).expect("rm");
+    std::thread::sleep(Duration::from_millis(200));
+    let tmp = rig.root.path().join("etc/ollama/.model.conf.swp");
+    std::fs::write(&tmp, "# switched back\nOLLAMA_MODEL=gemma4:e2b-8k\n").expect("w");
+    std::fs::rename(&tmp, &conf).expect("mv");
+    let t = Instant::now();
+    rig.wait_for("the switch back", 15, |r| r.state()["model"] == "gemma4:e2b-8k" && r.state()["stage"] == "ready");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert!(rig.state()["warnings"].as_array().is_some_and(|w| w.is_empty()), "the brief absence left no warning: {:#}", rig.state());
+}

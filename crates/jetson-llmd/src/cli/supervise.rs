@@ -15,7 +15,7 @@ use jetson_llmd::supervisor::Supervisor;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// model.conf is looked at this often (issue: inotify instead).
+/// model.conf is read this often when inotify is not available.
 const CONF_POLL: Duration = Duration::from_secs(2);
 
 pub async fn run(g: &Global, launcher: LauncherArg, ollama_bin: Option<PathBuf>) -> anyhow::Result<i32> {
@@ -33,7 +33,7 @@ pub async fn run(g: &Global, launcher: LauncherArg, ollama_bin: Option<PathBuf>)
             let sd = Systemd::system().await.context("supervise needs systemd's D-Bus API (use --launcher process in a container without systemd)")?;
             let preload_deadline = ctx.settings.load_timeout + Duration::from_secs(3600);
             let backend = SystemdBackend::new(sd, ctx.settings.startup_timeout, preload_deadline).await?;
-            let sup = Supervisor { api: ctx.client.clone(), backend, notify: SdNotify, settings: ctx.settings.clone(), paths: ctx.paths.clone(), cmdline, state, conf_poll: CONF_POLL, watchdog: watchdog_period() };
+            let sup = Supervisor { api: ctx.client.clone(), backend, notify: SdNotify, settings: ctx.settings.clone(), paths: ctx.paths.clone(), cmdline, state, conf_poll: CONF_POLL, conf_watch: true, watchdog: watchdog_period() };
             sup.run(signals).await
         }
         LauncherArg::Process => {
@@ -49,7 +49,7 @@ pub async fn run(g: &Global, launcher: LauncherArg, ollama_bin: Option<PathBuf>)
             let connect = (url.host_str().unwrap_or("127.0.0.1").to_string(), url.port_or_known_default().unwrap_or(11434));
             let shim = std::env::current_exe().ok();
             let backend = ProcessBackend::new(bin, env, shim, connect, DropCaches::under(&ctx.root));
-            let sup = Supervisor { api: ctx.client.clone(), backend, notify: SdNotify, settings: ctx.settings.clone(), paths: ctx.paths.clone(), cmdline, state, conf_poll: CONF_POLL, watchdog: watchdog_period() };
+            let sup = Supervisor { api: ctx.client.clone(), backend, notify: SdNotify, settings: ctx.settings.clone(), paths: ctx.paths.clone(), cmdline, state, conf_poll: CONF_POLL, conf_watch: true, watchdog: watchdog_period() };
             sup.run(signals).await
         }
     };

@@ -8,6 +8,7 @@ pub mod memory;
 pub mod notify;
 pub mod signals;
 pub mod systemd;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 

@@ -49,8 +49,11 @@ pub struct Supervisor<A: OllamaApi, B: Backend, N: Notifier> {
     /// /proc/cmdline, for the `cma=` hint.
     pub cmdline: Option<String>,
     pub state: StateFile,
-    /// How often model.conf is looked at (editors save by rename, so contents are compared).
+    /// How often model.conf is looked at without inotify (editors save by rename, so contents
+    /// are compared).
     pub conf_poll: Duration,
+    /// Watch model.conf's directory with inotify (then a poll only every [`SAFETY_POLL`]).
+    pub conf_watch: bool,
     /// WATCHDOG=1 period (half of WatchdogSec=), if any.
     pub watchdog: Option<Duration>,
 }
@@ -60,9 +63,16 @@ enum Event {
     Reload,
     Ollama(OllamaEvent),
     Due,
+    ConfNotified(std::io::Result<()>),
     ConfPoll,
     Watchdog,
 }
+
+/// Edits closer together than this are one change (an editor's write + rename, a burst of saves):
+/// the file is read once they stop, and the last value wins.
+pub const DEBOUNCE: Duration = Duration::from_secs(1);
+/// With inotify, model.conf is still read this often, in case an event was missed.
+pub const SAFETY_POLL: Duration = Duration::from_secs(30);
 
 /// Where the loop stands between events.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,7 +130,19 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
             last_good: None,
             evictions: warm::EvictionBackoff::default(),
         };
-        let mut next_conf = now + self.conf_poll;
+        let mut watch = if self.conf_watch {
+            match crate::host::watch::FileWatch::new(&self.paths.model_conf) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!("cannot watch {} ({e}); reading it every {} instead", self.paths.model_conf.display(), humantime::format_duration(self.conf_poll));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut poll_every = if watch.is_some() { SAFETY_POLL } else { self.conf_poll };
+        let mut next_conf = now + poll_every;
         let mut next_pet = now + self.watchdog.unwrap_or(FAR);
         loop {
             let due_at = lp.due.map_or(now + FAR, |d| d.0);
@@ -129,6 +151,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                 _ = signals.shutdown.cancelled() => Event::Shutdown,
                 _ = signals.reloaded() => Event::Reload,
                 e = self.backend.next_event() => Event::Ollama(e),
+                r = async { match watch.as_mut() { Some(w) => w.changed().await, None => std::future::pending().await } } => Event::ConfNotified(r),
                 _ = sleep_until(due_at), if lp.due.is_some() => Event::Due,
                 _ = sleep_until(next_pet), if self.watchdog.is_some() => Event::Watchdog,
                 _ = sleep_until(next_conf) => Event::ConfPoll,
@@ -138,8 +161,19 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                 Event::Reload => self.reload(&mut lp, &signals).await,
                 Event::Ollama(e) => self.ollama_event(&mut lp, e).await,
                 Event::Due => self.due(&mut lp, &signals).await,
+                Event::ConfNotified(Ok(())) => {
+                    next_conf = Instant::now() + DEBOUNCE;
+                    Next::Continue
+                }
+                Event::ConfNotified(Err(e)) => {
+                    tracing::warn!("{e}; reading {} every {} instead", self.paths.model_conf.display(), humantime::format_duration(self.conf_poll));
+                    watch = None;
+                    poll_every = self.conf_poll;
+                    next_conf = next_conf.min(Instant::now() + poll_every);
+                    Next::Continue
+                }
                 Event::ConfPoll => {
-                    next_conf = Instant::now() + self.conf_poll;
+                    next_conf = Instant::now() + poll_every;
                     self.conf_poll(&mut lp, &signals, false).await
                 }
                 Event::Watchdog => {

@@ -44,6 +44,8 @@ impl Rig {
             paths: self.paths(),
             cmdline: None,
             conf_poll: Duration::from_secs(2),
+            // Real file events and paused time do not mix: these tests poll.
+            conf_watch: false,
             watchdog: None,
         }
     }
