@@ -150,11 +150,37 @@ fn load_failure(model: &ModelName, e: ollama_client::Error) -> Failure {
 /// (requesting ours reuses it without a reload), listed under the base's name. Not accepting it
 /// would make every check say "not resident" after a load that changed nothing.
 fn find<'a>(ps: &'a [RunningModel], model: &ModelName, settings: &Settings) -> Option<&'a RunningModel> {
-    ps.iter().find(|m| model.matches(&m.name)).or_else(|| {
-        let d = settings.derived(model)?;
-        let ctx = d.num_ctx?.get();
-        ps.iter().find(|m| d.from.matches(&m.name) && m.context_length == Some(ctx))
-    })
+    ps.iter().find(|m| model.matches(&m.name)).or_else(|| ps.iter().find(|m| shares_runner(m, model, settings)))
+}
+
+fn shares_runner(m: &RunningModel, model: &ModelName, settings: &Settings) -> bool {
+    settings.derived(model).is_some_and(|d| d.from.matches(&m.name) && d.num_ctx.is_some_and(|c| m.context_length == Some(c.get())))
+}
+
+/// The seed's boot trap: another model loaded before ours (a client that was faster, a model
+/// preloaded by some other unit) takes the unified memory and ours lands partly on the CPU.
+/// Unloads every model that is not ours and waits until /api/ps no longer lists them. Returns
+/// what it unloaded.
+pub async fn unload_others<A: OllamaApi>(api: &A, settings: &Settings, model: &ModelName) -> Result<Vec<String>, Failure> {
+    let ps = api.ps().await.map_err(Failure::Unreachable)?;
+    let others: Vec<String> = ps.models.iter().filter(|m| !model.matches(&m.name) && !shares_runner(m, model, settings)).map(|m| m.name.clone()).collect();
+    for name in &others {
+        tracing::warn!("{} was loaded before {model}: unloading it so that {model} loads first, whole, on the GPU", crate::text::clip(name, 100));
+        api.load(name, KeepAlive::Unload).await.map_err(Failure::Unreachable)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !others.is_empty() {
+        let ps = api.ps().await.map_err(Failure::Unreachable)?;
+        if !ps.models.iter().any(|m| others.contains(&m.name)) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!("{} still loaded after 60 s (busy with a request?); loading {model} anyway", others.join(", "));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(others)
 }
 
 /// Why our model is gone, from what /api/ps shows instead (for the log and `status`).

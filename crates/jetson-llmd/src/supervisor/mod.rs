@@ -306,6 +306,14 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
             return Err(Failure::GpuMissing { reason: why });
         }
         self.state.event("GPU found").await;
+        // First load wins: nothing else may take the memory before ours.
+        let ours = self.configured_model(last_good.clone()).await?;
+        let unloaded = warm::unload_others(&self.api, &self.settings, &ours).await?;
+        self.state.state.warnings.retain(|w| !w.starts_with("at boot,"));
+        if !unloaded.is_empty() {
+            let names: Vec<String> = unloaded.iter().map(|n| crate::text::clip(n, 100)).collect();
+            self.state.state.warnings.push(format!("at boot, {} was loaded before {ours}; unloaded it so {ours} loads first (check what loads it: another client or unit)", names.join(", ")));
+        }
         self.warm_model(last_good).await
     }
 

@@ -420,3 +420,20 @@ async fn our_base_loaded_at_our_context_by_someone_else_is_ours() {
     r.expect("ok");
     assert_eq!(calls.borrow().iter().filter(|c| c.starts_with("tick")).count(), 3);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_model_loaded_before_ours_at_boot_is_unloaded_first_and_reported() {
+    let rig = Rig::new();
+    *rig.api.loaded.borrow_mut() = Some("gemma3:4b".into());
+    let (backend, _tx) = FakeBackend::new(LauncherKind::Process);
+    let (r, s) = tokio::join!(rig.supervisor(backend).run(rig.signals.clone()), async {
+        let s = rig.until("ready", ready).await;
+        rig.signals.shutdown.cancel();
+        s
+    });
+    r.expect("ok");
+    let loads = rig.api.load_log();
+    assert_eq!(loads[0], ("gemma3:4b".to_string(), KeepAlive::Unload), "unloaded before ours loads: {loads:?}");
+    assert_eq!(loads[1], ("gemma4:e2b-8k".to_string(), KeepAlive::Forever));
+    assert!(s.warnings.iter().any(|w| w.starts_with("at boot, gemma3:4b was loaded before gemma4:e2b-8k")), "{:?}", s.warnings);
+}
