@@ -10,7 +10,7 @@ use crate::ollama::warm::{self, WarmReport};
 use crate::ollama::OllamaApi;
 use crate::supervisor::backend::{Backend, OllamaEvent};
 use crate::supervisor::state::LauncherKind;
-use ollama_client::{CreateRequest, Error, KeepAlive, ProgressLine, PsResponse, RunningModel, TagsResponse, VersionResponse};
+use ollama_client::{CreateRequest, Error, KeepAlive, ProgressLine, PsResponse, RunningModel, ShowResponse, TagsResponse, VersionResponse};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -113,6 +113,16 @@ impl OllamaApi for FakeApi {
         let ctx = self.context.get().map_or(String::new(), |c| format!(r#","context_length":{c}"#));
         let json = format!(r#"{{"name":"{name}","size":100,"size_vram":{vram},"expires_at":"2318-01-01T00:00:00Z"{ctx}}}"#);
         Ok(PsResponse { models: vec![serde_json::from_str::<RunningModel>(&json).expect("json")] })
+    }
+    async fn show(&self, model: &str) -> Result<ShowResponse, Error> {
+        // A 3.2 GB model, 36 layers, 2 KV heads of 80: 22.5 MiB of KV cache per 1k tokens.
+        let size_gb = if model.starts_with("llama3.1") { 7.0 } else { 3.2 };
+        let json = format!(
+            r#"{{"parameters":"","model_info":{{"general.architecture":"llama","general.parameter_count":{},"llama.block_count":36,"llama.context_length":131072,"llama.attention.head_count_kv":2,"llama.attention.key_length":80,"llama.attention.value_length":80}}}}"#,
+            (size_gb * 1e9) as u64 / 2
+        );
+        let _ = model;
+        Ok(serde_json::from_str(&json).expect("json"))
     }
     async fn load(&self, model: &str, k: KeepAlive) -> Result<(), Error> {
         self.loads.borrow_mut().push((self.t0.elapsed(), model.to_string(), k));

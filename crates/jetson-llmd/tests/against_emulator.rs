@@ -260,3 +260,29 @@ async fn our_base_loaded_at_our_context_by_another_client_is_our_runner() {
     let t = warm::tick(&cl, &s, &m("gemma4:e2b-8k"), &NoRelief).await.expect("tick");
     assert!(!t.rewarmed, "never a re-warm loop over a name");
 }
+
+#[tokio::test]
+async fn admission_estimates_against_the_emulators_true_footprints() {
+    // Not a precision test (the emulator's weights-in-memory figures come from the seed, not from
+    // a GGUF): it prints the table for the notes and bounds the error so a broken estimate shows.
+    let mut c = Config::orin_nano(SCALE);
+    c.profile.system_available = 64 << 30;
+    c.profile.gpu_available = 64 << 30;
+    c.max_loaded = 1;
+    let h = emu(c.clone()).await;
+    let cl = client(&h);
+    let mut rows = Vec::new();
+    for spec in &c.profile.registry {
+        let name = spec.name.clone();
+        let _ = cl.pull(&name, |_| {}).await;
+        let show = cl.show(&name).await.expect("show");
+        let size = cl.tags().await.expect("tags").models.iter().find(|m| m.name == name).map(|m| m.size).expect("listed");
+        let est = jetson_llmd::ollama::fit::estimate(size, &show, 4096).expect("architecture keys");
+        cl.load(&name, KeepAlive::Forever).await.expect("load");
+        let actual = cl.ps().await.expect("ps").models.iter().find(|m| m.name == name).map(|m| m.size).expect("loaded");
+        let err = (est as f64 - actual as f64) / actual as f64 * 100.0;
+        rows.push(format!("{name:<20} estimate {:>6.2} GiB  actual {:>6.2} GiB  error {err:+5.1}%", est as f64 / (1u64 << 30) as f64, actual as f64 / (1u64 << 30) as f64));
+        assert!(err.abs() < 45.0, "{name}: {err:.1}%");
+    }
+    println!("admission estimate vs emulator footprint at num_ctx 4096:\n{}", rows.join("\n"));
+}

@@ -213,9 +213,45 @@ pub struct ShowResponse {
     pub details: ModelDetails,
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// GGUF metadata (`general.architecture`, `<arch>.block_count`, ...). Token tables come
+    /// back as null without `verbose`.
+    #[serde(default)]
+    pub model_info: std::collections::BTreeMap<String, MetaValue>,
+}
+
+/// One GGUF metadata value: numbers and strings are read; anything else is kept opaque.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum MetaValue {
+    Int(u64),
+    Float(f64),
+    Text(String),
+    Other(serde_json::Value),
 }
 
 impl ShowResponse {
+    /// `general.architecture` (e.g. `gemma3`, `llama`).
+    pub fn architecture(&self) -> Option<&str> {
+        match self.model_info.get("general.architecture") {
+            Some(MetaValue::Text(a)) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// An architecture key as a number: `arch_u64("block_count")` reads `<arch>.block_count`.
+    pub fn arch_u64(&self, key: &str) -> Option<u64> {
+        let arch = self.architecture()?;
+        self.u64(&format!("{arch}.{key}"))
+    }
+
+    pub fn u64(&self, key: &str) -> Option<u64> {
+        match self.model_info.get(key)? {
+            MetaValue::Int(n) => Some(*n),
+            MetaValue::Float(f) if *f >= 0.0 => Some(*f as u64),
+            _ => None,
+        }
+    }
+
     /// Reads one PARAMETER (e.g. `num_ctx`) from the `parameters` text block.
     pub fn parameter(&self, key: &str) -> Option<&str> {
         self.parameters.lines().find_map(|l| {

@@ -167,7 +167,7 @@ pub struct Ctx {
 /// config.toml and model.conf: explicit paths are taken as given; the defaults live under --root.
 pub fn paths(g: &Global) -> jetson_llmd::supervisor::Paths {
     let under = |p: &Path, default: &str| if p.as_os_str() == default { rooted(&g.root, p) } else { p.to_path_buf() };
-    jetson_llmd::supervisor::Paths { config: under(&g.config, config::DEFAULT_CONFIG), model_conf: under(&g.model_conf, config::DEFAULT_MODEL_CONF) }
+    jetson_llmd::supervisor::Paths { config: under(&g.config, config::DEFAULT_CONFIG), model_conf: under(&g.model_conf, config::DEFAULT_MODEL_CONF), root: g.root.clone() }
 }
 
 pub async fn settings(g: &Global) -> Result<Settings, Failure> {

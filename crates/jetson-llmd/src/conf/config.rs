@@ -28,6 +28,8 @@ pub struct RawConfig {
     pub on_reboot_required: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub allow_remote_ollama: Option<bool>,
+    pub memory_reserve_mib: Option<u64>,
+    pub allow_overcommit: Option<bool>,
     #[serde(default)]
     pub models: BTreeMap<String, RawDerived>,
 }
@@ -76,6 +78,10 @@ pub struct Settings {
     pub on_reboot_required: OnRebootRequired,
     pub state_dir: PathBuf,
     pub allow_remote_ollama: bool,
+    /// Memory kept free when admitting a model (MiB).
+    pub memory_reserve_mib: u64,
+    /// Switch to a model even when admission says it does not fit (with a warning).
+    pub allow_overcommit: bool,
     pub models: BTreeMap<String, Derived>,
 }
 
@@ -105,6 +111,8 @@ impl Default for Settings {
             on_reboot_required: OnRebootRequired::Report,
             state_dir: PathBuf::from("/run/jetson-llmd"),
             allow_remote_ollama: false,
+            memory_reserve_mib: 512,
+            allow_overcommit: false,
             models,
         }
     }
@@ -181,6 +189,10 @@ pub fn settle(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Confi
         Some("reboot") => OnRebootRequired::Reboot,
         Some(o) => return Err(err("on_reboot_required", format!("on_reboot_required = {o:?}: use \"report\" or \"reboot\""))),
     };
+    let memory_reserve_mib = raw.memory_reserve_mib.unwrap_or(d.memory_reserve_mib);
+    if memory_reserve_mib > 4096 {
+        return Err(err("memory_reserve_mib", format!("memory_reserve_mib = {memory_reserve_mib}: use 0 to 4096 (MiB)")));
+    }
     let mut models = d.models;
     for (name, m) in raw.models {
         let key = format!("[models.\"{name}\"]");
@@ -209,6 +221,8 @@ pub fn settle(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Confi
         on_reboot_required,
         state_dir: raw.state_dir.unwrap_or(d.state_dir),
         allow_remote_ollama: raw.allow_remote_ollama.unwrap_or(false),
+        memory_reserve_mib,
+        allow_overcommit: raw.allow_overcommit.unwrap_or(d.allow_overcommit),
         models,
     })
 }
@@ -303,6 +317,6 @@ mod tests {
             assert!(text.contains(&format!("{key} = ")), "{key} is not documented in etc/");
         }
         let keys = text.lines().filter(|l| !l.starts_with('[')).filter_map(|l| l.split_once(" = ")).count();
-        assert_eq!(keys, 12 + 2, "every top-level key plus the seed model's from/num_ctx: {text}");
+        assert_eq!(keys, 14 + 2, "every top-level key plus the seed model's from/num_ctx: {text}");
     }
 }

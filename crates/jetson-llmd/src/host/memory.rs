@@ -32,3 +32,38 @@ impl MemoryRelief for DropCaches {
         .map_err(std::io::Error::other)?
     }
 }
+
+/// The /proc/meminfo fields jetson-llmd reads (kB, as the kernel writes them).
+#[derive(Debug, serde::Serialize, Default, Clone, PartialEq)]
+pub struct MemoryInfo {
+    pub mem_total_kb: Option<u64>,
+    pub mem_available_kb: Option<u64>,
+    pub swap_total_kb: Option<u64>,
+    pub swap_free_kb: Option<u64>,
+    pub cma_total_kb: Option<u64>,
+    pub cma_free_kb: Option<u64>,
+}
+
+/// Parses /proc/meminfo text; a missing or unparsable field is None ("n/a"), never a guess.
+pub fn meminfo(text: &str) -> MemoryInfo {
+    let get = |k: &str| {
+        text.lines().find_map(|l| {
+            let (key, rest) = l.split_once(':')?;
+            (key.trim() == k).then(|| rest.split_whitespace().next()?.parse().ok()).flatten()
+        })
+    };
+    MemoryInfo {
+        mem_total_kb: get("MemTotal"),
+        mem_available_kb: get("MemAvailable"),
+        swap_total_kb: get("SwapTotal"),
+        swap_free_kb: get("SwapFree"),
+        cma_total_kb: get("CmaTotal"),
+        cma_free_kb: get("CmaFree"),
+    }
+}
+
+/// MemAvailable in bytes from `<root>/proc/meminfo` (bounded read), if the kernel says.
+pub async fn mem_available(root: &std::path::Path) -> Option<u64> {
+    let text = super::fs::read_text(&super::rooted(root, std::path::Path::new("/proc/meminfo")), super::fs::cap::PROC).await.ok()?;
+    meminfo(&text).mem_available_kb.map(|kb| kb * 1024)
+}

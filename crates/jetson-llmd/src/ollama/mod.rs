@@ -3,10 +3,11 @@
 //! warming and pinning the model, the keepalive loop, and reading GPU discovery from its log.
 
 pub mod discovery;
+pub mod fit;
 pub mod keepalive;
 pub mod warm;
 
-use ollama_client::{Client, CreateRequest, Error, KeepAlive, ProgressLine, PsResponse, TagsResponse, VersionResponse};
+use ollama_client::{Client, CreateRequest, Error, KeepAlive, ProgressLine, PsResponse, ShowResponse, TagsResponse, VersionResponse};
 
 #[allow(async_fn_in_trait)]
 pub trait OllamaApi {
@@ -14,6 +15,7 @@ pub trait OllamaApi {
     async fn version(&self) -> Result<VersionResponse, Error>;
     async fn tags(&self) -> Result<TagsResponse, Error>;
     async fn ps(&self) -> Result<PsResponse, Error>;
+    async fn show(&self, model: &str) -> Result<ShowResponse, Error>;
     async fn load(&self, model: &str, keep_alive: KeepAlive) -> Result<(), Error>;
     async fn pull(&self, model: &str, on_progress: &mut dyn FnMut(&ProgressLine)) -> Result<(), Error>;
     async fn create(&self, req: &CreateRequest, on_progress: &mut dyn FnMut(&ProgressLine)) -> Result<(), Error>;
@@ -31,6 +33,9 @@ impl OllamaApi for Client {
     }
     async fn ps(&self) -> Result<PsResponse, Error> {
         Client::ps(self).await
+    }
+    async fn show(&self, model: &str) -> Result<ShowResponse, Error> {
+        Client::show(self, model).await
     }
     async fn load(&self, model: &str, keep_alive: KeepAlive) -> Result<(), Error> {
         Client::load(self, model, keep_alive).await.map(|_| ())
@@ -56,6 +61,9 @@ impl<T: OllamaApi> OllamaApi for &T {
     }
     async fn ps(&self) -> Result<PsResponse, Error> {
         (**self).ps().await
+    }
+    async fn show(&self, model: &str) -> Result<ShowResponse, Error> {
+        (**self).show(model).await
     }
     async fn load(&self, model: &str, keep_alive: KeepAlive) -> Result<(), Error> {
         (**self).load(model, keep_alive).await

@@ -3,6 +3,7 @@
 
 use crate::conf::{modelconf, ModelName, Settings};
 use crate::failure::code;
+use crate::host::memory::{meminfo, MemoryInfo};
 use crate::host::{fs, liveness, rooted, Liveness};
 use crate::ollama::discovery::GpuReport;
 use crate::ollama::warm::TickRecord;
@@ -42,15 +43,6 @@ pub struct ModelInfo {
     pub context_length: Option<u64>,
 }
 
-#[derive(Debug, Serialize, Default)]
-pub struct MemoryInfo {
-    pub mem_total_kb: Option<u64>,
-    pub mem_available_kb: Option<u64>,
-    pub swap_total_kb: Option<u64>,
-    pub swap_free_kb: Option<u64>,
-    pub cma_total_kb: Option<u64>,
-    pub cma_free_kb: Option<u64>,
-}
 
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
@@ -68,6 +60,8 @@ pub struct StatusReport {
     /// The four units as systemd sees them (empty without a system bus).
     pub units: Vec<crate::host::systemd::UnitInfo>,
     pub memory: MemoryInfo,
+    /// Footprints measured here (the fit table), for memory admission.
+    pub fit: Vec<crate::ollama::fit::Fit>,
 }
 
 impl StatusReport {
@@ -80,22 +74,6 @@ impl StatusReport {
     }
 }
 
-pub fn meminfo(text: &str) -> MemoryInfo {
-    let get = |k: &str| {
-        text.lines().find_map(|l| {
-            let (key, rest) = l.split_once(':')?;
-            (key.trim() == k).then(|| rest.split_whitespace().next()?.parse().ok()).flatten()
-        })
-    };
-    MemoryInfo {
-        mem_total_kb: get("MemTotal"),
-        mem_available_kb: get("MemAvailable"),
-        swap_total_kb: get("SwapTotal"),
-        swap_free_kb: get("SwapFree"),
-        cma_total_kb: get("CmaTotal"),
-        cma_free_kb: get("CmaFree"),
-    }
-}
 
 pub async fn gather<A: OllamaApi>(api: &A, settings: &Settings, model_conf: &Path, root: &Path) -> StatusReport {
     let mut warnings = Vec::new();
@@ -203,7 +181,8 @@ pub async fn gather<A: OllamaApi>(api: &A, settings: &Settings, model_conf: &Pat
     }
     // Everything above may carry text from files or Ollama: clean it once, here.
     let warnings = warnings.iter().map(|w| crate::text::clip(w, 500)).collect();
-    StatusReport { health, warnings, ollama, model, gpu, supervisor, supervisor_running, keepalive, units: Vec::new(), memory }
+    let fit = crate::ollama::fit::FitTable::load(&state_dir).await.entries;
+    StatusReport { health, warnings, ollama, model, gpu, supervisor, supervisor_running, keepalive, units: Vec::new(), memory, fit }
 }
 
 /// Reads the units over the system bus (works unprivileged); quietly empty without one.
@@ -363,6 +342,7 @@ mod tests {
                 status_text: None,
             }],
             memory: meminfo("MemTotal: 7800000 kB\nMemAvailable: 4000000 kB\nSwapTotal: 3900000 kB\nSwapFree: 2671200 kB\n"),
+            fit: Vec::new(),
         }
     }
 

@@ -24,6 +24,7 @@ use crate::failure::Failure;
 use crate::host::notify::{guarded, Notifier};
 use crate::host::signals::Signals;
 use crate::ollama::discovery::{self, GpuReport};
+use crate::ollama::fit;
 use crate::ollama::warm::{self, TickRecord};
 use crate::ollama::OllamaApi;
 use backend::{Backend, OllamaEvent};
@@ -38,6 +39,8 @@ use tokio::time::{sleep_until, Instant};
 pub struct Paths {
     pub config: PathBuf,
     pub model_conf: PathBuf,
+    /// `--root`: /proc/meminfo and the state directory are read under it.
+    pub root: PathBuf,
 }
 
 pub struct Supervisor<A: OllamaApi, B: Backend, N: Notifier> {
@@ -373,6 +376,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         self.set_stage(Stage::Preloading, &format!("loading {model} onto the GPU (a cold load takes 30-70 s on an Orin Nano; up to {})", humantime::format_duration(self.settings.load_timeout))).await;
         self.backend.warm(&self.api, &self.settings, &model).await?;
         let report = warm::verify(&self.api, &self.settings, &model).await?;
+        self.record_fit(&model, &report).await;
         self.state.state.warm = Some(report);
         self.state.event("model warm").await;
         self.set_stage(Stage::StartingKeepalive, &format!("{model} is warm; starting the keepalive")).await;
@@ -386,6 +390,71 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         }
         self.state.event("keepalive running").await;
         Ok(model)
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        crate::host::rooted(&self.paths.root, &self.settings.state_dir)
+    }
+
+    /// The footprint this model really has here, for the next admission.
+    async fn record_fit(&self, model: &ModelName, r: &warm::WarmReport) {
+        let dir = self.state_dir();
+        let mut table = fit::FitTable::load(&dir).await;
+        let num_ctx = self.settings.derived(model).and_then(|d| d.num_ctx).map(|n| n.get());
+        table.record(fit::Fit { model: model.full(), num_ctx, size: r.size, size_vram: r.size_vram, load_ms: r.load_ms, measured_at: state::now() });
+        table.save(&dir).await;
+    }
+
+    /// Memory admission before `current` is touched: None admits `new`, Some says why not.
+    async fn admission(&self, current: &ModelName, new: &ModelName) -> Option<String> {
+        // Present first (pull, or create when derived) while the old model stays warm; a
+        // failure here is reported by the warm that follows.
+        warm::ensure_present(&self.api, &self.settings, new).await.ok()?;
+        let derived_ctx = self.settings.derived(new).and_then(|d| d.num_ctx).map(|n| n.get());
+        let table = fit::FitTable::load(&self.state_dir()).await;
+        let (need, source, ctx) = match table.get(&new.full(), derived_ctx) {
+            Some(f) => (f.size, "measured here", derived_ctx),
+            None => {
+                let size = self.api.tags().await.ok()?.models.iter().find(|m| new.matches(&m.name)).map(|m| m.size)?;
+                let show = self.api.show(&new.full()).await.ok()?;
+                let ctx = derived_ctx.or_else(|| show.parameter("num_ctx").and_then(|v| v.parse().ok())).unwrap_or(self.settings_default_ctx());
+                (fit::estimate(size, &show, ctx)?, "estimated", Some(ctx))
+            }
+        };
+        let old = self.api.ps().await.ok()?.models.iter().find(|m| current.matches(&m.name)).map_or(0, |m| m.size);
+        let avail = crate::host::memory::mem_available(&self.paths.root).await;
+        let reserve = self.settings.memory_reserve_mib << 20;
+        match fit::admit(need, avail, old, reserve) {
+            fit::Verdict::Fits => None,
+            fit::Verdict::Unknown => {
+                tracing::info!("no MemAvailable to check {new} against; switching without admission");
+                None
+            }
+            fit::Verdict::DoesNotFit { missing } => {
+                let a = avail.unwrap_or(0);
+                let why = format!(
+                    "model.conf names {new}, which does not fit: it needs ~{} ({source}{}), the board would have {} once {current} is unloaded (MemAvailable {} + {current}'s {} - reserve {}): {} missing",
+                    fit::gib(need),
+                    ctx.map(|c| format!(" at num_ctx {c}")).unwrap_or_default(),
+                    fit::gib((a + old).saturating_sub(reserve)),
+                    fit::gib(a),
+                    fit::gib(old),
+                    fit::gib(reserve),
+                    fit::gib(missing)
+                );
+                if self.settings.allow_overcommit {
+                    tracing::warn!("{why}; switching anyway (allow_overcommit = true): expect swap or a partial GPU load");
+                    None
+                } else {
+                    Some(format!("{why}; {current} stays loaded. Use a smaller num_ctx or a smaller (QAT) tag, or set allow_overcommit = true"))
+                }
+            }
+        }
+    }
+
+    /// The context Ollama gives a model nothing sets num_ctx for (4096 under 24 GiB of VRAM).
+    fn settings_default_ctx(&self) -> u64 {
+        4096
     }
 
     fn ready_text(&self, model: &ModelName) -> String {
@@ -545,6 +614,16 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                 Next::Continue
             }
             Phase::Warm(current) => {
+                let (n, wd) = self.pet();
+                let refusal = step(&n, wd, signals, "checking whether the new model fits", self.admission(&current, &conf.model)).await;
+                let Some(refusal) = refusal else { return Next::Exit(self.shutdown().await) };
+                if let Some(why) = refusal {
+                    tracing::error!("{why}");
+                    self.notify.status(&why);
+                    self.conf_warning(Some(why));
+                    self.state.save().await;
+                    return Next::Continue;
+                }
                 tracing::info!("model.conf now names {}; {current} stays loaded until it is warm", conf.model);
                 let (n, wd) = self.pet();
                 match step(&n, wd, signals, "switching models", self.warm_model(None)).await {

@@ -31,16 +31,18 @@ impl Rig {
     }
 
     fn paths(&self) -> Paths {
-        Paths { config: self.dir.path().join("config.toml"), model_conf: self.dir.path().join("model.conf") }
+        Paths { config: self.dir.path().join("config.toml"), model_conf: self.dir.path().join("model.conf"), root: self.dir.path().to_path_buf() }
     }
 
     fn supervisor(&self, backend: FakeBackend) -> Supervisor<&FakeApi, FakeBackend, FakeNotify> {
+        let mut settings = self.settings.clone();
+        settings.state_dir = "/".into();
         Supervisor {
             api: &self.api,
             state: StateFile::new(Some(self.dir.path()), backend.kind),
             backend,
             notify: self.notify.clone(),
-            settings: self.settings.clone(),
+            settings,
             paths: self.paths(),
             cmdline: None,
             conf_poll: Duration::from_secs(2),
@@ -436,4 +438,34 @@ async fn a_model_loaded_before_ours_at_boot_is_unloaded_first_and_reported() {
     assert_eq!(loads[0], ("gemma3:4b".to_string(), KeepAlive::Unload), "unloaded before ours loads: {loads:?}");
     assert_eq!(loads[1], ("gemma4:e2b-8k".to_string(), KeepAlive::Forever));
     assert!(s.warnings.iter().any(|w| w.starts_with("at boot, gemma3:4b was loaded before gemma4:e2b-8k")), "{:?}", s.warnings);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_switch_to_a_model_that_does_not_fit_is_refused_before_anything_is_unloaded() {
+    let rig = Rig::new();
+    std::fs::create_dir_all(rig.dir.path().join("proc")).expect("mkdir");
+    std::fs::write(rig.dir.path().join("proc/meminfo"), "MemTotal: 7800000 kB\nMemAvailable: 131072 kB\n").expect("w");
+    let (backend, _tx) = FakeBackend::new(LauncherKind::Process);
+    let calls = backend.calls.clone();
+    let (r, ()) = tokio::join!(rig.supervisor(backend).run(rig.signals.clone()), async {
+        rig.until("ready", ready).await;
+        let fits: crate::ollama::fit::FitTable = serde_json::from_slice(&std::fs::read(rig.dir.path().join("fit.json")).expect("fit.json")).expect("typed");
+        assert_eq!((fits.entries[0].model.as_str(), fits.entries[0].num_ctx), ("gemma4:e2b-8k", Some(8192)), "the boot load is measured: {fits:?}");
+        rig.write_conf("OLLAMA_MODEL=llama3.2:3b\n");
+        let s = rig.until("refused", |s| s.warnings.iter().any(|w| w.contains("does not fit"))).await;
+        let w = s.warnings.iter().find(|w| w.contains("does not fit")).expect("w");
+        assert!(w.starts_with("model.conf names llama3.2:3b, which does not fit: it needs ~0.4 GiB (estimated at num_ctx 4096)"), "{w}");
+        assert!(w.contains("gemma4:e2b-8k stays loaded"), "{w}");
+        assert_eq!(s.stage, Stage::Ready);
+        assert_eq!(s.model.as_deref(), Some("gemma4:e2b-8k"));
+        assert!(!rig.api.load_log().iter().any(|(m, _)| m == "llama3.2:3b"), "nothing loaded or unloaded");
+        // With room, the same edit goes through.
+        std::fs::write(rig.dir.path().join("proc/meminfo"), "MemTotal: 7800000 kB\nMemAvailable: 6000000 kB\n").expect("w");
+        rig.write_conf("# now\nOLLAMA_MODEL=llama3.2:3b\n");
+        rig.until("switched", |s| ready(s) && s.model.as_deref() == Some("llama3.2:3b")).await;
+        assert!(rig.state().warnings.is_empty(), "{:?}", rig.state().warnings);
+        rig.signals.shutdown.cancel();
+    });
+    r.expect("ok");
+    assert_eq!(calls.borrow().iter().filter(|c| c.starts_with("warm")).count(), 2);
 }
