@@ -53,6 +53,15 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// An allocation failure (a load that ran out of memory, even after drop_caches).
+    pub fn is_out_of_memory(&self) -> bool {
+        match self {
+            Failure::RebootRequired { .. } => true,
+            Failure::LoadFailed { detail, .. } => ollama_client::looks_like_oom(detail),
+            _ => false,
+        }
+    }
+
     pub fn exit_code(&self) -> i32 {
         match self {
             Failure::Unreachable(_) => code::UNREACHABLE,

@@ -270,10 +270,19 @@ async fn boot_order_recovery_failures_and_stop_under_real_systemd() {
     write(&c.root.join("etc/ollama/model.conf"), "OLLAMA_MODEL=no-such-model:1b\n");
     eventually("the failed preload's cause in STATUS=", 30, || async { status_text(&sd, SUPERVISOR).await.contains("file does not exist") }).await;
     let s = status_text(&sd, SUPERVISOR).await;
-    assert!(s.starts_with("NOT READY: ollama-preload.service failed"), "STATUS={s}");
+    assert!(s.starts_with("NOT READY: model no-such-model:1b is not available"), "the supervisor pulls before it unloads anything: STATUS={s}");
     assert!(model_loaded(&c, "gemma4:e2b-8k").await, "the working model was not unloaded for a model that cannot load");
     write(&c.root.join("etc/ollama/model.conf"), "OLLAMA_MODEL=gemma4:e2b-8k\n");
     eventually("back to ready after fixing model.conf", 40, || async { status_text(&sd, SUPERVISOR).await.starts_with("ready:") && model_loaded(&c, "gemma4:e2b-8k").await }).await;
+
+    // 4b. A switch through the units: the old model is unloaded first, the preload unit loads
+    //     the supervisor's choice, and ollama-keepalive.service follows it.
+    write(&c.root.join("etc/ollama/model.conf"), "OLLAMA_MODEL=gemma3:4b\n");
+    eventually("switched to gemma3:4b", 40, || async { status_text(&sd, SUPERVISOR).await.starts_with("ready: gemma3:4b") && model_loaded(&c, "gemma3:4b").await }).await;
+    assert!(!model_loaded(&c, "gemma4:e2b-8k").await, "one model at a time");
+    eventually("the keepalive follows the switch", 30, || async { ka()["model"] == "gemma3:4b" && ka()["ok"] == true }).await;
+    write(&c.root.join("etc/ollama/model.conf"), "OLLAMA_MODEL=gemma4:e2b-8k\n");
+    eventually("switched back", 40, || async { status_text(&sd, SUPERVISOR).await.starts_with("ready: gemma4:e2b-8k") && model_loaded(&c, "gemma4:e2b-8k").await }).await;
 
     // 5. Clean stop.
     sd.run_job(SUPERVISOR, Verb::Stop, Duration::from_secs(30)).await.expect("stops");

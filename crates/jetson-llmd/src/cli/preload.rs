@@ -9,7 +9,12 @@ use jetson_llmd::ollama::warm;
 
 pub async fn run(g: &Global) -> anyhow::Result<i32> {
     let ctx = context(g).await?;
-    let model = model_from_conf(&ctx).await?;
+    // Under a running supervisor, its choice (model.conf as it resolved it) is the model.
+    let state_dir = jetson_llmd::host::rooted(&ctx.root, &ctx.settings.state_dir);
+    let model = match jetson_llmd::supervisor::state::chosen_model(&state_dir).await {
+        Some(m) => m,
+        None => model_from_conf(&ctx).await?,
+    };
     let relief = DropCaches::under(&ctx.root);
     let signals = Signals::install();
     tracing::info!("waiting for Ollama's API at {} (up to {})", ctx.client.base_url(), humantime::format_duration(ctx.settings.startup_timeout));

@@ -8,6 +8,16 @@ pub trait MemoryRelief {
     async fn drop_caches(&self) -> std::io::Result<()>;
 }
 
+/// No remediation left (caches were already dropped once for this attempt).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoRelief;
+
+impl MemoryRelief for NoRelief {
+    async fn drop_caches(&self) -> std::io::Result<()> {
+        Err(std::io::Error::other("caches were already dropped once for this switch"))
+    }
+}
+
 /// Writes to `<root>/proc/sys/vm/drop_caches` after a sync, on the blocking pool.
 #[derive(Debug, Clone)]
 pub struct DropCaches {

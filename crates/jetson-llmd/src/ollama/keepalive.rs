@@ -43,13 +43,25 @@ where
     let mut rewarms = 0u64;
     let mut evictions = warm::EvictionBackoff::default();
     loop {
-        match modelconf::read(model_conf).await {
-            Ok(c) if c.model != model => {
-                tracing::info!("model.conf now names {}; following it", c.model);
-                model = c.model;
+        let chosen = match report.state_dir {
+            Some(dir) => crate::supervisor::state::chosen_model(dir).await,
+            None => None,
+        };
+        match chosen {
+            // The supervisor decides (a switch in progress or fallen back); follow it.
+            Some(m) if m != model => {
+                tracing::info!("the supervisor keeps {m} now; following it");
+                model = m;
             }
-            Ok(_) => {}
-            Err(e) => tracing::error!("{e}; keeping {model}"),
+            Some(_) => {}
+            None => match modelconf::read(model_conf).await {
+                Ok(c) if c.model != model => {
+                    tracing::info!("model.conf now names {}; following it", c.model);
+                    model = c.model;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!("{e}; keeping {model}"),
+            },
         }
         let what = format!("keeping {model} warm");
         let Some(result) = guarded(warm::tick(api, settings, &model, relief), report.notify, report.watchdog, cancel, Some((warm::STILL_WAITING, &what))).await else {

@@ -356,6 +356,23 @@ impl TickRecord {
     }
 }
 
+/// Unloads `name` (keep_alive 0) and waits until /api/ps no longer lists it (at most a minute:
+/// a busy model unloads when its request ends).
+pub async fn unload_and_wait<A: OllamaApi>(api: &A, name: &str) -> Result<(), Failure> {
+    api.load(name, KeepAlive::Unload).await.map_err(Failure::Unreachable)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ps = api.ps().await.map_err(Failure::Unreachable)?;
+        if !ps.models.iter().any(|m| m.name == name) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Failure::LoadFailed { model: name.to_string(), detail: "still loaded a minute after keep_alive 0 (busy with a request?)".into() });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Unloads a model that is no longer configured (with OLLAMA_MAX_LOADED_MODELS=1 Ollama has
 /// usually evicted it already when the new one loaded).
 pub async fn unload_if_loaded<A: OllamaApi>(api: &A, name: &str) {

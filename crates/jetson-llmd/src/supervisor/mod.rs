@@ -61,6 +61,14 @@ pub struct Supervisor<A: OllamaApi, B: Backend, N: Notifier> {
     pub watchdog: Option<Duration>,
 }
 
+/// Why a switch does not start.
+enum Block {
+    /// Admission: it does not fit (the words say by how much).
+    Refused(String),
+    /// The new model cannot be made present (pull or create failed).
+    Failed(Failure),
+}
+
 enum Event {
     Shutdown,
     Reload,
@@ -405,11 +413,18 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         table.save(&dir).await;
     }
 
-    /// Memory admission before `current` is touched: None admits `new`, Some says why not.
+    /// Before `current` is touched: `new` is made present (pull, or create when derived) while
+    /// `current` stays warm, then admitted by memory. Err says why the switch must not start.
+    async fn prepare_switch(&self, current: &ModelName, new: &ModelName) -> Result<(), Block> {
+        warm::ensure_present(&self.api, &self.settings, new).await.map_err(Block::Failed)?;
+        match self.admission(current, new).await {
+            Some(why) => Err(Block::Refused(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Memory admission: None admits `new`, Some says why not.
     async fn admission(&self, current: &ModelName, new: &ModelName) -> Option<String> {
-        // Present first (pull, or create when derived) while the old model stays warm; a
-        // failure here is reported by the warm that follows.
-        warm::ensure_present(&self.api, &self.settings, new).await.ok()?;
         let derived_ctx = self.settings.derived(new).and_then(|d| d.num_ctx).map(|n| n.get());
         let table = fit::FitTable::load(&self.state_dir()).await;
         let (need, source, ctx) = match table.get(&new.full(), derived_ctx) {
@@ -447,6 +462,53 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                     None
                 } else {
                     Some(format!("{why}; {current} stays loaded. Use a smaller num_ctx or a smaller (QAT) tag, or set allow_overcommit = true"))
+                }
+            }
+        }
+    }
+
+    /// The switch protocol, once the new model is present and admitted: the keepalive pauses
+    /// (it must not re-warm the old model midway), the old model is unloaded and gone from
+    /// /api/ps, the new one loads pinned (out of memory: drop caches once and retry once, in the
+    /// preload), and is verified. If it cannot be loaded, the old one is loaded back (the user's
+    /// last working state); if that fails too, reboot required. One journal line with the steps.
+    async fn switch(&mut self, old: &ModelName, new: &ModelName) -> Result<ModelName, Failure> {
+        let t0 = Instant::now();
+        tracing::info!("switching {old} -> {new}: unloading {old} first (both do not fit in 8 GB)");
+        self.backend.stop_keepalive().await;
+        warm::unload_and_wait(&self.api, &old.full()).await?;
+        let unloaded = t0.elapsed();
+        match self.warm_model(None).await {
+            Ok(m) => {
+                tracing::info!(
+                    "switched {old} -> {m} in {:.1} s (unload {:.1} s, load and verify {:.1} s)",
+                    t0.elapsed().as_secs_f64(),
+                    unloaded.as_secs_f64(),
+                    (t0.elapsed() - unloaded).as_secs_f64()
+                );
+                Ok(m)
+            }
+            Err(f @ (Failure::Unreachable(_) | Failure::OllamaDown(_) | Failure::Cancelled | Failure::GpuMissing { .. } | Failure::OnCpu { .. } | Failure::Config(_))) => Err(f),
+            Err(f) => {
+                tracing::error!("{new} could not be loaded ({f}); loading {old} back");
+                let _ = warm::unload_and_wait(&self.api, &new.full()).await;
+                // Caches were dropped once already for the new model: no second try of that.
+                match warm::preload(&self.api, &self.settings, old, &crate::host::memory::NoRelief).await {
+                    Ok(r) => {
+                        self.record_fit(old, &r).await;
+                        self.state.state.model = Some(old.to_string());
+                        self.state.state.warm = Some(r);
+                        if let Err(e) = self.backend.start_keepalive().await {
+                            tracing::error!("{e}");
+                        }
+                        self.conf_warning(Some(format!("model.conf names {new}, which could not be loaded ({f}); {old} is loaded again; edit model.conf to try again")));
+                        tracing::info!("switch {old} -> {new} failed after {:.1} s; back on {old}", t0.elapsed().as_secs_f64());
+                        Ok(old.clone())
+                    }
+                    Err(back) if back.is_out_of_memory() || matches!(f, Failure::RebootRequired { .. }) => Err(Failure::RebootRequired {
+                        detail: format!("{new} failed ({f}) and {old} could not be loaded back ({back})"),
+                    }),
+                    Err(back) => Err(back),
                 }
             }
         }
@@ -615,25 +677,24 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
             }
             Phase::Warm(current) => {
                 let (n, wd) = self.pet();
-                let refusal = step(&n, wd, signals, "checking whether the new model fits", self.admission(&current, &conf.model)).await;
-                let Some(refusal) = refusal else { return Next::Exit(self.shutdown().await) };
-                if let Some(why) = refusal {
-                    tracing::error!("{why}");
-                    self.notify.status(&why);
-                    self.conf_warning(Some(why));
-                    self.state.save().await;
-                    return Next::Continue;
-                }
-                tracing::info!("model.conf now names {}; {current} stays loaded until it is warm", conf.model);
-                let (n, wd) = self.pet();
-                match step(&n, wd, signals, "switching models", self.warm_model(None)).await {
-                    None => Next::Exit(self.shutdown().await),
-                    Some(Ok(new)) => {
-                        if new != current {
-                            warm::unload_if_loaded(&self.api, &current.full()).await;
-                        }
-                        self.warmed(lp, new).await
+                let prepared = step(&n, wd, signals, "getting the new model ready", self.prepare_switch(&current, &conf.model)).await;
+                let Some(prepared) = prepared else { return Next::Exit(self.shutdown().await) };
+                match prepared {
+                    Ok(()) => {}
+                    Err(Block::Refused(why)) => {
+                        tracing::error!("{why}");
+                        self.notify.status(&why);
+                        self.conf_warning(Some(why));
+                        self.state.save().await;
+                        return Next::Continue;
                     }
+                    // The old model stays loaded; retried like any failed warm.
+                    Err(Block::Failed(f)) => return self.failed(lp, f).await,
+                }
+                let (n, wd) = self.pet();
+                match step(&n, wd, signals, "switching models", self.switch(&current, &conf.model)).await {
+                    None => Next::Exit(self.shutdown().await),
+                    Some(Ok(m)) => self.warmed(lp, m).await,
                     Some(Err(f)) => self.failed(lp, f).await,
                 }
             }

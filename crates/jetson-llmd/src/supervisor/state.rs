@@ -147,6 +147,26 @@ async fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option
     serde_json::from_slice(&bytes).map(Some).map_err(|source| StateError::Parse { path: path.to_path_buf(), source })
 }
 
+/// The model a running supervisor has chosen to keep warm (state.json), for the preload and
+/// keepalive units: the supervisor is the one that resolves model.conf (an invalid edit keeps the
+/// last good model, a switch that failed falls back to the old one), and the units must not
+/// load something else behind its back. None when no supervisor runs (then model.conf rules).
+pub async fn chosen_model(dir: &Path) -> Option<crate::conf::ModelName> {
+    let s = StateFile::read(dir).await.ok()??;
+    if crate::host::liveness(s.pid) != crate::host::Liveness::Running || !is_supervisor(s.pid).await {
+        return None;
+    }
+    crate::conf::ModelName::parse(s.model.as_deref()?).ok()
+}
+
+/// A reused pid is not our supervisor: its /proc comm must be ours when it can be read.
+async fn is_supervisor(pid: u32) -> bool {
+    match tokio::fs::read_to_string(format!("/proc/{pid}/comm")).await {
+        Ok(c) => c.trim().starts_with("jetson"),
+        Err(_) => true,
+    }
+}
+
 /// The standalone keepalive's last ping (`<state_dir>/keepalive.json`), for `status`.
 pub async fn write_keepalive(dir: &Path, t: &TickRecord) {
     let path = dir.join("keepalive.json");

@@ -175,9 +175,10 @@ async fn under_systemd_a_unit_back_up_is_rechecked_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_model_conf_edit_switches_only_once_the_new_model_is_warm() {
+async fn a_switch_makes_the_new_model_present_then_unloads_the_old_then_loads_the_new() {
     let rig = Rig::new();
-    let (backend, _tx) = FakeBackend::new(LauncherKind::Process);
+    let (backend, _tx) = FakeBackend::new(LauncherKind::Systemd);
+    let calls = backend.calls.clone();
     let (r, ()) = tokio::join!(rig.supervisor(backend).run(rig.signals.clone()), async {
         rig.until("ready", ready).await;
         rig.write_conf("OLLAMA_MODEL=llama3.2:3b\n");
@@ -186,11 +187,48 @@ async fn a_model_conf_edit_switches_only_once_the_new_model_is_warm() {
         rig.signals.shutdown.cancel();
     });
     r.expect("ok");
-    let loads = rig.api.load_log();
-    let new = loads.iter().position(|(m, k)| m == "llama3.2:3b" && *k == KeepAlive::Forever).expect("new loaded");
-    // The fake holds one model like OLLAMA_MAX_LOADED_MODELS=1: the old one was already gone,
-    // so no unload was needed; it is never unloaded before the new one loaded.
-    assert!(!loads[..new].iter().any(|(_, k)| *k == KeepAlive::Unload), "{loads:?}");
+    assert_eq!(
+        rig.api.load_log(),
+        [("gemma4:e2b-8k".to_string(), KeepAlive::Forever), ("gemma4:e2b-8k".to_string(), KeepAlive::Unload), ("llama3.2:3b".to_string(), KeepAlive::Forever)],
+        "both do not fit: the old one goes first"
+    );
+    let c = calls.borrow();
+    let stop = c.iter().position(|x| x == "stop_keepalive").expect("the keepalive paused");
+    let warm = c.iter().position(|x| x == "warm llama3.2:3b").expect("warmed");
+    assert!(stop < warm && c[warm + 1..].contains(&"start_keepalive".to_string()), "{c:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_model_that_runs_out_of_memory_falls_back_to_the_old_one_and_then_reboot_required() {
+    let oom = || "llama-server process has terminated: exit status 1: cudaMalloc failed: out of memory".to_string();
+    // 1. The new model fails twice (drop caches once in between): the old one is loaded back.
+    let rig = Rig::new();
+    let (backend, _tx) = FakeBackend::new(LauncherKind::Process);
+    let relief = backend.relief.clone();
+    let (r, ()) = tokio::join!(rig.supervisor(backend).run(rig.signals.clone()), async {
+        rig.until("ready", ready).await;
+        rig.api.load_errors.borrow_mut().extend([oom(), oom()]);
+        rig.write_conf("OLLAMA_MODEL=llama3.2:3b\n");
+        let s = rig.until("fell back", |s| s.warnings.iter().any(|w| w.contains("could not be loaded"))).await;
+        assert_eq!((s.stage, s.model.as_deref()), (Stage::Ready, Some("gemma4:e2b-8k")), "{s:#?}");
+        assert!(s.warnings[0].starts_with("model.conf names llama3.2:3b, which could not be loaded (GPU memory cannot be allocated"), "{:?}", s.warnings);
+        assert_eq!(rig.api.loaded.borrow().as_deref(), Some("gemma4:e2b-8k"));
+        rig.signals.shutdown.cancel();
+    });
+    r.expect("ok");
+    assert_eq!(relief.0.get(), 1, "drop caches once, not a loop");
+    // 2. The old one cannot come back either: reboot required, exit 4.
+    let rig = Rig::new();
+    let (backend, _tx) = FakeBackend::new(LauncherKind::Process);
+    let (r, ()) = tokio::join!(rig.supervisor(backend).run(rig.signals.clone()), async {
+        rig.until("ready", ready).await;
+        rig.api.load_errors.borrow_mut().extend([oom(), oom(), oom()]);
+        rig.write_conf("OLLAMA_MODEL=llama3.2:3b\n");
+    });
+    let f = r.expect_err("terminal");
+    assert_eq!(f.exit_code(), code::REBOOT_REQUIRED, "{f}");
+    assert!(f.to_string().contains("gemma4:e2b-8k could not be loaded back"), "{f}");
+    assert_eq!(rig.state().stage, Stage::RebootRequired);
 }
 
 #[tokio::test(start_paused = true)]
