@@ -28,6 +28,8 @@ pub enum Failure {
     Missing { model: String, detail: String },
     #[error("GPU memory cannot be allocated even after dropping caches ({detail}); reboot the Jetson (sudo reboot)")]
     RebootRequired { detail: String },
+    #[error("model {model} does not fit: {detail}; use a smaller num_ctx or a smaller (QAT) tag")]
+    DoesNotFit { model: String, detail: String },
     #[error("Ollama failed to load {model}: {detail}")]
     LoadFailed { model: String, detail: String },
     #[error("model {model} loaded but does not appear in /api/ps; something unloaded it at once")]
@@ -56,7 +58,7 @@ impl Failure {
     /// An allocation failure (a load that ran out of memory, even after drop_caches).
     pub fn is_out_of_memory(&self) -> bool {
         match self {
-            Failure::RebootRequired { .. } => true,
+            Failure::RebootRequired { .. } | Failure::DoesNotFit { .. } => true,
             Failure::LoadFailed { detail, .. } => ollama_client::looks_like_oom(detail),
             _ => false,
         }

@@ -382,7 +382,9 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         let model = self.configured_model(last_good).await?;
         self.state.state.model = Some(model.to_string());
         self.set_stage(Stage::Preloading, &format!("loading {model} onto the GPU (a cold load takes 30-70 s on an Orin Nano; up to {})", humantime::format_duration(self.settings.load_timeout))).await;
-        self.backend.warm(&self.api, &self.settings, &model).await?;
+        if let Err(f) = self.backend.warm(&self.api, &self.settings, &model).await {
+            return Err(self.too_big_or(f, &model).await);
+        }
         let report = warm::verify(&self.api, &self.settings, &model).await?;
         self.record_fit(&model, &report).await;
         self.state.state.warm = Some(report);
@@ -420,6 +422,34 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         match self.admission(current, new).await {
             Some(why) => Err(Block::Refused(why)),
             None => Ok(()),
+        }
+    }
+
+    /// Too big is not fragmented: an out-of-memory that survived drop_caches means reboot
+    /// required only for a model that loaded here before (fit table) or fits its estimate; a
+    /// model that never loaded here and does not fit by the estimate simply does not fit.
+    async fn too_big_or(&self, f: Failure, model: &ModelName) -> Failure {
+        let Failure::RebootRequired { detail } = f else { return f };
+        let ctx = self.settings.derived(model).and_then(|d| d.num_ctx).map(|n| n.get());
+        if fit::FitTable::load(&self.state_dir()).await.get(&model.full(), ctx).is_some() {
+            return Failure::RebootRequired { detail };
+        }
+        let estimate = async {
+            let size = self.api.tags().await.ok()?.models.iter().find(|m| model.matches(&m.name)).map(|m| m.size)?;
+            let show = self.api.show(&model.full()).await.ok()?;
+            fit::estimate(size, &show, ctx.unwrap_or(self.settings_default_ctx()))
+        };
+        let (Some(need), Some(avail)) = (estimate.await, crate::host::memory::mem_available(&self.paths.root).await) else {
+            return Failure::RebootRequired { detail };
+        };
+        // Whatever else is loaded would be evicted for it: count it as free.
+        let others: u64 = self.api.ps().await.map(|p| p.models.iter().map(|m| m.size).sum()).unwrap_or(0);
+        match fit::admit(need, Some(avail), others, self.settings.memory_reserve_mib << 20) {
+            fit::Verdict::DoesNotFit { missing } => Failure::DoesNotFit {
+                model: model.to_string(),
+                detail: format!("it never loaded on this board, needs ~{} by its estimate and {} are missing ({detail})", fit::gib(need), fit::gib(missing)),
+            },
+            _ => Failure::RebootRequired { detail },
         }
     }
 

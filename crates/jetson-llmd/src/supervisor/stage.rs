@@ -26,6 +26,8 @@ pub enum Stage {
     LoadFailed,
     NotResident,
     PartlyOnGpu,
+    /// Out of memory for a model that never loaded here and does not fit by its estimate.
+    DoesNotFit,
     PreloadFailed,
     CpuFallback,
     RebootRequired,
@@ -63,6 +65,7 @@ impl Stage {
             Stage::LoadFailed => "load-failed",
             Stage::NotResident => "not-resident",
             Stage::PartlyOnGpu => "partly-on-gpu",
+            Stage::DoesNotFit => "does-not-fit",
             Stage::PreloadFailed => "preload-failed",
             Stage::CpuFallback => "cpu-fallback",
             Stage::RebootRequired => "reboot-required",
@@ -118,6 +121,8 @@ pub fn policy(f: &Failure) -> (Stage, Action) {
         Failure::NotResident { .. } => (Stage::NotResident, Action::RetryWarm),
         Failure::Preload(_) => (Stage::PreloadFailed, Action::RetryWarm),
         Failure::PartlyOnGpu { .. } => (Stage::PartlyOnGpu, Action::WaitForConfig),
+        // Too big is not fragmented: no reboot helps a model that does not fit.
+        Failure::DoesNotFit { .. } => (Stage::DoesNotFit, Action::WaitForConfig),
         // Reaches the policy only when there is no last good model to keep (at start-up).
         Failure::Config(_) => (Stage::ConfigInvalid, Action::Exit(code::USAGE)),
         Failure::GpuMissing { .. } | Failure::OnCpu { .. } => (Stage::CpuFallback, Action::Exit(code::ON_CPU)),
@@ -146,6 +151,7 @@ mod tests {
             (Failure::NotResident { model: s() }, Stage::NotResident, Action::RetryWarm),
             (Failure::Preload(s()), Stage::PreloadFailed, Action::RetryWarm),
             (Failure::PartlyOnGpu { model: s(), percent: 40, min: 100 }, Stage::PartlyOnGpu, Action::WaitForConfig),
+            (Failure::DoesNotFit { model: s(), detail: s() }, Stage::DoesNotFit, Action::WaitForConfig),
             (Failure::Config(s()), Stage::ConfigInvalid, Action::Exit(2)),
             (Failure::GpuMissing { reason: s() }, Stage::CpuFallback, Action::Exit(5)),
             (Failure::OnCpu { model: s(), hint: s() }, Stage::CpuFallback, Action::Exit(5)),

@@ -507,3 +507,20 @@ async fn a_switch_to_a_model_that_does_not_fit_is_refused_before_anything_is_unl
     r.expect("ok");
     assert_eq!(calls.borrow().iter().filter(|c| c.starts_with("warm")).count(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn out_of_memory_for_a_model_that_never_fit_is_does_not_fit_not_reboot_required() {
+    let rig = Rig::new();
+    std::fs::create_dir_all(rig.dir.path().join("proc")).expect("mkdir");
+    std::fs::write(rig.dir.path().join("proc/meminfo"), "MemAvailable: 131072 kB\n").expect("w");
+    let oom = "llama-server process has terminated: exit status 1: cudaMalloc failed: out of memory".to_string();
+    rig.api.load_errors.borrow_mut().extend([oom.clone(), oom]);
+    let (backend, _tx) = FakeBackend::new(LauncherKind::Process);
+    let (r, ()) = tokio::join!(rig.supervisor(backend).run(rig.signals.clone()), async {
+        let s = rig.until("does not fit", |s| s.stage == Stage::DoesNotFit).await;
+        assert!(s.status.starts_with("NOT READY: model gemma4:e2b-8k does not fit: it never loaded on this board"), "{}", s.status);
+        assert!(s.status.ends_with("waiting for model.conf to change"), "{}", s.status);
+        rig.signals.shutdown.cancel();
+    });
+    r.expect("not terminal: a smaller model fixes it");
+}
