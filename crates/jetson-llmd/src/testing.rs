@@ -39,6 +39,8 @@ pub struct FakeApi {
     pub gpu_percent: Cell<u8>,
     /// context_length /api/ps reports for the loaded model.
     pub context: Cell<Option<u64>>,
+    /// expires_at /api/ps reports (pinned: year 2318).
+    pub expires: RefCell<String>,
     pub load_delay: Cell<Duration>,
     /// (time since creation, model, keep_alive) of every load request.
     pub loads: RefCell<Vec<(Duration, String, KeepAlive)>>,
@@ -60,6 +62,7 @@ impl FakeApi {
             loaded: RefCell::new(None),
             gpu_percent: Cell::new(100),
             context: Cell::new(Some(8192)),
+            expires: RefCell::new("2318-01-01T00:00:00Z".into()),
             load_delay: Cell::new(Duration::ZERO),
             loads: RefCell::new(Vec::new()),
             load_errors: RefCell::new(VecDeque::new()),
@@ -111,7 +114,8 @@ impl OllamaApi for FakeApi {
         let Some(name) = self.loaded.borrow().clone() else { return Ok(PsResponse::default()) };
         let vram = u64::from(self.gpu_percent.get());
         let ctx = self.context.get().map_or(String::new(), |c| format!(r#","context_length":{c}"#));
-        let json = format!(r#"{{"name":"{name}","size":100,"size_vram":{vram},"expires_at":"2318-01-01T00:00:00Z"{ctx}}}"#);
+        let exp = self.expires.borrow().clone();
+        let json = format!(r#"{{"name":"{name}","size":100,"size_vram":{vram},"expires_at":"{exp}"{ctx}}}"#);
         Ok(PsResponse { models: vec![serde_json::from_str::<RunningModel>(&json).expect("json")] })
     }
     async fn show(&self, model: &str) -> Result<ShowResponse, Error> {
@@ -139,6 +143,9 @@ impl OllamaApi for FakeApi {
             return Err(Error::Api { url: "http://127.0.0.1:11434/api/generate".into(), status: 500, message: "llama-server process has terminated: cudaMalloc failed: out of memory".into() });
         }
         *self.loaded.borrow_mut() = Some(model.to_string());
+        if k == KeepAlive::Forever {
+            *self.expires.borrow_mut() = "2318-01-01T00:00:00Z".into();
+        }
         Ok(())
     }
     async fn pull(&self, _m: &str, _p: &mut dyn FnMut(&ProgressLine)) -> Result<(), Error> {
@@ -261,6 +268,10 @@ impl Backend for FakeBackend {
             }
             LauncherKind::Systemd => None,
         }
+    }
+    async fn keepalive_now(&mut self) -> bool {
+        self.call("keepalive_now".into());
+        self.kind == LauncherKind::Systemd
     }
     async fn start_keepalive(&mut self) -> Result<(), Failure> {
         self.call("start_keepalive".into());

@@ -17,6 +17,7 @@ pub const DEFAULT_MODEL_CONF: &str = "/etc/ollama/model.conf";
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub keepalive_interval: Option<String>,
+    pub residency_check: Option<String>,
     pub expected_compute: Option<String>,
     pub min_gpu_percent: Option<u8>,
     pub ollama_bin: Option<PathBuf>,
@@ -62,6 +63,9 @@ pub enum OnRebootRequired {
 pub struct Settings {
     #[serde(with = "humantime_serde_like")]
     pub keepalive_interval: Duration,
+    /// How often the supervisor checks /api/ps that the model is still there and pinned.
+    #[serde(with = "humantime_serde_like")]
+    pub residency_check: Duration,
     pub expected_compute: String,
     pub min_gpu_percent: u8,
     pub ollama_bin: PathBuf,
@@ -100,6 +104,7 @@ impl Default for Settings {
         }
         Settings {
             keepalive_interval: Duration::from_secs(240),
+            residency_check: Duration::from_secs(15),
             expected_compute: "8.7".into(),
             min_gpu_percent: 100,
             ollama_bin: PathBuf::from("/usr/local/bin/ollama"),
@@ -137,8 +142,9 @@ pub fn parse(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
 
 /// Sane bounds for every duration key: (key, least, most). Outside them a value is a typo or a
 /// misunderstanding (a 1 ns keepalive would hammer Ollama thousands of times a second).
-pub const DURATION_BOUNDS: [(&str, Duration, Duration); 6] = [
+pub const DURATION_BOUNDS: [(&str, Duration, Duration); 7] = [
     ("keepalive_interval", Duration::from_secs(10), Duration::from_secs(3600)),
+    ("residency_check", Duration::from_secs(5), Duration::from_secs(600)),
     ("startup_timeout", Duration::from_secs(1), Duration::from_secs(3600)),
     ("gpu_discovery_timeout", Duration::from_secs(1), Duration::from_secs(600)),
     ("load_timeout", Duration::from_secs(10), Duration::from_secs(7200)),
@@ -210,6 +216,7 @@ pub fn settle(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Confi
     }
     Ok(Settings {
         keepalive_interval: duration(path, text, "keepalive_interval", &raw.keepalive_interval, d.keepalive_interval)?,
+        residency_check: duration(path, text, "residency_check", &raw.residency_check, d.residency_check)?,
         expected_compute,
         min_gpu_percent,
         ollama_bin: raw.ollama_bin.unwrap_or(d.ollama_bin),
@@ -317,6 +324,6 @@ mod tests {
             assert!(text.contains(&format!("{key} = ")), "{key} is not documented in etc/");
         }
         let keys = text.lines().filter(|l| !l.starts_with('[')).filter_map(|l| l.split_once(" = ")).count();
-        assert_eq!(keys, 14 + 2, "every top-level key plus the seed model's from/num_ctx: {text}");
+        assert_eq!(keys, 15 + 2, "every top-level key plus the seed model's from/num_ctx: {text}");
     }
 }

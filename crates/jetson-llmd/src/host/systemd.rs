@@ -145,6 +145,16 @@ impl Systemd {
         Err(SdError::Job { unit: unit.into(), result: svc_result.unwrap_or(result), message })
     }
 
+    /// Queues a job (mode "replace") without waiting for it.
+    pub async fn queue_job(&self, unit: &str, verb: Verb) -> Result<(), SdError> {
+        let r = match verb {
+            Verb::Start => self.manager.start_unit(unit.to_string(), "replace".into()).await,
+            Verb::Restart => self.manager.restart_unit(unit.to_string(), "replace".into()).await,
+            Verb::Stop => self.manager.stop_unit(unit.to_string(), "replace".into()).await,
+        };
+        r.map(|_| ()).map_err(|e| SdError::Job { unit: unit.into(), result: "refused".into(), message: format!("systemd refused the job: {e}") })
+    }
+
     pub async fn reset_failed(&self, unit: &str) -> Result<(), SdError> {
         self.manager.reset_failed_unit(unit.to_string()).await.map_err(bus)
     }

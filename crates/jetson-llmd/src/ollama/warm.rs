@@ -356,6 +356,26 @@ impl TickRecord {
     }
 }
 
+/// What a residency check found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Residency {
+    Pinned,
+    /// Loaded, but another client's keep_alive gave it an expiry.
+    Unpinned { expires_at: String },
+    /// Gone; why, from what is loaded instead.
+    Missing(String),
+}
+
+/// One cheap /api/ps look at our model.
+pub async fn residency<A: OllamaApi>(api: &A, settings: &Settings, model: &ModelName) -> Result<Residency, Failure> {
+    let ps = api.ps().await.map_err(Failure::Unreachable)?;
+    Ok(match find(&ps.models, model, settings) {
+        Some(m) if m.pinned_forever() => Residency::Pinned,
+        Some(m) => Residency::Unpinned { expires_at: crate::text::clip(&m.expires_at, 40) },
+        None => Residency::Missing(absence(&ps.models)),
+    })
+}
+
 /// Unloads `name` (keep_alive 0) and waits until /api/ps no longer lists it (at most a minute:
 /// a busy model unloads when its request ends).
 pub async fn unload_and_wait<A: OllamaApi>(api: &A, name: &str) -> Result<(), Failure> {

@@ -44,6 +44,10 @@ pub trait Backend {
     /// keepalive (ollama-keepalive.service) does.
     async fn tick<A: OllamaApi>(&mut self, api: &A, settings: &Settings, model: &ModelName) -> Option<Result<WarmReport, Failure>>;
 
+    /// Makes the separate keepalive ping now (a residency check found the model gone or
+    /// unpinned). False when there is none: the loop ticks itself.
+    async fn keepalive_now(&mut self) -> bool;
+
     /// Starts the separate keepalive, if there is one.
     async fn start_keepalive(&mut self) -> Result<(), Failure>;
 

@@ -76,6 +76,7 @@ enum Event {
     Due,
     ConfNotified(std::io::Result<()>),
     ConfPoll,
+    Residency,
     Watchdog,
 }
 
@@ -155,6 +156,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         let mut poll_every = if watch.is_some() { SAFETY_POLL } else { self.conf_poll };
         let mut next_conf = now + poll_every;
         let mut next_pet = now + self.watchdog.unwrap_or(FAR);
+        let mut next_residency = now + self.settings.residency_check;
         loop {
             let due_at = lp.due.map_or(now + FAR, |d| d.0);
             let event = tokio::select! {
@@ -165,6 +167,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                 r = async { match watch.as_mut() { Some(w) => w.changed().await, None => std::future::pending().await } } => Event::ConfNotified(r),
                 _ = sleep_until(due_at), if lp.due.is_some() => Event::Due,
                 _ = sleep_until(next_pet), if self.watchdog.is_some() => Event::Watchdog,
+                _ = sleep_until(next_residency) => Event::Residency,
                 _ = sleep_until(next_conf) => Event::ConfPoll,
             };
             let next = match event {
@@ -191,6 +194,10 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                     self.notify.watchdog();
                     next_pet = Instant::now() + self.watchdog.unwrap_or(FAR);
                     Next::Continue
+                }
+                Event::Residency => {
+                    next_residency = Instant::now() + self.settings.residency_check;
+                    self.residency(&mut lp).await
                 }
             };
             if let Next::Exit(r) = next {
@@ -656,6 +663,36 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
             }
             Err(f) => self.failed(lp, f).await,
         }
+    }
+
+    /// Between pings: is the model still there and pinned? Another client's eviction or
+    /// keep_alive is repaired now, not at the next 4-minute ping, unless evictions keep
+    /// repeating (then the keepalive's back-off decides: no reload fight).
+    async fn residency(&mut self, lp: &mut Loop) -> Next {
+        let Phase::Warm(model) = lp.phase.clone() else { return Next::Continue };
+        let found = match warm::residency(&self.api, &self.settings, &model).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!("residency check: {e}");
+                return Next::Continue;
+            }
+        };
+        match found {
+            warm::Residency::Pinned => return Next::Continue,
+            warm::Residency::Unpinned { expires_at } => tracing::warn!("{model} expires at {expires_at}: another client changed its keep_alive; pinning it again now"),
+            warm::Residency::Missing(why) => {
+                if lp.evictions.count() >= 2 {
+                    // The next ping (backed off) will re-warm; a third quick reload would be a fight.
+                    tracing::debug!("{model} is gone again ({why}); leaving it to the backed-off keepalive");
+                    return Next::Continue;
+                }
+                tracing::warn!("{model} is gone ({why}); re-warming now");
+            }
+        }
+        if !self.backend.keepalive_now().await {
+            lp.due = Some((Instant::now(), Due::Tick));
+        }
+        Next::Continue
     }
 
     /// SIGHUP / `systemctl reload`: config.toml and model.conf are read again.

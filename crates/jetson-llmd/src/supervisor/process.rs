@@ -150,6 +150,10 @@ impl<R: MemoryRelief> Backend for ProcessBackend<R> {
         Some(warm::tick(api, settings, model, &self.relief).await)
     }
 
+    async fn keepalive_now(&mut self) -> bool {
+        false
+    }
+
     async fn start_keepalive(&mut self) -> Result<(), Failure> {
         Ok(())
     }

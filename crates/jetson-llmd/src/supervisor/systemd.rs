@@ -171,6 +171,15 @@ impl Backend for SystemdBackend {
         None
     }
 
+    async fn keepalive_now(&mut self) -> bool {
+        // Its first ping runs at start: a restart is a ping now. Queued, not awaited: a cold
+        // re-warm takes a minute and the loop must keep feeding the watchdog meanwhile.
+        if let Err(e) = self.sd.queue_job(KEEPALIVE, Verb::Restart).await {
+            tracing::warn!("restarting {KEEPALIVE}: {e}");
+        }
+        true
+    }
+
     async fn start_keepalive(&mut self) -> Result<(), Failure> {
         self.sd.run_job(KEEPALIVE, Verb::Start, Duration::from_secs(120)).await.map_err(sd_failure)?;
         self.keepalive_started = true;
