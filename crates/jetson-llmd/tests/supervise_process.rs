@@ -445,3 +445,29 @@ fn model_conf_edits_are_seen_at_once_and_a_burst_is_one_switch_to_the_last_value
     assert!(t.elapsed() < Duration::from_secs(10));
     assert!(rig.state()["warnings"].as_array().is_some_and(|w| w.is_empty()), "the brief absence left no warning: {:#}", rig.state());
 }
+
+#[test]
+fn switch_writes_model_conf_keeping_comments_and_waits_for_the_outcome() {
+    let rig = Rig::start(&[]);
+    rig.wait_stage("ready", 30);
+    let conf = rig.root.path().join("etc/ollama/model.conf");
+    std::fs::write(&conf, "# the one model this board keeps warm\nOLLAMA_MODEL=gemma4:e2b-8k\n").expect("w");
+    let sw = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_jetson-llmd"))
+            .arg("--root")
+            .arg(rig.root.path())
+            .args(args)
+            .env("OLLAMA_HOST", format!("127.0.0.1:{}", rig.port))
+            .output()
+            .expect("runs")
+    };
+    let o = sw(&["switch", "gemma3:4b"]);
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(0), "{out}{err}");
+    assert!(out.starts_with("switched to gemma3:4b in "), "{out}");
+    assert_eq!(std::fs::read_to_string(&conf).expect("r"), "# the one model this board keeps warm\nOLLAMA_MODEL=gemma3:4b\n");
+    assert_eq!(rig.state()["model"], "gemma3:4b");
+    let o = sw(&["switch", "no such; model"]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).starts_with("error: "), "one clear line");
+}

@@ -9,6 +9,7 @@ pub mod logging;
 pub mod preload;
 pub mod status;
 pub mod supervise;
+pub mod switch;
 pub mod units;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -96,6 +97,18 @@ pub enum Cmd {
     },
     /// One screen: Ollama, GPU, model placement and expiry, last ping, boot timeline, memory.
     Status,
+    /// Switch models: check it fits, write OLLAMA_MODEL= into model.conf (comments kept), wait
+    /// for the running supervisor to report the outcome.
+    Switch {
+        /// The model to keep warm instead, e.g. gemma3:4b.
+        model: String,
+        /// Write model.conf and return at once.
+        #[arg(long)]
+        no_wait: bool,
+        /// Longest wait for the outcome (default: load_timeout + 2m).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+    },
     /// GPU verdict from Ollama's log (the journal of ollama.service, or --log FILE).
     GpuCheck {
         /// A saved log: plain `ollama serve` output or journalctl output (short, cat or json).
@@ -137,6 +150,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Units { jetson_llmd, ollama_bin, output } => units::run(g, &jetson_llmd, ollama_bin, output).await,
         Cmd::GpuCheck { log } => gpu_check::run(g, log).await,
         Cmd::Status => status::run(g).await,
+        Cmd::Switch { model, no_wait, timeout } => switch::run(g, &model, no_wait, timeout).await,
         Cmd::Preload => preload::run(g).await,
         Cmd::Keepalive { interval, once } => keepalive::run(g, interval, once).await,
         Cmd::Supervise { launcher, ollama_bin } => supervise::run(g, launcher, ollama_bin).await,

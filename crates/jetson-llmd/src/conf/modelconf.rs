@@ -142,6 +142,44 @@ pub fn parse(bytes: &[u8]) -> Result<ModelConf, Vec<ConfError>> {
     Ok(ModelConf { model, line: last.line, warnings })
 }
 
+/// The file with OLLAMA_MODEL set to `model`: the line that wins today is replaced in place
+/// (comments, other keys and line endings kept), or one is appended.
+pub fn with_model(bytes: &[u8], model: &ModelName) -> Vec<u8> {
+    // The last `OLLAMA_MODEL =` line wins, also in a file that does not parse today (then the
+    // edit is what repairs it).
+    let is_key_line = |raw: &[u8]| {
+        let t = String::from_utf8_lossy(raw);
+        t.trim_start().strip_prefix(KEY).is_some_and(|rest| rest.trim_start().starts_with('='))
+    };
+    let winner = bytes.split(|&b| b == b'\n').enumerate().filter(|(_, l)| is_key_line(l)).map(|(i, _)| i + 1).last();
+    let new_line = format!("{KEY}={model}");
+    let mut out = Vec::with_capacity(bytes.len() + new_line.len() + 1);
+    let mut replaced = false;
+    let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    for (i, raw) in lines.iter().enumerate() {
+        if winner == Some(i + 1) {
+            out.extend_from_slice(new_line.as_bytes());
+            if raw.ends_with(b"\r") {
+                out.push(b'\r');
+            }
+            replaced = true;
+        } else {
+            out.extend_from_slice(raw);
+        }
+        if i + 1 < lines.len() {
+            out.push(b'\n');
+        }
+    }
+    if !replaced {
+        if !out.is_empty() && !out.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+        out.extend_from_slice(new_line.as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
 /// Renders errors as `path:line: message` lines.
 pub fn describe(path: &std::path::Path, errors: &[ConfError]) -> String {
     errors.iter().map(|e| format!("{}:{}: {}", path.display(), e.line, e.message)).collect::<Vec<_>>().join("\n")
@@ -176,6 +214,32 @@ mod tests {
 
     fn first_err(s: &[u8]) -> ConfError {
         parse(s).expect_err("must fail")[0].clone()
+    }
+
+    #[test]
+    fn with_model_keeps_everything_else() {
+        let m = ModelName::parse("gemma3:4b").expect("m");
+        let before = b"# the one model\r\nOLLAMA_MODEL=old:1b\r\n# after\r\n";
+        let after = with_model(before, &m);
+        assert_eq!(after, b"# the one model\r\nOLLAMA_MODEL=gemma3:4b\r\n# after\r\n".to_vec());
+        assert_eq!(with_model(b"", &m), b"OLLAMA_MODEL=gemma3:4b\n".to_vec());
+        assert_eq!(with_model(b"# c", &m), b"# c\nOLLAMA_MODEL=gemma3:4b\n".to_vec());
+        let dup = with_model(b"OLLAMA_MODEL=a\nOLLAMA_MODEL=b\n", &m);
+        assert_eq!(dup, b"OLLAMA_MODEL=a\nOLLAMA_MODEL=gemma3:4b\n".to_vec(), "the winning (last) line");
+        assert_eq!(parse(&with_model(b"OLLAMA_MODEL=\"bad", &m)).expect("valid").model, m, "an invalid file still ends up naming the model");
+    }
+
+    proptest! {
+        #[test]
+        fn with_model_always_names_the_model(text in "(#[a-z ]{0,10}\n|OLLAMA_MODEL=[a-z0-9:]{1,12}\n|X=y\n){0,6}") {
+            let m = ModelName::parse("llama3.2:3b").expect("m");
+            let out = with_model(text.as_bytes(), &m);
+            prop_assert_eq!(parse(&out).expect("valid").model, m);
+            let kept: Vec<&str> = text.lines().filter(|l| !l.starts_with("OLLAMA_MODEL")).collect();
+            let out_text = String::from_utf8(out).expect("utf8");
+            let out_kept: Vec<&str> = out_text.lines().filter(|l| !l.starts_with("OLLAMA_MODEL")).collect();
+            prop_assert_eq!(kept, out_kept);
+        }
     }
 
     #[test]

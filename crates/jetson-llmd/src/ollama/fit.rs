@@ -91,12 +91,53 @@ pub fn estimate(file_size: u64, show: &ShowResponse, num_ctx: u64) -> Option<u64
     Some(file_size.saturating_add(kv).saturating_add(RUNNER_OVERHEAD))
 }
 
-/// Where a need figure came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Source {
-    Measured,
-    Estimated,
+/// The context Ollama gives a model when nothing sets num_ctx (4096 under 24 GiB of VRAM).
+pub const DEFAULT_CTX: u64 = 4096;
+
+/// Memory admission of a switch from `current` to `new` (present already): None admits, Some
+/// says why not, with the numbers. Without data (no MemAvailable, no architecture keys) it
+/// admits and says so: it never guesses a refusal.
+pub async fn admission<A: super::OllamaApi>(api: &A, settings: &crate::conf::Settings, root: &Path, current: &crate::conf::ModelName, new: &crate::conf::ModelName) -> Option<String> {
+    let derived_ctx = settings.derived(new).and_then(|d| d.num_ctx).map(|n| n.get());
+    let table = FitTable::load(&crate::host::rooted(root, &settings.state_dir)).await;
+    let (need, source, ctx) = match table.get(&new.full(), derived_ctx) {
+        Some(f) => (f.size, "measured here", derived_ctx),
+        None => {
+            let size = api.tags().await.ok()?.models.iter().find(|m| new.matches(&m.name)).map(|m| m.size)?;
+            let show = api.show(&new.full()).await.ok()?;
+            let ctx = derived_ctx.or_else(|| show.parameter("num_ctx").and_then(|v| v.parse().ok())).unwrap_or(DEFAULT_CTX);
+            (estimate(size, &show, ctx)?, "estimated", Some(ctx))
+        }
+    };
+    let old = api.ps().await.ok()?.models.iter().find(|m| current.matches(&m.name)).map_or(0, |m| m.size);
+    let avail = crate::host::memory::mem_available(root).await;
+    let reserve = settings.memory_reserve_mib << 20;
+    match admit(need, avail, old, reserve) {
+        Verdict::Fits => None,
+        Verdict::Unknown => {
+            tracing::info!("no MemAvailable to check {new} against; switching without admission");
+            None
+        }
+        Verdict::DoesNotFit { missing } => {
+            let a = avail.unwrap_or(0);
+            let why = format!(
+                "model.conf names {new}, which does not fit: it needs ~{} ({source}{}), the board would have {} once {current} is unloaded (MemAvailable {} + {current}'s {} - reserve {}): {} missing",
+                gib(need),
+                ctx.map(|c| format!(" at num_ctx {c}")).unwrap_or_default(),
+                gib((a + old).saturating_sub(reserve)),
+                gib(a),
+                gib(old),
+                gib(reserve),
+                gib(missing)
+            );
+            if settings.allow_overcommit {
+                tracing::warn!("{why}; switching anyway (allow_overcommit = true): expect swap or a partial GPU load");
+                None
+            } else {
+                Some(format!("{why}; {current} stays loaded. Use a smaller num_ctx or a smaller (QAT) tag, or set allow_overcommit = true"))
+            }
+        }
+    }
 }
 
 /// The admission verdict.

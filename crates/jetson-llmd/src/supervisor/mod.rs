@@ -444,7 +444,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         let estimate = async {
             let size = self.api.tags().await.ok()?.models.iter().find(|m| model.matches(&m.name)).map(|m| m.size)?;
             let show = self.api.show(&model.full()).await.ok()?;
-            fit::estimate(size, &show, ctx.unwrap_or(self.settings_default_ctx()))
+            fit::estimate(size, &show, ctx.unwrap_or(fit::DEFAULT_CTX))
         };
         let (Some(need), Some(avail)) = (estimate.await, crate::host::memory::mem_available(&self.paths.root).await) else {
             return Failure::RebootRequired { detail };
@@ -462,46 +462,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
 
     /// Memory admission: None admits `new`, Some says why not.
     async fn admission(&self, current: &ModelName, new: &ModelName) -> Option<String> {
-        let derived_ctx = self.settings.derived(new).and_then(|d| d.num_ctx).map(|n| n.get());
-        let table = fit::FitTable::load(&self.state_dir()).await;
-        let (need, source, ctx) = match table.get(&new.full(), derived_ctx) {
-            Some(f) => (f.size, "measured here", derived_ctx),
-            None => {
-                let size = self.api.tags().await.ok()?.models.iter().find(|m| new.matches(&m.name)).map(|m| m.size)?;
-                let show = self.api.show(&new.full()).await.ok()?;
-                let ctx = derived_ctx.or_else(|| show.parameter("num_ctx").and_then(|v| v.parse().ok())).unwrap_or(self.settings_default_ctx());
-                (fit::estimate(size, &show, ctx)?, "estimated", Some(ctx))
-            }
-        };
-        let old = self.api.ps().await.ok()?.models.iter().find(|m| current.matches(&m.name)).map_or(0, |m| m.size);
-        let avail = crate::host::memory::mem_available(&self.paths.root).await;
-        let reserve = self.settings.memory_reserve_mib << 20;
-        match fit::admit(need, avail, old, reserve) {
-            fit::Verdict::Fits => None,
-            fit::Verdict::Unknown => {
-                tracing::info!("no MemAvailable to check {new} against; switching without admission");
-                None
-            }
-            fit::Verdict::DoesNotFit { missing } => {
-                let a = avail.unwrap_or(0);
-                let why = format!(
-                    "model.conf names {new}, which does not fit: it needs ~{} ({source}{}), the board would have {} once {current} is unloaded (MemAvailable {} + {current}'s {} - reserve {}): {} missing",
-                    fit::gib(need),
-                    ctx.map(|c| format!(" at num_ctx {c}")).unwrap_or_default(),
-                    fit::gib((a + old).saturating_sub(reserve)),
-                    fit::gib(a),
-                    fit::gib(old),
-                    fit::gib(reserve),
-                    fit::gib(missing)
-                );
-                if self.settings.allow_overcommit {
-                    tracing::warn!("{why}; switching anyway (allow_overcommit = true): expect swap or a partial GPU load");
-                    None
-                } else {
-                    Some(format!("{why}; {current} stays loaded. Use a smaller num_ctx or a smaller (QAT) tag, or set allow_overcommit = true"))
-                }
-            }
-        }
+        fit::admission(&self.api, &self.settings, &self.paths.root, current, new).await
     }
 
     /// The switch protocol, once the new model is present and admitted: the keepalive pauses
@@ -551,10 +512,6 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         }
     }
 
-    /// The context Ollama gives a model nothing sets num_ctx for (4096 under 24 GiB of VRAM).
-    fn settings_default_ctx(&self) -> u64 {
-        4096
-    }
 
     fn ready_text(&self, model: &ModelName) -> String {
         let pct = self.state.state.warm.as_ref().map_or(100, |w| w.gpu_percent);

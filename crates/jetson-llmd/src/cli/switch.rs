@@ -1,0 +1,98 @@
+//! `jetson-llmd switch MODEL`: model.conf edited for you (comments kept, written atomically),
+//! memory admission up front, then the supervisor's outcome awaited.
+
+use super::{context, print_json, Global};
+use anyhow::Context;
+use jetson_llmd::conf::{modelconf, ModelName};
+use jetson_llmd::failure::{code, Failure};
+use jetson_llmd::host::{fs, liveness, rooted, Liveness};
+use jetson_llmd::ollama::fit;
+use jetson_llmd::supervisor::stage::Stage;
+use jetson_llmd::supervisor::state::{chosen_model, StateFile};
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[derive(serde::Serialize)]
+struct Outcome {
+    model: String,
+    switched: bool,
+    stage: Option<Stage>,
+    message: String,
+}
+
+pub async fn run(g: &Global, model: &str, no_wait: bool, timeout: Option<Duration>) -> anyhow::Result<i32> {
+    let ctx = context(g).await?;
+    let new = ModelName::parse(model).map_err(|e| Failure::Config(e.to_string()))?;
+    let state_dir = rooted(&ctx.root, &ctx.settings.state_dir);
+    let path = &ctx.paths.model_conf;
+    let current = match chosen_model(&state_dir).await {
+        Some(m) => Some(m),
+        None => modelconf::read(path).await.ok().map(|c| c.model),
+    };
+    if let Some(cur) = &current {
+        if *cur != new {
+            // Refuse before touching the file: the supervisor would refuse too, later and quieter.
+            if let Some(why) = fit::admission(&ctx.client, &ctx.settings, &ctx.root, cur, &new).await {
+                return finish(&ctx, Outcome { model: new.to_string(), switched: false, stage: None, message: why }, code::FAILED);
+            }
+        }
+    }
+    let before = match fs::read_capped(path, fs::cap::MODEL_CONF).await {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => Vec::new(),
+        Err(e) => return Err(Failure::Config(e.to_string()).into()),
+    };
+    let after = modelconf::with_model(&before, &new);
+    if after != before {
+        fs::write_atomic(path, after, 0o644).await.with_context(|| format!("cannot write {} (run with sudo?)", path.display()))?;
+        eprintln!("{}: OLLAMA_MODEL={new}", path.display());
+    }
+    if no_wait {
+        return finish(&ctx, Outcome { model: new.to_string(), switched: false, stage: None, message: "model.conf written; not waiting".into() }, code::OK);
+    }
+    let limit = timeout.unwrap_or(ctx.settings.load_timeout + Duration::from_secs(120));
+    let t0 = Instant::now();
+    let mut said = t0;
+    loop {
+        let state = StateFile::read(&state_dir).await.ok().flatten();
+        let Some(s) = state.filter(|s| liveness(s.pid) == Liveness::Running) else {
+            let msg = "model.conf is written, but no jetson-llmd supervisor is running to switch (sudo systemctl start jetson-llmd)".to_string();
+            return finish(&ctx, Outcome { model: new.to_string(), switched: false, stage: None, message: msg }, code::FAILED);
+        };
+        if s.model.as_deref() == Some(new.as_str()) && s.stage == Stage::Ready {
+            let msg = format!("switched to {new} in {:.1} s: {}", t0.elapsed().as_secs_f64(), jetson_llmd::text::clean(&s.status));
+            return finish(&ctx, Outcome { model: new.to_string(), switched: true, stage: Some(s.stage), message: msg }, code::OK);
+        }
+        if let Some(w) = s.warnings.iter().find(|w| w.starts_with(&format!("model.conf names {new},"))) {
+            return finish(&ctx, Outcome { model: new.to_string(), switched: false, stage: Some(s.stage), message: jetson_llmd::text::clean(w) }, code::FAILED);
+        }
+        if matches!(s.stage, Stage::RebootRequired | Stage::CpuFallback | Stage::DoesNotFit | Stage::PartlyOnGpu) {
+            let c = match s.stage {
+                Stage::RebootRequired => code::REBOOT_REQUIRED,
+                Stage::CpuFallback => code::ON_CPU,
+                _ => code::FAILED,
+            };
+            return finish(&ctx, Outcome { model: new.to_string(), switched: false, stage: Some(s.stage), message: jetson_llmd::text::clean(&s.status) }, c);
+        }
+        if t0.elapsed() > limit {
+            let msg = format!("no outcome within {}; the supervisor says: {}", humantime::format_duration(limit), jetson_llmd::text::clean(&s.status));
+            return finish(&ctx, Outcome { model: new.to_string(), switched: false, stage: Some(s.stage), message: msg }, code::FAILED);
+        }
+        if said.elapsed() >= Duration::from_secs(15) {
+            said = Instant::now();
+            eprintln!("still switching ({}s): {} {}", t0.elapsed().as_secs(), s.stage, jetson_llmd::text::clean(&s.status));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn finish(ctx: &super::Ctx, o: Outcome, c: i32) -> anyhow::Result<i32> {
+    if ctx.json {
+        print_json(&o)?;
+    } else if c == code::OK {
+        println!("{}", o.message);
+    } else {
+        eprintln!("error: {}", o.message);
+    }
+    Ok(c)
+}
