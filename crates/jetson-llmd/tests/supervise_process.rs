@@ -29,9 +29,19 @@ impl Rig {
         Rig::custom(extra_env, &fake_ollama_bin(), "127.0.0.1")
     }
 
+    /// A rig in `root`, with environment that depends on where the root is.
+    fn start_in(root: tempfile::TempDir, extra_env: &[(&str, &str)], more: impl Fn(&Path) -> Vec<(String, String)>) -> Rig {
+        let extra: Vec<(String, String)> = extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).chain(more(root.path())).collect();
+        let refs: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Rig::build(root, &refs, &fake_ollama_bin(), "127.0.0.1")
+    }
+
     /// `bind_host` is what OLLAMA_HOST names (e.g. 0.0.0.0); `ollama` the binary run as Ollama.
     fn custom(extra_env: &[(&str, &str)], ollama: &Path, bind_host: &str) -> Rig {
-        let root = tempfile::tempdir().expect("tmp");
+        Rig::build(tempfile::tempdir().expect("tmp"), extra_env, ollama, bind_host)
+    }
+
+    fn build(root: tempfile::TempDir, extra_env: &[(&str, &str)], ollama: &Path, bind_host: &str) -> Rig {
         std::fs::create_dir_all(root.path().join("etc/ollama")).expect("mkdir");
         std::fs::create_dir_all(root.path().join("proc/sys/vm")).expect("mkdir");
         std::fs::write(root.path().join("etc/ollama/model.conf"), "OLLAMA_MODEL=gemma4:e2b-8k\n").expect("w");
@@ -470,4 +480,36 @@ fn switch_writes_model_conf_keeping_comments_and_waits_for_the_outcome() {
     let o = sw(&["switch", "no such; model"]);
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).starts_with("error: "), "one clear line");
+}
+
+#[test]
+fn a_switch_on_fragile_memory_drops_caches_once_and_never_loops() {
+    // The emulator's "unallocatable after unload" memory: the switch's own unload fragments it.
+    // 1. drop_caches reaches the emulator (its stand-in file is the one the supervisor writes):
+    //    the one retry after it loads the new model.
+    let rig = Rig::start_in(tempfile::tempdir().expect("tmp"), &[("FAKE_OLLAMA_FRAGILE_MEMORY", "true")], |root| {
+        vec![("FAKE_OLLAMA_DROP_CACHES_FILE".into(), root.join("proc/sys/vm/drop_caches").display().to_string())]
+    });
+    rig.wait_stage("ready", 30);
+    std::thread::sleep(Duration::from_millis(50)); // a distinct mtime for the drop_caches write
+    std::fs::write(rig.root.path().join("etc/ollama/model.conf"), "OLLAMA_MODEL=gemma3:4b\n").expect("w");
+    rig.wait_for("switched after one drop_caches", 30, |r| r.state()["model"] == "gemma3:4b" && r.state()["stage"] == "ready");
+    assert_eq!(rig.log().matches("dropping caches and trying once more").count(), 1, "{}", rig.log());
+
+    // 2. drop_caches does not help: the new model fails, the old one cannot come back either,
+    //    and the supervisor stops with reboot required (4) instead of looping.
+    let mut rig = Rig::start(&[("FAKE_OLLAMA_FRAGILE_MEMORY", "true")]);
+    rig.wait_stage("ready", 30);
+    std::fs::write(rig.root.path().join("etc/ollama/model.conf"), "OLLAMA_MODEL=gemma3:4b\n").expect("w");
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = rig.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "no outcome: {:#}\n{}", rig.state(), rig.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(4), "{}", rig.log());
+    assert!(rig.log().contains("could not be loaded back"), "{}", rig.log());
+    assert_eq!(rig.log().matches("dropping caches and trying once more").count(), 1, "one drop_caches, no loop:\n{}", rig.log());
 }

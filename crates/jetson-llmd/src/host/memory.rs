@@ -6,6 +6,10 @@ use std::path::PathBuf;
 #[allow(async_fn_in_trait)]
 pub trait MemoryRelief {
     async fn drop_caches(&self) -> std::io::Result<()>;
+    /// False when there is nothing left to try (then an out-of-memory load is final at once).
+    fn available(&self) -> bool {
+        true
+    }
 }
 
 /// No remediation left (caches were already dropped once for this attempt).
@@ -15,6 +19,9 @@ pub struct NoRelief;
 impl MemoryRelief for NoRelief {
     async fn drop_caches(&self) -> std::io::Result<()> {
         Err(std::io::Error::other("caches were already dropped once for this switch"))
+    }
+    fn available(&self) -> bool {
+        false
     }
 }
 

@@ -118,6 +118,7 @@ async fn load_pinned<A: OllamaApi, R: MemoryRelief>(api: &A, model: &ModelName, 
     let t0 = Instant::now();
     match api.load(model.as_str(), KeepAlive::Forever).await {
         Ok(()) => return Ok((t0.elapsed(), false)),
+        Err(e) if e.is_out_of_memory() && !relief.available() => return Err(Failure::RebootRequired { detail: e.message() }),
         Err(e) if e.is_out_of_memory() => {
             tracing::warn!("loading {model} ran out of GPU memory ({}); dropping caches and trying once more", e.message());
             if let Err(io) = relief.drop_caches().await {

@@ -389,10 +389,15 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         let model = self.configured_model(last_good).await?;
         self.state.state.model = Some(model.to_string());
         self.set_stage(Stage::Preloading, &format!("loading {model} onto the GPU (a cold load takes 30-70 s on an Orin Nano; up to {})", humantime::format_duration(self.settings.load_timeout))).await;
+        let cold = matches!(warm::residency(&self.api, &self.settings, &model).await, Ok(warm::Residency::Missing(_)));
+        let t0 = Instant::now();
         if let Err(f) = self.backend.warm(&self.api, &self.settings, &model).await {
             return Err(self.too_big_or(f, &model).await);
         }
-        let report = warm::verify(&self.api, &self.settings, &model).await?;
+        let mut report = warm::verify(&self.api, &self.settings, &model).await?;
+        // The fit table's load time: the wall time of a cold warm (pull or create included when
+        // they happened, which is what a switch costs).
+        report.load_ms = cold.then(|| t0.elapsed().as_millis() as u64);
         self.record_fit(&model, &report).await;
         self.state.state.warm = Some(report);
         self.state.event("model warm").await;
@@ -504,7 +509,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                         Ok(old.clone())
                     }
                     Err(back) if back.is_out_of_memory() || matches!(f, Failure::RebootRequired { .. }) => Err(Failure::RebootRequired {
-                        detail: format!("{new} failed ({f}) and {old} could not be loaded back ({back})"),
+                        detail: format!("{new} ran out of memory after drop_caches, and {old} could not be loaded back: {}", oom_detail(&back)),
                     }),
                     Err(back) => Err(back),
                 }
@@ -729,6 +734,14 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
             }
             Phase::Down => Next::Continue,
         }
+    }
+}
+
+/// The allocator's own words inside an out-of-memory failure (not our wrapping of them).
+fn oom_detail(f: &Failure) -> String {
+    match f {
+        Failure::RebootRequired { detail } | Failure::DoesNotFit { detail, .. } => detail.clone(),
+        other => other.to_string(),
     }
 }
 
