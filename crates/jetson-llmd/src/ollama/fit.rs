@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 const MIB: u64 = 1 << 20;
-/// llama-server's CUDA context and compute graph beyond weights and KV cache (an estimate: on
-/// an Orin Nano the difference between /api/ps `size` and weights + KV cache is ~250-400 MiB).
+/// llama-server's CUDA context and compute graph beyond weights and KV cache. An assumption, not
+/// a measurement (no board here): the fit table replaces the whole estimate after the first load.
 pub const RUNNER_OVERHEAD: u64 = 320 * MIB;
 /// Most entries kept in the fit table.
 const MAX_ENTRIES: usize = 64;
