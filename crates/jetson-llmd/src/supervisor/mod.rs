@@ -15,6 +15,7 @@ pub mod backend;
 pub mod process;
 pub mod stage;
 pub mod state;
+mod switch;
 pub mod systemd;
 #[cfg(test)]
 mod tests;
@@ -24,10 +25,10 @@ use crate::failure::Failure;
 use crate::host::notify::{guarded, Notifier};
 use crate::host::signals::Signals;
 use crate::ollama::discovery::{self, GpuReport};
-use crate::ollama::fit;
 use crate::ollama::warm::{self, TickRecord};
 use crate::ollama::OllamaApi;
 use backend::{Backend, OllamaEvent};
+use switch::Block;
 use stage::{policy, Action, Stage};
 use state::{LauncherKind, StateFile};
 use std::path::PathBuf;
@@ -59,14 +60,6 @@ pub struct Supervisor<A: OllamaApi, B: Backend, N: Notifier> {
     pub conf_watch: bool,
     /// WATCHDOG=1 period (half of WatchdogSec=), if any.
     pub watchdog: Option<Duration>,
-}
-
-/// Why a switch does not start.
-enum Block {
-    /// Admission: it does not fit (the words say by how much).
-    Refused(String),
-    /// The new model cannot be made present (pull or create failed).
-    Failed(Failure),
 }
 
 enum Event {
@@ -418,106 +411,6 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         crate::host::rooted(&self.paths.root, &self.settings.state_dir)
     }
 
-    /// The footprint this model really has here, for the next admission.
-    async fn record_fit(&self, model: &ModelName, r: &warm::WarmReport) {
-        let dir = self.state_dir();
-        let mut table = fit::FitTable::load(&dir).await;
-        let num_ctx = self.settings.derived(model).and_then(|d| d.num_ctx).map(|n| n.get());
-        table.record(fit::Fit { model: model.full(), num_ctx, size: r.size, size_vram: r.size_vram, load_ms: r.load_ms, measured_at: state::now() });
-        table.save(&dir).await;
-    }
-
-    /// Before `current` is touched: `new` is made present (pull, or create when derived) while
-    /// `current` stays warm, then admitted by memory. Err says why the switch must not start.
-    async fn prepare_switch(&self, current: &ModelName, new: &ModelName) -> Result<(), Block> {
-        warm::ensure_present(&self.api, &self.settings, new).await.map_err(Block::Failed)?;
-        match self.admission(current, new).await {
-            Some(why) => Err(Block::Refused(why)),
-            None => Ok(()),
-        }
-    }
-
-    /// Too big is not fragmented: an out-of-memory that survived drop_caches means reboot
-    /// required only for a model that loaded here before (fit table) or fits its estimate; a
-    /// model that never loaded here and does not fit by the estimate simply does not fit.
-    async fn too_big_or(&self, f: Failure, model: &ModelName) -> Failure {
-        let Failure::RebootRequired { detail } = f else { return f };
-        let ctx = self.settings.derived(model).and_then(|d| d.num_ctx).map(|n| n.get());
-        if fit::FitTable::load(&self.state_dir()).await.get(&model.full(), ctx).is_some() {
-            return Failure::RebootRequired { detail };
-        }
-        let estimate = async {
-            let size = self.api.tags().await.ok()?.models.iter().find(|m| model.matches(&m.name)).map(|m| m.size)?;
-            let show = self.api.show(&model.full()).await.ok()?;
-            fit::estimate(size, &show, ctx.unwrap_or(fit::DEFAULT_CTX))
-        };
-        let (Some(need), Some(avail)) = (estimate.await, crate::host::memory::mem_available(&self.paths.root).await) else {
-            return Failure::RebootRequired { detail };
-        };
-        // Whatever else is loaded would be evicted for it: count it as free.
-        let others: u64 = self.api.ps().await.map(|p| p.models.iter().map(|m| m.size).sum()).unwrap_or(0);
-        match fit::admit(need, Some(avail), others, self.settings.memory_reserve_mib << 20) {
-            fit::Verdict::DoesNotFit { missing } => Failure::DoesNotFit {
-                model: model.to_string(),
-                detail: format!("it never loaded on this board, needs ~{} by its estimate and {} are missing ({detail})", fit::gib(need), fit::gib(missing)),
-            },
-            _ => Failure::RebootRequired { detail },
-        }
-    }
-
-    /// Memory admission: None admits `new`, Some says why not.
-    async fn admission(&self, current: &ModelName, new: &ModelName) -> Option<String> {
-        fit::admission(&self.api, &self.settings, &self.paths.root, current, new).await
-    }
-
-    /// The switch protocol, once the new model is present and admitted: the keepalive pauses
-    /// (it must not re-warm the old model midway), the old model is unloaded and gone from
-    /// /api/ps, the new one loads pinned (out of memory: drop caches once and retry once, in the
-    /// preload), and is verified. If it cannot be loaded, the old one is loaded back (the user's
-    /// last working state); if that fails too, reboot required. One journal line with the steps.
-    async fn switch(&mut self, old: &ModelName, new: &ModelName) -> Result<ModelName, Failure> {
-        let t0 = Instant::now();
-        tracing::info!("switching {old} -> {new}: unloading {old} first (both do not fit in 8 GB)");
-        self.backend.stop_keepalive().await;
-        warm::unload_and_wait(&self.api, &old.full()).await?;
-        let unloaded = t0.elapsed();
-        match self.warm_model(None).await {
-            Ok(m) => {
-                tracing::info!(
-                    "switched {old} -> {m} in {:.1} s (unload {:.1} s, load and verify {:.1} s)",
-                    t0.elapsed().as_secs_f64(),
-                    unloaded.as_secs_f64(),
-                    (t0.elapsed() - unloaded).as_secs_f64()
-                );
-                Ok(m)
-            }
-            Err(f @ (Failure::Unreachable(_) | Failure::OllamaDown(_) | Failure::Cancelled | Failure::GpuMissing { .. } | Failure::OnCpu { .. } | Failure::Config(_))) => Err(f),
-            Err(f) => {
-                tracing::error!("{new} could not be loaded ({f}); loading {old} back");
-                let _ = warm::unload_and_wait(&self.api, &new.full()).await;
-                // Caches were dropped once already for the new model: no second try of that.
-                match warm::preload(&self.api, &self.settings, old, &crate::host::memory::NoRelief).await {
-                    Ok(r) => {
-                        self.record_fit(old, &r).await;
-                        self.state.state.model = Some(old.to_string());
-                        self.state.state.warm = Some(r);
-                        if let Err(e) = self.backend.start_keepalive().await {
-                            tracing::error!("{e}");
-                        }
-                        self.conf_warning(Some(format!("model.conf names {new}, which could not be loaded ({f}); {old} is loaded again; edit model.conf to try again")));
-                        tracing::info!("switch {old} -> {new} failed after {:.1} s; back on {old}", t0.elapsed().as_secs_f64());
-                        Ok(old.clone())
-                    }
-                    Err(back) if back.is_out_of_memory() || matches!(f, Failure::RebootRequired { .. }) => Err(Failure::RebootRequired {
-                        detail: format!("{new} ran out of memory after drop_caches, and {old} could not be loaded back: {}", oom_detail(&back)),
-                    }),
-                    Err(back) => Err(back),
-                }
-            }
-        }
-    }
-
-
     fn ready_text(&self, model: &ModelName) -> String {
         let pct = self.state.state.warm.as_ref().map_or(100, |w| w.gpu_percent);
         format!("ready: {model} warm on the GPU ({pct}%), pinned; keepalive every {}", humantime::format_duration(self.settings.keepalive_interval))
@@ -734,14 +627,6 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
             }
             Phase::Down => Next::Continue,
         }
-    }
-}
-
-/// The allocator's own words inside an out-of-memory failure (not our wrapping of them).
-fn oom_detail(f: &Failure) -> String {
-    match f {
-        Failure::RebootRequired { detail } | Failure::DoesNotFit { detail, .. } => detail.clone(),
-        other => other.to_string(),
     }
 }
 
