@@ -28,6 +28,12 @@ pub struct Fit {
     pub size_vram: u64,
     /// Cold load time, when the load was ours and timed.
     pub load_ms: Option<u64>,
+    /// MemAvailable just before and after a cold load (bytes): what the load really took from
+    /// the board, page cache and all, beside what Ollama reports.
+    #[serde(default)]
+    pub mem_available_before: Option<u64>,
+    #[serde(default)]
+    pub mem_available_after: Option<u64>,
     pub measured_at: String,
 }
 
@@ -202,7 +208,7 @@ mod tests {
     #[test]
     fn the_table_keeps_one_entry_per_model_and_context() {
         let mut t = FitTable::default();
-        let f = |m: &str, c: u64, size: u64| Fit { model: m.into(), num_ctx: Some(c), size, size_vram: size, load_ms: None, measured_at: String::new() };
+        let f = |m: &str, c: u64, size: u64| Fit { model: m.into(), num_ctx: Some(c), size, size_vram: size, load_ms: None, mem_available_before: None, mem_available_after: None, measured_at: String::new() };
         t.record(f("a", 8192, 1));
         t.record(f("a", 8192, 2));
         t.record(f("a", 4096, 3));

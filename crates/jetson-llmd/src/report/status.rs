@@ -260,7 +260,7 @@ pub fn render(r: &StatusReport) -> String {
         if let Some(p) = newest {
             row(&mut o, "last ping", format!("{} {}", crate::text::clean(&p.at), crate::text::clean(&p.detail)));
         }
-        row(&mut o, "re-warms", format!("{} (Ollama restarts: {})", s.rewarm_count, s.ollama_restarts));
+        row(&mut o, "re-warms", format!("{} (re-pins: {}, Ollama restarts: {})", s.rewarm_count, s.repin_count, s.ollama_restarts));
         if !s.timeline.is_empty() {
             o.push_str("  boot timeline:\n");
             for e in &s.timeline {

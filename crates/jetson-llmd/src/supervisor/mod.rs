@@ -383,6 +383,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         self.state.state.model = Some(model.to_string());
         self.set_stage(Stage::Preloading, &format!("loading {model} onto the GPU (a cold load takes 30-70 s on an Orin Nano; up to {})", humantime::format_duration(self.settings.load_timeout))).await;
         let cold = matches!(warm::residency(&self.api, &self.settings, &model).await, Ok(warm::Residency::Missing(_)));
+        let mem_before = if cold { crate::host::memory::mem_available(&self.paths.root).await } else { None };
         let t0 = Instant::now();
         if let Err(f) = self.backend.warm(&self.api, &self.settings, &model).await {
             return Err(self.too_big_or(f, &model).await);
@@ -391,7 +392,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         // The fit table's load time: the wall time of a cold warm (pull or create included when
         // they happened, which is what a switch costs).
         report.load_ms = cold.then(|| t0.elapsed().as_millis() as u64);
-        self.record_fit(&model, &report).await;
+        self.record_fit(&model, &report, mem_before).await;
         self.state.state.warm = Some(report);
         self.state.event("model warm").await;
         self.set_stage(Stage::StartingKeepalive, &format!("{model} is warm; starting the keepalive")).await;
@@ -534,7 +535,11 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         };
         match found {
             warm::Residency::Pinned => return Next::Continue,
-            warm::Residency::Unpinned { expires_at } => tracing::warn!("{model} expires at {expires_at}: another client changed its keep_alive; pinning it again now"),
+            warm::Residency::Unpinned { expires_at } => {
+                self.state.state.repin_count += 1;
+                self.state.save().await;
+                tracing::warn!("{model} expires at {expires_at}: another client changed its keep_alive; pinning it again now");
+            }
             warm::Residency::Missing(why) => {
                 if lp.evictions.count() >= 2 {
                     // The next ping (backed off) will re-warm; a third quick reload would be a fight.

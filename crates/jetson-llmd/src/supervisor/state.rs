@@ -45,6 +45,8 @@ pub struct State {
     /// The supervisor's own last ping (process launcher; under systemd see keepalive.json).
     pub last_ping: Option<TickRecord>,
     pub rewarm_count: u64,
+    /// Times another client's keep_alive had to be overridden (the model re-pinned).
+    pub repin_count: u64,
     pub ollama_restarts: u64,
     pub timeline: Vec<TimelineEvent>,
     pub warnings: Vec<String>,
@@ -64,6 +66,7 @@ impl Default for State {
             warm: None,
             last_ping: None,
             rewarm_count: 0,
+            repin_count: 0,
             ollama_restarts: 0,
             timeline: Vec::new(),
             warnings: Vec::new(),

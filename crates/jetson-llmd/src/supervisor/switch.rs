@@ -21,11 +21,24 @@ pub(super) enum Block {
 
 impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
     /// The footprint this model really has here, for the next admission.
-    pub(super) async fn record_fit(&self, model: &ModelName, r: &warm::WarmReport) {
+    pub(super) async fn record_fit(&self, model: &ModelName, r: &warm::WarmReport, mem_before: Option<u64>) {
         let dir = self.state_dir();
         let mut table = fit::FitTable::load(&dir).await;
         let num_ctx = self.settings.derived(model).and_then(|d| d.num_ctx).map(|n| n.get());
-        table.record(fit::Fit { model: model.full(), num_ctx, size: r.size, size_vram: r.size_vram, load_ms: r.load_ms, measured_at: state::now() });
+        let mem_after = match mem_before {
+            Some(_) => crate::host::memory::mem_available(&self.paths.root).await,
+            None => None,
+        };
+        table.record(fit::Fit {
+            model: model.full(),
+            num_ctx,
+            size: r.size,
+            size_vram: r.size_vram,
+            load_ms: r.load_ms,
+            mem_available_before: mem_before,
+            mem_available_after: mem_after,
+            measured_at: state::now(),
+        });
         table.save(&dir).await;
     }
 
@@ -100,7 +113,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                 // Caches were dropped once already for the new model: no second try of that.
                 match warm::preload(&self.api, &self.settings, old, &crate::host::memory::NoRelief).await {
                     Ok(r) => {
-                        self.record_fit(old, &r).await;
+                        self.record_fit(old, &r, None).await;
                         self.state.state.model = Some(old.to_string());
                         self.state.state.warm = Some(r);
                         if let Err(e) = self.backend.start_keepalive().await {

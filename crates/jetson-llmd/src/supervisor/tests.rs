@@ -490,6 +490,7 @@ async fn a_switch_to_a_model_that_does_not_fit_is_refused_before_anything_is_unl
         rig.until("ready", ready).await;
         let fits: crate::ollama::fit::FitTable = serde_json::from_slice(&std::fs::read(rig.dir.path().join("fit.json")).expect("fit.json")).expect("typed");
         assert_eq!((fits.entries[0].model.as_str(), fits.entries[0].num_ctx), ("gemma4:e2b-8k", Some(8192)), "the boot load is measured: {fits:?}");
+        assert_eq!((fits.entries[0].mem_available_before, fits.entries[0].mem_available_after), (Some(131072 * 1024), Some(131072 * 1024)), "MemAvailable around the cold load");
         rig.write_conf("OLLAMA_MODEL=llama3.2:3b\n");
         let s = rig.until("refused", |s| s.warnings.iter().any(|w| w.contains("does not fit"))).await;
         let w = s.warnings.iter().find(|w| w.contains("does not fit")).expect("w");
@@ -541,7 +542,10 @@ async fn another_clients_keep_alive_is_re_pinned_within_the_residency_check() {
         });
         r.expect("ok");
         match kind {
-            LauncherKind::Process => assert!(rig.api.expires.borrow().starts_with("2318"), "re-pinned by the loop"),
+            LauncherKind::Process => {
+                assert!(rig.api.expires.borrow().starts_with("2318"), "re-pinned by the loop");
+                assert_eq!(rig.state().repin_count, 1, "counted");
+            }
             LauncherKind::Systemd => assert!(calls.borrow().contains(&"keepalive_now".to_string()), "the keepalive unit pinged now: {:?}", calls.borrow()),
         }
     }
