@@ -368,16 +368,29 @@ impl Emulator {
         self.log("WARN", "sched.go:1658", "runtime OOM detected; expiring loaded models to clear memory before next request", &format!("model={model} error={error:?}"));
         let keys: Vec<String> = st.loaded.keys().cloned().collect();
         for k in keys {
-            let idle = st.loaded.get_mut(&k).map(|r| {
-                r.keep = Keep::For(Duration::ZERO);
-                r.timer = None;
-                r.refcount == 0
-            });
-            if idle == Some(true) {
-                if let Some(r) = st.loaded.remove(&k) {
-                    self.note_unload(&mut st, &r.name, "runtime out of memory");
-                }
+            self.expire(&mut st, &k, "runtime out of memory");
+        }
+    }
+
+    /// Ollama's one way to get rid of a runner: its duration becomes 0 and its timer stops; idle,
+    /// it unloads now, busy, when its last request ends (sched.go expireRunner / processPending /
+    /// expireRunnersForRuntimeOOM all set sessionDuration = 0 and send it to expiredCh).
+    /// True when it unloaded now.
+    pub(crate) fn expire(&self, st: &mut State, key: &str, why: &str) -> bool {
+        let idle = st.loaded.get_mut(key).map(|r| {
+            r.keep = Keep::For(Duration::ZERO);
+            r.timer = None;
+            r.refcount == 0
+        });
+        if idle != Some(true) {
+            return false;
+        }
+        match st.loaded.remove(key) {
+            Some(r) => {
+                self.note_unload(st, &r.name, why);
+                true
             }
+            None => false,
         }
     }
 

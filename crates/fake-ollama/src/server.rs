@@ -547,21 +547,9 @@ fn schedule(emu: &Arc<Emulator>, name: &str, opts: &RunnerOptions, keep: Option<
     };
     // Trigger the expiration: duration 0, unloaded now if idle, else when its request ends;
     // this request waits for the unload (processPending waits on unloadedCh).
-    let idle = st.loaded.get_mut(&victim).map(|r| {
-        r.keep = Keep::For(Duration::ZERO);
-        r.timer = None;
-        r.refcount == 0
-    });
-    if idle == Some(true) {
-        if let Some(r) = st.loaded.remove(&victim) {
-            let why = if victim == key {
-                st.counters.reloads_for_options += 1;
-                "runner options changed"
-            } else {
-                "evicted to make room"
-            };
-            emu.note_unload(&mut st, &r.name, why);
-        }
+    let why = if victim == key { "runner options changed" } else { "evicted to make room" };
+    if emu.expire(&mut st, &victim, why) && victim == key {
+        st.counters.reloads_for_options += 1;
     }
     Step::Wait
 }
@@ -763,17 +751,10 @@ async fn complete(app: App, body: Bytes, shape: Shape) -> Response {
     if empty && keep == Some(Keep::For(Duration::ZERO)) {
         let mut st = emu.lock();
         if let Some(key) = st.key_of(&name) {
-            let idle = st.loaded.get_mut(&key).map(|r| {
-                r.keep = Keep::For(Duration::ZERO);
+            if let Some(r) = st.loaded.get_mut(&key) {
                 r.expires_at = Some(OffsetDateTime::now_utc());
-                r.timer = None;
-                r.refcount == 0
-            });
-            if idle == Some(true) {
-                if let Some(r) = st.loaded.remove(&key) {
-                    emu.note_unload(&mut st, &r.name, "keep_alive 0");
-                }
             }
+            emu.expire(&mut st, &key, "keep_alive 0");
         }
         return axum::Json(base("unload")).into_response();
     }

@@ -24,6 +24,19 @@ fn m(s: &str) -> ModelName {
     ModelName::parse(s).expect("valid")
 }
 
+/// The emulator with memory that becomes unallocatable after an unload, and the file that
+/// stands in for /proc/sys/vm/drop_caches.
+async fn fragile_with_drop_caches() -> (tempfile::TempDir, std::path::PathBuf, Handle) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let dc = dir.path().join("drop_caches");
+    std::fs::write(&dc, "").expect("w");
+    let mut c = Config::orin_nano(SCALE);
+    c.fragile_memory = true;
+    c.drop_caches_file = Some(dc.clone());
+    let h = emu(c).await;
+    (dir, dc, h)
+}
+
 struct NoRelief;
 impl MemoryRelief for NoRelief {
     async fn drop_caches(&self) -> std::io::Result<()> {
@@ -88,13 +101,7 @@ async fn a_model_too_large_for_the_board_is_partly_on_the_gpu_not_reboot_require
 
 #[tokio::test]
 async fn out_of_memory_drops_caches_once_then_succeeds() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let dc = dir.path().join("drop_caches");
-    std::fs::write(&dc, "").expect("w");
-    let mut c = Config::orin_nano(SCALE);
-    c.fragile_memory = true;
-    c.drop_caches_file = Some(dc.clone());
-    let h = emu(c).await;
+    let (_dir, dc, h) = fragile_with_drop_caches().await;
     let cl = client(&h);
     warm::preload(&cl, &Settings::default(), &m("gemma3:4b"), &NoRelief).await.expect("first load");
     h.emu.evict(None);
@@ -220,13 +227,7 @@ async fn another_clients_model_evicts_ours_even_pinned_and_the_tick_says_who() {
 async fn a_runtime_out_of_memory_is_rewarmed_through_the_out_of_memory_path() {
     // expireRunnersForRuntimeOOM unloads our pinned model; on the board that leaves memory
     // unallocatable, so the re-warm must go through drop_caches, not a blind retry.
-    let dir = tempfile::tempdir().expect("tmp");
-    let dc = dir.path().join("drop_caches");
-    std::fs::write(&dc, "").expect("w");
-    let mut c = Config::orin_nano(SCALE);
-    c.fragile_memory = true;
-    c.drop_caches_file = Some(dc.clone());
-    let h = emu(c).await;
+    let (_dir, dc, h) = fragile_with_drop_caches().await;
     let cl = client(&h);
     let s = Settings::default();
     warm::preload(&cl, &s, &m("gemma3:4b"), &NoRelief).await.expect("warm");
