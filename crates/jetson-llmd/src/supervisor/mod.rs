@@ -112,8 +112,19 @@ struct Loop {
     conf_bytes: Option<Vec<u8>>,
     /// The last model that was warm: kept when model.conf turns invalid.
     last_good: Option<ModelName>,
+    /// model.conf as it was when its model was refused (does not fit) or could not be loaded
+    /// and the old model came back: until the file changes, the old model is what boots.
+    rejected_conf: Option<Vec<u8>>,
     /// Re-warms that keep happening (another client evicting ours) slow the ticks down.
     evictions: warm::EvictionBackoff,
+}
+
+impl Loop {
+    /// The model to keep regardless of model.conf: the last good one, while model.conf still says
+    /// what was refused or failed.
+    fn keep(&self) -> Option<ModelName> {
+        (self.rejected_conf.is_some() && self.rejected_conf == self.conf_bytes).then(|| self.last_good.clone()).flatten()
+    }
 }
 
 const FAR: Duration = Duration::from_secs(86400 * 365);
@@ -133,6 +144,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
             ready_sent: false,
             conf_bytes: modelconf::read_bytes(&self.paths.model_conf).await.ok(),
             last_good: None,
+            rejected_conf: None,
             evictions: warm::EvictionBackoff::default(),
         };
         let mut watch = if self.conf_watch {
@@ -259,7 +271,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
             Due::Boot => {
                 let what = format!("bringing up {}", self.backend.describe());
                 let (n, wd) = self.pet();
-                match step(&n, wd, signals, &what, self.boot(signals, lp.last_good.clone())).await {
+                match step(&n, wd, signals, &what, self.boot(signals, lp.last_good.clone(), lp.keep())).await {
                     None => Next::Exit(self.shutdown().await),
                     Some(Ok(model)) => self.warmed(lp, model).await,
                     Some(Err(f)) => self.failed(lp, f).await,
@@ -271,7 +283,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
     }
 
     /// One boot sequence: Ollama started -> API ready -> GPU found -> model warm -> keepalive.
-    async fn boot(&mut self, signals: &Signals, last_good: Option<ModelName>) -> Result<ModelName, Failure> {
+    async fn boot(&mut self, signals: &Signals, last_good: Option<ModelName>, keep: Option<ModelName>) -> Result<ModelName, Failure> {
         self.state.restart_timeline();
         let what = self.backend.describe();
         self.set_stage(Stage::StartingOllama, &format!("starting {what}")).await;
@@ -318,14 +330,14 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         }
         self.state.event("GPU found").await;
         // First load wins: nothing else may take the memory before ours.
-        let ours = self.configured_model(last_good.clone()).await?;
+        let ours = self.configured_model(last_good.clone(), keep.clone()).await?;
         let unloaded = warm::unload_others(&self.api, &self.settings, &ours).await?;
         self.state.state.warnings.retain(|w| !w.starts_with("at boot,"));
         if !unloaded.is_empty() {
             let names: Vec<String> = unloaded.iter().map(|n| crate::text::clip(n, 100)).collect();
             self.state.state.warnings.push(format!("at boot, {} was loaded before {ours}; unloaded it so {ours} loads first (check what loads it: another client or unit)", names.join(", ")));
         }
-        self.warm_model(last_good).await
+        self.warm_model(last_good, keep).await
     }
 
     /// Polls Ollama's log for the discovery line until it appears or the deadline passes.
@@ -352,7 +364,11 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
     }
 
     /// The model model.conf names; the last good one when the file is invalid (with a warning).
-    async fn configured_model(&mut self, last_good: Option<ModelName>) -> Result<ModelName, Failure> {
+    async fn configured_model(&mut self, last_good: Option<ModelName>, keep: Option<ModelName>) -> Result<ModelName, Failure> {
+        if let Some(m) = keep {
+            tracing::info!("model.conf still names the model that was refused or could not be loaded; keeping {m} until the file changes");
+            return Ok(m);
+        }
         match modelconf::read(&self.paths.model_conf).await {
             Ok(c) => {
                 for w in &c.warnings {
@@ -378,8 +394,8 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
     }
 
     /// Loads `model` (or model.conf's) pinned and checks where it landed; starts the keepalive.
-    async fn warm_model(&mut self, last_good: Option<ModelName>) -> Result<ModelName, Failure> {
-        let model = self.configured_model(last_good).await?;
+    async fn warm_model(&mut self, last_good: Option<ModelName>, keep: Option<ModelName>) -> Result<ModelName, Failure> {
+        let model = self.configured_model(last_good, keep).await?;
         self.state.state.model = Some(model.to_string());
         self.set_stage(Stage::Preloading, &format!("loading {model} onto the GPU (a cold load takes 30-70 s on an Orin Nano; up to {})", humantime::format_duration(self.settings.load_timeout))).await;
         let cold = matches!(warm::residency(&self.api, &self.settings, &model).await, Ok(warm::Residency::Missing(_)));
@@ -479,7 +495,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
     async fn warm_now(&mut self, lp: &mut Loop, signals: &Signals) -> Next {
         let last_good = lp.last_good.clone();
         let (n, wd) = self.pet();
-        match step(&n, wd, signals, "loading the model", self.warm_model(last_good)).await {
+        match step(&n, wd, signals, "loading the model", self.warm_model(last_good, lp.keep())).await {
             None => Next::Exit(self.shutdown().await),
             Some(Ok(m)) => self.warmed(lp, m).await,
             Some(Err(f)) => self.failed(lp, f).await,
@@ -609,6 +625,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                 match prepared {
                     Ok(()) => {}
                     Err(Block::Refused(why)) => {
+                        lp.rejected_conf = lp.conf_bytes.clone();
                         tracing::error!("{why}");
                         self.notify.status(&why);
                         self.conf_warning(Some(why));
@@ -621,7 +638,10 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                 let (n, wd) = self.pet();
                 match step(&n, wd, signals, "switching models", self.switch(&current, &conf.model)).await {
                     None => Next::Exit(self.shutdown().await),
-                    Some(Ok(m)) => self.warmed(lp, m).await,
+                    Some(Ok(m)) => {
+                        lp.rejected_conf = (m != conf.model).then(|| lp.conf_bytes.clone()).flatten();
+                        self.warmed(lp, m).await
+                    }
                     Some(Err(f)) => self.failed(lp, f).await,
                 }
             }

@@ -96,7 +96,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         self.backend.stop_keepalive().await;
         warm::unload_and_wait(&self.api, &old.full()).await?;
         let unloaded = t0.elapsed();
-        match self.warm_model(None).await {
+        match self.warm_model(None, None).await {
             Ok(m) => {
                 tracing::info!(
                     "switched {old} -> {m} in {:.1} s (unload {:.1} s, load and verify {:.1} s)",

@@ -203,7 +203,7 @@ async fn a_new_model_that_runs_out_of_memory_falls_back_to_the_old_one_and_then_
     let oom = || "llama-server process has terminated: exit status 1: cudaMalloc failed: out of memory".to_string();
     // 1. The new model fails twice (drop caches once in between): the old one is loaded back.
     let rig = Rig::new();
-    let (backend, _tx) = FakeBackend::new(LauncherKind::Process);
+    let (backend, tx) = FakeBackend::new(LauncherKind::Process);
     let relief = backend.relief.clone();
     let (r, ()) = tokio::join!(rig.supervisor(backend).run(rig.signals.clone()), async {
         rig.until("ready", ready).await;
@@ -213,6 +213,13 @@ async fn a_new_model_that_runs_out_of_memory_falls_back_to_the_old_one_and_then_
         assert_eq!((s.stage, s.model.as_deref()), (Stage::Ready, Some("gemma4:e2b-8k")), "{s:#?}");
         assert!(s.warnings[0].starts_with("model.conf names llama3.2:3b, which could not be loaded (GPU memory cannot be allocated"), "{:?}", s.warnings);
         assert_eq!(rig.api.loaded.borrow().as_deref(), Some("gemma4:e2b-8k"));
+        // Ollama restarts: the old model boots again, not the one that failed (model.conf
+        // still names it, unchanged).
+        *rig.api.loaded.borrow_mut() = None;
+        tx.send(crate::supervisor::backend::OllamaEvent::Down("ollama serve exited (signal: 9)".into())).expect("send");
+        rig.until("back up", |s| ready(s) && s.ollama_restarts == 1).await;
+        assert_eq!(rig.api.loaded.borrow().as_deref(), Some("gemma4:e2b-8k"));
+        assert_eq!(rig.api.load_log().iter().filter(|(m, k)| m == "llama3.2:3b" && *k == KeepAlive::Forever).count(), 2, "no new attempt at the failed model");
         rig.signals.shutdown.cancel();
     });
     r.expect("ok");
