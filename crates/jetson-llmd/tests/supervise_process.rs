@@ -513,3 +513,30 @@ fn a_switch_on_fragile_memory_drops_caches_once_and_never_loops() {
     assert!(rig.log().contains("could not be loaded back"), "{}", rig.log());
     assert_eq!(rig.log().matches("dropping caches and trying once more").count(), 1, "one drop_caches, no loop:\n{}", rig.log());
 }
+
+#[test]
+fn doctor_on_a_fixture_root_names_each_problem_and_exits_1() {
+    let root = tempfile::tempdir().expect("tmp");
+    let w = |p: &str, t: &str| {
+        let path = root.path().join(p);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, t).expect("w");
+    };
+    w("proc/cmdline", "root=/dev/mmcblk0p1 cma=800M\n");
+    w("etc/nv_tegra_release", "# R36 (release), REVISION: 4.7\n");
+    w("etc/jetson-llmd/ollama.env", "OLLAMA_HOST=0.0.0.0:11434\n");
+    let o = Command::new(env!("CARGO_BIN_EXE_jetson-llmd"))
+        .arg("--root")
+        .arg(root.path())
+        .args(["--json", "doctor"])
+        .env("OLLAMA_HOST", format!("127.0.0.1:{}", free_port()))
+        .output()
+        .expect("runs");
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let verdict = |name: &str| v["checks"].as_array().expect("checks").iter().find(|c| c["name"] == name).map(|c| c["verdict"].as_str().unwrap_or("").to_string());
+    assert_eq!(verdict("cma").as_deref(), Some("FAIL"));
+    assert_eq!(verdict("jetpack").as_deref(), Some("PASS"));
+    assert_eq!(verdict("ollama-host").as_deref(), Some("WARN"), "0.0.0.0 in ollama.env serves the LAN");
+    assert_eq!(verdict("ollama-version").as_deref(), Some("WARN"), "nothing answers");
+}

@@ -2,6 +2,7 @@
 //! context (settings, client, paths) and error reporting.
 
 pub mod check;
+pub mod doctor;
 pub mod exec_child;
 pub mod gpu_check;
 pub mod keepalive;
@@ -109,6 +110,9 @@ pub enum Cmd {
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
     },
+    /// Every host check (board, JetPack, Ollama's JetPack 6 libs, cma=, swap, headroom,
+    /// OLLAMA_HOST, Ollama's version, power mode, GPU clock, units): PASS/WARN/FAIL and the fix.
+    Doctor,
     /// GPU verdict from Ollama's log (the journal of ollama.service, or --log FILE).
     GpuCheck {
         /// A saved log: plain `ollama serve` output or journalctl output (short, cat or json).
@@ -149,6 +153,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Check => check::run(g).await,
         Cmd::Units { jetson_llmd, ollama_bin, output } => units::run(g, &jetson_llmd, ollama_bin, output).await,
         Cmd::GpuCheck { log } => gpu_check::run(g, log).await,
+        Cmd::Doctor => doctor::run(g).await,
         Cmd::Status => status::run(g).await,
         Cmd::Switch { model, no_wait, timeout } => switch::run(g, &model, no_wait, timeout).await,
         Cmd::Preload => preload::run(g).await,

@@ -6,6 +6,7 @@ pub mod fs;
 pub mod journal;
 pub mod memory;
 pub mod notify;
+pub mod probe;
 pub mod signals;
 pub mod systemd;
 pub mod watch;

@@ -1,3 +1,4 @@
 //! What jetson-llmd tells people and scripts: `status` today; doctor, bench and metrics later.
 
+pub mod doctor;
 pub mod status;

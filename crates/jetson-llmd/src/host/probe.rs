@@ -1,0 +1,131 @@
+//! What the host says about itself, read under `--root` with bounded reads. Every reading that
+//! does not exist on this machine is None ("n/a"), never a guess.
+
+use super::fs::{self, cap};
+use super::memory::{meminfo, MemoryInfo};
+use super::rooted;
+use serde::Serialize;
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct Probes {
+    /// /proc/device-tree/model, e.g. "NVIDIA Jetson Orin Nano Developer Kit".
+    pub board: Option<String>,
+    /// L4T major release from /etc/nv_tegra_release (36 = JetPack 6).
+    pub l4t_release: Option<u32>,
+    pub l4t_revision: Option<String>,
+    pub cmdline: Option<String>,
+    pub memory: MemoryInfo,
+    /// Active swap devices (/proc/swaps): (device, on eMMC).
+    pub swaps: Vec<Swap>,
+    /// Thermal zones by type, in degrees C; None where the sensor gives no data.
+    pub thermal: Vec<(String, Option<f64>)>,
+    /// GPU load in per-mille (devfreq of 17000000.gpu).
+    pub gpu_load_permille: Option<u32>,
+    pub gpu_cur_freq_hz: Option<u64>,
+    pub gpu_max_freq_hz: Option<u64>,
+    /// nvpmodel's power mode id, from its status file.
+    pub power_mode: Option<String>,
+    /// lib/ollama/cuda_jetpack6 present under /usr/local.
+    pub ollama_jetpack6_libs: bool,
+    pub ollama_bin: bool,
+    pub units_installed: bool,
+    pub unit_enabled: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Swap {
+    pub device: String,
+    pub size_kb: u64,
+    pub used_kb: u64,
+    /// On the board's eMMC (mmcblk): the seed's cliff.
+    pub on_emmc: bool,
+}
+
+async fn text(root: &Path, path: &str) -> Option<String> {
+    fs::read_text(&rooted(root, Path::new(path)), cap::PROC).await.ok()
+}
+
+fn exists(root: &Path, path: &str) -> bool {
+    std::fs::symlink_metadata(rooted(root, Path::new(path))).is_ok()
+}
+
+/// `# R36 (release), REVISION: 4.7, ...` -> (36, "4.7").
+pub fn l4t(text: &str) -> Option<(u32, Option<String>)> {
+    let first = text.lines().next()?;
+    let r = first.split_whitespace().find_map(|w| w.strip_prefix('R').and_then(|n| n.parse::<u32>().ok()))?;
+    let rev = first.split("REVISION:").nth(1).and_then(|s| s.split(',').next()).map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    Some((r, rev))
+}
+
+/// /proc/swaps lines after the header.
+pub fn swaps(text: &str) -> Vec<Swap> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (device, size, used) = (f.first()?, f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?);
+            Some(Swap { device: crate::text::clip(device, 100), size_kb: size, used_kb: used, on_emmc: device.contains("mmcblk") })
+        })
+        .collect()
+}
+
+/// A thermal `temp` file: millidegrees; empty, invalid or -256 C is no data.
+pub fn temperature(text: &str) -> Option<f64> {
+    let m: i64 = text.trim().parse().ok()?;
+    let c = m as f64 / 1000.0;
+    (c > -200.0 && c < 200.0).then_some(c)
+}
+
+pub async fn gather(root: &Path) -> Probes {
+    let mut p = Probes {
+        board: text(root, "/proc/device-tree/model").await.map(|t| crate::text::clip(t.trim_end_matches('\0').trim(), 200)).filter(|t| !t.is_empty()),
+        cmdline: text(root, "/proc/cmdline").await.map(|t| crate::text::clip(t.trim(), 4000)),
+        memory: text(root, "/proc/meminfo").await.map(|t| meminfo(&t)).unwrap_or_default(),
+        swaps: text(root, "/proc/swaps").await.map(|t| swaps(&t)).unwrap_or_default(),
+        ollama_jetpack6_libs: exists(root, "/usr/local/lib/ollama/cuda_jetpack6"),
+        ollama_bin: exists(root, "/usr/local/bin/ollama"),
+        units_installed: exists(root, "/etc/systemd/system/jetson-llmd.service"),
+        unit_enabled: exists(root, "/etc/systemd/system/multi-user.target.wants/jetson-llmd.service"),
+        ..Default::default()
+    };
+    if let Some((r, rev)) = text(root, "/etc/nv_tegra_release").await.as_deref().and_then(l4t) {
+        p.l4t_release = Some(r);
+        p.l4t_revision = rev;
+    }
+    for i in 0..32 {
+        let Some(kind) = text(root, &format!("/sys/class/thermal/thermal_zone{i}/type")).await else { break };
+        let t = text(root, &format!("/sys/class/thermal/thermal_zone{i}/temp")).await.as_deref().and_then(temperature);
+        p.thermal.push((crate::text::clip(kind.trim(), 40), t));
+    }
+    let gpu = "/sys/class/devfreq/17000000.gpu";
+    p.gpu_load_permille = text(root, &format!("{gpu}/device/load")).await.and_then(|t| t.trim().parse().ok());
+    p.gpu_cur_freq_hz = text(root, &format!("{gpu}/cur_freq")).await.and_then(|t| t.trim().parse().ok());
+    p.gpu_max_freq_hz = text(root, &format!("{gpu}/max_freq")).await.and_then(|t| t.trim().parse().ok());
+    // nvpmodel keeps its state as e.g. "pmode:0000 fmode:normal".
+    p.power_mode = text(root, "/var/lib/nvpmodel/status")
+        .await
+        .and_then(|t| t.split_whitespace().find_map(|w| w.strip_prefix("pmode:").map(|m| crate::text::clip(m, 20))));
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parsers_take_odd_input_without_guessing() {
+        assert_eq!(l4t("# R36 (release), REVISION: 4.7, GCID: 42132812, BOARD: generic, EABI: aarch64\n"), Some((36, Some("4.7".into()))));
+        assert_eq!(l4t("# R35 (release)\n"), Some((35, None)));
+        assert_eq!(l4t("garbage"), None);
+        assert_eq!(l4t(""), None);
+        let s = swaps("Filename Type Size Used Priority\n/dev/mmcblk0p15 partition 3900000 1200 -2\n/dev/zram0 partition 1900000 0 5\n");
+        assert_eq!(s.len(), 2);
+        assert!(s[0].on_emmc && !s[1].on_emmc);
+        assert_eq!(s[0].used_kb, 1200);
+        assert_eq!(temperature("51218\n"), Some(51.218));
+        assert_eq!(temperature("-256000"), None, "offline sensor");
+        assert_eq!(temperature(""), None);
+        assert_eq!(temperature("N/A"), None);
+    }
+}
