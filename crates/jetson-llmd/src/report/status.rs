@@ -62,6 +62,8 @@ pub struct StatusReport {
     pub memory: MemoryInfo,
     /// Footprints measured here (the fit table), for memory admission.
     pub fit: Vec<crate::ollama::fit::Fit>,
+    /// Temperatures, GPU load and clock, power mode, swap devices, CMA (under --root).
+    pub host: Option<crate::host::probe::Probes>,
 }
 
 impl StatusReport {
@@ -182,7 +184,8 @@ pub async fn gather<A: OllamaApi>(api: &A, settings: &Settings, model_conf: &Pat
     // Everything above may carry text from files or Ollama: clean it once, here.
     let warnings = warnings.iter().map(|w| crate::text::clip(w, 500)).collect();
     let fit = crate::ollama::fit::FitTable::load(&state_dir).await.entries;
-    StatusReport { health, warnings, ollama, model, gpu, supervisor, supervisor_running, keepalive, units: Vec::new(), memory, fit }
+    let host = Some(crate::host::probe::gather(root).await);
+    StatusReport { health, warnings, ollama, model, gpu, supervisor, supervisor_running, keepalive, units: Vec::new(), memory, fit, host }
 }
 
 /// Reads the units over the system bus (works unprivileged); quietly empty without one.
@@ -283,6 +286,29 @@ pub fn render(r: &StatusReport) -> String {
             ));
         }
     }
+    if let Some(h) = &r.host {
+        if let (Some(t), Some(f)) = (h.memory.cma_total_kb, h.memory.cma_free_kb) {
+            row(&mut o, "cma", format!("{} MiB free of {} MiB", f / 1024, t / 1024));
+        }
+        if !h.thermal.is_empty() {
+            let t: Vec<String> = h.thermal.iter().map(|(n, c)| format!("{} {}", n.trim_end_matches("-thermal"), c.map_or("n/a".into(), |c| format!("{c:.1} C")))).collect();
+            row(&mut o, "temperature", t.join(", "));
+        }
+        if h.gpu_load_permille.is_some() || h.gpu_cur_freq_hz.is_some() {
+            row(&mut o, "gpu load", format!(
+                "{} at {} (max {})",
+                h.gpu_load_permille.map_or("n/a".into(), |l| format!("{:.1}%", l as f64 / 10.0)),
+                h.gpu_cur_freq_hz.map_or("n/a".into(), |f| format!("{:.0} MHz", f as f64 / 1e6)),
+                h.gpu_max_freq_hz.map_or("n/a".into(), |f| format!("{:.0} MHz", f as f64 / 1e6))
+            ));
+        }
+        if let Some(m) = &h.power_mode {
+            row(&mut o, "power mode", format!("nvpmodel {m}"));
+        }
+        for s in h.swaps.iter().filter(|s| s.on_emmc && s.used_kb > 0) {
+            o.push_str(&format!("  ! {} MiB swapped to eMMC ({}): generation slows to a crawl\n", s.used_kb / 1024, crate::text::clean(&s.device)));
+        }
+    }
     if let (Some(t), Some(a)) = (r.memory.mem_total_kb, r.memory.mem_available_kb) {
         let swap = match (r.memory.swap_total_kb, r.memory.swap_free_kb) {
             (Some(t), Some(f)) => format!(", swap used {} MiB", t.saturating_sub(f) / 1024),
@@ -343,6 +369,7 @@ mod tests {
             }],
             memory: meminfo("MemTotal: 7800000 kB\nMemAvailable: 4000000 kB\nSwapTotal: 3900000 kB\nSwapFree: 2671200 kB\n"),
             fit: Vec::new(),
+            host: None,
         }
     }
 
@@ -352,6 +379,25 @@ mod tests {
         assert!(!text.contains('\u{1b}'));
         insta::assert_snapshot!(text);
         assert_eq!(report().exit_code(), code::FAILED);
+    }
+
+    #[test]
+    fn host_lines_say_n_a_where_there_is_no_reading() {
+        let mut r = report();
+        r.host = Some(crate::host::probe::Probes {
+            memory: meminfo("CmaTotal: 262144 kB\nCmaFree: 100000 kB\n"),
+            thermal: vec![("cpu-thermal".into(), Some(51.218)), ("gpu-thermal".into(), None)],
+            gpu_load_permille: Some(975),
+            gpu_cur_freq_hz: Some(1_020_000_000),
+            gpu_max_freq_hz: None,
+            power_mode: Some("0002".into()),
+            swaps: vec![crate::host::probe::Swap { device: "/dev/mmcblk0p15".into(), size_kb: 3_900_000, used_kb: 1_228_800, on_emmc: true }],
+            ..Default::default()
+        });
+        let text = render(&r);
+        for want in ["cma           97 MiB free of 256 MiB", "temperature   cpu 51.2 C, gpu n/a", "gpu load      97.5% at 1020 MHz (max n/a)", "power mode    nvpmodel 0002", "! 1200 MiB swapped to eMMC (/dev/mmcblk0p15)"] {
+            assert!(text.contains(want), "{want:?} in\n{text}");
+        }
     }
 
     #[test]
