@@ -18,6 +18,8 @@ pub const DEFAULT_MODEL_CONF: &str = "/etc/ollama/model.conf";
 pub struct RawConfig {
     pub keepalive_interval: Option<String>,
     pub residency_check: Option<String>,
+    pub monitor_interval: Option<String>,
+    pub temperature_warn_c: Option<u32>,
     pub expected_compute: Option<String>,
     pub min_gpu_percent: Option<u8>,
     pub ollama_bin: Option<PathBuf>,
@@ -66,6 +68,11 @@ pub struct Settings {
     /// How often the supervisor checks /api/ps that the model is still there and pinned.
     #[serde(with = "humantime_serde_like")]
     pub residency_check: Duration,
+    /// How often the supervisor samples the board (swap-ins, memory, temperatures).
+    #[serde(with = "humantime_serde_like")]
+    pub monitor_interval: Duration,
+    /// A temperature at or above this (C) is a warning.
+    pub temperature_warn_c: u32,
     pub expected_compute: String,
     pub min_gpu_percent: u8,
     pub ollama_bin: PathBuf,
@@ -105,6 +112,8 @@ impl Default for Settings {
         Settings {
             keepalive_interval: Duration::from_secs(240),
             residency_check: Duration::from_secs(15),
+            monitor_interval: Duration::from_secs(10),
+            temperature_warn_c: 85,
             expected_compute: "8.7".into(),
             min_gpu_percent: 100,
             ollama_bin: PathBuf::from("/usr/local/bin/ollama"),
@@ -142,9 +151,10 @@ pub fn parse(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
 
 /// Sane bounds for every duration key: (key, least, most). Outside them a value is a typo or a
 /// misunderstanding (a 1 ns keepalive would hammer Ollama thousands of times a second).
-pub const DURATION_BOUNDS: [(&str, Duration, Duration); 7] = [
+pub const DURATION_BOUNDS: [(&str, Duration, Duration); 8] = [
     ("keepalive_interval", Duration::from_secs(10), Duration::from_secs(3600)),
     ("residency_check", Duration::from_secs(5), Duration::from_secs(600)),
+    ("monitor_interval", Duration::from_secs(1), Duration::from_secs(600)),
     ("startup_timeout", Duration::from_secs(1), Duration::from_secs(3600)),
     ("gpu_discovery_timeout", Duration::from_secs(1), Duration::from_secs(600)),
     ("load_timeout", Duration::from_secs(10), Duration::from_secs(7200)),
@@ -195,6 +205,10 @@ pub fn settle(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Confi
         Some("reboot") => OnRebootRequired::Reboot,
         Some(o) => return Err(err("on_reboot_required", format!("on_reboot_required = {o:?}: use \"report\" or \"reboot\""))),
     };
+    let temperature_warn_c = raw.temperature_warn_c.unwrap_or(d.temperature_warn_c);
+    if !(50..=110).contains(&temperature_warn_c) {
+        return Err(err("temperature_warn_c", format!("temperature_warn_c = {temperature_warn_c}: use 50 to 110 (C)")));
+    }
     let memory_reserve_mib = raw.memory_reserve_mib.unwrap_or(d.memory_reserve_mib);
     if memory_reserve_mib > 4096 {
         return Err(err("memory_reserve_mib", format!("memory_reserve_mib = {memory_reserve_mib}: use 0 to 4096 (MiB)")));
@@ -217,6 +231,8 @@ pub fn settle(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Confi
     Ok(Settings {
         keepalive_interval: duration(path, text, "keepalive_interval", &raw.keepalive_interval, d.keepalive_interval)?,
         residency_check: duration(path, text, "residency_check", &raw.residency_check, d.residency_check)?,
+        monitor_interval: duration(path, text, "monitor_interval", &raw.monitor_interval, d.monitor_interval)?,
+        temperature_warn_c,
         expected_compute,
         min_gpu_percent,
         ollama_bin: raw.ollama_bin.unwrap_or(d.ollama_bin),
@@ -324,6 +340,6 @@ mod tests {
             assert!(text.contains(&format!("{key} = ")), "{key} is not documented in etc/");
         }
         let keys = text.lines().filter(|l| !l.starts_with('[')).filter_map(|l| l.split_once(" = ")).count();
-        assert_eq!(keys, 15 + 2, "every top-level key plus the seed model's from/num_ctx: {text}");
+        assert_eq!(keys, 17 + 2, "every top-level key plus the seed model's from/num_ctx: {text}");
     }
 }

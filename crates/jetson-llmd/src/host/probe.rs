@@ -26,6 +26,8 @@ pub struct Probes {
     pub gpu_max_freq_hz: Option<u64>,
     /// nvpmodel's power mode id, from its status file.
     pub power_mode: Option<String>,
+    /// /proc/vmstat pswpin: pages swapped in since boot.
+    pub pswpin: Option<u64>,
     /// lib/ollama/cuda_jetpack6 present under /usr/local.
     pub ollama_jetpack6_libs: bool,
     pub ollama_bin: bool,
@@ -70,6 +72,11 @@ pub fn swaps(text: &str) -> Vec<Swap> {
         .collect()
 }
 
+/// `pswpin N` from /proc/vmstat.
+pub fn pswpin(text: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix("pswpin ")?.trim().parse().ok())
+}
+
 /// A thermal `temp` file: millidegrees; empty, invalid or -256 C is no data.
 pub fn temperature(text: &str) -> Option<f64> {
     let m: i64 = text.trim().parse().ok()?;
@@ -89,6 +96,7 @@ pub async fn gather(root: &Path) -> Probes {
         unit_enabled: exists(root, "/etc/systemd/system/multi-user.target.wants/jetson-llmd.service"),
         ..Default::default()
     };
+    p.pswpin = text(root, "/proc/vmstat").await.as_deref().and_then(pswpin);
     if let Some((r, rev)) = text(root, "/etc/nv_tegra_release").await.as_deref().and_then(l4t) {
         p.l4t_release = Some(r);
         p.l4t_revision = rev;
@@ -127,5 +135,7 @@ mod tests {
         assert_eq!(temperature("-256000"), None, "offline sensor");
         assert_eq!(temperature(""), None);
         assert_eq!(temperature("N/A"), None);
+        assert_eq!(pswpin("pgpgin 5\npswpin 1234\npswpout 9\n"), Some(1234));
+        assert_eq!(pswpin("pgpgin 5\n"), None);
     }
 }

@@ -26,6 +26,7 @@ use crate::host::notify::{guarded, Notifier};
 use crate::host::signals::Signals;
 use crate::ollama::discovery::{self, GpuReport};
 use crate::ollama::warm::{self, TickRecord};
+use crate::report::monitor;
 use crate::ollama::OllamaApi;
 use backend::{Backend, OllamaEvent};
 use switch::Block;
@@ -70,6 +71,7 @@ enum Event {
     ConfNotified(std::io::Result<()>),
     ConfPoll,
     Residency,
+    Monitor,
     Watchdog,
 }
 
@@ -119,6 +121,13 @@ struct Loop {
     evictions: warm::EvictionBackoff,
 }
 
+/// The monitor's memory between samples.
+#[derive(Default)]
+struct Board {
+    last: Option<crate::host::probe::Probes>,
+    episodes: monitor::Episodes,
+}
+
 impl Loop {
     /// The model to keep regardless of model.conf: the last good one, while model.conf still says
     /// what was refused or failed.
@@ -162,6 +171,8 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         let mut next_conf = now + poll_every;
         let mut next_pet = now + self.watchdog.unwrap_or(FAR);
         let mut next_residency = now + self.settings.residency_check;
+        let mut next_monitor = now + self.settings.monitor_interval;
+        let mut board = Board::default();
         loop {
             let due_at = lp.due.map_or(now + FAR, |d| d.0);
             let event = tokio::select! {
@@ -173,6 +184,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                 _ = sleep_until(due_at), if lp.due.is_some() => Event::Due,
                 _ = sleep_until(next_pet), if self.watchdog.is_some() => Event::Watchdog,
                 _ = sleep_until(next_residency) => Event::Residency,
+                _ = sleep_until(next_monitor) => Event::Monitor,
                 _ = sleep_until(next_conf) => Event::ConfPoll,
             };
             let next = match event {
@@ -203,6 +215,10 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                 Event::Residency => {
                     next_residency = Instant::now() + self.settings.residency_check;
                     self.residency(&mut lp).await
+                }
+                Event::Monitor => {
+                    next_monitor = Instant::now() + self.settings.monitor_interval;
+                    self.monitor(&mut board).await
                 }
             };
             if let Next::Exit(r) = next {
@@ -568,6 +584,27 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         if !self.backend.keepalive_now().await {
             lp.due = Some((Instant::now(), Due::Tick));
         }
+        Next::Continue
+    }
+
+    /// One sample of the board; warnings start and clear once per episode.
+    async fn monitor(&mut self, board: &mut Board) -> Next {
+        let now = crate::host::probe::gather(&self.paths.root).await;
+        let limits = monitor::Limits { reserve_bytes: self.settings.memory_reserve_mib << 20, temperature_c: f64::from(self.settings.temperature_warn_c) };
+        let (started, cleared) = board.episodes.update(monitor::conditions(board.last.as_ref(), &now, &limits));
+        board.last = Some(now);
+        if started.is_empty() && cleared.is_empty() {
+            return Next::Continue;
+        }
+        for w in &started {
+            tracing::warn!("board: {w}");
+        }
+        for c in &cleared {
+            tracing::info!("board: {c} is back to normal");
+        }
+        self.state.state.warnings.retain(|w| !w.starts_with("board: "));
+        self.state.state.warnings.extend(board.episodes.current().map(|w| format!("board: {w}")));
+        self.state.save().await;
         Next::Continue
     }
 

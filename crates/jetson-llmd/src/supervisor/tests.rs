@@ -557,3 +557,29 @@ async fn another_clients_keep_alive_is_re_pinned_within_the_residency_check() {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn swap_ins_are_a_warning_once_per_episode() {
+    let rig = Rig::new();
+    let vmstat = |n: u64| {
+        std::fs::create_dir_all(rig.dir.path().join("proc")).expect("mkdir");
+        std::fs::write(rig.dir.path().join("proc/vmstat"), format!("pgpgin 1\npswpin {n}\n")).expect("w");
+    };
+    vmstat(100);
+    let (backend, _tx) = FakeBackend::new(LauncherKind::Process);
+    let (r, ()) = tokio::join!(rig.supervisor(backend).run(rig.signals.clone()), async {
+        rig.until("ready", ready).await;
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert!(rig.state().warnings.is_empty());
+        vmstat(180);
+        let s = rig.until("swap warning", |s| s.warnings.iter().any(|w| w.starts_with("board: 80 pages swapped in"))).await;
+        assert_eq!(s.warnings.iter().filter(|w| w.starts_with("board:")).count(), 1);
+        vmstat(260);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let s = rig.state();
+        assert_eq!(s.warnings.iter().filter(|w| w.starts_with("board:")).count(), 1, "the same episode: {:?}", s.warnings);
+        rig.until("cleared", |s| !s.warnings.iter().any(|w| w.starts_with("board:"))).await;
+        rig.signals.shutdown.cancel();
+    });
+    r.expect("ok");
+}
