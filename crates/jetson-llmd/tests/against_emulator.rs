@@ -287,3 +287,17 @@ async fn admission_estimates_against_the_emulators_true_footprints() {
     }
     println!("admission estimate vs emulator footprint at num_ctx 4096:\n{}", rows.join("\n"));
 }
+
+#[tokio::test]
+async fn bench_reports_the_emulators_speed_within_2_percent_and_leaves_the_model_pinned() {
+    let h = emu(Config::orin_nano(SCALE)).await;
+    let cl = client(&h);
+    warm::preload(&cl, &Settings::default(), &m("gemma4:e2b-8k"), &NoRelief).await.expect("warm");
+    let root = tempfile::tempdir().expect("tmp");
+    let row = jetson_llmd::report::bench::model(&cl, root.path(), "gemma4:e2b-8k", "hello there", 3, 64).await.expect("bench");
+    let want = 25.7; // the Orin Nano profile's gemma4 e2b QAT speed (the seed's table)
+    assert!((row.tok_s_median - want).abs() / want < 0.02, "{row:?}");
+    assert_eq!((row.runs, row.gpu_percent, row.cold_load_s), (3, 100, None));
+    let ps = cl.ps().await.expect("ps");
+    assert!(ps.models.iter().any(|x| x.name == "gemma4:e2b-8k" && x.pinned_forever()), "still warm and pinned: {ps:?}");
+}

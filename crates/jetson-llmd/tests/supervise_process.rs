@@ -540,3 +540,27 @@ fn doctor_on_a_fixture_root_names_each_problem_and_exits_1() {
     assert_eq!(verdict("ollama-host").as_deref(), Some("WARN"), "0.0.0.0 in ollama.env serves the LAN");
     assert_eq!(verdict("ollama-version").as_deref(), Some("WARN"), "nothing answers");
 }
+
+#[test]
+fn bench_prints_the_seed_table_and_asks_before_unloading_the_model() {
+    let rig = Rig::start(&[]);
+    rig.wait_stage("ready", 30);
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_jetson-llmd"))
+            .arg("--root")
+            .arg(rig.root.path())
+            .args(args)
+            .env("OLLAMA_HOST", format!("127.0.0.1:{}", rig.port))
+            .stdin(Stdio::null())
+            .output()
+            .expect("runs")
+    };
+    let o = run(&["bench", "--runs", "2", "--tokens", "16"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.starts_with("| Model | tok/s") && out.contains("| gemma4:e2b-8k | 25.7"), "{out}");
+    let o = run(&["bench", "--model", "gemma3:4b"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("pass --yes to go ahead"));
+    assert_eq!(rig.state()["stage"], "ready", "nothing was unloaded");
+}

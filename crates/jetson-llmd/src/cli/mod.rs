@@ -1,6 +1,7 @@
 //! The command line: one file per command; this file holds the clap definitions, the shared
 //! context (settings, client, paths) and error reporting.
 
+pub mod bench;
 pub mod check;
 pub mod doctor;
 pub mod exec_child;
@@ -110,6 +111,28 @@ pub enum Cmd {
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
     },
+    /// The seed's benchmark table: tok/s, prompt tok/s, cold load, RAM, GPU share, swap, power
+    /// mode; the configured model is warm and pinned again afterwards.
+    Bench {
+        /// Models to measure (repeatable; default: the configured one). Others mean unload/reload.
+        #[arg(long = "model", value_name = "NAME")]
+        models: Vec<String>,
+        /// The prompt.
+        #[arg(long, default_value = "Explain in three sentences why a Jetson keeps one model warm.")]
+        prompt: String,
+        /// Timed runs after a warm-up (median, min and max are reported).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=50))]
+        runs: u16,
+        /// Tokens generated per run.
+        #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(8..=4096))]
+        tokens: u64,
+        /// A markdown table (the default; kept for scripts that ask for it).
+        #[arg(long)]
+        markdown: bool,
+        /// Do not ask before unloading the configured model for other models.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Every host check (board, JetPack, Ollama's JetPack 6 libs, cma=, swap, headroom,
     /// OLLAMA_HOST, Ollama's version, power mode, GPU clock, units): PASS/WARN/FAIL and the fix.
     Doctor,
@@ -154,6 +177,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Units { jetson_llmd, ollama_bin, output } => units::run(g, &jetson_llmd, ollama_bin, output).await,
         Cmd::GpuCheck { log } => gpu_check::run(g, log).await,
         Cmd::Doctor => doctor::run(g).await,
+        Cmd::Bench { models, prompt, runs, tokens, markdown: _, yes } => bench::run(g, bench::Args { models, prompt, runs: runs.into(), tokens, yes }).await,
         Cmd::Status => status::run(g).await,
         Cmd::Switch { model, no_wait, timeout } => switch::run(g, &model, no_wait, timeout).await,
         Cmd::Preload => preload::run(g).await,

@@ -1,5 +1,6 @@
-//! What jetson-llmd tells people and scripts: `status` today; doctor, bench and metrics later.
+//! What jetson-llmd tells people and scripts: status, doctor, bench, the board monitor; metrics later.
 
+pub mod bench;
 pub mod doctor;
 pub mod monitor;
 pub mod status;
