@@ -559,6 +559,8 @@ fn bench_prints_the_seed_table_and_asks_before_unloading_the_model() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(0), "{out}{}", String::from_utf8_lossy(&o.stderr));
     assert!(out.starts_with("| Model | tok/s") && out.contains("| gemma4:e2b-8k | 25.7"), "{out}");
+    let st = String::from_utf8_lossy(&run(&["status"]).stdout).to_string();
+    assert!(st.contains("last bench    gemma4:e2b-8k 25.7 tok/s (2 runs), 100% GPU"), "{st}");
     let o = run(&["bench", "--model", "gemma3:4b"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("pass --yes to go ahead"));

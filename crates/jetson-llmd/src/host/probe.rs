@@ -9,6 +9,7 @@ use std::path::Path;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]
 pub struct Probes {
+    // (jetson_clocks pins the GPU clock by raising min_freq to max_freq: see clocks_pinned.)
     /// /proc/device-tree/model, e.g. "NVIDIA Jetson Orin Nano Developer Kit".
     pub board: Option<String>,
     /// L4T major release from /etc/nv_tegra_release (36 = JetPack 6).
@@ -24,6 +25,7 @@ pub struct Probes {
     pub gpu_load_permille: Option<u32>,
     pub gpu_cur_freq_hz: Option<u64>,
     pub gpu_max_freq_hz: Option<u64>,
+    pub gpu_min_freq_hz: Option<u64>,
     /// nvpmodel's power mode id, from its status file.
     pub power_mode: Option<String>,
     /// /proc/vmstat pswpin: pages swapped in since boot.
@@ -72,6 +74,13 @@ pub fn swaps(text: &str) -> Vec<Swap> {
         .collect()
 }
 
+impl Probes {
+    /// jetson_clocks has pinned the GPU clock (devfreq min_freq raised to max_freq).
+    pub fn clocks_pinned(&self) -> Option<bool> {
+        Some(self.gpu_min_freq_hz? == self.gpu_max_freq_hz?)
+    }
+}
+
 /// `pswpin N` from /proc/vmstat.
 pub fn pswpin(text: &str) -> Option<u64> {
     text.lines().find_map(|l| l.strip_prefix("pswpin ")?.trim().parse().ok())
@@ -110,6 +119,7 @@ pub async fn gather(root: &Path) -> Probes {
     p.gpu_load_permille = text(root, &format!("{gpu}/device/load")).await.and_then(|t| t.trim().parse().ok());
     p.gpu_cur_freq_hz = text(root, &format!("{gpu}/cur_freq")).await.and_then(|t| t.trim().parse().ok());
     p.gpu_max_freq_hz = text(root, &format!("{gpu}/max_freq")).await.and_then(|t| t.trim().parse().ok());
+    p.gpu_min_freq_hz = text(root, &format!("{gpu}/min_freq")).await.and_then(|t| t.trim().parse().ok());
     // nvpmodel keeps its state as e.g. "pmode:0000 fmode:normal".
     p.power_mode = text(root, "/var/lib/nvpmodel/status")
         .await

@@ -97,9 +97,18 @@ pub fn checks(p: &Probes, c: &Context) -> Vec<Check> {
         Some((v, _)) => check("ollama-version", Pass, format!("Ollama {v}"), ""),
         None => check("ollama-version", Warn, "Ollama's API did not answer", "sudo systemctl start jetson-llmd"),
     });
-    out.push(match &p.power_mode {
-        Some(m) => check("power-mode", Pass, format!("nvpmodel mode {m}"), ""),
-        None => check("power-mode", Warn, "no nvpmodel status: power mode unknown", "sudo nvpmodel -q"),
+    out.push(match (&p.power_mode, p.clocks_pinned()) {
+        (Some(m), pinned) => check(
+            "power-mode",
+            Pass,
+            format!("nvpmodel mode {m}{}", match pinned {
+                Some(true) => ", clocks pinned (jetson_clocks)",
+                Some(false) => ", clocks not pinned (sudo jetson_clocks for steadier tok/s)",
+                None => "",
+            }),
+            "",
+        ),
+        (None, _) => check("power-mode", Warn, "no nvpmodel status: power mode unknown", "sudo nvpmodel -q"),
     });
     // 624.75 MHz is the Orin Nano's GPU cap without the Super device tree and firmware.
     out.push(match p.gpu_max_freq_hz {

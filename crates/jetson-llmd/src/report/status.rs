@@ -64,6 +64,8 @@ pub struct StatusReport {
     pub fit: Vec<crate::ollama::fit::Fit>,
     /// Temperatures, GPU load and clock, power mode, swap devices, CMA (under --root).
     pub host: Option<crate::host::probe::Probes>,
+    /// The last `jetson-llmd bench` (its table rows).
+    pub bench: Vec<crate::report::bench::Row>,
 }
 
 impl StatusReport {
@@ -185,7 +187,11 @@ pub async fn gather<A: OllamaApi>(api: &A, settings: &Settings, model_conf: &Pat
     let warnings = warnings.iter().map(|w| crate::text::clip(w, 500)).collect();
     let fit = crate::ollama::fit::FitTable::load(&state_dir).await.entries;
     let host = Some(crate::host::probe::gather(root).await);
-    StatusReport { health, warnings, ollama, model, gpu, supervisor, supervisor_running, keepalive, units: Vec::new(), memory, fit, host }
+    let bench = match fs::read_capped(&state_dir.join("bench.json"), fs::cap::STATE).await {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    StatusReport { health, warnings, ollama, model, gpu, supervisor, supervisor_running, keepalive, units: Vec::new(), memory, fit, host, bench }
 }
 
 /// Reads the units over the system bus (works unprivileged); quietly empty without one.
@@ -303,11 +309,19 @@ pub fn render(r: &StatusReport) -> String {
             ));
         }
         if let Some(m) = &h.power_mode {
-            row(&mut o, "power mode", format!("nvpmodel {m}"));
+            let pinned = match h.clocks_pinned() {
+                Some(true) => ", clocks pinned (jetson_clocks)",
+                Some(false) => ", clocks not pinned",
+                None => "",
+            };
+            row(&mut o, "power mode", format!("nvpmodel {m}{pinned}"));
         }
         for s in h.swaps.iter().filter(|s| s.on_emmc && s.used_kb > 0) {
             o.push_str(&format!("  ! {} MiB swapped to eMMC ({}): generation slows to a crawl\n", s.used_kb / 1024, crate::text::clean(&s.device)));
         }
+    }
+    for b in &r.bench {
+        row(&mut o, "last bench", format!("{} {:.1} tok/s ({} runs), {}% GPU", crate::text::clean(&b.model), b.tok_s_median, b.runs, b.gpu_percent));
     }
     if let (Some(t), Some(a)) = (r.memory.mem_total_kb, r.memory.mem_available_kb) {
         let swap = match (r.memory.swap_total_kb, r.memory.swap_free_kb) {
@@ -370,6 +384,7 @@ mod tests {
             memory: meminfo("MemTotal: 7800000 kB\nMemAvailable: 4000000 kB\nSwapTotal: 3900000 kB\nSwapFree: 2671200 kB\n"),
             fit: Vec::new(),
             host: None,
+            bench: Vec::new(),
         }
     }
 
@@ -389,13 +404,14 @@ mod tests {
             thermal: vec![("cpu-thermal".into(), Some(51.218)), ("gpu-thermal".into(), None)],
             gpu_load_permille: Some(975),
             gpu_cur_freq_hz: Some(1_020_000_000),
-            gpu_max_freq_hz: None,
+            gpu_max_freq_hz: Some(1_020_000_000),
             power_mode: Some("0002".into()),
+            gpu_min_freq_hz: Some(1_020_000_000),
             swaps: vec![crate::host::probe::Swap { device: "/dev/mmcblk0p15".into(), size_kb: 3_900_000, used_kb: 1_228_800, on_emmc: true }],
             ..Default::default()
         });
         let text = render(&r);
-        for want in ["cma           97 MiB free of 256 MiB", "temperature   cpu 51.2 C, gpu n/a", "gpu load      97.5% at 1020 MHz (max n/a)", "power mode    nvpmodel 0002", "! 1200 MiB swapped to eMMC (/dev/mmcblk0p15)"] {
+        for want in ["cma           97 MiB free of 256 MiB", "temperature   cpu 51.2 C, gpu n/a", "gpu load      97.5% at 1020 MHz (max 1020 MHz)", "power mode    nvpmodel 0002, clocks pinned (jetson_clocks)", "! 1200 MiB swapped to eMMC (/dev/mmcblk0p15)"] {
             assert!(text.contains(want), "{want:?} in\n{text}");
         }
     }
