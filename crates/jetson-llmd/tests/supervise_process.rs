@@ -566,3 +566,33 @@ fn bench_prints_the_seed_table_and_asks_before_unloading_the_model() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("pass --yes to go ahead"));
     assert_eq!(rig.state()["stage"], "ready", "nothing was unloaded");
 }
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).expect("w");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("r");
+    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+#[test]
+fn metrics_and_healthz_follow_the_supervisor() {
+    let root = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    std::fs::create_dir_all(root.path().join("etc/jetson-llmd")).expect("mkdir");
+    std::fs::write(root.path().join("etc/jetson-llmd/config.toml"), format!("metrics_listen = \"127.0.0.1:{port}\"\n")).expect("w");
+    let rig = Rig::start_in(root, &[], |_| vec![]);
+    rig.wait_stage("ready", 30);
+    let (code, body) = http_get(port, "/healthz");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("ready: gemma4:e2b-8k"), "{body}");
+    let (code, m) = http_get(port, "/metrics");
+    assert_eq!(code, 200);
+    assert!(m.contains("jetson_llmd_ready 1.0") && m.contains("jetson_llmd_model_gpu_fraction 1.0") && m.ends_with("# EOF\n"), "{m}");
+    // An invalid edit keeps it healthy; the model going away does not (until it is re-warmed).
+    std::fs::write(rig.root.path().join("etc/ollama/model.conf"), "OLLAMA_MODEL=\n").expect("w");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(http_get(port, "/healthz").0, 200);
+}

@@ -27,6 +27,9 @@ pub async fn run(g: &Global, launcher: LauncherArg, ollama_bin: Option<PathBuf>)
         LauncherArg::Process => LauncherKind::Process,
     };
     let state = StateFile::new(Some(&rooted(&ctx.root, &ctx.settings.state_dir)), kind);
+    if let Some(listen) = ctx.settings.metrics_listen {
+        tokio::spawn(jetson_llmd::report::metrics::serve(listen, state.subscribe(), ctx.root.clone(), signals.shutdown.clone()));
+    }
     let cmdline = cmdline(&ctx.root).await;
     let result = match launcher {
         LauncherArg::Systemd => {

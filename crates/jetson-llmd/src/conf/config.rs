@@ -20,6 +20,7 @@ pub struct RawConfig {
     pub residency_check: Option<String>,
     pub monitor_interval: Option<String>,
     pub temperature_warn_c: Option<u32>,
+    pub metrics_listen: Option<String>,
     pub expected_compute: Option<String>,
     pub min_gpu_percent: Option<u8>,
     pub ollama_bin: Option<PathBuf>,
@@ -73,6 +74,8 @@ pub struct Settings {
     pub monitor_interval: Duration,
     /// A temperature at or above this (C) is a warning.
     pub temperature_warn_c: u32,
+    /// Where /metrics and /healthz are served; None is off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub expected_compute: String,
     pub min_gpu_percent: u8,
     pub ollama_bin: PathBuf,
@@ -114,6 +117,7 @@ impl Default for Settings {
             residency_check: Duration::from_secs(15),
             monitor_interval: Duration::from_secs(10),
             temperature_warn_c: 85,
+            metrics_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9464))),
             expected_compute: "8.7".into(),
             min_gpu_percent: 100,
             ollama_bin: PathBuf::from("/usr/local/bin/ollama"),
@@ -209,6 +213,11 @@ pub fn settle(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Confi
     if !(50..=110).contains(&temperature_warn_c) {
         return Err(err("temperature_warn_c", format!("temperature_warn_c = {temperature_warn_c}: use 50 to 110 (C)")));
     }
+    let metrics_listen = match raw.metrics_listen.as_deref().map(str::trim) {
+        None => d.metrics_listen,
+        Some("off" | "") => None,
+        Some(a) => Some(a.parse().map_err(|_| err("metrics_listen", format!("metrics_listen = {a:?}: write an address and port like \"127.0.0.1:9464\", or \"off\"")))?),
+    };
     let memory_reserve_mib = raw.memory_reserve_mib.unwrap_or(d.memory_reserve_mib);
     if memory_reserve_mib > 4096 {
         return Err(err("memory_reserve_mib", format!("memory_reserve_mib = {memory_reserve_mib}: use 0 to 4096 (MiB)")));
@@ -233,6 +242,7 @@ pub fn settle(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Confi
         residency_check: duration(path, text, "residency_check", &raw.residency_check, d.residency_check)?,
         monitor_interval: duration(path, text, "monitor_interval", &raw.monitor_interval, d.monitor_interval)?,
         temperature_warn_c,
+        metrics_listen,
         expected_compute,
         min_gpu_percent,
         ollama_bin: raw.ollama_bin.unwrap_or(d.ollama_bin),
@@ -318,6 +328,9 @@ mod tests {
         assert!(e.message.contains("report"));
         let e = p("[models.\"x; rm\"]\nfrom = \"a\"\n").expect_err("bad name");
         assert!(e.message.contains("not a valid Ollama model name"));
+        assert_eq!(p("metrics_listen = \"off\"").expect("off").metrics_listen, None);
+        let e = p("metrics_listen = \"localhost\"").expect_err("no port");
+        assert!(e.message.contains("127.0.0.1:9464"), "{}", e.message);
         let e = p("min_gpu_percent = 300").expect_err("out of range for u8");
         assert_eq!(e.line, 1);
     }
@@ -340,6 +353,6 @@ mod tests {
             assert!(text.contains(&format!("{key} = ")), "{key} is not documented in etc/");
         }
         let keys = text.lines().filter(|l| !l.starts_with('[')).filter_map(|l| l.split_once(" = ")).count();
-        assert_eq!(keys, 17 + 2, "every top-level key plus the seed model's from/num_ctx: {text}");
+        assert_eq!(keys, 18 + 2, "every top-level key plus the seed model's from/num_ctx: {text}");
     }
 }

@@ -2,5 +2,6 @@
 
 pub mod bench;
 pub mod doctor;
+pub mod metrics;
 pub mod monitor;
 pub mod status;

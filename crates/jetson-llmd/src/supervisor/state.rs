@@ -81,6 +81,8 @@ pub struct StateFile {
     t0: tokio::time::Instant,
     /// A write failed and that was said; say it again only once it works (one warning per episode).
     failing: bool,
+    /// Every saved state, for the metrics endpoint.
+    published: tokio::sync::watch::Sender<State>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +97,13 @@ impl StateFile {
     pub fn new(dir: Option<&Path>, launcher: LauncherKind) -> StateFile {
         let path = dir.map(|d| d.join("state.json"));
         let state = State { pid: std::process::id(), started_at: now(), launcher, ..Default::default() };
-        StateFile { path, state, t0: tokio::time::Instant::now(), failing: false }
+        let (published, _) = tokio::sync::watch::channel(state.clone());
+        StateFile { path, state, t0: tokio::time::Instant::now(), failing: false, published }
+    }
+
+    /// The state as last saved, and every save after.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<State> {
+        self.published.subscribe()
     }
 
     /// Reads `<dir>/state.json` (at most 1 MiB); Ok(None) when there is none.
@@ -117,6 +125,7 @@ impl StateFile {
     }
 
     pub async fn save(&mut self) {
+        self.published.send_replace(self.state.clone());
         let Some(path) = &self.path else { return };
         let text = match serde_json::to_vec_pretty(&self.state) {
             Ok(t) => t,
