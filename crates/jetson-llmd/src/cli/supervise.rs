@@ -27,15 +27,19 @@ pub async fn run(g: &Global, launcher: LauncherArg, ollama_bin: Option<PathBuf>)
         LauncherArg::Process => LauncherKind::Process,
     };
     let state = StateFile::new(Some(&rooted(&ctx.root, &ctx.settings.state_dir)), kind);
-    if let Some(listen) = ctx.settings.metrics_listen {
-        tokio::spawn(jetson_llmd::report::metrics::serve(listen, state.subscribe(), ctx.root.clone(), signals.shutdown.clone()));
-    }
+    // Served once the backend is up: a supervisor that cannot start says only why.
+    let metrics = |state: &StateFile| {
+        if let Some(listen) = ctx.settings.metrics_listen {
+            tokio::spawn(jetson_llmd::report::metrics::serve(listen, state.subscribe(), ctx.root.clone(), signals.shutdown.clone()));
+        }
+    };
     let cmdline = cmdline(&ctx.root).await;
     let result = match launcher {
         LauncherArg::Systemd => {
             let sd = Systemd::system().await.context("supervise needs systemd's D-Bus API (use --launcher process in a container without systemd)")?;
             let preload_deadline = ctx.settings.load_timeout + Duration::from_secs(3600);
             let backend = SystemdBackend::new(sd, ctx.settings.startup_timeout, preload_deadline).await?;
+            metrics(&state);
             let sup = Supervisor { api: ctx.client.clone(), backend, notify: SdNotify, settings: ctx.settings.clone(), paths: ctx.paths.clone(), cmdline, state, conf_poll: CONF_POLL, conf_watch: true, watchdog: watchdog_period() };
             sup.run(signals).await
         }
@@ -52,6 +56,7 @@ pub async fn run(g: &Global, launcher: LauncherArg, ollama_bin: Option<PathBuf>)
             let connect = (url.host_str().unwrap_or("127.0.0.1").to_string(), url.port_or_known_default().unwrap_or(11434));
             let shim = std::env::current_exe().ok();
             let backend = ProcessBackend::new(bin, env, shim, connect, DropCaches::under(&ctx.root));
+            metrics(&state);
             let sup = Supervisor { api: ctx.client.clone(), backend, notify: SdNotify, settings: ctx.settings.clone(), paths: ctx.paths.clone(), cmdline, state, conf_poll: CONF_POLL, conf_watch: true, watchdog: watchdog_period() };
             sup.run(signals).await
         }
