@@ -100,6 +100,17 @@ pub fn estimate(file_size: u64, show: &ShowResponse, num_ctx: u64) -> Option<u64
 /// The context Ollama gives a model when nothing sets num_ctx (4096 under 24 GiB of VRAM).
 pub const DEFAULT_CTX: u64 = 4096;
 
+/// What `model` needs by the estimate, and at which context: its file size from /api/tags, its
+/// architecture from /api/show, the context config.toml derives it at, else its own num_ctx
+/// parameter, else Ollama's default. None without the data (never a guess).
+pub async fn estimated_need<A: super::OllamaApi>(api: &A, settings: &crate::conf::Settings, model: &crate::conf::ModelName) -> Option<(u64, u64)> {
+    let size = api.tags().await.ok()?.models.iter().find(|m| model.matches(&m.name)).map(|m| m.size)?;
+    let show = api.show(&model.full()).await.ok()?;
+    let derived = settings.derived(model).and_then(|d| d.num_ctx).map(|n| n.get());
+    let ctx = derived.or_else(|| show.parameter("num_ctx").and_then(|v| v.parse().ok())).unwrap_or(DEFAULT_CTX);
+    Some((estimate(size, &show, ctx)?, ctx))
+}
+
 /// Memory admission of a switch from `current` to `new` (present already): None admits, Some
 /// says why not, with the numbers. Without data (no MemAvailable, no architecture keys) it
 /// admits and says so: it never guesses a refusal.
@@ -109,10 +120,8 @@ pub async fn admission<A: super::OllamaApi>(api: &A, settings: &crate::conf::Set
     let (need, source, ctx) = match table.get(&new.full(), derived_ctx) {
         Some(f) => (f.size, "measured here", derived_ctx),
         None => {
-            let size = api.tags().await.ok()?.models.iter().find(|m| new.matches(&m.name)).map(|m| m.size)?;
-            let show = api.show(&new.full()).await.ok()?;
-            let ctx = derived_ctx.or_else(|| show.parameter("num_ctx").and_then(|v| v.parse().ok())).unwrap_or(DEFAULT_CTX);
-            (estimate(size, &show, ctx)?, "estimated", Some(ctx))
+            let (need, ctx) = estimated_need(api, settings, new).await?;
+            (need, "estimated", Some(ctx))
         }
     };
     let old = api.ps().await.ok()?.models.iter().find(|m| current.matches(&m.name)).map_or(0, |m| m.size);

@@ -394,18 +394,6 @@ pub async fn unload_and_wait<A: OllamaApi>(api: &A, name: &str) -> Result<(), Fa
     }
 }
 
-/// Unloads a model that is no longer configured (with OLLAMA_MAX_LOADED_MODELS=1 Ollama has
-/// usually evicted it already when the new one loaded).
-pub async fn unload_if_loaded<A: OllamaApi>(api: &A, name: &str) {
-    let loaded = api.ps().await.map(|p| p.models.iter().any(|m| m.name == name)).unwrap_or(false);
-    if loaded {
-        tracing::info!("unloading {name}: model.conf names another model now");
-        if let Err(e) = api.load(name, KeepAlive::Unload).await {
-            tracing::warn!("unloading {name} failed: {e}");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -80,7 +80,7 @@ pub fn checks(p: &Probes, c: &Context) -> Vec<Check> {
     } else {
         check("swap", Pass, format!("swap on {}", p.swaps.iter().map(|s| s.device.as_str()).collect::<Vec<_>>().join(", ")), "")
     });
-    let gib = |b: u64| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);
+    use crate::ollama::fit::gib;
     out.push(match (p.memory.mem_total_kb, p.memory.mem_available_kb, c.model_footprint) {
         (Some(t), _, Some(f)) if f > t * 1024 => check("headroom", Fail, format!("{} needs {} (measured) of {} in all", c.model.as_deref().unwrap_or("the model"), gib(f), gib(t * 1024)), "use a smaller model or num_ctx"),
         (_, Some(a), _) if a < 1 << 20 => check("headroom", Warn, format!("only {} available", gib(a * 1024)), "stop other memory users (a desktop session, containers)"),

@@ -45,7 +45,8 @@ pub fn render(s: &State, host: Option<&Probes>) -> String {
     gauge(&mut r, "rewarms", "Re-warms after the model was evicted or unloaded, since the supervisor started", s.rewarm_count as f64);
     gauge(&mut r, "repins", "Times another client's keep_alive was overridden", s.repin_count as f64);
     gauge(&mut r, "ollama_restarts", "Ollama restarts seen", s.ollama_restarts as f64);
-    gauge(&mut r, "keepalive_failures", "Consecutive failed keepalive pings (process launcher)", s.last_ping.as_ref().map_or(0.0, |p| f64::from(p.consecutive_failures)));
+    // The loop retries a failed ping as a warm, so it knows "the last ping failed", not a streak.
+    gauge(&mut r, "keepalive_failing", "1 when the supervisor's last keepalive ping failed (process launcher)", f64::from(u8::from(s.last_ping.as_ref().is_some_and(|p| !p.ok))));
     if let Some(load) = warm.and_then(|w| w.load_ms) {
         gauge(&mut r, "last_cold_load_seconds", "Duration of the last cold load", load as f64 / 1000.0);
     }

@@ -209,9 +209,7 @@ pub async fn units() -> Vec<crate::host::systemd::UnitInfo> {
     out
 }
 
-fn gib(b: u64) -> String {
-    format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
-}
+use crate::ollama::fit::gib;
 
 /// The human rendering.
 pub fn render(r: &StatusReport) -> String {

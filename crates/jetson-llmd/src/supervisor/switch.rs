@@ -46,7 +46,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
     /// `current` stays warm, then admitted by memory. Err says why the switch must not start.
     pub(super) async fn prepare_switch(&self, current: &ModelName, new: &ModelName) -> Result<(), Block> {
         warm::ensure_present(&self.api, &self.settings, new).await.map_err(Block::Failed)?;
-        match self.admission(current, new).await {
+        match fit::admission(&self.api, &self.settings, &self.paths.root, current, new).await {
             Some(why) => Err(Block::Refused(why)),
             None => Ok(()),
         }
@@ -61,12 +61,8 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         if fit::FitTable::load(&self.state_dir()).await.get(&model.full(), ctx).is_some() {
             return Failure::RebootRequired { detail };
         }
-        let estimate = async {
-            let size = self.api.tags().await.ok()?.models.iter().find(|m| model.matches(&m.name)).map(|m| m.size)?;
-            let show = self.api.show(&model.full()).await.ok()?;
-            fit::estimate(size, &show, ctx.unwrap_or(fit::DEFAULT_CTX))
-        };
-        let (Some(need), Some(avail)) = (estimate.await, crate::host::memory::mem_available(&self.paths.root).await) else {
+        let estimate = fit::estimated_need(&self.api, &self.settings, model).await.map(|(need, _)| need);
+        let (Some(need), Some(avail)) = (estimate, crate::host::memory::mem_available(&self.paths.root).await) else {
             return Failure::RebootRequired { detail };
         };
         // Whatever else is loaded would be evicted for it: count it as free.
@@ -78,11 +74,6 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
             },
             _ => Failure::RebootRequired { detail },
         }
-    }
-
-    /// Memory admission: None admits `new`, Some says why not.
-    pub(super) async fn admission(&self, current: &ModelName, new: &ModelName) -> Option<String> {
-        fit::admission(&self.api, &self.settings, &self.paths.root, current, new).await
     }
 
     /// The switch protocol, once the new model is present and admitted: the keepalive pauses
