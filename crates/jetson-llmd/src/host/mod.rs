@@ -2,6 +2,7 @@
 //! D-Bus, signals, process liveness and the kernel's memory knobs. Every read from outside is
 //! bounded (size, time) and never blocks the async runtime.
 
+pub mod accounts;
 pub mod fs;
 pub mod journal;
 pub mod memory;

@@ -1,0 +1,363 @@
+//! What an install would change, computed without changing anything: `--dry-run` prints it,
+//! apply carries it out. Files follow dpkg's conffile rule: ours and unedited -> updated; edited
+//! by the user -> kept, with our version written beside it as `*.new`.
+
+use super::fetch::{self, Source};
+use super::state::InstallState;
+use super::tree::Store;
+use super::units;
+use crate::conf::{config, modelconf, ModelName};
+use crate::host::{accounts, fs, rooted};
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+pub const JETSON_LLMD_BIN: &str = "/usr/local/bin/jetson-llmd";
+pub const UNIT_DIR: &str = "/etc/systemd/system";
+pub const OLLAMA_ENV: &str = "/etc/jetson-llmd/ollama.env";
+pub const OLLAMA_HOME: &str = "/usr/share/ollama";
+pub const GPU_GROUPS: [&str; 2] = ["video", "render"];
+/// Only the supervisor is enabled: it starts ollama.service, the preload and the keepalive
+/// itself, in order.
+pub const ENABLE: [&str; 1] = ["jetson-llmd.service"];
+
+const DEFAULT_ENV: &str = include_str!("../../../../etc/jetson-llmd/ollama.env");
+const DEFAULT_CONFIG: &str = include_str!("../../../../etc/jetson-llmd/config.toml");
+const DEFAULT_MODEL_CONF: &str = include_str!("../../../../etc/ollama/model.conf");
+
+/// What the user asked for.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub root: PathBuf,
+    /// The Ollama release to have; None keeps whatever is installed (and installs nothing new).
+    pub ollama: Option<Wanted>,
+    pub model: Option<ModelName>,
+    /// This binary, copied to /usr/local/bin/jetson-llmd unless it already is that file.
+    pub self_exe: Option<PathBuf>,
+    pub systemd: bool,
+    pub start: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Wanted {
+    pub source: Source,
+    /// "0.30.6", or the label of local tarballs.
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Change {
+    Create,
+    Update,
+    Unchanged,
+    /// The user edited it: kept; ours goes to `<path>.new`.
+    KeepYours,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileKind {
+    Binary,
+    Unit,
+    /// /etc files the user may edit.
+    Config,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FileStep {
+    /// As on the target (without the root).
+    pub path: String,
+    pub kind: FileKind,
+    pub change: Change,
+    #[serde(skip)]
+    pub bytes: Vec<u8>,
+    #[serde(skip)]
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum OllamaStep {
+    Keep { dir: String, version: String },
+    Install { version: String, from: String },
+    /// Nothing installed and nothing asked for.
+    Absent,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UserStep {
+    pub create: bool,
+    pub add_to: Vec<String>,
+    /// GPU groups this system does not have (not named anywhere, so no unit fails on them).
+    pub missing_groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Start {
+    Nothing,
+    Start,
+    /// Restart the supervisor; and ollama.service first when its binary or environment changed.
+    Restart { ollama: bool },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SystemdStep {
+    pub daemon_reload: bool,
+    pub enable: Vec<String>,
+    pub start: Start,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub root: PathBuf,
+    pub ollama: OllamaStep,
+    pub files: Vec<FileStep>,
+    pub user: UserStep,
+    pub systemd: Option<SystemdStep>,
+    pub notes: Vec<String>,
+}
+
+impl Plan {
+    pub fn changes_anything(&self) -> bool {
+        matches!(self.ollama, OllamaStep::Install { .. })
+            || self.files.iter().any(|f| f.change != Change::Unchanged)
+            || self.user.create
+            || !self.user.add_to.is_empty()
+            || self.systemd.as_ref().is_some_and(|s| s.daemon_reload || !s.enable.is_empty() || s.start != Start::Nothing)
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "plan for {}:", self.root.display());
+        match &self.ollama {
+            OllamaStep::Keep { version, dir } => {
+                let _ = writeln!(s, "  ok      ollama {version} ({dir}) is installed and whole");
+            }
+            OllamaStep::Install { version, from } => {
+                let _ = writeln!(s, "  install ollama {version} + JetPack 6 libraries from {from} (sha256 checked first)");
+            }
+            OllamaStep::Absent => {
+                let _ = writeln!(s, "  skip    ollama: none installed and none asked for");
+            }
+        }
+        if self.user.create {
+            let _ = writeln!(s, "  create  system user ollama (home {OLLAMA_HOME})");
+        }
+        for g in &self.user.add_to {
+            let _ = writeln!(s, "  add     ollama to group {g}");
+        }
+        for g in &self.user.missing_groups {
+            let _ = writeln!(s, "  note    no {g} group on this system; not used");
+        }
+        for f in &self.files {
+            let what = match f.change {
+                Change::Create => "create ",
+                Change::Update => "update ",
+                Change::Unchanged => "ok     ",
+                Change::KeepYours => "keep   ",
+            };
+            let extra = if f.change == Change::KeepYours { format!(" (edited by you; ours goes to {}.new)", f.path) } else { String::new() };
+            let _ = writeln!(s, "  {what} {}{extra}", f.path);
+        }
+        if let Some(sd) = &self.systemd {
+            if sd.daemon_reload {
+                let _ = writeln!(s, "  systemd daemon-reload");
+            }
+            if !sd.enable.is_empty() {
+                let _ = writeln!(s, "  systemd enable {}", sd.enable.join(" "));
+            }
+            match sd.start {
+                Start::Nothing => {}
+                Start::Start => {
+                    let _ = writeln!(s, "  systemd start jetson-llmd.service (ollama, GPU check, preload, keepalive)");
+                }
+                Start::Restart { ollama } => {
+                    let _ = writeln!(s, "  systemd restart {}jetson-llmd.service", if ollama { "ollama.service, " } else { "" });
+                }
+            }
+        }
+        for n in &self.notes {
+            let _ = writeln!(s, "  note    {n}");
+        }
+        if !self.changes_anything() {
+            let _ = writeln!(s, "nothing to do: everything is installed and up to date");
+        }
+        s
+    }
+}
+
+/// dpkg's conffile rule.
+pub fn conffile_change(existing: Option<&[u8]>, ours: &[u8], recorded: Option<&str>) -> Change {
+    match existing {
+        None => Change::Create,
+        Some(e) if e == ours => Change::Unchanged,
+        Some(e) if recorded == Some(fetch::sha256_bytes(e).as_str()) => Change::Update,
+        Some(_) => Change::KeepYours,
+    }
+}
+
+pub fn owned_change(existing: Option<&[u8]>, ours: &[u8]) -> Change {
+    match existing {
+        None => Change::Create,
+        Some(e) if e == ours => Change::Unchanged,
+        Some(_) => Change::Update,
+    }
+}
+
+async fn existing(root: &Path, path: &str, cap: u64) -> Result<Option<Vec<u8>>, String> {
+    match fs::read_capped(&rooted(root, Path::new(path)), cap).await {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The model.conf install writes: the shipped file, with `--model` if given.
+pub fn model_conf_text(model: Option<&ModelName>) -> Vec<u8> {
+    match model {
+        Some(m) => modelconf::with_model(DEFAULT_MODEL_CONF.as_bytes(), m),
+        None => DEFAULT_MODEL_CONF.as_bytes().to_vec(),
+    }
+}
+
+/// Which version is live and whether it is the one wanted. Local tarballs are hashed here (a
+/// few seconds for 2 GB) so that re-running the same offline install does nothing.
+pub async fn ollama_step(req: &Request, state: &InstallState) -> Result<OllamaStep, String> {
+    let store = Store::new(&req.root);
+    let live = store.live_ok();
+    let current = state.current.as_ref().filter(|c| live && store.current().as_deref() == Some(c.dir.as_str()));
+    let Some(w) = &req.ollama else {
+        return Ok(match (current, store.current()) {
+            (Some(c), _) => OllamaStep::Keep { dir: c.dir.clone(), version: c.version.clone() },
+            (None, Some(d)) if live => OllamaStep::Keep { dir: d.clone(), version: "unknown".into() },
+            _ => OllamaStep::Absent,
+        });
+    };
+    let same = match (&w.source, current) {
+        (_, None) => false,
+        (Source::Release { version, .. }, Some(c)) => c.version == version.to_string() && !c.origin.starts_with('/'),
+        (Source::Local { base, jetpack, .. }, Some(c)) => {
+            fetch::sha256_file(base).await.map_err(|e| e.to_string())? == c.base_sha256 && fetch::sha256_file(jetpack).await.map_err(|e| e.to_string())? == c.jetpack_sha256
+        }
+    };
+    Ok(match current {
+        Some(c) if same => OllamaStep::Keep { dir: c.dir.clone(), version: c.version.clone() },
+        _ => OllamaStep::Install {
+            version: w.version.clone(),
+            from: match &w.source {
+                Source::Release { base, version } => version.url(base, &version.base_asset()).rsplit_once('/').map(|(d, _)| d.to_string()).unwrap_or_default(),
+                Source::Local { base, .. } => base.parent().map(|p| p.display().to_string()).unwrap_or_default(),
+            },
+        },
+    })
+}
+
+pub async fn compute(req: &Request, state: &InstallState, active: Option<bool>) -> Result<Plan, String> {
+    let root = &req.root;
+    let ollama = ollama_step(req, state).await?;
+    let mut notes = Vec::new();
+    let mut files = Vec::new();
+
+    // This binary.
+    if let Some(exe) = &req.self_exe {
+        let target = rooted(root, Path::new(JETSON_LLMD_BIN));
+        let same_file = match (std::fs::canonicalize(exe), std::fs::canonicalize(&target)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        if !same_file {
+            let ours = tokio::fs::read(exe).await.map_err(|e| format!("{}: {e}", exe.display()))?;
+            let have = existing(root, JETSON_LLMD_BIN, 512 << 20).await?;
+            files.push(FileStep { path: JETSON_LLMD_BIN.into(), kind: FileKind::Binary, change: owned_change(have.as_deref(), &ours), bytes: ours, mode: 0o755 });
+        }
+    }
+
+    // Units. Ollama's installer owns /etc/systemd/system/ollama.service once it has written
+    // one (it rewrites it on every run): then only a drop-in carries our settings.
+    let rendered = units::render(Path::new(JETSON_LLMD_BIN), Path::new(super::tree::BIN)).map_err(|e| e.to_string())?;
+    let ollama_unit = format!("{UNIT_DIR}/ollama.service");
+    let have_unit = existing(root, &ollama_unit, 1 << 20).await?;
+    let ours_unit = rendered.iter().find(|(n, _)| *n == "ollama.service").map(|(_, t)| t.as_bytes().to_vec()).unwrap_or_default();
+    let foreign = match &have_unit {
+        Some(h) => *h != ours_unit && state.files.get(&ollama_unit).map(String::as_str) != Some(fetch::sha256_bytes(h).as_str()),
+        None => rooted(root, Path::new("/lib/systemd/system/ollama.service")).exists() || rooted(root, Path::new("/usr/lib/systemd/system/ollama.service")).exists(),
+    };
+    if foreign {
+        notes.push("ollama.service is Ollama's own: left as it is, jetson-llmd's settings go into its drop-in".into());
+    }
+    for (name, text) in &rendered {
+        let drop_in = name.starts_with("ollama.service.d/");
+        if (foreign && *name == "ollama.service") || (!foreign && drop_in) {
+            continue;
+        }
+        let path = format!("{UNIT_DIR}/{name}");
+        let have = existing(root, &path, 1 << 20).await?;
+        files.push(FileStep { change: owned_change(have.as_deref(), text.as_bytes()), path, kind: FileKind::Unit, bytes: text.as_bytes().to_vec(), mode: 0o644 });
+    }
+
+    // /etc files the user owns once they exist.
+    let model_conf = model_conf_text(req.model.as_ref());
+    for (path, ours) in [(OLLAMA_ENV, DEFAULT_ENV.as_bytes().to_vec()), (config::DEFAULT_CONFIG, DEFAULT_CONFIG.as_bytes().to_vec()), (config::DEFAULT_MODEL_CONF, model_conf)] {
+        let have = existing(root, path, 256 << 10).await?;
+        let change = conffile_change(have.as_deref(), &ours, state.files.get(path).map(String::as_str));
+        if change == Change::KeepYours && path == config::DEFAULT_MODEL_CONF {
+            if let (Some(m), Some(h)) = (&req.model, &have) {
+                if modelconf::parse(h).map(|c| c.model != *m).unwrap_or(true) {
+                    notes.push(format!("model.conf is yours and stays; to keep {m} warm instead run: sudo jetson-llmd switch {m}"));
+                }
+            }
+        }
+        files.push(FileStep { path: path.into(), kind: FileKind::Config, change, bytes: ours, mode: 0o644 });
+    }
+
+    // The ollama user and the GPU groups that exist here.
+    let acc = accounts::read(root).await.map_err(|e| e.to_string())?;
+    let mut user = UserStep { create: !acc.has_user("ollama"), ..Default::default() };
+    for g in GPU_GROUPS {
+        if !acc.has_group(g) {
+            user.missing_groups.push(g.into());
+        } else if user.create || !acc.in_group("ollama", g) {
+            user.add_to.push(g.into());
+        }
+    }
+
+    let systemd = req.systemd.then(|| {
+        let units_changed = files.iter().any(|f| f.kind == FileKind::Unit && f.change != Change::Unchanged);
+        let env_changed = files.iter().any(|f| f.path == OLLAMA_ENV && matches!(f.change, Change::Create | Change::Update));
+        let bin_changed = matches!(ollama, OllamaStep::Install { .. });
+        let enable = ENABLE.iter().filter(|u| !rooted(root, Path::new(&format!("{UNIT_DIR}/multi-user.target.wants/{u}"))).exists()).map(|u| u.to_string()).collect();
+        let anything = units_changed || files.iter().any(|f| matches!(f.change, Change::Create | Change::Update)) || bin_changed || user.create || !user.add_to.is_empty();
+        let start = match (req.start, active) {
+            (false, _) => Start::Nothing,
+            (true, Some(true)) if anything => Start::Restart { ollama: bin_changed || env_changed || units_changed || !user.add_to.is_empty() },
+            (true, Some(true)) => Start::Nothing,
+            (true, _) => Start::Start,
+        };
+        SystemdStep { daemon_reload: units_changed, enable, start }
+    });
+    if !req.systemd {
+        notes.push("--no-systemd: units are written but systemd is not told; run `systemctl daemon-reload && systemctl enable --now jetson-llmd` yourself".into());
+    }
+    Ok(Plan { root: root.clone(), ollama, files, user, systemd, notes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conffile_rule_table() {
+        let ours = b"new".as_slice();
+        let old = b"old".as_slice();
+        let old_sum = fetch::sha256_bytes(old);
+        assert_eq!(conffile_change(None, ours, None), Change::Create);
+        assert_eq!(conffile_change(Some(ours), ours, None), Change::Unchanged);
+        assert_eq!(conffile_change(Some(old), ours, Some(&old_sum)), Change::Update, "ours and unedited: updated");
+        assert_eq!(conffile_change(Some(old), ours, None), Change::KeepYours, "not ours: kept");
+        assert_eq!(conffile_change(Some(old), ours, Some(&fetch::sha256_bytes(b"other"))), Change::KeepYours, "edited since: kept");
+        assert_eq!(owned_change(Some(old), ours), Change::Update);
+        assert_eq!(owned_change(Some(ours), ours), Change::Unchanged);
+    }
+}
