@@ -65,6 +65,37 @@ struct ServeArgs {
     /// Wait this long before listening (a slow start).
     #[arg(long, env = "FAKE_OLLAMA_START_DELAY_MS", default_value_t = 0)]
     start_delay_ms: u64,
+    /// Multiply every model's tok/s (a release that generates slower).
+    #[arg(long, env = "FAKE_OLLAMA_SPEED", default_value_t = 1.0)]
+    speed: f64,
+}
+
+/// Where Ollama looks for its libraries: next to the executable with symlinks resolved
+/// (ml/path.go LibOllamaPath: os.Executable, filepath.EvalSymlinks, then `<dir>/../lib/ollama`).
+fn lib_ollama() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?.canonicalize().ok()?;
+    let lib = exe.parent()?.join("../lib/ollama");
+    lib.is_dir().then_some(lib)
+}
+
+/// Test knobs that travel inside a release tarball (`lib/ollama/fake-ollama.env`, FAKE_OLLAMA_*
+/// lines only), so that two installed "releases" can behave differently under one unit file.
+/// Read before the runtime starts: setting the environment is only sound single-threaded.
+fn knobs_from_install() {
+    let Some(lib) = lib_ollama() else { return };
+    let Ok(text) = std::fs::read_to_string(lib.join("fake-ollama.env")) else { return };
+    for line in text.lines().take(50) {
+        if let Some((k, v)) = line.trim().split_once('=') {
+            if k.starts_with("FAKE_OLLAMA_") && std::env::var_os(k).is_none() {
+                std::env::set_var(k, v);
+            }
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    knobs_from_install();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve())
 }
 
 fn bind_addr() -> anyhow::Result<SocketAddr> {
@@ -86,10 +117,15 @@ fn bind_addr() -> anyhow::Result<SocketAddr> {
         .ok_or_else(|| anyhow::anyhow!("OLLAMA_HOST {raw:?} resolves to no address"))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn serve() -> anyhow::Result<()> {
     let Cmd::Serve(a) = Cli::parse().cmd;
     let mut profile = Profile::by_name(&a.profile).ok_or_else(|| anyhow::anyhow!("unknown profile {:?} (try orin-nano-8gb)", a.profile))?;
+    if a.speed > 0.0 && a.speed != 1.0 {
+        for m in profile.registry.iter_mut() {
+            m.gpu_tok_s *= a.speed;
+            m.cpu_tok_s *= a.speed;
+        }
+    }
     if let Some(v) = a.version_string {
         profile.version = v;
     }
@@ -99,6 +135,11 @@ async fn main() -> anyhow::Result<()> {
         NoGpu::MissingLibs => CpuReason::MissingLibs,
         NoGpu::CudaInit => CpuReason::CudaInit,
     });
+    // An installed release without its JetPack 6 libraries: discovery quietly finds only the
+    // CPU (the seed's lesson). Only judged when a lib/ollama exists beside the binary at all.
+    if c.cpu_only.is_none() && lib_ollama().is_some_and(|l| !l.join("cuda_jetpack6").is_dir()) {
+        c.cpu_only = Some(CpuReason::MissingLibs);
+    }
     c.log_format = match a.log_format {
         Format::Current => LogFormat::Current,
         Format::Legacy => LogFormat::Legacy,

@@ -6,13 +6,16 @@ pub mod check;
 pub mod doctor;
 pub mod exec_child;
 pub mod gpu_check;
+pub mod install;
 pub mod keepalive;
 pub mod logging;
 pub mod preload;
 pub mod status;
 pub mod supervise;
 pub mod switch;
+pub mod uninstall;
 pub mod units;
+pub mod upgrade;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use jetson_llmd::conf::{config, modelconf, ModelName, Settings};
@@ -156,6 +159,62 @@ pub enum Cmd {
         #[arg(long, value_name = "DIR")]
         output: Option<PathBuf>,
     },
+    /// Install Ollama (arm64 + JetPack 6 tarballs, sha256-verified, unpacked with every entry
+    /// checked, switched in atomically), the ollama user, the units, /etc files, then start.
+    /// Re-running changes only what differs; --dry-run prints the plan.
+    #[command(after_help = "Examples:\n  sudo jetson-llmd install                      # the pinned Ollama release from GitHub\n  sudo jetson-llmd install --dry-run            # what would change\n  sudo jetson-llmd install --tarball ollama-linux-arm64.tar.zst \\\n       --jetpack-tarball ollama-linux-arm64-jetpack6.tar.zst --sha256sums sha256sum.txt   # offline\nSee docs/install.md.")]
+    Install {
+        #[command(flatten)]
+        source: install::SourceArgs,
+        /// The model to keep warm, written into a new /etc/ollama/model.conf (an existing one stays).
+        #[arg(long, value_name = "NAME")]
+        model: Option<String>,
+        /// Print the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Install, but do not start jetson-llmd.service.
+        #[arg(long)]
+        no_start: bool,
+        /// Write files only; do not talk to systemd (image builders, chroots).
+        #[arg(long)]
+        no_systemd: bool,
+        /// Install on a board, JetPack or architecture this tool does not target (never skips checksums).
+        #[arg(long)]
+        force: bool,
+        /// After starting, wait this long for the model to be warm on the GPU (0: do not wait).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "30m")]
+        wait: Duration,
+    },
+    /// Install another Ollama release beside the live one, switch, and prove it on the GPU (GPU
+    /// discovery, model warm at 100%, tok/s against the last good figure); switch back if not.
+    Upgrade {
+        #[command(flatten)]
+        source: install::SourceArgs,
+        /// Return to the previous version (no canary).
+        #[arg(long, conflicts_with_all = ["tarball", "version"])]
+        rollback: bool,
+        /// Lowest acceptable speed, as a fraction of the last good tok/s.
+        #[arg(long, value_name = "FRACTION", default_value_t = 0.8)]
+        min_speed: f64,
+        /// Longest wait for the supervisor's verdict on each switch.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "20m")]
+        timeout: Duration,
+        /// As for install.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Stop and remove what install put here. Models and /etc files you edited stay unless --purge.
+    Uninstall {
+        /// Also remove edited /etc files, the download cache, state, and the ollama user with its models.
+        #[arg(long)]
+        purge: bool,
+        /// Print what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not talk to systemd.
+        #[arg(long)]
+        no_systemd: bool,
+    },
     /// (internal) Start PROGRAM so that it dies with the supervisor.
     #[command(hide = true)]
     ExecChild(ExecChildArgs),
@@ -183,6 +242,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Preload => preload::run(g).await,
         Cmd::Keepalive { interval, once } => keepalive::run(g, interval, once).await,
         Cmd::Supervise { launcher, ollama_bin } => supervise::run(g, launcher, ollama_bin).await,
+        Cmd::Install { source, model, dry_run, no_start, no_systemd, force, wait } => {
+            install::run(g, install::Args { source, model, dry_run, no_start, no_systemd, force, wait }).await
+        }
+        Cmd::Upgrade { source, rollback, min_speed, timeout, force } => {
+            if !(0.0..=1.0).contains(&min_speed) {
+                return Err(Failure::Config(format!("--min-speed {min_speed} must be between 0 and 1 (0.8 = at least 80% of the last good tok/s)")).into());
+            }
+            upgrade::run(g, upgrade::Args { source, rollback, min_speed, timeout, force }).await
+        }
+        Cmd::Uninstall { purge, dry_run, no_systemd } => uninstall::run(g, purge, dry_run, no_systemd).await,
         Cmd::ExecChild(_) => Ok(code::USAGE),
     }
 }

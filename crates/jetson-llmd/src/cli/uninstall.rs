@@ -1,0 +1,124 @@
+//! `jetson-llmd uninstall`: stop and disable the units, remove what install put there. Models
+//! (the ollama user's home) and /etc files the user edited stay unless `--purge`.
+
+use super::install::{connect, need_root};
+use super::{print_json, Global};
+use jetson_llmd::failure::{code, Failure};
+use jetson_llmd::host::{accounts, rooted};
+use jetson_llmd::install::apply::{unedited, CACHE};
+use jetson_llmd::install::plan::{JETSON_LLMD_BIN, OLLAMA_HOME, UNIT_DIR};
+use jetson_llmd::install::services::Services;
+use jetson_llmd::install::state::{self, InstallState};
+use jetson_llmd::install::tree::Store;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, serde::Serialize)]
+struct Step {
+    action: &'static str,
+    path: String,
+}
+
+pub async fn run(g: &Global, purge: bool, dry_run: bool, no_systemd: bool) -> anyhow::Result<i32> {
+    let facts = jetson_llmd::install::detect::gather(&g.root).await;
+    if !dry_run {
+        need_root(&facts, "uninstall")?;
+    }
+    let st = InstallState::load(&g.root).await.map_err(Failure::Config)?;
+    let store = Store::new(&g.root);
+    let mut steps = Vec::new();
+    let mut step = |action, path: &str| steps.push(Step { action, path: path.to_string() });
+    let units = ["jetson-llmd.service", "ollama-keepalive.service", "ollama-preload.service"];
+    let ours_ollama_unit = st.files.contains_key(&format!("{UNIT_DIR}/ollama.service"));
+    for (path, _) in st.files.iter().filter(|(p, _)| p.starts_with(UNIT_DIR) || p.as_str() == JETSON_LLMD_BIN) {
+        step("remove", path);
+    }
+    for path in st.files.keys().filter(|p| p.starts_with("/etc/") && !p.starts_with(UNIT_DIR)) {
+        if purge || unedited(&g.root, path, &st).await {
+            step("remove", path);
+        } else {
+            step("keep (edited)", path);
+        }
+    }
+    if store.dir().exists() {
+        step("remove", &format!("{} ({} and {})", jetson_llmd::install::tree::STORE, jetson_llmd::install::tree::BIN, jetson_llmd::install::tree::LIB));
+    }
+    if purge {
+        for p in [CACHE, "/var/lib/jetson-llmd"] {
+            step("remove", p);
+        }
+        if st.created_user {
+            step("remove user ollama and its models in", OLLAMA_HOME);
+        }
+    } else {
+        step("keep (models)", OLLAMA_HOME);
+    }
+    if dry_run {
+        if g.json {
+            print_json(&steps)?;
+        } else {
+            println!("uninstall plan for {}:", g.root.display());
+            for s in &steps {
+                println!("  {:<14} {}", s.action, s.path);
+            }
+            println!("(dry run: nothing was changed)");
+        }
+        return Ok(code::OK);
+    }
+    if st == InstallState::default() && !store.dir().exists() {
+        println!("nothing to uninstall: jetson-llmd's install record ({}) is absent", state::PATH);
+        return Ok(code::OK);
+    }
+
+    let sd = connect(no_systemd, false).await?;
+    if let Some(sd) = &sd {
+        let mut stop: Vec<&str> = units.to_vec();
+        if ours_ollama_unit {
+            stop.push("ollama.service");
+        }
+        for u in &stop {
+            if let Err(e) = sd.stop(u, Duration::from_secs(60)).await {
+                eprintln!("warning: stopping {u}: {e}");
+            }
+        }
+        let _ = sd.disable(&stop).await;
+    }
+    for s in &steps {
+        if s.action != "remove" {
+            continue;
+        }
+        let p = rooted(&g.root, Path::new(&s.path));
+        if s.path.starts_with('/') && !s.path.contains(' ') {
+            let r = if p.is_dir() { tokio::fs::remove_dir_all(&p).await } else { tokio::fs::remove_file(&p).await };
+            match r {
+                Ok(()) => println!("removed {}", s.path),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => eprintln!("warning: {}: {e}", s.path),
+            }
+        }
+    }
+    let _ = tokio::fs::remove_dir(rooted(&g.root, Path::new(&format!("{UNIT_DIR}/ollama.service.d")))).await;
+    if store.dir().exists() {
+        store.remove_all().map_err(|e| anyhow::anyhow!("{e}"))?;
+        println!("removed Ollama ({})", jetson_llmd::install::tree::STORE);
+    }
+    if purge && st.created_user {
+        match accounts::delete_user(&g.root, "ollama").await {
+            Ok(()) => println!("removed user ollama"),
+            Err(e) => eprintln!("warning: {e}"),
+        }
+        let home = rooted(&g.root, Path::new(OLLAMA_HOME));
+        if tokio::fs::remove_dir_all(&home).await.is_ok() {
+            println!("removed {OLLAMA_HOME} (models)");
+        }
+    }
+    if let Some(sd) = &sd {
+        let _ = sd.daemon_reload().await;
+    }
+    if !purge {
+        // Keep the record of edited files' hashes only while something of ours remains.
+        let _ = tokio::fs::remove_file(state::path(&g.root)).await;
+        println!("kept: models in {OLLAMA_HOME} and the /etc files you edited (--purge removes them)");
+    }
+    Ok(code::OK)
+}
