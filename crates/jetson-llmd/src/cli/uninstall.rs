@@ -65,7 +65,7 @@ pub async fn run(g: &Global, purge: bool, dry_run: bool, no_systemd: bool) -> an
         }
         return Ok(code::OK);
     }
-    if st == InstallState::default() && !store.dir().exists() {
+    if st.current.is_none() && !store.dir().exists() && !steps.iter().any(|s| s.action == "remove" && !s.path.starts_with("/var")) {
         println!("nothing to uninstall: jetson-llmd's install record ({}) is absent", state::PATH);
         return Ok(code::OK);
     }
@@ -116,8 +116,12 @@ pub async fn run(g: &Global, purge: bool, dry_run: bool, no_systemd: bool) -> an
         let _ = sd.daemon_reload().await;
     }
     if !purge {
-        // Keep the record of edited files' hashes only while something of ours remains.
-        let _ = tokio::fs::remove_file(state::path(&g.root)).await;
+        // Remember only what stays: whether install made the ollama user (a later --purge
+        // removes it) and the hashes of the kept files (a re-install still knows they are yours).
+        let kept = InstallState { created_user: st.created_user, files: st.files.iter().filter(|(p, _)| rooted(&g.root, Path::new(p.as_str())).exists() && !p.starts_with(UNIT_DIR) && p.as_str() != JETSON_LLMD_BIN).map(|(p, h)| (p.clone(), h.clone())).collect(), ..Default::default() };
+        if let Err(e) = kept.save(&g.root).await {
+            eprintln!("warning: {}: {e}", state::path(&g.root).display());
+        }
         println!("kept: models in {OLLAMA_HOME} and the /etc files you edited (--purge removes them)");
     }
     Ok(code::OK)

@@ -154,13 +154,15 @@ pub async fn apply<S: Services>(plan: &Plan, req: &Request, state: &mut InstallS
         for f in &plan.files {
             let path = rooted(&req.root, Path::new(&f.path));
             match f.change {
+                Change::Unchanged if f.kind == FileKind::Binary => {}
                 Change::Unchanged => {
                     state.files.insert(f.path.clone(), fetch::sha256_bytes(&f.bytes));
                 }
                 Change::Create | Change::Update => {
                     journal.push(Undo::File { old: read_old(&path).await, path: path.clone() });
                     fs::write_atomic(&path, f.bytes.clone(), f.mode).await.map_err(|e| InstallError::Write { path: path.clone(), source: e })?;
-                    state.files.insert(f.path.clone(), fetch::sha256_bytes(&f.bytes));
+                    // Binaries are ours whatever their hash; only /etc files need one.
+                    state.files.insert(f.path.clone(), if f.kind == FileKind::Binary { String::new() } else { fetch::sha256_bytes(&f.bytes) });
                     out.changed.push(format!("{} {}", if f.change == Change::Create { "created" } else { "updated" }, f.path));
                 }
                 Change::KeepYours => {

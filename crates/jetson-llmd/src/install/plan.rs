@@ -269,8 +269,10 @@ pub async fn compute(req: &Request, state: &InstallState, active: Option<bool>) 
         };
         if !same_file {
             let ours = tokio::fs::read(exe).await.map_err(|e| format!("{}: {e}", exe.display()))?;
-            let have = existing(root, JETSON_LLMD_BIN, 512 << 20).await?;
-            files.push(FileStep { path: JETSON_LLMD_BIN.into(), kind: FileKind::Binary, change: owned_change(have.as_deref(), &ours), bytes: ours, mode: 0o755 });
+            // Sizes first: reading a 100 MB binary only to find it differs in length is waste.
+            let same_size = tokio::fs::metadata(&target).await.is_ok_and(|m| m.is_file() && m.len() == ours.len() as u64);
+            let change = if same_size { owned_change(existing(root, JETSON_LLMD_BIN, 512 << 20).await?.as_deref(), &ours) } else if target.exists() { Change::Update } else { Change::Create };
+            files.push(FileStep { path: JETSON_LLMD_BIN.into(), kind: FileKind::Binary, change, bytes: ours, mode: 0o755 });
         }
     }
 
@@ -298,7 +300,12 @@ pub async fn compute(req: &Request, state: &InstallState, active: Option<bool>) 
     }
 
     // /etc files the user owns once they exist.
-    let model_conf = model_conf_text(req.model.as_ref());
+    // Without --model, a re-install keeps the model model.conf names (a switch is not undone).
+    let named = match &req.model {
+        Some(m) => Some(m.clone()),
+        None => existing(root, config::DEFAULT_MODEL_CONF, 256 << 10).await?.and_then(|b| modelconf::parse(&b).ok()).map(|c| c.model),
+    };
+    let model_conf = model_conf_text(named.as_ref());
     for (path, ours) in [(OLLAMA_ENV, DEFAULT_ENV.as_bytes().to_vec()), (config::DEFAULT_CONFIG, DEFAULT_CONFIG.as_bytes().to_vec()), (config::DEFAULT_MODEL_CONF, model_conf)] {
         let have = existing(root, path, 256 << 10).await?;
         let change = conffile_change(have.as_deref(), &ours, state.files.get(path).map(String::as_str));

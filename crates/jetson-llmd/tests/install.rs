@@ -1,0 +1,456 @@
+//! `jetson-llmd install` and `uninstall` on fixture roots (`--root`, `--no-systemd`), from
+//! tarballs built here in Ollama's release layout. Every hostile case checks that the previous
+//! install is byte-for-byte intact, that nothing was written outside the root, and that the
+//! message names the problem. (Upgrade and the canary need systemd: tests/systemd_container.rs.)
+
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_jetson-llmd"))
+}
+
+pub enum E<'a> {
+    File(&'a str, &'a [u8], u32),
+    Dir(&'a str),
+    Link(&'a str, &'a str),
+    Hard(&'a str, &'a str),
+    Fifo(&'a str),
+    Char(&'a str),
+}
+
+/// A tar archive with raw names (tar::Builder would refuse the hostile ones).
+fn tar_bytes(entries: &[E]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        let (name, data, kind, mode, link): (&str, &[u8], tar::EntryType, u32, &str) = match e {
+            E::File(n, d, m) => (n, d, tar::EntryType::Regular, *m, ""),
+            E::Dir(n) => (n, b"", tar::EntryType::Directory, 0o755, ""),
+            E::Link(n, t) => (n, b"", tar::EntryType::Symlink, 0o777, t),
+            E::Hard(n, t) => (n, b"", tar::EntryType::Link, 0o644, t),
+            E::Fifo(n) => (n, b"", tar::EntryType::Fifo, 0o644, ""),
+            E::Char(n) => (n, b"", tar::EntryType::Char, 0o644, ""),
+        };
+        let old = h.as_old_mut();
+        old.name[..name.len()].copy_from_slice(name.as_bytes());
+        old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+fn zstd(raw: &[u8]) -> Vec<u8> {
+    ruzstd::encoding::compress_to_vec(raw, ruzstd::encoding::CompressionLevel::Fastest)
+}
+
+fn sha(b: &[u8]) -> String {
+    Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A release: the two tarballs and sha256sum.txt in `dir`.
+pub struct Release {
+    pub base: PathBuf,
+    pub jetpack: PathBuf,
+    pub sums: PathBuf,
+}
+
+fn ollama_script(tag: &str) -> Vec<u8> {
+    format!("#!/bin/sh\necho 'ollama version is {tag}'\n").into_bytes()
+}
+
+fn base_entries(bin: &[u8]) -> Vec<E<'_>> {
+    vec![
+        E::Dir("./"),
+        E::Dir("./bin/"),
+        E::File("./bin/ollama", bin, 0o755),
+        E::Dir("./lib/"),
+        E::Dir("./lib/ollama/"),
+        E::File("./lib/ollama/libggml-base.so.0.0.0", b"ggml", 0o644),
+        E::Link("./lib/ollama/libggml-base.so.0", "libggml-base.so.0.0.0"),
+        E::Link("./lib/ollama/libggml-base.so", "libggml-base.so.0"),
+    ]
+}
+
+fn jetpack_entries() -> Vec<E<'static>> {
+    vec![
+        E::Dir("./"),
+        E::Dir("./lib/"),
+        E::Dir("./lib/ollama/"),
+        E::Dir("./lib/ollama/cuda_jetpack6/"),
+        E::File("./lib/ollama/cuda_jetpack6/libggml-cuda.so", b"cuda", 0o644),
+        E::File("./lib/ollama/cuda_jetpack6/libcublas.so.12.6.1.4", b"cublas", 0o644),
+        E::Link("./lib/ollama/cuda_jetpack6/libcublas.so.12", "libcublas.so.12.6.1.4"),
+    ]
+}
+
+pub fn release(dir: &Path, base: &[E], jetpack: &[E]) -> Release {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let b = zstd(&tar_bytes(base));
+    let j = zstd(&tar_bytes(jetpack));
+    let r = Release { base: dir.join("ollama-linux-arm64.tar.zst"), jetpack: dir.join("ollama-linux-arm64-jetpack6.tar.zst"), sums: dir.join("sha256sum.txt") };
+    std::fs::write(&r.base, &b).expect("w");
+    std::fs::write(&r.jetpack, &j).expect("w");
+    std::fs::write(&r.sums, format!("{}  ./ollama-linux-arm64.tar.zst\n{}  ./ollama-linux-arm64-jetpack6.tar.zst\n{}  ./ollama-darwin.tgz\n", sha(&b), sha(&j), "0".repeat(64))).expect("w");
+    r
+}
+
+fn good_release(dir: &Path, tag: &str) -> Release {
+    let script = ollama_script(tag);
+    release(dir, &base_entries(&script), &jetpack_entries())
+}
+
+/// A JetPack 6 board's files, an /etc/passwd without ollama and /etc/group without render.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Fixture {
+    /// The root sits alone in its own temporary directory, so "nothing beside the root" is checkable.
+    fn path(&self) -> &Path {
+        &self.root
+    }
+}
+
+fn fixture_root() -> Fixture {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = Fixture { root: dir.path().join("root"), _dir: dir };
+    let w = |p: &str, t: &str| {
+        let p = d.path().join(p);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, t).expect("write");
+    };
+    w("etc/nv_tegra_release", "# R36 (release), REVISION: 4.7, GCID: 42132812, BOARD: generic, EABI: aarch64, DATE: Thu Sep 18 22:54:44 UTC 2025\n");
+    w("proc/device-tree/model", "NVIDIA Jetson Orin Nano Developer Kit\0");
+    w("etc/passwd", "root:x:0:0:root:/root:/bin/bash\n");
+    w("etc/group", "root:x:0:\nvideo:x:44:\n");
+    w("etc/shadow", "root:*:19000:0:99999:7:::\n");
+    w("etc/gshadow", "root:*::\nvideo:*::\n");
+    d
+}
+
+fn install(root: &Path, r: &Release, extra: &[&str]) -> Output {
+    Command::new(bin())
+        .arg("--root")
+        .arg(root)
+        .args(["install", "--no-systemd", "--force", "--version", "0.30.6"])
+        .arg("--tarball")
+        .arg(&r.base)
+        .arg("--jetpack-tarball")
+        .arg(&r.jetpack)
+        .arg("--sha256sums")
+        .arg(&r.sums)
+        .args(extra)
+        .output()
+        .expect("run jetson-llmd")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Every path under `dir` with its type and content hash (symlinks by target).
+fn snapshot(dir: &Path) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    fn walk(base: &Path, p: &Path, m: &mut BTreeMap<String, String>) {
+        let Ok(rd) = std::fs::read_dir(p) else { return };
+        for e in rd.flatten() {
+            let path = e.path();
+            let rel = path.strip_prefix(base).expect("prefix").display().to_string();
+            let meta = std::fs::symlink_metadata(&path).expect("meta");
+            if meta.file_type().is_symlink() {
+                m.insert(rel, format!("-> {}", std::fs::read_link(&path).expect("link").display()));
+            } else if meta.is_dir() {
+                m.insert(rel.clone(), "dir".into());
+                walk(base, &path, m);
+            } else {
+                m.insert(rel, sha(&std::fs::read(&path).expect("read")));
+            }
+        }
+    }
+    walk(dir, dir, &mut m);
+    m
+}
+
+fn installed_tree(root: &Path) -> BTreeMap<String, String> {
+    snapshot(&root.join("usr/local"))
+}
+
+#[test]
+fn clean_install_then_a_second_install_changes_nothing_then_uninstall_and_purge() {
+    let root = fixture_root();
+    let rel = tempfile::tempdir().expect("tmp");
+    let r = good_release(rel.path(), "0.30.6");
+    let o = install(root.path(), &r, &["--model", "gemma3:1b"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("Ollama 0.30.6 is live"), "{out}");
+    assert!(out.contains("created system user ollama"), "{out}");
+    assert!(out.contains("next: jetson-llmd status"), "{out}");
+    let p = root.path();
+    // The well-known paths resolve into the versioned store, inside the root.
+    let live = std::fs::canonicalize(p.join("usr/local/bin/ollama")).expect("bin resolves");
+    assert!(live.starts_with(std::fs::canonicalize(p.join("usr/local/lib/jetson-llmd/ollama")).expect("store")), "{}", live.display());
+    assert_eq!(std::fs::read(&live).expect("bin"), ollama_script("0.30.6"));
+    assert!(p.join("usr/local/lib/ollama/cuda_jetpack6/libcublas.so.12").exists(), "JetPack libs through the links");
+    assert!(p.join("usr/local/bin/jetson-llmd").is_file());
+    // Units: ours, and no unit names a group this system lacks.
+    for u in ["jetson-llmd.service", "ollama.service", "ollama-preload.service", "ollama-keepalive.service"] {
+        let t = std::fs::read_to_string(p.join("etc/systemd/system").join(u)).expect(u);
+        assert!(!t.lines().any(|l| l.starts_with("SupplementaryGroups=") && l.contains("render")), "{u} names the render group");
+    }
+    assert_eq!(std::fs::read_to_string(p.join("etc/ollama/model.conf")).expect("conf").lines().last(), Some("OLLAMA_MODEL=gemma3:1b"));
+    assert!(p.join("etc/jetson-llmd/config.toml").is_file() && p.join("etc/jetson-llmd/ollama.env").is_file());
+    let passwd = std::fs::read_to_string(p.join("etc/passwd")).expect("passwd");
+    assert!(passwd.contains("ollama:x:") && passwd.contains(":/usr/share/ollama:/bin/false"), "{passwd}");
+    let group = std::fs::read_to_string(p.join("etc/group")).expect("group");
+    assert!(group.contains("video:x:44:ollama"), "{group}");
+    assert!(!group.contains("render"), "{group}");
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(p.join("var/lib/jetson-llmd/install.json")).expect("install.json")).expect("json");
+    assert_eq!(state["current"]["version"], "0.30.6");
+
+    // Again: nothing to do, nothing touched.
+    let before = snapshot(p);
+    let o = install(p, &r, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("nothing to do"), "{}", text(&o));
+    assert_eq!(snapshot(p), before);
+
+    // An edited model.conf survives a re-install with new defaults.
+    std::fs::write(p.join("etc/ollama/model.conf"), "OLLAMA_MODEL=qwen3:4b\n").expect("edit");
+    let o = install(p, &r, &["--model", "gemma3:1b"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read_to_string(p.join("etc/ollama/model.conf")).expect("conf"), "OLLAMA_MODEL=qwen3:4b\n");
+    assert!(text(&o).contains("switch gemma3:1b"), "{}", text(&o));
+
+    // Uninstall keeps the edited model.conf and the models; purge removes them.
+    std::fs::create_dir_all(p.join("usr/share/ollama/.ollama/models")).expect("models");
+    let o = Command::new(bin()).arg("--root").arg(p).args(["uninstall", "--no-systemd"]).output().expect("run");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!p.join("usr/local/bin/ollama").exists() && !p.join("usr/local/lib/ollama").exists() && !p.join("usr/local/lib/jetson-llmd").exists());
+    assert!(!p.join("etc/systemd/system/jetson-llmd.service").exists());
+    assert!(p.join("etc/ollama/model.conf").exists(), "edited: kept");
+    assert!(!p.join("etc/jetson-llmd/config.toml").exists(), "unedited: removed");
+    assert!(p.join("usr/share/ollama/.ollama/models").exists(), "models kept");
+    let o = install(p, &r, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = Command::new(bin()).arg("--root").arg(p).args(["uninstall", "--no-systemd", "--purge"]).output().expect("run");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!p.join("usr/share/ollama").exists() && !std::fs::read_to_string(p.join("etc/passwd")).expect("passwd").contains("ollama"));
+}
+
+#[test]
+fn dry_run_writes_nothing_and_prints_the_plan() {
+    let root = fixture_root();
+    let rel = tempfile::tempdir().expect("tmp");
+    let r = good_release(rel.path(), "0.30.6");
+    let before = snapshot(root.path());
+    let o = install(root.path(), &r, &["--dry-run"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    for want in ["install ollama 0.30.6", "create  system user ollama", "add     ollama to group video", "no render group", "create  /etc/systemd/system/jetson-llmd.service", "dry run: nothing was changed"] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    assert_eq!(snapshot(root.path()), before);
+}
+
+#[test]
+fn refuses_what_is_not_a_jetpack6_jetson_unless_forced() {
+    let root = fixture_root();
+    let rel = tempfile::tempdir().expect("tmp");
+    let r = good_release(rel.path(), "0.30.6");
+    std::fs::write(root.path().join("etc/nv_tegra_release"), "# R38 (release), REVISION: 2.0\n").expect("w");
+    let o = Command::new(bin()).arg("--root").arg(root.path()).args(["install", "--no-systemd", "--dry-run", "--tarball"]).arg(&r.base).arg("--jetpack-tarball").arg(&r.jetpack).arg("--sha256sums").arg(&r.sums).output().expect("run");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("R38") && err.contains("cuda_v13") && err.contains("--force"), "{err}");
+    assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
+}
+
+/// Installs a good release first; then each bad one must fail, name its problem, and leave the
+/// installed tree and everything outside the root untouched.
+#[test]
+fn hostile_archives_and_bad_downloads_leave_the_old_install_intact() {
+    let root = fixture_root();
+    let rel = tempfile::tempdir().expect("tmp");
+    let good = good_release(&rel.path().join("good"), "0.30.6");
+    let o = install(root.path(), &good, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let tree = installed_tree(root.path());
+    let outside = root.path().parent().expect("parent").to_path_buf();
+    let outside_before = snapshot(&outside).len();
+    let script = ollama_script("0.31.0");
+    let with_base = |extra: Vec<E<'static>>| {
+        let mut v = base_entries(&script);
+        v.extend(extra);
+        v
+    };
+    let cases: Vec<(&str, Vec<E>, Vec<E>, &str)> = vec![
+        ("absolute", with_base(vec![E::File("/etc/cron.d/evil", b"x", 0o644)]), jetpack_entries(), "absolute path"),
+        ("dotdot", with_base(vec![E::File("./lib/ollama/../../../../evil", b"x", 0o644)]), jetpack_entries(), "`..` in the path"),
+        ("outside the allow-list", with_base(vec![E::File("./etc/systemd/system/evil.service", b"x", 0o644)]), jetpack_entries(), "outside what this tarball may install"),
+        ("symlink out", with_base(vec![E::Link("./lib/ollama/evil", "../../../../etc/passwd")]), jetpack_entries(), "points outside the install"),
+        ("absolute symlink", with_base(vec![E::Link("./lib/ollama/evil", "/etc/shadow")]), jetpack_entries(), "absolute path"),
+        (
+            "write through a symlink",
+            with_base(vec![E::Link("./lib/ollama/d", "libggml-base.so.0.0.0"), E::File("./lib/ollama/d/x", b"x", 0o644)]),
+            jetpack_entries(),
+            "through the symlink",
+        ),
+        ("symlink then directory", with_base(vec![E::Link("./lib/ollama/sub", "."), E::Dir("./lib/ollama/sub/")]), jetpack_entries(), "a directory where"),
+        ("hard link", with_base(vec![E::Hard("./lib/ollama/h", "/etc/shadow")]), jetpack_entries(), "a hard link"),
+        ("fifo", with_base(vec![E::Fifo("./lib/ollama/f")]), jetpack_entries(), "a FIFO"),
+        ("device", with_base(vec![E::Char("./lib/ollama/c")]), jetpack_entries(), "a device node"),
+        ("setuid", with_base(vec![E::File("./lib/ollama/suid", b"x", 0o4755)]), jetpack_entries(), "setuid"),
+        ("jetpack tarball writes bin", base_entries(&script), vec![E::File("./bin/ollama", b"evil", 0o755)], "outside what this tarball may install"),
+        ("no JetPack libs", base_entries(&script), vec![E::Dir("./lib/ollama/cuda_jetpack6/")], "cuda_jetpack6"),
+        ("no binary", vec![E::Dir("./lib/ollama/")], jetpack_entries(), "bin/ollama"),
+        ("duplicate", with_base(vec![E::File("./bin/ollama", b"again", 0o755)]), jetpack_entries(), "appears twice"),
+    ];
+    for (i, (what, base, jp, want)) in cases.iter().enumerate() {
+        let r = release(&rel.path().join(format!("bad{i}")), base, jp);
+        let o = install(root.path(), &r, &[]);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{what}: {out}");
+        assert!(out.contains(want), "{what}: want {want:?} in {out}");
+        assert!(!out.contains("panicked"), "{what}: {out}");
+        assert_eq!(installed_tree(root.path()), tree, "{what}: the installed tree changed");
+        let beside: Vec<_> = std::fs::read_dir(&outside).expect("ls").flatten().map(|e| e.file_name()).collect();
+        assert_eq!(beside, vec![std::ffi::OsString::from("root")], "{what}: something was written beside the root");
+        assert_eq!(snapshot(&outside).len(), outside_before, "{what}: files appeared in the root");
+        assert!(!root.path().join("etc/cron.d/evil").exists() && !root.path().join("evil").exists(), "{what}");
+        let stale: Vec<_> = std::fs::read_dir(root.path().join("usr/local/lib/jetson-llmd/ollama")).expect("ls").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with('.')).collect();
+        assert!(stale.is_empty(), "{what}: staging left behind: {stale:?}");
+    }
+
+    // Bad checksum: a tarball that does not match sha256sum.txt.
+    let r = good_release(&rel.path().join("sum"), "0.31.0");
+    std::fs::write(&r.sums, format!("{}  ./ollama-linux-arm64.tar.zst\n{}  ./ollama-linux-arm64-jetpack6.tar.zst\n", "1".repeat(64), "2".repeat(64))).expect("w");
+    let o = install(root.path(), &r, &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("does not match") && text(&o).contains("sha256"), "{}", text(&o));
+    assert_eq!(installed_tree(root.path()), tree);
+
+    // Truncated and corrupt zstd whose (lying) checksums match: caught while unpacking.
+    for (what, mangle) in [("truncated", 0usize), ("corrupt", 1)] {
+        let r = good_release(&rel.path().join(what), "0.31.0");
+        let mut b = std::fs::read(&r.base).expect("r");
+        if mangle == 0 {
+            b.truncate(b.len() / 2);
+        } else {
+            let n = b.len();
+            for x in &mut b[n / 3..n / 2] {
+                *x ^= 0x5a;
+            }
+        }
+        std::fs::write(&r.base, &b).expect("w");
+        std::fs::write(&r.sums, format!("{}  ./ollama-linux-arm64.tar.zst\n{}  ./ollama-linux-arm64-jetpack6.tar.zst\n", sha(&b), sha(&std::fs::read(&r.jetpack).expect("r")))).expect("w");
+        let o = install(root.path(), &r, &[]);
+        assert_eq!(o.status.code(), Some(1), "{what}: {}", text(&o));
+        assert!(text(&o).contains("corrupt or truncated") || text(&o).contains("does not contain"), "{what}: {}", text(&o));
+        assert_eq!(installed_tree(root.path()), tree, "{what}");
+    }
+
+    // Not an archive at all.
+    let r = good_release(&rel.path().join("html"), "0.31.0");
+    std::fs::write(&r.base, b"<html>rate limited</html>").expect("w");
+    std::fs::write(&r.sums, format!("{}  ./ollama-linux-arm64.tar.zst\n{}  ./ollama-linux-arm64-jetpack6.tar.zst\n", sha(b"<html>rate limited</html>"), sha(&std::fs::read(&r.jetpack).expect("r")))).expect("w");
+    let o = install(root.path(), &r, &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("neither zstd nor gzip"), "{}", text(&o));
+    assert_eq!(installed_tree(root.path()), tree);
+}
+
+/// A run killed mid-extraction leaves a staging directory; the next run removes it and finishes.
+#[test]
+fn a_rerun_after_a_kill_cleans_stale_staging_and_finishes() {
+    let root = fixture_root();
+    let rel = tempfile::tempdir().expect("tmp");
+    let store = root.path().join("usr/local/lib/jetson-llmd/ollama");
+    std::fs::create_dir_all(store.join(".staging-0.30.6-0123456789ab/lib/ollama")).expect("mkdir");
+    std::fs::write(store.join(".staging-0.30.6-0123456789ab/lib/ollama/half.so"), b"half").expect("w");
+    let r = good_release(rel.path(), "0.30.6");
+    let o = install(root.path(), &r, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let left: Vec<_> = std::fs::read_dir(&store).expect("ls").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with('.')).collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// An Ollama that install.sh put in /usr/local is adopted into the store (restorable), and a
+/// new local release then becomes live.
+#[test]
+fn an_existing_ollama_is_adopted_not_destroyed() {
+    let root = fixture_root();
+    let p = root.path();
+    std::fs::create_dir_all(p.join("usr/local/bin")).expect("mkdir");
+    std::fs::create_dir_all(p.join("usr/local/lib/ollama/cuda_jetpack6")).expect("mkdir");
+    std::fs::write(p.join("usr/local/bin/ollama"), b"old ollama").expect("w");
+    std::fs::write(p.join("usr/local/lib/ollama/cuda_jetpack6/libold.so"), b"old").expect("w");
+    let rel = tempfile::tempdir().expect("tmp");
+    let r = good_release(rel.path(), "0.30.6");
+    let o = install(p, &r, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("kept the Ollama that was in /usr/local as adopted-"), "{}", text(&o));
+    let store = p.join("usr/local/lib/jetson-llmd/ollama");
+    let adopted = std::fs::read_dir(&store).expect("ls").flatten().find(|e| e.file_name().to_string_lossy().starts_with("adopted-")).expect("adopted dir").path();
+    assert_eq!(std::fs::read(adopted.join("bin/ollama")).expect("old bin"), b"old ollama");
+    assert!(adopted.join("lib/ollama/cuda_jetpack6/libold.so").exists());
+    assert_eq!(std::fs::read(p.join("usr/local/bin/ollama")).expect("bin"), ollama_script("0.30.6"));
+}
+
+/// A disk that fills up while unpacking: the message says so, the old install stays.
+#[test]
+fn disk_full_during_extraction_leaves_the_old_install() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let root = fixture_root();
+    let p = root.path();
+    let rel = tempfile::tempdir().expect("tmp");
+    let good = good_release(&rel.path().join("good"), "0.30.6");
+    let o = install(p, &good, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    // The store on a 16 MiB tmpfs; the new release unpacks to 64 MiB of zeros (tiny compressed,
+    // so the free-space estimate lets it start).
+    let store = p.join("usr/local/lib/jetson-llmd/ollama");
+    let keep = tempfile::tempdir().expect("tmp");
+    let status = Command::new("cp").arg("-a").arg(&store).arg(keep.path()).status().expect("cp");
+    assert!(status.success());
+    let m = Command::new("mount").args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"]).arg(&store).status().expect("mount");
+    assert!(m.success(), "mount tmpfs");
+    let _umount = Umount(store.clone());
+    let status = Command::new("sh").arg("-c").arg(format!("cp -a {}/ollama/. {}/", keep.path().display(), store.display())).status().expect("cp");
+    assert!(status.success());
+    let tree = installed_tree(p);
+    let zeros = vec![0u8; 64 << 20];
+    let script = ollama_script("0.31.0");
+    let mut base = base_entries(&script);
+    base.push(E::File("./lib/ollama/libhuge.so", &zeros, 0o644));
+    let r = release(&rel.path().join("huge"), &base, &jetpack_entries());
+    let o = install(p, &r, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("no space left"), "{}", text(&o));
+    assert_eq!(installed_tree(p), tree);
+    let left: Vec<_> = std::fs::read_dir(&store).expect("ls").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with('.')).collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+struct Umount(PathBuf);
+
+impl Drop for Umount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
