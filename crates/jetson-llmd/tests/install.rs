@@ -454,3 +454,79 @@ impl Drop for Umount {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+/// A release mirror on 127.0.0.1 that honours `Range: bytes=N-`, counting what it sends.
+async fn mirror(dir: PathBuf) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use axum::extract::{Path as UrlPath, State};
+    use axum::http::{HeaderMap, StatusCode};
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let app = axum::Router::new()
+        .route(
+            "/{tag}/{file}",
+            axum::routing::get(|State((dir, sent)): State<(PathBuf, std::sync::Arc<std::sync::atomic::AtomicU64>)>, UrlPath((tag, file)): UrlPath<(String, String)>, headers: HeaderMap| async move {
+                let Ok(body) = std::fs::read(dir.join(&tag).join(&file)) else { return (StatusCode::NOT_FOUND, HeaderMap::new(), Vec::new()) };
+                let from = headers.get("range").and_then(|v| v.to_str().ok()).and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.trim_end_matches('-').parse::<usize>().ok());
+                let mut h = HeaderMap::new();
+                match from {
+                    Some(n) if n < body.len() => {
+                        h.insert("content-range", format!("bytes {n}-{}/{}", body.len() - 1, body.len()).parse().expect("header"));
+                        sent.fetch_add((body.len() - n) as u64, std::sync::atomic::Ordering::SeqCst);
+                        (StatusCode::PARTIAL_CONTENT, h, body[n..].to_vec())
+                    }
+                    Some(_) => (StatusCode::RANGE_NOT_SATISFIABLE, h, Vec::new()),
+                    None => {
+                        sent.fetch_add(body.len() as u64, std::sync::atomic::Ordering::SeqCst);
+                        (StatusCode::OK, h, body)
+                    }
+                }
+            }),
+        )
+        .with_state((dir, sent.clone()));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", l.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (url, sent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_resume_a_partial_file_and_refuse_a_tampered_one() {
+    let root = fixture_root();
+    let rel = tempfile::tempdir().expect("tmp");
+    let r = good_release(&rel.path().join("v0.30.6"), "0.30.6");
+    let base = std::fs::read(&r.base).expect("r");
+    let jp = std::fs::read(&r.jetpack).expect("r");
+    // A download cut in the middle by an earlier run.
+    let cache = root.path().join("var/cache/jetson-llmd");
+    std::fs::create_dir_all(&cache).expect("mkdir");
+    std::fs::write(cache.join(format!("{}.partial", sha(&base))), &base[..base.len() / 2]).expect("w");
+    let (url, sent) = mirror(rel.path().to_path_buf()).await;
+    let run = |version: &'static str| {
+        let (root, url) = (root.path().to_path_buf(), url.clone());
+        async move {
+            tokio::process::Command::new(bin()).arg("--root").arg(&root).args(["install", "--no-systemd", "--force", "--version", version, "--mirror", &url]).output().await.expect("run")
+        }
+    };
+    let o = run("0.30.6").await;
+    assert!(o.status.success(), "{}", text(&o));
+    let expected = (base.len() - base.len() / 2 + jp.len()) as u64 + std::fs::metadata(&r.sums).expect("m").len();
+    assert_eq!(sent.load(std::sync::atomic::Ordering::SeqCst), expected, "only the missing half of the base tarball was fetched");
+    assert!(cache.join(format!("{}-ollama-linux-arm64.tar.zst", sha(&base))).is_file());
+    assert!(root.path().join("usr/local/lib/ollama/cuda_jetpack6/libggml-cuda.so").exists());
+    let tree = installed_tree(root.path());
+
+    // A mirror serving a tampered base tarball: refused, the download deleted, nothing changed.
+    // (The JetPack tarball is the same as 0.30.6's: it comes verified from the cache.)
+    let bad = good_release(&rel.path().join("v0.31.0"), "0.31.0");
+    std::fs::write(&bad.base, b"tampered").expect("w");
+    let o = run("0.31.0").await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("does not match"), "{}", text(&o));
+    assert_eq!(installed_tree(root.path()), tree);
+    assert!(!std::fs::read_dir(&cache).expect("ls").flatten().any(|e| e.file_name().to_string_lossy().ends_with(".partial")), "the bad download is gone");
+
+    // No such release: one clear line.
+    let o = run("0.99.0").await;
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("404") && err.contains("sha256sum.txt"), "{err}");
+}
