@@ -3,66 +3,15 @@
 //! install is byte-for-byte intact, that nothing was written outside the root, and that the
 //! message names the problem. (Upgrade and the canary need systemd: tests/systemd_container.rs.)
 
-use sha2::{Digest, Sha256};
+mod common;
+
+use common::{release, sha, Release, E};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_jetson-llmd"))
-}
-
-pub enum E<'a> {
-    File(&'a str, &'a [u8], u32),
-    Dir(&'a str),
-    Link(&'a str, &'a str),
-    Hard(&'a str, &'a str),
-    Fifo(&'a str),
-    Char(&'a str),
-}
-
-/// A tar archive with raw names (tar::Builder would refuse the hostile ones).
-fn tar_bytes(entries: &[E]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for e in entries {
-        let mut h = tar::Header::new_gnu();
-        let (name, data, kind, mode, link): (&str, &[u8], tar::EntryType, u32, &str) = match e {
-            E::File(n, d, m) => (n, d, tar::EntryType::Regular, *m, ""),
-            E::Dir(n) => (n, b"", tar::EntryType::Directory, 0o755, ""),
-            E::Link(n, t) => (n, b"", tar::EntryType::Symlink, 0o777, t),
-            E::Hard(n, t) => (n, b"", tar::EntryType::Link, 0o644, t),
-            E::Fifo(n) => (n, b"", tar::EntryType::Fifo, 0o644, ""),
-            E::Char(n) => (n, b"", tar::EntryType::Char, 0o644, ""),
-        };
-        let old = h.as_old_mut();
-        old.name[..name.len()].copy_from_slice(name.as_bytes());
-        old.linkname[..link.len()].copy_from_slice(link.as_bytes());
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_size(data.len() as u64);
-        h.set_mtime(1_700_000_000);
-        h.set_cksum();
-        out.extend_from_slice(h.as_bytes());
-        out.extend_from_slice(data);
-        out.resize(out.len().div_ceil(512) * 512, 0);
-    }
-    out.extend_from_slice(&[0u8; 1024]);
-    out
-}
-
-fn zstd(raw: &[u8]) -> Vec<u8> {
-    ruzstd::encoding::compress_to_vec(raw, ruzstd::encoding::CompressionLevel::Fastest)
-}
-
-fn sha(b: &[u8]) -> String {
-    Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// A release: the two tarballs and sha256sum.txt in `dir`.
-pub struct Release {
-    pub base: PathBuf,
-    pub jetpack: PathBuf,
-    pub sums: PathBuf,
 }
 
 fn ollama_script(tag: &str) -> Vec<u8> {
@@ -92,17 +41,6 @@ fn jetpack_entries() -> Vec<E<'static>> {
         E::File("./lib/ollama/cuda_jetpack6/libcublas.so.12.6.1.4", b"cublas", 0o644),
         E::Link("./lib/ollama/cuda_jetpack6/libcublas.so.12", "libcublas.so.12.6.1.4"),
     ]
-}
-
-pub fn release(dir: &Path, base: &[E], jetpack: &[E]) -> Release {
-    std::fs::create_dir_all(dir).expect("mkdir");
-    let b = zstd(&tar_bytes(base));
-    let j = zstd(&tar_bytes(jetpack));
-    let r = Release { base: dir.join("ollama-linux-arm64.tar.zst"), jetpack: dir.join("ollama-linux-arm64-jetpack6.tar.zst"), sums: dir.join("sha256sum.txt") };
-    std::fs::write(&r.base, &b).expect("w");
-    std::fs::write(&r.jetpack, &j).expect("w");
-    std::fs::write(&r.sums, format!("{}  ./ollama-linux-arm64.tar.zst\n{}  ./ollama-linux-arm64-jetpack6.tar.zst\n{}  ./ollama-darwin.tgz\n", sha(&b), sha(&j), "0".repeat(64))).expect("w");
-    r
 }
 
 fn good_release(dir: &Path, tag: &str) -> Release {

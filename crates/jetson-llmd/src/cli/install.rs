@@ -150,6 +150,9 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
     }
     let mut state = state;
     let opts = Options { quiet: g.quiet || g.json, limits: Default::default() };
+    // Which supervisor state is there before the start: its outcome is not this start's.
+    let state_dir = rooted(&g.root, &settings(g).await.unwrap_or_default().state_dir);
+    let old = StateFile::read(&state_dir).await.ok().flatten().map(|s| canary::identity(&s));
     let t0 = std::time::Instant::now();
     let outcome = match apply::apply(&plan, &req, &mut state, sd.as_ref(), &opts).await {
         Ok(o) => o,
@@ -163,13 +166,12 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
     let mut exit = code::OK;
     let mut warm = None;
     if outcome.started.is_some() && !a.wait.is_zero() {
-        let settings = settings(g).await.unwrap_or_default();
-        let dir = rooted(&g.root, &settings.state_dir);
-        let old = StateFile::read(&dir).await.ok().flatten().map(|s| s.pid);
+        let dir = &state_dir;
         if !opts.quiet {
             eprintln!("waiting for the model to be warm on the GPU (up to {}; a first start may pull several GB)", humantime::format_duration(a.wait));
         }
-        let s = canary::wait_for_outcome(&dir, if active == Some(true) { old } else { None }, a.wait, opts.quiet).await;
+        // A state left by an earlier run is not this start's outcome.
+        let s = canary::wait_for_outcome(dir, old, sd.as_ref(), a.wait, opts.quiet).await;
         exit = match s.as_ref().map(|s| s.stage) {
             Some(Stage::Ready) => code::OK,
             Some(Stage::CpuFallback) => code::ON_CPU,

@@ -38,12 +38,15 @@ struct Report {
 /// Stops the supervisor, makes `dir` live, restarts Ollama, starts the supervisor again and
 /// waits for its verdict.
 async fn switch_to(sd: &Systemd, store: &Store, dir: &str, state_dir: &Path, timeout: Duration, quiet: bool) -> anyhow::Result<Option<State>> {
-    let old = StateFile::read(state_dir).await.ok().flatten().map(|s| s.pid);
+    let old = StateFile::read(state_dir).await.ok().flatten().map(|s| canary::identity(&s));
     sd.stop("jetson-llmd.service", Duration::from_secs(60)).await.map_err(anyhow::Error::msg)?;
     store.activate(dir)?;
+    for u in ["ollama-preload.service", "ollama-keepalive.service"] {
+        let _ = sd.reset_failed(u).await;
+    }
     sd.restart("ollama.service", Duration::from_secs(120)).await.map_err(anyhow::Error::msg)?;
     sd.queue_start("jetson-llmd.service").await.map_err(anyhow::Error::msg)?;
-    Ok(canary::wait_for_outcome(state_dir, old, timeout, quiet).await)
+    Ok(canary::wait_for_outcome(state_dir, old, Some(sd), timeout, quiet).await)
 }
 
 /// One short generation on the warm model: tok/s from Ollama's own eval counters.

@@ -155,6 +155,7 @@ pub async fn apply<S: Services>(plan: &Plan, req: &Request, state: &mut InstallS
             let path = rooted(&req.root, Path::new(&f.path));
             match f.change {
                 Change::Unchanged if f.kind == FileKind::Binary => {}
+                Change::Kept => out.new_files.push(format!("{}.new", f.path)),
                 Change::Unchanged => {
                     state.files.insert(f.path.clone(), fetch::sha256_bytes(&f.bytes));
                 }

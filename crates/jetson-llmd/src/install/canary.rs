@@ -6,7 +6,7 @@
 //! Otherwise the previous version is switched back and re-warmed.
 
 use super::state::LastGood;
-use crate::host::{liveness, Liveness};
+use super::services::Services;
 use crate::supervisor::stage::Stage;
 use crate::supervisor::state::{State, StateFile};
 use serde::Serialize;
@@ -76,17 +76,31 @@ pub fn judge(e: &Evidence, last_good: Option<&LastGood>, min_speed: f64) -> Vec<
     failed
 }
 
-/// Waits for a supervisor started after `after_pid` to reach a stage that decides the canary.
-pub async fn wait_for_outcome(state_dir: &Path, old_pid: Option<u32>, limit: Duration, quiet: bool) -> Option<State> {
+/// Which supervisor wrote a state: pid and start time (pids alone repeat, and from outside a
+/// container they are another namespace's).
+pub fn identity(s: &State) -> (u32, String) {
+    (s.pid, s.started_at.clone())
+}
+
+/// Waits for a supervisor other than `old` to reach a stage that decides the canary, or for
+/// its unit to die. A state the unit no longer backs counts as decided.
+pub async fn wait_for_outcome<S: Services>(state_dir: &Path, old: Option<(u32, String)>, sd: Option<&S>, limit: Duration, quiet: bool) -> Option<State> {
     let t0 = tokio::time::Instant::now();
     let mut said = t0;
     loop {
         if let Ok(Some(s)) = StateFile::read(state_dir).await {
-            let fresh = Some(s.pid) != old_pid && s.pid != 0;
-            if fresh {
-                let decided = matches!(s.stage, Stage::Ready | Stage::CpuFallback | Stage::RebootRequired | Stage::DoesNotFit | Stage::PartlyOnGpu | Stage::ConfigInvalid | Stage::PreloadFailed | Stage::OllamaFailed);
-                if decided || (liveness(s.pid) == Liveness::NotRunning && s.stage != Stage::Ready) {
+            if Some(identity(&s)) != old && s.pid != 0 {
+                let decided = matches!(
+                    s.stage,
+                    Stage::Ready | Stage::CpuFallback | Stage::RebootRequired | Stage::DoesNotFit | Stage::PartlyOnGpu | Stage::ConfigInvalid | Stage::PreloadFailed | Stage::OllamaFailed
+                );
+                if decided {
                     return Some(s);
+                }
+                if let Some(sd) = sd {
+                    if matches!(sd.active_state("jetson-llmd.service").await.as_deref(), Some("failed" | "inactive")) {
+                        return Some(s);
+                    }
                 }
                 if !quiet && said.elapsed() >= Duration::from_secs(15) {
                     said = tokio::time::Instant::now();
@@ -95,7 +109,7 @@ pub async fn wait_for_outcome(state_dir: &Path, old_pid: Option<u32>, limit: Dur
             }
         }
         if t0.elapsed() > limit {
-            return StateFile::read(state_dir).await.ok().flatten().filter(|s| Some(s.pid) != old_pid);
+            return StateFile::read(state_dir).await.ok().flatten().filter(|s| Some(identity(s)) != old);
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

@@ -5,7 +5,6 @@
 
 use super::archive::Compression;
 use super::release::{self, Version};
-use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -110,15 +109,69 @@ pub fn sha256_bytes(b: &[u8]) -> String {
     hex(&Sha256::digest(b))
 }
 
-fn client() -> Result<reqwest::Client, FetchError> {
-    // One process-wide crypto provider; a second install_default is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .connect_timeout(CONNECT)
-        .read_timeout(STALL)
-        .user_agent(concat!("jetson-llmd/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| FetchError::Http { url: String::new(), detail: e.to_string() })
+type Body = http_body_util::Empty<hyper::body::Bytes>;
+
+/// A small HTTPS client: ring as the rustls provider, the system's CA certificates, redirects
+/// followed (GitHub sends release assets to its object store), a deadline on every step.
+struct Http {
+    client: hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Body>,
+}
+
+impl Http {
+    fn new() -> Result<Http, FetchError> {
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_native_roots(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .map_err(|e| FetchError::Http { url: String::new(), detail: format!("no CA certificates on this system ({e}); install ca-certificates") })?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
+        Ok(Http { client })
+    }
+
+    /// GET with an optional `Range: bytes=N-`; returns the final response after redirects.
+    async fn get(&self, url: &str, from: Option<u64>) -> Result<hyper::Response<hyper::body::Incoming>, FetchError> {
+        let mut url = url.to_string();
+        for _ in 0..8 {
+            let mut req = hyper::Request::get(&url).header("user-agent", concat!("jetson-llmd/", env!("CARGO_PKG_VERSION")));
+            if let Some(n) = from.filter(|n| *n > 0) {
+                req = req.header("range", format!("bytes={n}-"));
+            }
+            let req = req.body(Body::new()).map_err(|e| http(&url, e))?;
+            let resp = tokio::time::timeout(CONNECT + STALL, self.client.request(req)).await.map_err(|_| http(&url, "no answer"))?.map_err(|e| http(&url, e))?;
+            if resp.status().is_redirection() {
+                let loc = resp.headers().get("location").and_then(|l| l.to_str().ok()).ok_or_else(|| http(&url, "redirect without a location"))?;
+                let next = url::Url::parse(&url).and_then(|u| u.join(loc)).map_err(|e| http(&url, e))?;
+                if next.scheme() != "https" && next.scheme() != "http" {
+                    return Err(http(&url, "redirect to a non-HTTP URL"));
+                }
+                url = next.to_string();
+                continue;
+            }
+            return Ok(resp);
+        }
+        Err(http(&url, "too many redirects"))
+    }
+}
+
+/// The next chunk of a body, or None at its end; a body silent for [`STALL`] is cut.
+async fn next_chunk(body: &mut hyper::body::Incoming, url: &str) -> Result<Option<hyper::body::Bytes>, FetchError> {
+    use http_body_util::BodyExt;
+    loop {
+        match tokio::time::timeout(STALL, body.frame()).await.map_err(|_| http(url, format!("nothing received for {} s; run again to resume", STALL.as_secs())))? {
+            None => return Ok(None),
+            Some(Err(e)) => return Err(http(url, format!("{e}; run again to resume"))),
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    return Ok(Some(d));
+                }
+            }
+        }
+    }
+}
+
+fn content_length(resp: &hyper::Response<hyper::body::Incoming>) -> Option<u64> {
+    resp.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
 }
 
 fn http(url: &str, e: impl std::fmt::Display) -> FetchError {
@@ -131,14 +184,14 @@ pub async fn sums(source: &Source) -> Result<Vec<(String, String)>, FetchError> 
         Source::Local { sums, .. } => crate::host::fs::read_text(sums, MAX_SUMS).await.map_err(|e| FetchError::Read { path: sums.clone(), source: e })?,
         Source::Release { base, version } => {
             let url = version.url(base, release::SUMS);
-            let resp = client()?.get(&url).timeout(Duration::from_secs(60)).send().await.map_err(|e| http(&url, e))?;
+            let resp = Http::new()?.get(&url, None).await?;
             if !resp.status().is_success() {
                 return Err(http(&url, format!("HTTP {} (no such release?)", resp.status())));
             }
             let mut body = Vec::new();
-            let mut stream = resp.bytes_stream();
-            while let Some(chunk) = stream.next().await {
-                body.extend_from_slice(&chunk.map_err(|e| http(&url, e))?);
+            let mut incoming = resp.into_body();
+            while let Some(chunk) = next_chunk(&mut incoming, &url).await? {
+                body.extend_from_slice(&chunk);
                 if body.len() as u64 > MAX_SUMS {
                     return Err(FetchError::TooLarge { what: url, limit: MAX_SUMS });
                 }
@@ -217,35 +270,30 @@ async fn download(url: &str, asset: &str, expected: &str, cache: &Path, quiet: b
         }
         Err(_) => 0,
     };
-    let mut req = client()?.get(url);
-    if have > 0 {
-        req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
-    }
-    let resp = req.send().await.map_err(|e| http(url, e))?;
+    let resp = Http::new()?.get(url, Some(have)).await?;
     let status = resp.status();
-    let resumed = status == reqwest::StatusCode::PARTIAL_CONTENT && have > 0;
-    if !status.is_success() && status != reqwest::StatusCode::RANGE_NOT_SATISFIABLE {
+    let resumed = status == hyper::StatusCode::PARTIAL_CONTENT && have > 0;
+    if !status.is_success() && status != hyper::StatusCode::RANGE_NOT_SATISFIABLE {
         return Err(http(url, format!("HTTP {status}")));
     }
     let mut start = if resumed { have } else { 0 };
     // 416: the partial file is already whole (or wrong); verify below, restart if wrong.
-    if status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE {
+    if status == hyper::StatusCode::RANGE_NOT_SATISFIABLE {
         start = have;
     }
-    let total = resp.content_length().map(|n| n + start);
+    let total = content_length(&resp).map(|n| n + start);
     if total.is_some_and(|t| t > MAX_TARBALL) {
         return Err(FetchError::TooLarge { what: url.to_string(), limit: MAX_TARBALL });
     }
-    if status != reqwest::StatusCode::RANGE_NOT_SATISFIABLE {
+    if status != hyper::StatusCode::RANGE_NOT_SATISFIABLE {
         let mut f = tokio::fs::OpenOptions::new().create(true).write(true).append(resumed).truncate(!resumed).open(&partial).await.map_err(io(&partial))?;
         if resumed && !quiet {
             eprintln!("resuming {asset} at {} MiB", have >> 20);
         }
         let mut progress = Progress::new(asset, total, start, quiet);
         let mut n = start;
-        let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| http(url, format!("{e}; run again to resume")))?;
+        let mut incoming = resp.into_body();
+        while let Some(chunk) = next_chunk(&mut incoming, url).await? {
             n += chunk.len() as u64;
             if n > MAX_TARBALL {
                 return Err(FetchError::TooLarge { what: url.to_string(), limit: MAX_TARBALL });

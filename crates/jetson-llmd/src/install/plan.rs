@@ -53,6 +53,8 @@ pub enum Change {
     Unchanged,
     /// The user edited it: kept; ours goes to `<path>.new`.
     KeepYours,
+    /// As KeepYours, and `<path>.new` already holds ours: nothing to write.
+    Kept,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -122,7 +124,7 @@ pub struct Plan {
 impl Plan {
     pub fn changes_anything(&self) -> bool {
         matches!(self.ollama, OllamaStep::Install { .. })
-            || self.files.iter().any(|f| f.change != Change::Unchanged)
+            || self.files.iter().any(|f| !matches!(f.change, Change::Unchanged | Change::Kept))
             || self.user.create
             || !self.user.add_to.is_empty()
             || self.systemd.as_ref().is_some_and(|s| s.daemon_reload || !s.enable.is_empty() || s.start != Start::Nothing)
@@ -156,9 +158,9 @@ impl Plan {
                 Change::Create => "create ",
                 Change::Update => "update ",
                 Change::Unchanged => "ok     ",
-                Change::KeepYours => "keep   ",
+                Change::KeepYours | Change::Kept => "keep   ",
             };
-            let extra = if f.change == Change::KeepYours { format!(" (edited by you; ours goes to {}.new)", f.path) } else { String::new() };
+            let extra = if matches!(f.change, Change::KeepYours | Change::Kept) { format!(" (edited by you; ours goes to {}.new)", f.path) } else { String::new() };
             let _ = writeln!(s, "  {what} {}{extra}", f.path);
         }
         if let Some(sd) = &self.systemd {
@@ -308,7 +310,10 @@ pub async fn compute(req: &Request, state: &InstallState, active: Option<bool>) 
     let model_conf = model_conf_text(named.as_ref());
     for (path, ours) in [(OLLAMA_ENV, DEFAULT_ENV.as_bytes().to_vec()), (config::DEFAULT_CONFIG, DEFAULT_CONFIG.as_bytes().to_vec()), (config::DEFAULT_MODEL_CONF, model_conf)] {
         let have = existing(root, path, 256 << 10).await?;
-        let change = conffile_change(have.as_deref(), &ours, state.files.get(path).map(String::as_str));
+        let mut change = conffile_change(have.as_deref(), &ours, state.files.get(path).map(String::as_str));
+        if change == Change::KeepYours && existing(root, &format!("{path}.new"), 256 << 10).await.ok().flatten().as_deref() == Some(ours.as_slice()) {
+            change = Change::Kept;
+        }
         if change == Change::KeepYours && path == config::DEFAULT_MODEL_CONF {
             if let (Some(m), Some(h)) = (&req.model, &have) {
                 if modelconf::parse(h).map(|c| c.model != *m).unwrap_or(true) {
@@ -334,7 +339,8 @@ pub async fn compute(req: &Request, state: &InstallState, active: Option<bool>) 
         let units_changed = files.iter().any(|f| f.kind == FileKind::Unit && f.change != Change::Unchanged);
         let env_changed = files.iter().any(|f| f.path == OLLAMA_ENV && matches!(f.change, Change::Create | Change::Update));
         let bin_changed = matches!(ollama, OllamaStep::Install { .. });
-        let enable = ENABLE.iter().filter(|u| !rooted(root, Path::new(&format!("{UNIT_DIR}/multi-user.target.wants/{u}"))).exists()).map(|u| u.to_string()).collect();
+        // symlink_metadata: the link is absolute inside the root, so following it from here would miss.
+        let enable = ENABLE.iter().filter(|u| std::fs::symlink_metadata(rooted(root, Path::new(&format!("{UNIT_DIR}/multi-user.target.wants/{u}")))).is_err()).map(|u| u.to_string()).collect();
         let anything = units_changed || files.iter().any(|f| matches!(f.change, Change::Create | Change::Update)) || bin_changed || user.create || !user.add_to.is_empty();
         let start = match (req.start, active) {
             (false, _) => Start::Nothing,

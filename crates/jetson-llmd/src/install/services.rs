@@ -42,10 +42,14 @@ impl Services for Systemd {
     }
 
     async fn start(&self, unit: &str, deadline: Duration) -> Result<(), String> {
+        let _ = self.reset_failed(unit).await;
         self.run_job(unit, Verb::Start, deadline).await.map_err(|e| e.to_string())
     }
 
     async fn restart(&self, unit: &str, deadline: Duration) -> Result<(), String> {
+        // An install or canary restarts on purpose: its restarts must not count towards the
+        // unit's start limit (StartLimitBurst), which would leave Ollama down.
+        let _ = self.reset_failed(unit).await;
         self.run_job(unit, Verb::Restart, deadline).await.map_err(|e| e.to_string())
     }
 

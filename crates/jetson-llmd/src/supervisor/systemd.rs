@@ -154,6 +154,9 @@ impl Backend for SystemdBackend {
 
     async fn warm<A: OllamaApi>(&mut self, _api: &A, _settings: &Settings, model: &ModelName) -> Result<(), Failure> {
         // Restart, not start: a RemainAfterExit oneshot that already ran would be a no-op.
+        // Each run is this loop's decision, paced by its own backoff: systemd's start limit
+        // must not veto it (a canary or a few quick Ollama restarts would trip it).
+        let _ = self.sd.reset_failed(PRELOAD).await;
         let Err(e) = self.sd.run_job(PRELOAD, Verb::Restart, self.preload_deadline).await else { return Ok(()) };
         let status = self.sd.info(PRELOAD).await.ok().and_then(|i| i.exec_main_status);
         let detail = self.preload_error(&e).await;

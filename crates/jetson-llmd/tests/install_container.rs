@@ -1,0 +1,240 @@
+//! `jetson-llmd install` and `upgrade` against real systemd: a copy of the container rootfs with
+//! no ollama user and no render group, Debian's systemd as its PID 1, jetson-llmd run from the
+//! host with `--root` and the container's system bus. The "releases" are tarballs in Ollama's
+//! layout with fake-ollama as bin/ollama; knobs in lib/ollama/fake-ollama.env make a release
+//! report another version, fall back to the CPU, or generate slower. Needs root and
+//! `scripts/container-rootfs`; `scripts/test` runs it with `--ignored`.
+
+mod common;
+
+use common::{release, Release, E};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace")
+}
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_jetson-llmd"))
+}
+
+fn sh(cmd: &str) {
+    let s = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
+    assert!(s.success(), "{cmd}");
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, text).expect("write");
+}
+
+/// A fresh copy of the prepared rootfs, stripped of the ollama user, the render group and
+/// everything earlier tests installed.
+fn rootfs() -> PathBuf {
+    let base = std::env::var_os("JETSON_LLMD_ROOTFS").map(PathBuf::from).unwrap_or_else(|| workspace().join("target/systemd-rootfs/bookworm"));
+    assert!(base.join(".jetson-llmd-ready").exists(), "{} is not prepared: run scripts/container-rootfs", base.display());
+    let root = workspace().join("target/systemd-rootfs/install-test");
+    let _ = Command::new("rm").arg("-rf").arg(&root).status();
+    sh(&format!("cp -a --reflink=auto {} {}", base.display(), root.display()));
+    let r = root.display();
+    sh(&format!("userdel --root {r} ollama 2>/dev/null || true; groupdel --root {r} render 2>/dev/null || true"));
+    sh(&format!(
+        "cd {r} && rm -rf usr/share/ollama usr/local/bin/* usr/local/lib/ollama usr/local/lib/jetson-llmd etc/jetson-llmd etc/ollama var/lib/jetson-llmd var/cache/jetson-llmd \
+         etc/systemd/system/jetson-llmd.service* etc/systemd/system/ollama* etc/systemd/system/multi-user.target.wants/jetson-llmd.service \
+         etc/systemd/system/reboot.target etc/systemd/system/llmd-test-reboot.service"
+    ));
+    assert!(!std::fs::read_to_string(root.join("etc/group")).expect("group").contains("render:"));
+    write(&root.join("etc/nv_tegra_release"), "# R36 (release), REVISION: 4.7, GCID: 42132812, BOARD: generic, EABI: aarch64, DATE: Thu Sep 18 22:54:44 UTC 2025\n");
+    root
+}
+
+struct Booted {
+    nspawn: Child,
+    bus: tempfile::TempDir,
+}
+
+impl Drop for Booted {
+    fn drop(&mut self) {
+        if self.nspawn.try_wait().ok().flatten().is_none() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.nspawn.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let t = Instant::now();
+            while self.nspawn.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.nspawn.kill();
+        }
+    }
+}
+
+fn boot(root: &Path) -> Booted {
+    use std::os::unix::process::CommandExt;
+    let bus = tempfile::tempdir().expect("tmp");
+    let log = std::fs::File::create(workspace().join("target/nspawn-install.log")).expect("log");
+    let nspawn = Command::new("systemd-nspawn")
+        .arg("-D")
+        .arg(root)
+        .args(["-b", "--register=no", "--keep-unit", "--console=read-only", "-M", "llmdinstall"])
+        .arg(format!("--bind={}:/run/dbus", bus.path().display()))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .expect("systemd-nspawn");
+    let b = Booted { nspawn, bus };
+    let t = Instant::now();
+    while !b.bus.path().join("system_bus_socket").exists() {
+        assert!(t.elapsed() < Duration::from_secs(30), "the container did not boot; see target/nspawn-install.log");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // systemd answers on the bus a moment after dbus-daemon creates its socket.
+    let t = Instant::now();
+    loop {
+        let o = Command::new("busctl")
+            .args(["get-property", "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "SystemState"])
+            .env("DBUS_SYSTEM_BUS_ADDRESS", format!("unix:path={}/system_bus_socket", b.bus.path().display()))
+            .output();
+        if o.as_ref().is_ok_and(|o| { let s = String::from_utf8_lossy(&o.stdout); s.contains("running") || s.contains("degraded") }) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "systemd did not come up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    b
+}
+
+/// A release whose bin/ollama is fake-ollama; `knobs` go into lib/ollama/fake-ollama.env.
+fn fake_release(dir: &Path, knobs: &str) -> Release {
+    let fake = std::fs::read(bin().with_file_name("fake-ollama")).expect("build fake-ollama first (cargo build --workspace --bins)");
+    let base = vec![
+        E::Dir("./"),
+        E::Dir("./bin/"),
+        E::File("./bin/ollama", &fake, 0o755),
+        E::Dir("./lib/"),
+        E::Dir("./lib/ollama/"),
+        E::File("./lib/ollama/fake-ollama.env", knobs.as_bytes(), 0o644),
+        E::File("./lib/ollama/libggml-base.so.0.0.0", b"ggml", 0o644),
+        E::Link("./lib/ollama/libggml-base.so.0", "libggml-base.so.0.0.0"),
+    ];
+    let jp = vec![E::Dir("./lib/ollama/cuda_jetpack6/"), E::File("./lib/ollama/cuda_jetpack6/libggml-cuda.so", b"cuda", 0o644)];
+    release(dir, &base, &jp)
+}
+
+struct Host<'a> {
+    root: &'a Path,
+    bus: String,
+    port: u16,
+}
+
+impl Host<'_> {
+    fn run(&self, args: &[&str], r: Option<&Release>) -> (Output, Duration) {
+        let mut c = Command::new(bin());
+        c.arg("--root").arg(self.root).args(args);
+        if let Some(r) = r {
+            c.arg("--tarball").arg(&r.base).arg("--jetpack-tarball").arg(&r.jetpack).arg("--sha256sums").arg(&r.sums);
+        }
+        c.env("DBUS_SYSTEM_BUS_ADDRESS", &self.bus).env("OLLAMA_HOST", format!("127.0.0.1:{}", self.port));
+        let t = Instant::now();
+        let o = c.output().expect("run jetson-llmd");
+        (o, t.elapsed())
+    }
+
+    async fn get(&self, path: &str) -> serde_json::Value {
+        let r = reqwest::get(format!("http://127.0.0.1:{}{path}", self.port)).await;
+        match r {
+            Ok(r) => r.json().await.unwrap_or(serde_json::Value::Null),
+            Err(_) => serde_json::Value::Null,
+        }
+    }
+
+    async fn warm(&self, model: &str) -> bool {
+        self.get("/api/ps").await["models"].as_array().is_some_and(|m| m.iter().any(|m| m["name"] == model && m["size_vram"] == m["size"]))
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, systemd-nspawn and scripts/container-rootfs (run by scripts/test)"]
+async fn install_upgrade_canary_and_rollback_under_real_systemd() {
+    let root = rootfs();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("b").local_addr().expect("a").port();
+    // The user's own settings, there before install: kept (install writes *.new beside them).
+    write(&root.join("etc/jetson-llmd/ollama.env"), &format!("OLLAMA_KEEP_ALIVE=-1\nOLLAMA_MAX_LOADED_MODELS=1\nOLLAMA_HOST=127.0.0.1:{port}\nFAKE_OLLAMA_TIME_SCALE=0.02\n"));
+    write(
+        &root.join("etc/jetson-llmd/config.toml"),
+        "keepalive_interval = \"10s\"\nstate_dir = \"/var/lib/jetson-llmd\"\ngpu_discovery_timeout = \"10s\"\nretry_max_backoff = \"3s\"\nstartup_timeout = \"20s\"\n",
+    );
+    std::fs::create_dir_all(root.join("var/lib/jetson-llmd")).expect("mkdir");
+    write(&root.join("etc/systemd/system/jetson-llmd.service.d/50-test.conf"), "[Service]\nReadWritePaths=/var/lib/jetson-llmd\n");
+    write(&root.join("etc/systemd/system/ollama-keepalive.service.d/50-test.conf"), "[Service]\nReadWritePaths=/var/lib/jetson-llmd\n");
+    let rel = tempfile::tempdir().expect("tmp");
+    let v0 = fake_release(&rel.path().join("v0"), "FAKE_OLLAMA_VERSION=0.30.6\n");
+    let v1 = fake_release(&rel.path().join("v1"), "FAKE_OLLAMA_VERSION=0.31.0\n");
+    let cpu = fake_release(&rel.path().join("cpu"), "FAKE_OLLAMA_VERSION=0.32.0\nFAKE_OLLAMA_NO_GPU=cuda-init\n");
+    let slow = fake_release(&rel.path().join("slow"), "FAKE_OLLAMA_VERSION=0.32.1\nFAKE_OLLAMA_SPEED=0.3\n");
+
+    let booted = boot(&root);
+    let h = Host { root: &root, bus: format!("unix:path={}/system_bus_socket", booted.bus.path().display()), port };
+
+    // 1. Install: the ollama user is created in the groups that exist, the units go in, the
+    // supervisor starts and the model gets warm.
+    let (o, t_install) = h.run(&["install", "--force", "--version", "0.30.6", "--model", "gemma4:e2b-8k", "--wait", "3m"], Some(&v0));
+    assert!(o.status.success(), "install: {}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("created system user ollama") && out.contains("added ollama to group video"), "{out}");
+    assert!(out.contains("kept your /etc/jetson-llmd/ollama.env"), "{out}");
+    assert!(out.contains("ready: gemma4:e2b-8k warm on the GPU"), "{out}");
+    assert!(h.warm("gemma4:e2b-8k").await);
+    assert_eq!(h.get("/api/version").await["version"], "0.30.6");
+    assert!(std::fs::symlink_metadata(root.join("etc/systemd/system/multi-user.target.wants/jetson-llmd.service")).is_ok(), "enabled");
+
+    // 2. Again: nothing to do; still warm, nothing restarted.
+    let pid = std::fs::read_to_string(root.join("var/lib/jetson-llmd/state.json")).expect("state");
+    let (o, t_noop) = h.run(&["install", "--force", "--version", "0.30.6"], Some(&v0));
+    assert!(o.status.success() && text(&o).contains("nothing to do"), "{}", text(&o));
+    assert!(h.warm("gemma4:e2b-8k").await);
+    let after: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root.join("var/lib/jetson-llmd/state.json")).expect("state")).expect("json");
+    let before: serde_json::Value = serde_json::from_str(&pid).expect("json");
+    assert_eq!(after["pid"], before["pid"], "the supervisor was not restarted");
+
+    // 3. Upgrade to a good release: the canary passes, the new version stays.
+    let (o, t_upgrade) = h.run(&["upgrade", "--force", "--version", "0.31.0", "--timeout", "3m"], Some(&v1));
+    assert!(o.status.success(), "upgrade: {}", text(&o));
+    assert!(text(&o).contains("passed the canary"), "{}", text(&o));
+    assert_eq!(h.get("/api/version").await["version"], "0.31.0");
+    assert!(h.warm("gemma4:e2b-8k").await);
+
+    // 4. A release that falls back to the CPU: refused, switched back, warm again.
+    let (o, _) = h.run(&["upgrade", "--force", "--version", "0.32.0", "--timeout", "3m"], Some(&cpu));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("0.32.0 failed the canary") && out.contains("no CUDA GPU"), "{out}");
+    assert!(out.contains("0.31.0 is live and warm again"), "{out}");
+    assert_eq!(h.get("/api/version").await["version"], "0.31.0");
+    assert!(h.warm("gemma4:e2b-8k").await);
+
+    // 5. A release that is slower than the last good figure: refused too.
+    let (o, _) = h.run(&["upgrade", "--force", "--version", "0.32.1", "--timeout", "3m"], Some(&slow));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("below 80% of the last good"), "{}", text(&o));
+    assert_eq!(h.get("/api/version").await["version"], "0.31.0");
+
+    // 6. By hand: back to the version before.
+    let (o, _) = h.run(&["upgrade", "--rollback", "--force", "--timeout", "3m"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(h.get("/api/version").await["version"], "0.30.6");
+    assert!(h.warm("gemma4:e2b-8k").await);
+
+    println!(
+        "install wall times in the container: install {:.1} s (includes warm-up), no-op re-install {:.1} s, upgrade with canary {:.1} s",
+        t_install.as_secs_f64(),
+        t_noop.as_secs_f64(),
+        t_upgrade.as_secs_f64()
+    );
+    drop(booted);
+}
