@@ -111,7 +111,20 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
             evidence.tok_s = speed(&ctx.client, m).await;
         }
     }
-    let failed = canary::judge(&evidence, st.last_good.as_ref(), a.min_speed);
+    // The last good figure: the last canary's, else the last `jetson-llmd bench` of this model
+    // (measured on the version that is live now).
+    let from_bench = || async {
+        let b = jetson_llmd::host::fs::read_capped(&state_dir.join("bench.json"), jetson_llmd::host::fs::cap::STATE).await.ok()?;
+        let rows: Vec<jetson_llmd::report::bench::Row> = serde_json::from_slice(&b).ok()?;
+        let m = evidence.model.as_ref()?;
+        let r = rows.into_iter().find(|r| &r.model == m && r.tok_s_median > 0.0)?;
+        Some(LastGood { dir: current.dir.clone(), version: current.version.clone(), tok_s: r.tok_s_median, model: r.model, at: "jetson-llmd bench".into() })
+    };
+    let baseline = match st.last_good.clone() {
+        Some(l) => Some(l),
+        None => from_bench().await,
+    };
+    let failed = canary::judge(&evidence, baseline.as_ref(), a.min_speed);
     if failed.is_empty() {
         st.previous = Some(current.clone());
         st.current = Some(new.clone());

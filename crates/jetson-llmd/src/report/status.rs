@@ -66,6 +66,8 @@ pub struct StatusReport {
     pub host: Option<crate::host::probe::Probes>,
     /// The last `jetson-llmd bench` (its table rows).
     pub bench: Vec<crate::report::bench::Row>,
+    /// What `jetson-llmd install`/`upgrade` installed (install.json), if it did.
+    pub install: Option<crate::install::state::InstallState>,
 }
 
 impl StatusReport {
@@ -191,7 +193,8 @@ pub async fn gather<A: OllamaApi>(api: &A, settings: &Settings, model_conf: &Pat
         Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
         Err(_) => Vec::new(),
     };
-    StatusReport { health, warnings, ollama, model, gpu, supervisor, supervisor_running, keepalive, units: Vec::new(), memory, fit, host, bench }
+    let install = crate::install::state::InstallState::load(root).await.ok().filter(|s| s.current.is_some());
+    StatusReport { health, warnings, ollama, model, gpu, supervisor, supervisor_running, keepalive, units: Vec::new(), memory, fit, host, bench, install }
 }
 
 /// Reads the units over the system bus (works unprivileged); quietly empty without one.
@@ -230,6 +233,10 @@ pub fn render(r: &StatusReport) -> String {
         (None, Some(e)) => format!("unreachable: {e}"),
         _ => "unknown".into(),
     });
+    if let Some(c) = r.install.as_ref().and_then(|i| i.current.as_ref()) {
+        let prev = r.install.as_ref().and_then(|i| i.previous.as_ref()).map(|p| format!("; rollback to {}", p.version)).unwrap_or_default();
+        row(&mut o, "installed", crate::text::clean(&format!("Ollama {} from {} on {}{prev}", c.version, c.origin, c.installed_at)));
+    }
     if let Some(g) = &r.gpu {
         let text = if g.gpu {
             format!("CUDA {} compute {}", g.description.as_deref().or(g.name.as_deref()).unwrap_or("?"), g.compute.as_deref().unwrap_or("?"))
@@ -383,6 +390,16 @@ mod tests {
             fit: Vec::new(),
             host: None,
             bench: Vec::new(),
+            install: Some(crate::install::state::InstallState {
+                current: Some(crate::install::state::Release {
+                    dir: "0.30.6-1a2b3c4d5e6f".into(),
+                    version: "0.30.6".into(),
+                    origin: "https://github.com/ollama/ollama/releases/download/v0.30.6/ollama-linux-arm64.tar.zst".into(),
+                    installed_at: "2026-11-23T21:59:00Z".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
         }
     }
 
