@@ -122,6 +122,11 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
     if !a.dry_run {
         need_root(&facts, "install")?;
     }
+    // Models live in the ollama user's home; the seed's model alone is about 5 GB on disk.
+    let models = rooted(&g.root, std::path::Path::new(plan::OLLAMA_HOME));
+    if let Some(free) = jetson_llmd::install::tree::free_bytes(&models).filter(|f| *f < 8 << 30) {
+        eprintln!("warning: only {:.1} GiB free for models under {}; gemma4:e2b-it-qat alone needs about 5 GiB", free as f64 / (1u64 << 30) as f64, plan::OLLAMA_HOME);
+    }
     let state = InstallState::load(&g.root).await.map_err(Failure::Config)?;
     let sd = connect(a.no_systemd, a.dry_run).await?;
     let active = is_active(sd.as_ref(), "jetson-llmd.service").await;
