@@ -301,3 +301,30 @@ async fn bench_reports_the_emulators_speed_within_2_percent_and_leaves_the_model
     let ps = cl.ps().await.expect("ps");
     assert!(ps.models.iter().any(|x| x.name == "gemma4:e2b-8k" && x.pinned_forever()), "still warm and pinned: {ps:?}");
 }
+
+/// `status --watch --json` is a stream: one document per refresh, until SIGINT, which ends it
+/// with the health's exit code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_watch_streams_one_document_per_refresh_until_interrupted() {
+    let h = emu(Config::orin_nano(SCALE)).await;
+    let root = tempfile::tempdir().expect("tmp");
+    std::fs::create_dir_all(root.path().join("etc/ollama")).expect("mkdir");
+    std::fs::write(root.path().join("etc/ollama/model.conf"), "OLLAMA_MODEL=gemma4:e2b-8k\n").expect("w");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_jetson-llmd"))
+        .arg("--root")
+        .arg(root.path())
+        .args(["--json", "status", "--watch", "500ms"])
+        .env("OLLAMA_HOST", h.url())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id().expect("pid") as i32), nix::sys::signal::Signal::SIGINT).expect("kill");
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output()).await.expect("ends after SIGINT").expect("output");
+    let docs: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("each line is JSON")).collect();
+    assert!(docs.len() >= 3, "{} documents", docs.len());
+    assert!(docs.iter().all(|d| d["ollama"]["reachable"] == true));
+    // Reachable, model not loaded: degraded.
+    assert_eq!(out.status.code(), Some(1));
+}

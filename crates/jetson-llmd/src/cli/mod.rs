@@ -101,7 +101,11 @@ pub enum Cmd {
         once: bool,
     },
     /// One screen: Ollama, GPU, model placement and expiry, last ping, boot timeline, memory.
-    Status,
+    Status {
+        /// Redraw every DURATION (in place on a terminal; with --json one document per line).
+        #[arg(long, value_name = "DURATION", value_parser = parse_watch, num_args = 0..=1, default_missing_value = "2s")]
+        watch: Option<Duration>,
+    },
     /// Switch models: check it fits, write OLLAMA_MODEL= into model.conf (comments kept), wait
     /// for the running supervisor to report the outcome.
     Switch {
@@ -229,6 +233,14 @@ pub struct ExecChildArgs {
     pub args: Vec<String>,
 }
 
+fn parse_watch(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(500) || d > Duration::from_secs(3600) {
+        return Err("between 500ms and 1h, e.g. 2s".into());
+    }
+    Ok(d)
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let g = &cli.global;
     match cli.cmd {
@@ -237,7 +249,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::GpuCheck { log } => gpu_check::run(g, log).await,
         Cmd::Doctor => doctor::run(g).await,
         Cmd::Bench { models, prompt, runs, tokens, markdown: _, yes } => bench::run(g, bench::Args { models, prompt, runs: runs.into(), tokens, yes }).await,
-        Cmd::Status => status::run(g).await,
+        Cmd::Status { watch } => status::run(g, watch).await,
         Cmd::Switch { model, no_wait, timeout } => switch::run(g, &model, no_wait, timeout).await,
         Cmd::Preload => preload::run(g).await,
         Cmd::Keepalive { interval, once } => keepalive::run(g, interval, once).await,
