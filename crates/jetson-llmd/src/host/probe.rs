@@ -30,6 +30,9 @@ pub struct Probes {
     pub power_mode: Option<String>,
     /// /proc/vmstat pswpin: pages swapped in since boot.
     pub pswpin: Option<u64>,
+    /// The largest free block in kB (/proc/buddyinfo, tegrastats' "lfb"); 4 KiB pages assumed,
+    /// as JetPack's kernels use.
+    pub largest_free_block_kb: Option<u64>,
     /// lib/ollama/cuda_jetpack6 present under /usr/local.
     pub ollama_jetpack6_libs: bool,
     pub ollama_bin: bool,
@@ -60,6 +63,17 @@ pub fn l4t(text: &str) -> Option<(u32, Option<String>)> {
     let r = first.split_whitespace().find_map(|w| w.strip_prefix('R').and_then(|n| n.parse::<u32>().ok()))?;
     let rev = first.split("REVISION:").nth(1).and_then(|s| s.split(',').next()).map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
     Some((r, rev))
+}
+
+/// /proc/buddyinfo: `Node 0, zone Normal c0 c1 ... c10`, free blocks of 2^order pages; the
+/// largest order with a free block, over all zones, in kB.
+pub fn largest_free_block_kb(text: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|l| {
+            let counts = l.split_once("zone")?.1.split_whitespace().skip(1);
+            counts.enumerate().filter(|(_, c)| c.parse::<u64>().is_ok_and(|n| n > 0)).map(|(order, _)| 4u64 << order.min(30)).max()
+        })
+        .max()
 }
 
 /// /proc/swaps lines after the header.
@@ -106,6 +120,7 @@ pub async fn gather(root: &Path) -> Probes {
         ..Default::default()
     };
     p.pswpin = text(root, "/proc/vmstat").await.as_deref().and_then(pswpin);
+    p.largest_free_block_kb = text(root, "/proc/buddyinfo").await.as_deref().and_then(largest_free_block_kb);
     if let Some((r, rev)) = text(root, "/etc/nv_tegra_release").await.as_deref().and_then(l4t) {
         p.l4t_release = Some(r);
         p.l4t_revision = rev;
@@ -136,6 +151,11 @@ mod tests {
         assert_eq!(l4t("# R36 (release), REVISION: 4.7, GCID: 42132812, BOARD: generic, EABI: aarch64\n"), Some((36, Some("4.7".into()))));
         assert_eq!(l4t("# R35 (release)\n"), Some((35, None)));
         assert_eq!(l4t("garbage"), None);
+        let buddy = "Node 0, zone      DMA      3      2      1      0      0      1      0      0      0      0      0\nNode 0, zone   Normal    120     45      9      3      0      0      0      0      0      0      0\n";
+        assert_eq!(largest_free_block_kb(buddy), Some(128), "order 5 in DMA: 32 pages of 4 KiB");
+        assert_eq!(largest_free_block_kb("Node 0, zone Normal 0 0 0\n"), None);
+        assert_eq!(largest_free_block_kb(""), None);
+        assert_eq!(largest_free_block_kb("garbage\nNode 0, zone Normal x y\n"), None);
         assert_eq!(l4t(""), None);
         let s = swaps("Filename Type Size Used Priority\n/dev/mmcblk0p15 partition 3900000 1200 -2\n/dev/zram0 partition 1900000 0 5\n");
         assert_eq!(s.len(), 2);

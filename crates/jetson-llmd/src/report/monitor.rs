@@ -36,6 +36,24 @@ pub fn conditions(prev: Option<&Probes>, now: &Probes, limits: &Limits) -> BTree
     c
 }
 
+/// After a reload of the same model: has memory become more fragmented than after the load
+/// before? The seed's lesson is that unload/reload cycles leave GPU memory unallocatable until
+/// drop_caches or a reboot; a shrinking largest free block or CmaFree is the early sign.
+pub fn fragmentation(after_previous_load: &Probes, after_this_load: &Probes) -> Option<String> {
+    let mut why = Vec::new();
+    if let (Some(a), Some(b)) = (after_previous_load.largest_free_block_kb, after_this_load.largest_free_block_kb) {
+        if b * 2 <= a {
+            why.push(format!("the largest free block shrank from {} to {} kB", a, b));
+        }
+    }
+    if let (Some(a), Some(b)) = (after_previous_load.memory.cma_free_kb, after_this_load.memory.cma_free_kb) {
+        if a > 0 && b * 10 < a * 9 {
+            why.push(format!("CmaFree fell from {} to {} MiB", a / 1024, b / 1024));
+        }
+    }
+    (!why.is_empty()).then(|| format!("after reloading the model, {}: memory is fragmenting; if loads start failing, reboot", why.join(" and ")))
+}
+
 /// Keeps the episodes: returns the warnings that started and the conditions that cleared.
 #[derive(Debug, Default)]
 pub struct Episodes {
@@ -59,6 +77,19 @@ impl Episodes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fragmentation_after_a_reload() {
+        let p = |lfb: u64, cma_free: u64| Probes {
+            largest_free_block_kb: Some(lfb),
+            memory: crate::host::memory::meminfo(&format!("CmaTotal: 262144 kB\nCmaFree: {cma_free} kB\n")),
+            ..Default::default()
+        };
+        assert_eq!(fragmentation(&p(4096, 200_000), &p(4096, 198_000)), None, "noise is not a warning");
+        let w = fragmentation(&p(4096, 200_000), &p(1024, 150_000)).expect("warns");
+        assert!(w.contains("4096 to 1024 kB") && w.contains("CmaFree fell from 195 to 146 MiB"), "{w}");
+        assert_eq!(fragmentation(&Probes::default(), &p(4, 0)), None, "no reading before: no guess");
+    }
 
     #[test]
     fn each_condition_once_per_episode() {

@@ -301,6 +301,10 @@ pub fn render(r: &StatusReport) -> String {
         if let (Some(t), Some(f)) = (h.memory.cma_total_kb, h.memory.cma_free_kb) {
             row(&mut o, "cma", format!("{} MiB free of {} MiB", f / 1024, t / 1024));
         }
+        if let Some(l) = h.largest_free_block_kb {
+            // tegrastats' "lfb": shrinking after reloads is the fragmentation the seed warns about.
+            row(&mut o, "largest free", if l >= 1024 { format!("{} MiB block (buddyinfo)", l / 1024) } else { format!("{l} kB block (buddyinfo)") });
+        }
         if !h.thermal.is_empty() {
             let t: Vec<String> = h.thermal.iter().map(|(n, c)| format!("{} {}", n.trim_end_matches("-thermal"), c.map_or("n/a".into(), |c| format!("{c:.1} C")))).collect();
             row(&mut o, "temperature", t.join(", "));

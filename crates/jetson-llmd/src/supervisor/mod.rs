@@ -126,6 +126,10 @@ struct Loop {
 struct Board {
     last: Option<crate::host::probe::Probes>,
     episodes: monitor::Episodes,
+    /// The first sample after each load of the model: (model, re-warms, Ollama restarts) and it.
+    after_load: Option<((String, u64, u64), crate::host::probe::Probes)>,
+    /// Set when a reload left memory more fragmented than the load before; lasts until the next load.
+    fragmented: Option<String>,
 }
 
 impl Loop {
@@ -591,7 +595,24 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
     async fn monitor(&mut self, board: &mut Board) -> Next {
         let now = crate::host::probe::gather(&self.paths.root).await;
         let limits = monitor::Limits { reserve_bytes: self.settings.memory_reserve_mib << 20, temperature_c: f64::from(self.settings.temperature_warn_c) };
-        let (started, cleared) = board.episodes.update(monitor::conditions(board.last.as_ref(), &now, &limits));
+        if self.state.state.stage == Stage::Ready {
+            if let Some(model) = self.state.state.model.clone() {
+                let key = (model, self.state.state.rewarm_count, self.state.state.ollama_restarts);
+                let same_load = board.after_load.as_ref().is_some_and(|(k, _)| *k == key);
+                if !same_load {
+                    board.fragmented = match &board.after_load {
+                        Some((k, before)) if k.0 == key.0 => monitor::fragmentation(before, &now),
+                        _ => None,
+                    };
+                    board.after_load = Some((key, now.clone()));
+                }
+            }
+        }
+        let mut conditions = monitor::conditions(board.last.as_ref(), &now, &limits);
+        if let Some(f) = &board.fragmented {
+            conditions.insert("fragmentation", f.clone());
+        }
+        let (started, cleared) = board.episodes.update(conditions);
         board.last = Some(now);
         if started.is_empty() && cleared.is_empty() {
             return Next::Continue;

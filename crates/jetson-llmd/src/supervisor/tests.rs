@@ -583,3 +583,32 @@ async fn swap_ins_are_a_warning_once_per_episode() {
     });
     r.expect("ok");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_leaves_memory_more_fragmented_is_a_board_warning_until_the_next_load() {
+    let rig = Rig::new();
+    let buddy = |orders: &str| {
+        std::fs::create_dir_all(rig.dir.path().join("proc")).expect("mkdir");
+        std::fs::write(rig.dir.path().join("proc/buddyinfo"), format!("Node 0, zone   Normal {orders}\n")).expect("w");
+    };
+    // Right after the first load: blocks up to order 10 (4 MiB) are free.
+    buddy("10 5 3 2 1 1 1 1 1 1 1");
+    let (backend, _tx) = FakeBackend::new(LauncherKind::Process);
+    let (r, ()) = tokio::join!(rig.supervisor(backend).run(rig.signals.clone()), async {
+        rig.until("ready", ready).await;
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert!(rig.state().warnings.is_empty());
+        // Another client unloads it; after the re-warm the largest free block is order 7.
+        buddy("900 400 100 20 5 2 1 1 0 0 0");
+        *rig.api.loaded.borrow_mut() = None;
+        rig.until("re-warmed", |s| s.rewarm_count == 1).await;
+        let s = rig.until("fragmentation warning", |s| s.warnings.iter().any(|w| w.starts_with("board: after reloading the model"))).await;
+        let w = s.warnings.iter().find(|w| w.contains("largest free block")).expect("warning");
+        assert!(w.contains("4096 to 512 kB"), "{w}");
+        // Samples of the same load do not repeat or clear it.
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        assert_eq!(rig.state().warnings.iter().filter(|w| w.starts_with("board: after reloading")).count(), 1);
+        rig.signals.shutdown.cancel();
+    });
+    r.expect("ok");
+}
