@@ -6,6 +6,7 @@
 
 pub mod conf;
 pub mod failure;
+pub mod guard;
 pub mod host;
 pub mod install;
 pub mod ollama;

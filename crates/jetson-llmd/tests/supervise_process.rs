@@ -596,3 +596,52 @@ fn metrics_and_healthz_follow_the_supervisor() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(http_get(port, "/healthz").0, 200);
 }
+
+fn http_post(port: u16, path: &str, body: &str) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.write_all(format!("POST {path} HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes()).expect("w");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("r");
+    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (code, head.to_string(), body.to_string())
+}
+
+/// The guard inside `supervise`: clients on the guard's port, Ollama on its private one.
+#[test]
+fn the_guard_runs_inside_supervise_and_keeps_the_model_pinned() {
+    let root = tempfile::tempdir().expect("tmp");
+    let (guard, metrics) = (free_port(), free_port());
+    std::fs::create_dir_all(root.path().join("etc/jetson-llmd")).expect("mkdir");
+    std::fs::write(
+        root.path().join("etc/jetson-llmd/config.toml"),
+        format!("metrics_listen = \"127.0.0.1:{metrics}\"\n[guard]\nenabled = true\nlisten = \"127.0.0.1:{guard}\"\n"),
+    )
+    .expect("w");
+    let rig = Rig::start_in(root, &[], |_| vec![]);
+    rig.wait_stage("ready", 30);
+    assert_eq!(http_get(guard, "/healthz").0, 200);
+    let (code, head, body) = http_post(guard, "/api/chat", r#"{"model":"gemma4:e2b-8k","messages":[{"role":"user","content":"hi"}],"stream":false,"options":{"num_ctx":2048},"keep_alive":0}"#);
+    assert_eq!(code, 200, "{body}");
+    assert!(head.to_ascii_lowercase().contains("x-jetson-llmd-guard: dropped options num_ctx"), "{head}");
+    let (code, _, body) = http_post(guard, "/api/generate", r#"{"model":"llama3.2:3b","prompt":"hi"}"#);
+    assert_eq!(code, 409, "{body}");
+    std::thread::sleep(Duration::from_millis(500));
+    let s = rig.state();
+    assert_eq!(s["stage"], "ready");
+    assert_eq!(s["rewarm_count"], 0, "the model never left: {s:#}");
+    let (_, m) = http_get(metrics, "/metrics");
+    assert!(m.contains("jetson_llmd_guard_decisions{rule=\"other-model\"} 1.0") && m.contains("jetson_llmd_guard_decisions{rule=\"reload-option-dropped\"} 1.0"), "{m}");
+}
+
+#[test]
+fn a_guard_on_ollamas_own_address_is_a_configuration_error() {
+    let root = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    std::fs::create_dir_all(root.path().join("etc/jetson-llmd")).expect("mkdir");
+    std::fs::write(root.path().join("etc/jetson-llmd/config.toml"), format!("[guard]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n")).expect("w");
+    let (code, _, err) = run_cli(&["--root", root.path().to_str().expect("utf8"), "supervise", "--launcher", "process"], &[("OLLAMA_HOST", &format!("127.0.0.1:{port}"))]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is where Ollama itself listens") && err.contains("11435"), "{err}");
+}

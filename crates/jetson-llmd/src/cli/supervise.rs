@@ -18,6 +18,32 @@ use std::time::Duration;
 /// model.conf is read this often when inotify is not available.
 const CONF_POLL: Duration = Duration::from_secs(2);
 
+async fn start_guard(ctx: &super::Ctx, state: &StateFile, signals: &Signals) -> anyhow::Result<std::sync::Arc<jetson_llmd::guard::Stats>> {
+    use jetson_llmd::failure::Failure;
+    let listen = ctx.settings.guard.listen;
+    let ollama = ctx.host.url.socket_addrs(|| Some(11434)).ok().and_then(|a| a.into_iter().next());
+    if ollama.is_some_and(|o| o.port() == listen.port() && (o.ip() == listen.ip() || listen.ip().is_unspecified() || o.ip().is_unspecified())) {
+        return Err(Failure::Config(format!(
+            "[guard] listen = {listen} is where Ollama itself listens ({}): give Ollama a private address, e.g. OLLAMA_HOST=127.0.0.1:11435 in /etc/jetson-llmd/ollama.env",
+            ctx.host.url
+        ))
+        .into());
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| Failure::Config(format!("[guard] cannot listen on {listen}: {e}; is something (an Ollama started by hand?) already there?")))?;
+    let stats = std::sync::Arc::new(jetson_llmd::guard::Stats::default());
+    let guard = std::sync::Arc::new(jetson_llmd::guard::Guard::new(ctx.host.url.clone(), ctx.settings.guard.clone(), state.subscribe(), stats.clone()));
+    tracing::info!("guard on {listen}, forwarding to Ollama at {}", ctx.host.url);
+    let stop = signals.shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = jetson_llmd::guard::serve(listener, guard, stop).await {
+            tracing::error!("guard: {e}");
+        }
+    });
+    Ok(stats)
+}
+
 pub async fn run(g: &Global, launcher: LauncherArg, ollama_bin: Option<PathBuf>) -> anyhow::Result<i32> {
     let ctx = context(g).await?;
     // Handlers first: a SIGTERM during start-up must already end us cleanly.
@@ -27,10 +53,13 @@ pub async fn run(g: &Global, launcher: LauncherArg, ollama_bin: Option<PathBuf>)
         LauncherArg::Process => LauncherKind::Process,
     };
     let state = StateFile::new(Some(&rooted(&ctx.root, &ctx.settings.state_dir)), kind);
+    // The guard binds first: clients expect Ollama on its address, and a clash is a
+    // configuration error to report before anything starts.
+    let guard_stats = if ctx.settings.guard.enabled { Some(start_guard(&ctx, &state, &signals).await?) } else { None };
     // Served once the backend is up: a supervisor that cannot start says only why.
     let metrics = |state: &StateFile| {
         if let Some(listen) = ctx.settings.metrics_listen {
-            tokio::spawn(jetson_llmd::report::metrics::serve(listen, state.subscribe(), ctx.root.clone(), signals.shutdown.clone()));
+            tokio::spawn(jetson_llmd::report::metrics::serve(listen, state.subscribe(), ctx.root.clone(), guard_stats.clone(), signals.shutdown.clone()));
         }
     };
     let cmdline = cmdline(&ctx.root).await;

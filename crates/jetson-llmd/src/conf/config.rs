@@ -36,6 +36,76 @@ pub struct RawConfig {
     pub allow_overcommit: Option<bool>,
     #[serde(default)]
     pub models: BTreeMap<String, RawDerived>,
+    #[serde(default)]
+    pub guard: RawGuard,
+}
+
+/// `[guard]`: the front door in front of Ollama (docs/guard.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuard {
+    pub enabled: Option<bool>,
+    pub listen: Option<String>,
+    pub models: Option<String>,
+    pub allow: Option<Vec<String>>,
+    pub options: Option<String>,
+    pub keep_alive_max: Option<String>,
+    pub admin_from: Option<Vec<String>>,
+    pub ready_wait: Option<String>,
+}
+
+/// Which models clients may name through the guard.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelsPolicy {
+    /// Only the pinned model; others get 409.
+    Pinned,
+    /// The pinned model and the `allow` list.
+    Allow,
+    /// Everything is forwarded (only options and keep_alive are policed).
+    Any,
+}
+
+/// What happens to runner options that would make Ollama reload the pinned model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptionsPolicy {
+    /// Removed from the request, said in a response header.
+    Drop,
+    /// The request is refused with 409.
+    Strict,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GuardSettings {
+    pub enabled: bool,
+    pub listen: std::net::SocketAddr,
+    pub models: ModelsPolicy,
+    pub allow: Vec<ModelName>,
+    pub options: OptionsPolicy,
+    /// The longest keep_alive a client may ask for a model other than the pinned one.
+    #[serde(with = "humantime_serde_like")]
+    pub keep_alive_max: Duration,
+    /// Networks (besides loopback) allowed to pull, create, copy, push and delete models.
+    pub admin_from: Vec<String>,
+    /// How long a request for the pinned model waits while it is being (re)loaded.
+    #[serde(with = "humantime_serde_like")]
+    pub ready_wait: Duration,
+}
+
+impl Default for GuardSettings {
+    fn default() -> Self {
+        GuardSettings {
+            enabled: false,
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 11434)),
+            models: ModelsPolicy::Pinned,
+            allow: Vec::new(),
+            options: OptionsPolicy::Drop,
+            keep_alive_max: Duration::from_secs(300),
+            admin_from: Vec::new(),
+            ready_wait: Duration::from_secs(120),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,6 +167,7 @@ pub struct Settings {
     /// Switch to a model even when admission says it does not fit (with a warning).
     pub allow_overcommit: bool,
     pub models: BTreeMap<String, Derived>,
+    pub guard: GuardSettings,
 }
 
 mod humantime_serde_like {
@@ -132,6 +203,7 @@ impl Default for Settings {
             memory_reserve_mib: 512,
             allow_overcommit: false,
             models,
+            guard: GuardSettings::default(),
         }
     }
 }
@@ -155,7 +227,9 @@ pub fn parse(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
 
 /// Sane bounds for every duration key: (key, least, most). Outside them a value is a typo or a
 /// misunderstanding (a 1 ns keepalive would hammer Ollama thousands of times a second).
-pub const DURATION_BOUNDS: [(&str, Duration, Duration); 8] = [
+pub const DURATION_BOUNDS: [(&str, Duration, Duration); 10] = [
+    ("keep_alive_max", Duration::from_secs(0), Duration::from_secs(86400)),
+    ("ready_wait", Duration::from_secs(0), Duration::from_secs(1800)),
     ("keepalive_interval", Duration::from_secs(10), Duration::from_secs(3600)),
     ("residency_check", Duration::from_secs(5), Duration::from_secs(600)),
     ("monitor_interval", Duration::from_secs(1), Duration::from_secs(600)),
@@ -237,6 +311,7 @@ pub fn settle(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Confi
         }
         models.insert(n.full(), Derived { from, num_ctx });
     }
+    let guard = settle_guard(path, text, raw.guard, &err)?;
     Ok(Settings {
         keepalive_interval: duration(path, text, "keepalive_interval", &raw.keepalive_interval, d.keepalive_interval)?,
         residency_check: duration(path, text, "residency_check", &raw.residency_check, d.residency_check)?,
@@ -257,6 +332,55 @@ pub fn settle(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, Confi
         memory_reserve_mib,
         allow_overcommit: raw.allow_overcommit.unwrap_or(d.allow_overcommit),
         models,
+        guard,
+    })
+}
+
+/// An `admin_from` entry: an IP address or a CIDR network.
+pub fn parse_net(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (ip, bits) = match s.split_once('/') {
+        Some((ip, b)) => (ip.trim().parse::<std::net::IpAddr>().ok()?, b.trim().parse::<u8>().ok()?),
+        None => {
+            let ip: std::net::IpAddr = s.trim().parse().ok()?;
+            (ip, if ip.is_ipv4() { 32 } else { 128 })
+        }
+    };
+    ((ip.is_ipv4() && bits <= 32) || (ip.is_ipv6() && bits <= 128)).then_some((ip, bits))
+}
+
+fn settle_guard(path: &Path, text: &str, g: RawGuard, err: &dyn Fn(&str, String) -> ConfigError) -> Result<GuardSettings, ConfigError> {
+    let d = GuardSettings::default();
+    let listen = match g.listen.as_deref().map(str::trim) {
+        None => d.listen,
+        Some(a) => a.parse().map_err(|_| err("listen", format!("[guard] listen = {a:?}: write an address and port like \"127.0.0.1:11434\" or \"0.0.0.0:11434\"")))?,
+    };
+    let models = match g.models.as_deref() {
+        None | Some("pinned") => ModelsPolicy::Pinned,
+        Some("allow") => ModelsPolicy::Allow,
+        Some("any") => ModelsPolicy::Any,
+        Some(o) => return Err(err("models", format!("[guard] models = {o:?}: use \"pinned\", \"allow\" or \"any\""))),
+    };
+    let allow = g.allow.unwrap_or_default().iter().map(|m| ModelName::parse(m).map_err(|e| err("allow", format!("[guard] allow: {e}")))).collect::<Result<Vec<_>, _>>()?;
+    let options = match g.options.as_deref() {
+        None | Some("drop") => OptionsPolicy::Drop,
+        Some("strict") => OptionsPolicy::Strict,
+        Some(o) => return Err(err("options", format!("[guard] options = {o:?}: use \"drop\" or \"strict\""))),
+    };
+    let admin_from = g.admin_from.unwrap_or_default();
+    for a in &admin_from {
+        if parse_net(a).is_none() {
+            return Err(err("admin_from", format!("[guard] admin_from: {a:?} is not an address or network like \"192.168.1.0/24\"")));
+        }
+    }
+    Ok(GuardSettings {
+        enabled: g.enabled.unwrap_or(d.enabled),
+        listen,
+        models,
+        allow,
+        options,
+        keep_alive_max: duration(path, text, "keep_alive_max", &g.keep_alive_max, d.keep_alive_max)?,
+        admin_from,
+        ready_wait: duration(path, text, "ready_wait", &g.ready_wait, d.ready_wait)?,
     })
 }
 
@@ -353,6 +477,6 @@ mod tests {
             assert!(text.contains(&format!("{key} = ")), "{key} is not documented in etc/");
         }
         let keys = text.lines().filter(|l| !l.starts_with('[')).filter_map(|l| l.split_once(" = ")).count();
-        assert_eq!(keys, 18 + 2, "every top-level key plus the seed model's from/num_ctx: {text}");
+        assert_eq!(keys, 18 + 2 + 8, "every top-level key, the seed model's from/num_ctx and the 8 [guard] keys: {text}");
     }
 }

@@ -33,7 +33,8 @@ fn labelled(r: &mut Registry, name: &str, help: &str, rows: Vec<(Vec<(String, St
 }
 
 /// The exposition text for one scrape.
-pub fn render(s: &State, host: Option<&Probes>) -> String {
+/// `guard`: the guard's decisions by rule, when the guard runs.
+pub fn render(s: &State, host: Option<&Probes>, guard: Option<&[(&'static str, u64)]>) -> String {
     let mut r = Registry::with_prefix("jetson_llmd");
     let warm = s.warm.as_ref();
     gauge(&mut r, "ready", "1 when the configured model is warm on the GPU and pinned", f64::from(u8::from(s.stage == Stage::Ready)));
@@ -49,6 +50,10 @@ pub fn render(s: &State, host: Option<&Probes>) -> String {
     gauge(&mut r, "keepalive_failing", "1 when the supervisor's last keepalive ping failed (process launcher)", f64::from(u8::from(s.last_ping.as_ref().is_some_and(|p| !p.ok))));
     if let Some(load) = warm.and_then(|w| w.load_ms) {
         gauge(&mut r, "last_cold_load_seconds", "Duration of the last cold load", load as f64 / 1000.0);
+    }
+    if let Some(g) = guard {
+        let rows = g.iter().map(|(rule, n)| (vec![("rule".to_string(), (*rule).to_string())], *n as f64)).collect();
+        labelled(&mut r, "guard_decisions", "Requests the guard decided, by rule (passed, other-model, reload-option-dropped, keep-alive-removed...)", rows);
     }
     if let Some(h) = host {
         let m = &h.memory;
@@ -84,12 +89,14 @@ pub fn render(s: &State, host: Option<&Probes>) -> String {
 struct App {
     state: watch::Receiver<State>,
     root: PathBuf,
+    guard: Option<std::sync::Arc<crate::guard::Stats>>,
 }
 
 async fn metrics(Extract(app): Extract<App>) -> impl IntoResponse {
     let s = app.state.borrow().clone();
     let host = probe::gather(&app.root).await;
-    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], render(&s, Some(&host)))
+    let guard = app.guard.as_ref().map(|g| g.snapshot());
+    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], render(&s, Some(&host), guard.as_deref()))
 }
 
 /// 200 only when the model is warm on the GPU; 503 with the reason otherwise.
@@ -103,7 +110,7 @@ async fn healthz(Extract(app): Extract<App>) -> impl IntoResponse {
 }
 
 /// Serves /metrics and /healthz until `stop`; a port already in use is a warning, not a failure.
-pub async fn serve(listen: std::net::SocketAddr, state: watch::Receiver<State>, root: PathBuf, stop: tokio_util::sync::CancellationToken) {
+pub async fn serve(listen: std::net::SocketAddr, state: watch::Receiver<State>, root: PathBuf, guard: Option<std::sync::Arc<crate::guard::Stats>>, stop: tokio_util::sync::CancellationToken) {
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -111,7 +118,7 @@ pub async fn serve(listen: std::net::SocketAddr, state: watch::Receiver<State>, 
             return;
         }
     };
-    let app = axum::Router::new().route("/metrics", axum::routing::get(metrics)).route("/healthz", axum::routing::get(healthz)).with_state(App { state, root });
+    let app = axum::Router::new().route("/metrics", axum::routing::get(metrics)).route("/healthz", axum::routing::get(healthz)).with_state(App { state, root, guard });
     tracing::info!("metrics on http://{listen}/metrics, health on /healthz");
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await {
         tracing::warn!("metrics: {e}");
@@ -126,9 +133,9 @@ mod tests {
     fn the_exposition_parses_and_says_what_matters() {
         let s = State { stage: Stage::Ready, rewarm_count: 2, ..Default::default() };
         let host = Probes { thermal: vec![("gpu-thermal".into(), Some(51.5)), ("cpu-thermal".into(), None)], pswpin: Some(7), ..Default::default() };
-        let text = render(&s, Some(&host));
+        let text = render(&s, Some(&host), Some(&[("passed", 3), ("other-model", 1)]));
         assert!(text.ends_with("# EOF\n"), "{text}");
-        for want in ["jetson_llmd_ready 1.0", "jetson_llmd_stage{stage=\"ready\"} 1.0", "jetson_llmd_rewarms 2.0", "jetson_llmd_temperature_celsius{zone=\"gpu-thermal\"} 51.5", "jetson_llmd_swap_in_pages 7.0", "jetson_llmd_reboot_required 0.0"] {
+        for want in ["jetson_llmd_ready 1.0", "jetson_llmd_stage{stage=\"ready\"} 1.0", "jetson_llmd_rewarms 2.0", "jetson_llmd_temperature_celsius{zone=\"gpu-thermal\"} 51.5", "jetson_llmd_swap_in_pages 7.0", "jetson_llmd_reboot_required 0.0", "jetson_llmd_guard_decisions{rule=\"other-model\"} 1.0"] {
             assert!(text.contains(want), "{want} in\n{text}");
         }
         assert!(!text.contains("cpu-thermal"), "no reading, no sample");

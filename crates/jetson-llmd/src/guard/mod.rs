@@ -1,0 +1,222 @@
+//! The guard: a front door where clients expect Ollama (`[guard] listen`), forwarding to Ollama
+//! on its private address, that keeps the pinned model pinned whatever clients send. Stock
+//! Ollama cannot refuse to evict a model, ignore a client's keep_alive, or refuse a num_ctx
+//! that forces a reload (server/sched.go needsReload); on an 8 GB Jetson each reload risks GPU
+//! memory that cannot be allocated again until a reboot. Decisions are in [`policy`]; this file
+//! moves bytes: request bodies of the endpoints that name a model are read (capped) and maybe
+//! rewritten, everything else streams through untouched, responses stream back chunk by chunk,
+//! and a client that goes away cancels the upstream request (its body stream is dropped).
+
+pub mod policy;
+
+use crate::conf::config::GuardSettings;
+use crate::conf::ModelName;
+use crate::supervisor::stage::Stage;
+use crate::supervisor::state::State;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State as AxState};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::TryStreamExt;
+use policy::{Decision, Rule};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Request bodies the guard reads to apply its policy (chat histories with images can be large).
+pub const MAX_REQUEST: usize = 64 << 20;
+const GUARD_HEADER: &str = "x-jetson-llmd-guard";
+const STAGE_HEADER: &str = "x-jetson-llmd-stage";
+
+/// Decisions by rule, for /metrics and `status`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    counts: Mutex<BTreeMap<Rule, u64>>,
+}
+
+impl Stats {
+    fn count(&self, r: Rule) {
+        if let Ok(mut c) = self.counts.lock() {
+            *c.entry(r).or_default() += 1;
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let c = self.counts.lock().map(|c| c.clone()).unwrap_or_default();
+        Rule::ALL.iter().map(|r| (r.as_str(), c.get(r).copied().unwrap_or(0))).collect()
+    }
+}
+
+pub struct Guard {
+    /// Ollama's own (private) address, e.g. http://127.0.0.1:11435/.
+    pub upstream: url::Url,
+    pub settings: GuardSettings,
+    pub state: watch::Receiver<State>,
+    pub stats: Arc<Stats>,
+    client: reqwest::Client,
+}
+
+impl Guard {
+    pub fn new(upstream: url::Url, settings: GuardSettings, state: watch::Receiver<State>, stats: Arc<Stats>) -> Guard {
+        // No overall timeout: a generation streams for minutes. Connecting is quick or broken.
+        let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build().unwrap_or_default();
+        Guard { upstream, settings, state, stats, client }
+    }
+
+    fn pinned(&self) -> Option<ModelName> {
+        self.state.borrow().model.as_deref().and_then(|m| ModelName::parse(m).ok())
+    }
+}
+
+fn ollama_error(status: StatusCode, message: &str, headers: &[(&'static str, String)]) -> Response {
+    // Ollama's error shape, so official clients show the message.
+    let mut r = (status, axum::Json(serde_json::json!({ "error": message }))).into_response();
+    for (k, v) in headers {
+        if let Ok(v) = HeaderValue::from_str(&crate::text::clip(&crate::text::clean(v), 500)) {
+            r.headers_mut().insert(*k, v);
+        }
+    }
+    r
+}
+
+fn warm(s: &State, pinned: &Option<ModelName>) -> bool {
+    s.stage == Stage::Ready && s.model.is_some() && s.model.as_deref().and_then(|m| ModelName::parse(m).ok()) == *pinned
+}
+
+/// Waits (up to `ready_wait`) for the pinned model to be warm; Err carries the stage.
+async fn wait_warm(g: &Guard) -> Result<bool, State> {
+    let mut rx = g.state.clone();
+    let pinned = g.pinned();
+    if warm(&rx.borrow(), &pinned) {
+        return Ok(false);
+    }
+    let deadline = tokio::time::Instant::now() + g.settings.ready_wait;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => {
+                if warm(&rx.borrow(), &pinned) {
+                    return Ok(true);
+                }
+            }
+            _ => return Err(rx.borrow().clone()),
+        }
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 7.6.1) and the ones the HTTP stacks set themselves.
+fn forwardable(name: &HeaderName) -> bool {
+    !matches!(name.as_str(), "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "te" | "trailer" | "upgrade" | "host" | "content-length")
+}
+
+async fn healthz(g: &Guard) -> Response {
+    let s = g.state.borrow().clone();
+    if warm(&s, &g.pinned()) {
+        (StatusCode::OK, format!("ok: {}\n", crate::text::one_line(&s.status))).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("{}: {}\n", s.stage, crate::text::one_line(&s.status))).into_response()
+    }
+}
+
+async fn handle(AxState(g): AxState<Arc<Guard>>, ConnectInfo(client): ConnectInfo<SocketAddr>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let method = parts.method.as_str().to_string();
+    if path == "/healthz" && method == "GET" {
+        return healthz(&g).await;
+    }
+    let inspect = (method == "POST" || method == "DELETE") && path.starts_with("/api/") || (method == "POST" && path.starts_with("/v1/"));
+    let inspect = inspect && !path.starts_with("/api/blobs/");
+    let (bytes, json, stream_body) = if inspect {
+        match axum::body::to_bytes(body, MAX_REQUEST).await {
+            Ok(b) => {
+                let json = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&b).ok();
+                (Some(b), json, None)
+            }
+            Err(_) => return ollama_error(StatusCode::PAYLOAD_TOO_LARGE, &format!("request body larger than {} MiB (jetson-llmd guard)", MAX_REQUEST >> 20), &[]),
+        }
+    } else {
+        (None, None, Some(body))
+    };
+    let pinned = g.pinned();
+    let decision = policy::decide(&method, &path, json.as_ref(), client.ip(), pinned.as_ref(), &g.settings);
+    let (new_body, notes, for_pinned) = match decision {
+        Decision::Refuse { status, message, rule } => {
+            g.stats.count(rule);
+            tracing::debug!(client = %client, rule = rule.as_str(), "guard: refused {method} {path}");
+            return ollama_error(StatusCode::from_u16(status).unwrap_or(StatusCode::CONFLICT), &message, &[(GUARD_HEADER, format!("refused: {}", rule.as_str()))]);
+        }
+        Decision::Forward { body, notes, rules, for_pinned } => {
+            for r in &rules {
+                g.stats.count(*r);
+            }
+            tracing::debug!(client = %client, rules = ?rules, "guard: {method} {path}");
+            (body, notes, for_pinned)
+        }
+    };
+    let mut stage_note = None;
+    if for_pinned {
+        match wait_warm(&g).await {
+            Ok(waited) => {
+                if waited {
+                    g.stats.count(Rule::WaitedForWarm);
+                    stage_note = Some("waited for warm".to_string());
+                }
+            }
+            Err(s) => {
+                g.stats.count(Rule::NotWarm);
+                let msg = format!("{} is not warm yet ({}: {}); retry shortly", pinned.map(|p| p.to_string()).unwrap_or_default(), s.stage, crate::text::one_line(&s.status));
+                return ollama_error(StatusCode::SERVICE_UNAVAILABLE, &msg, &[(STAGE_HEADER, s.stage.to_string())]);
+            }
+        }
+    }
+
+    let mut url = g.upstream.clone();
+    url.set_path(&path);
+    url.set_query(parts.uri.query());
+    let mut rb = g.client.request(parts.method.clone(), url);
+    for (k, v) in parts.headers.iter().filter(|(k, _)| forwardable(k)) {
+        rb = rb.header(k, v);
+    }
+    rb = match (new_body, bytes, stream_body) {
+        (Some(b), ..) => rb.header("content-type", "application/json").body(b),
+        (None, Some(b), _) => rb.body(b),
+        (None, None, Some(body)) => rb.body(reqwest::Body::wrap_stream(body.into_data_stream())),
+        (None, None, None) => rb,
+    };
+    let resp = match rb.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            return ollama_error(StatusCode::BAD_GATEWAY, &format!("jetson-llmd guard: Ollama at {} did not answer: {}", g.upstream, crate::text::one_line(&e.to_string())), &[]);
+        }
+    };
+    let mut headers = HeaderMap::new();
+    for (k, v) in resp.headers().iter().filter(|(k, _)| forwardable(k) || k.as_str() == "content-length") {
+        headers.append(k.clone(), v.clone());
+    }
+    if !notes.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&notes.join("; ")) {
+            headers.insert(GUARD_HEADER, v);
+        }
+    }
+    if let Some(n) = stage_note {
+        if let Ok(v) = HeaderValue::from_str(&n) {
+            headers.insert(STAGE_HEADER, v);
+        }
+    }
+    let status = resp.status();
+    // Chunk by chunk: nothing is buffered, and dropping this body (the client left) drops the
+    // upstream response, which closes that connection and cancels Ollama's request.
+    let stream = resp.bytes_stream().map_err(std::io::Error::other);
+    let mut r = Response::new(Body::from_stream(stream));
+    *r.status_mut() = status;
+    *r.headers_mut() = headers;
+    r
+}
+
+/// Serves until `stop`. The listener is bound by the caller (so a port in use is its error).
+pub async fn serve(listener: tokio::net::TcpListener, guard: Arc<Guard>, stop: tokio_util::sync::CancellationToken) -> std::io::Result<()> {
+    let app = axum::Router::new().fallback(handle).with_state(guard);
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(async move { stop.cancelled().await }).await
+}

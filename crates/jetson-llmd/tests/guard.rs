@@ -1,0 +1,166 @@
+//! The guard in front of the emulator, over real sockets on 127.0.0.1:0: the request shapes of
+//! real clients (chat with options.num_ctx, keep_alive "5m" or 0, a second model) leave the
+//! pinned model loaded with no reload (the emulator counts loads), streams pass chunk by
+//! chunk, and requests wait while the model is warming.
+
+use fake_ollama::{spawn, Config, Handle};
+use jetson_llmd::conf::config::{GuardSettings, OptionsPolicy};
+use jetson_llmd::guard::{self, Guard, Stats};
+use jetson_llmd::supervisor::stage::Stage;
+use jetson_llmd::supervisor::state::State;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+const PINNED: &str = "gemma4:e2b-8k";
+
+struct Rig {
+    emu: Handle,
+    url: String,
+    state: watch::Sender<State>,
+    stats: Arc<Stats>,
+    http: reqwest::Client,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+fn ready() -> State {
+    State { stage: Stage::Ready, model: Some(PINNED.into()), status: "ready: gemma4:e2b-8k warm on the GPU (100%)".into(), ..Default::default() }
+}
+
+async fn rig(settings: GuardSettings, initial: State) -> Rig {
+    let emu = spawn(Config::orin_nano(0.01), "127.0.0.1:0".parse().expect("addr")).await.expect("emulator");
+    let http = reqwest::Client::new();
+    // The supervisor's preload: the seed's model created from its base, pinned forever.
+    let api = ollama_client::Client::new(ollama_client::parse_host(&emu.url()).expect("url").url, Default::default());
+    let pinned = jetson_llmd::conf::ModelName::parse(PINNED).expect("name");
+    jetson_llmd::ollama::warm::preload(&api, &jetson_llmd::conf::Settings::default(), &pinned, &jetson_llmd::host::memory::NoRelief).await.expect("preload");
+    let (tx, rx) = watch::channel(initial);
+    let stats = Arc::new(Stats::default());
+    let g = Arc::new(Guard::new(url::Url::parse(&emu.url()).expect("url"), settings, rx, stats.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(guard::serve(listener, g, stop.clone()));
+    Rig { emu, url, state: tx, stats, http, _stop: stop.drop_guard() }
+}
+
+impl Rig {
+    async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http.post(format!("{}{path}", self.url)).json(&body).send().await.expect("send")
+    }
+
+    fn loads(&self) -> u64 {
+        self.emu.emu.counters().loads
+    }
+
+    async fn pinned_forever(&self) -> bool {
+        let api = ollama_client::Client::new(ollama_client::parse_host(&self.emu.url()).expect("url").url, Default::default());
+        let ps = api.ps().await.expect("ps");
+        ps.models.len() == 1 && ps.models[0].name == PINNED && ps.models[0].pinned_forever()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_client_shapes_leave_the_pinned_model_loaded_without_a_reload() {
+    let r = rig(GuardSettings::default(), ready()).await;
+    let loads = r.loads();
+    assert!(r.pinned_forever().await);
+
+    // ollama-python / LangChain style: chat with options.num_ctx and keep_alive "5m".
+    let resp = r.post("/api/chat", json!({"model": PINNED, "messages": [{"role": "user", "content": "hi"}], "stream": false, "options": {"num_ctx": 2048, "temperature": 0.1}, "keep_alive": "5m"})).await;
+    assert_eq!(resp.status(), 200);
+    let note = resp.headers().get("x-jetson-llmd-guard").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    assert!(note.contains("dropped options num_ctx") && note.contains("removed keep_alive"), "{note}");
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["done"], true);
+    // An explicit unload (keep_alive 0), as `ollama stop` sends it.
+    let resp = r.post("/api/generate", json!({"model": PINNED, "keep_alive": 0})).await;
+    assert_eq!(resp.status(), 200);
+    // Another model: refused in Ollama's error shape, nothing evicted.
+    let resp = r.post("/api/generate", json!({"model": "llama3.2:3b", "prompt": "hi"})).await;
+    assert_eq!(resp.status(), 409);
+    let e: Value = resp.json().await.expect("json");
+    assert!(e["error"].as_str().is_some_and(|m| m.contains(PINNED) && m.contains("jetson-llmd switch")), "{e}");
+    // OpenAI-compatible clients: the pinned model is forwarded (the emulator has no /v1 routes
+    // yet, so Ollama's answer here is the emulator's 404, not the guard's 409), others refused.
+    let resp = r.post("/v1/chat/completions", json!({"model": PINNED, "messages": [{"role": "user", "content": "hi"}]})).await;
+    assert!(resp.headers().get("x-jetson-llmd-guard").is_none());
+    assert!(![403, 409, 503].contains(&resp.status().as_u16()), "{}", resp.status());
+    assert_eq!(r.post("/v1/chat/completions", json!({"model": "qwen3:4b", "messages": []})).await.status(), 409);
+
+    assert_eq!(r.loads(), loads, "no load and no reload happened");
+    assert_eq!(r.emu.emu.counters().reloads_for_options, 0);
+    assert!(r.pinned_forever().await, "still loaded, still pinned");
+    let counts: std::collections::BTreeMap<_, _> = r.stats.snapshot().into_iter().collect();
+    assert_eq!(counts["other-model"], 2);
+    assert_eq!(counts["reload-option-dropped"], 1);
+    assert_eq!(counts["keep-alive-removed"], 2);
+
+    // The same chat sent straight to Ollama reloads the model: what the guard prevented.
+    let direct = r.http.post(format!("{}/api/chat", r.emu.url())).json(&json!({"model": PINNED, "messages": [{"role": "user", "content": "hi"}], "stream": false, "options": {"num_ctx": 2048}})).send().await.expect("direct");
+    assert_eq!(direct.status(), 200);
+    assert!(r.loads() > loads, "without the guard, num_ctx reloads the pinned model");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_pass_chunk_by_chunk_and_reads_pass_unchanged() {
+    let r = rig(GuardSettings::default(), ready()).await;
+    for path in ["/api/version", "/api/tags", "/api/ps", "/"] {
+        let direct = r.http.get(format!("{}{path}", r.emu.url())).send().await.expect("direct");
+        let via = r.http.get(format!("{}{path}", r.url)).send().await.expect("via");
+        assert_eq!(direct.status(), via.status(), "{path}");
+        assert_eq!(direct.bytes().await.expect("b"), via.bytes().await.expect("b"), "{path}");
+    }
+    let mut resp = r.post("/api/generate", json!({"model": PINNED, "prompt": "count", "options": {"num_predict": 24}})).await;
+    assert_eq!(resp.status(), 200);
+    let mut chunks = Vec::new();
+    while let Some(c) = resp.chunk().await.expect("chunk") {
+        chunks.push(c);
+    }
+    let lines: Vec<Value> = chunks.iter().flat_map(|c| c.split(|b| *b == b'\n')).filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).expect("ndjson")).collect();
+    assert!(lines.len() > 10, "{} lines", lines.len());
+    assert!(chunks.len() > 1, "arrived in {} chunks", chunks.len());
+    assert_eq!(lines.last().expect("last")["done"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_wait_while_the_model_warms_and_healthz_tells() {
+    let warming = State { stage: Stage::Preloading, model: Some(PINNED.into()), status: "loading gemma4:e2b-8k".into(), ..Default::default() };
+    let r = rig(GuardSettings { ready_wait: Duration::from_secs(5), ..GuardSettings::default() }, warming.clone()).await;
+    let h = r.http.get(format!("{}/healthz", r.url)).send().await.expect("healthz");
+    assert_eq!(h.status(), 503);
+    assert!(h.text().await.expect("t").starts_with("preloading: loading"));
+    let url = r.url.clone();
+    let http = r.http.clone();
+    let pending = tokio::spawn(async move { http.post(format!("{url}/api/generate")).json(&json!({"model": PINNED, "prompt": "hi", "stream": false})).send().await.expect("send") });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!pending.is_finished(), "held while warming");
+    r.state.send_replace(ready());
+    let resp = pending.await.expect("join");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers().get("x-jetson-llmd-stage").and_then(|v| v.to_str().ok()), Some("waited for warm"));
+    assert_eq!(r.http.get(format!("{}/healthz", r.url)).send().await.expect("healthz").status(), 200);
+
+    // Never warm within ready_wait: 503 with the stage.
+    let r2 = rig(GuardSettings { ready_wait: Duration::from_millis(200), ..GuardSettings::default() }, warming).await;
+    let resp = r2.post("/api/chat", json!({"model": PINNED, "messages": []})).await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers().get("x-jetson-llmd-stage").and_then(|v| v.to_str().ok()), Some("preloading"));
+    let e: Value = resp.json().await.expect("json");
+    assert!(e["error"].as_str().is_some_and(|m| m.contains("not warm yet")), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_options_are_refused_and_admin_calls_from_loopback_pass() {
+    let r = rig(GuardSettings { options: OptionsPolicy::Strict, ..GuardSettings::default() }, ready()).await;
+    let loads = r.loads();
+    let resp = r.post("/api/chat", json!({"model": PINNED, "messages": [], "options": {"num_ctx": 32768}})).await;
+    assert_eq!(resp.status(), 409);
+    assert_eq!(r.loads(), loads);
+    // Loopback may administer: the delete reaches Ollama (its 404 for an unknown model, not the
+    // guard's 403).
+    assert_eq!(r.post("/api/show", json!({"model": PINNED})).await.status(), 200);
+    let resp = r.http.delete(format!("{}/api/delete", r.url)).json(&json!({"model": "no-such:model"})).send().await.expect("delete");
+    assert_eq!(resp.status(), 404);
+}
