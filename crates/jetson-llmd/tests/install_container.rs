@@ -37,6 +37,7 @@ fn rootfs() -> PathBuf {
     assert!(base.join(".jetson-llmd-ready").exists(), "{} is not prepared: run scripts/container-rootfs", base.display());
     let root = workspace().join("target/systemd-rootfs/install-test");
     let _ = Command::new("rm").arg("-rf").arg(&root).status();
+    std::fs::create_dir_all(root.parent().expect("parent")).expect("mkdir");
     sh(&format!("cp -a --reflink=auto {} {}", base.display(), root.display()));
     let r = root.display();
     sh(&format!("userdel --root {r} ollama 2>/dev/null || true; groupdel --root {r} render 2>/dev/null || true"));
@@ -163,11 +164,13 @@ fn text(o: &Output) -> String {
 async fn install_upgrade_canary_and_rollback_under_real_systemd() {
     let root = rootfs();
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("b").local_addr().expect("a").port();
+    // Clients use the guard's port; Ollama listens on its own (private) one behind it.
+    let gport = std::net::TcpListener::bind("127.0.0.1:0").expect("b").local_addr().expect("a").port();
     // The user's own settings, there before install: kept (install writes *.new beside them).
     write(&root.join("etc/jetson-llmd/ollama.env"), &format!("OLLAMA_KEEP_ALIVE=-1\nOLLAMA_MAX_LOADED_MODELS=1\nOLLAMA_HOST=127.0.0.1:{port}\nFAKE_OLLAMA_TIME_SCALE=0.02\n"));
     write(
         &root.join("etc/jetson-llmd/config.toml"),
-        "keepalive_interval = \"10s\"\nstate_dir = \"/var/lib/jetson-llmd\"\ngpu_discovery_timeout = \"10s\"\nretry_max_backoff = \"3s\"\nstartup_timeout = \"20s\"\n",
+        &format!("keepalive_interval = \"10s\"\nstate_dir = \"/var/lib/jetson-llmd\"\ngpu_discovery_timeout = \"10s\"\nretry_max_backoff = \"3s\"\nstartup_timeout = \"20s\"\n[guard]\nenabled = true\nlisten = \"127.0.0.1:{gport}\"\n"),
     );
     std::fs::create_dir_all(root.join("var/lib/jetson-llmd")).expect("mkdir");
     write(&root.join("etc/systemd/system/jetson-llmd.service.d/50-test.conf"), "[Service]\nReadWritePaths=/var/lib/jetson-llmd\n");
@@ -192,6 +195,17 @@ async fn install_upgrade_canary_and_rollback_under_real_systemd() {
     assert!(h.warm("gemma4:e2b-8k").await);
     assert_eq!(h.get("/api/version").await["version"], "0.30.6");
     assert!(std::fs::symlink_metadata(root.join("etc/systemd/system/multi-user.target.wants/jetson-llmd.service")).is_ok(), "enabled");
+    // The guard, inside jetson-llmd.service: clients on its port reach Ollama only through it.
+    let via = Host { root: &root, bus: h.bus.clone(), port: gport };
+    assert_eq!(via.get("/api/version").await["version"], "0.30.6");
+    let r = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{gport}/api/generate"))
+        .json(&serde_json::json!({"model": "llama3.2:3b", "prompt": "hi"}))
+        .send()
+        .await
+        .expect("guard");
+    assert_eq!(r.status(), 409, "another model is refused at the door");
+    assert!(h.warm("gemma4:e2b-8k").await);
 
     // 2. Again: nothing to do; still warm, nothing restarted.
     let pid = std::fs::read_to_string(root.join("var/lib/jetson-llmd/state.json")).expect("state");

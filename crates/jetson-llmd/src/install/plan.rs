@@ -22,7 +22,12 @@ pub const GPU_GROUPS: [&str; 2] = ["video", "render"];
 pub const ENABLE: [&str; 1] = ["jetson-llmd.service"];
 
 const DEFAULT_ENV: &str = include_str!("../../../../etc/jetson-llmd/ollama.env");
-const DEFAULT_CONFIG: &str = include_str!("../../../../etc/jetson-llmd/config.toml");
+const DEFAULT_CONFIG_TEMPLATE: &str = include_str!("../../../../etc/jetson-llmd/config.toml");
+/// New installs are guarded: the documented template (every default commented out) plus the
+/// guard switched on, matching ollama.env's private OLLAMA_HOST.
+fn default_config() -> String {
+    format!("{DEFAULT_CONFIG_TEMPLATE}\n# Set by `jetson-llmd install`: clients reach Ollama through the guard (docs/guard.md).\n[guard]\nenabled = true\n")
+}
 const DEFAULT_MODEL_CONF: &str = include_str!("../../../../etc/ollama/model.conf");
 
 /// What the user asked for.
@@ -308,7 +313,7 @@ pub async fn compute(req: &Request, state: &InstallState, active: Option<bool>) 
         None => existing(root, config::DEFAULT_MODEL_CONF, 256 << 10).await?.and_then(|b| modelconf::parse(&b).ok()).map(|c| c.model),
     };
     let model_conf = model_conf_text(named.as_ref());
-    for (path, ours) in [(OLLAMA_ENV, DEFAULT_ENV.as_bytes().to_vec()), (config::DEFAULT_CONFIG, DEFAULT_CONFIG.as_bytes().to_vec()), (config::DEFAULT_MODEL_CONF, model_conf)] {
+    for (path, ours) in [(OLLAMA_ENV, DEFAULT_ENV.as_bytes().to_vec()), (config::DEFAULT_CONFIG, default_config().into_bytes()), (config::DEFAULT_MODEL_CONF, model_conf)] {
         let have = existing(root, path, 256 << 10).await?;
         let mut change = conffile_change(have.as_deref(), &ours, state.files.get(path).map(String::as_str));
         if change == Change::KeepYours && existing(root, &format!("{path}.new"), 256 << 10).await.ok().flatten().as_deref() == Some(ours.as_slice()) {
@@ -322,6 +327,21 @@ pub async fn compute(req: &Request, state: &InstallState, active: Option<bool>) 
             }
         }
         files.push(FileStep { path: path.into(), kind: FileKind::Config, change, bytes: ours, mode: 0o644 });
+    }
+
+    // ollama.env moves Ollama behind the guard only together with a config.toml that turns the
+    // guard on: a kept config.toml without it keeps ollama.env too (else clients lose :11434).
+    let cfg_kept = files.iter().any(|f| f.path == config::DEFAULT_CONFIG && matches!(f.change, Change::KeepYours | Change::Kept));
+    if cfg_kept {
+        let have = existing(root, config::DEFAULT_CONFIG, 256 << 10).await?.unwrap_or_default();
+        let text = String::from_utf8_lossy(&have).to_string();
+        let guarded = config::parse(Path::new(config::DEFAULT_CONFIG), &text).ok().and_then(|r| config::settle(Path::new(config::DEFAULT_CONFIG), &text, r).ok()).is_some_and(|s| s.guard.enabled);
+        if !guarded {
+            for f in files.iter_mut().filter(|f| f.path == OLLAMA_ENV && f.change == Change::Update) {
+                f.change = Change::KeepYours;
+                notes.push("ollama.env kept: your config.toml does not turn the guard on, so Ollama stays on its address (see docs/guard.md to move it behind the guard)".into());
+            }
+        }
     }
 
     // The ollama user and the GPU groups that exist here.
@@ -359,6 +379,17 @@ pub async fn compute(req: &Request, state: &InstallState, active: Option<bool>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_installed_config_is_valid_and_guarded() {
+        let text = default_config();
+        let raw = config::parse(Path::new("config.toml"), &text).expect("parses");
+        let s = config::settle(Path::new("config.toml"), &text, raw).expect("valid");
+        assert!(s.guard.enabled);
+        assert_eq!(s.guard.listen.port(), 11434);
+        let env = String::from_utf8_lossy(DEFAULT_ENV.as_bytes()).to_string();
+        assert!(env.lines().any(|l| l == "OLLAMA_HOST=127.0.0.1:11435"), "Ollama behind the guard: {env}");
+    }
 
     #[test]
     fn conffile_rule_table() {

@@ -68,6 +68,8 @@ pub struct StatusReport {
     pub bench: Vec<crate::report::bench::Row>,
     /// What `jetson-llmd install`/`upgrade` installed (install.json), if it did.
     pub install: Option<crate::install::state::InstallState>,
+    /// Where clients connect and where Ollama listens, when the guard is on.
+    pub guard: Option<String>,
 }
 
 impl StatusReport {
@@ -194,7 +196,8 @@ pub async fn gather<A: OllamaApi>(api: &A, settings: &Settings, model_conf: &Pat
         Err(_) => Vec::new(),
     };
     let install = crate::install::state::InstallState::load(root).await.ok().filter(|s| s.current.is_some());
-    StatusReport { health, warnings, ollama, model, gpu, supervisor, supervisor_running, keepalive, units: Vec::new(), memory, fit, host, bench, install }
+    let guard = settings.guard.enabled.then(|| format!("clients on {} (policy: models {:?}, options {:?}); Ollama behind it at {}; this status talks to Ollama directly", settings.guard.listen, settings.guard.models, settings.guard.options, api.url()).to_lowercase());
+    StatusReport { health, warnings, ollama, model, gpu, supervisor, supervisor_running, keepalive, units: Vec::new(), memory, fit, host, bench, install, guard }
 }
 
 /// Reads the units over the system bus (works unprivileged); quietly empty without one.
@@ -233,6 +236,9 @@ pub fn render(r: &StatusReport) -> String {
         (None, Some(e)) => format!("unreachable: {e}"),
         _ => "unknown".into(),
     });
+    if let Some(g) = &r.guard {
+        row(&mut o, "guard", g.clone());
+    }
     if let Some(c) = r.install.as_ref().and_then(|i| i.current.as_ref()) {
         let prev = r.install.as_ref().and_then(|i| i.previous.as_ref()).map(|p| format!("; rollback to {}", p.version)).unwrap_or_default();
         row(&mut o, "installed", crate::text::clean(&format!("Ollama {} from {} on {}{prev}", c.version, c.origin, c.installed_at)));
@@ -394,6 +400,7 @@ mod tests {
             fit: Vec::new(),
             host: None,
             bench: Vec::new(),
+            guard: None,
             install: Some(crate::install::state::InstallState {
                 current: Some(crate::install::state::Release {
                     dir: "0.30.6-1a2b3c4d5e6f".into(),
