@@ -213,6 +213,10 @@ pub struct Counters {
     pub reloads_for_options: u64,
     pub oom_failures: u64,
     pub restarts: u64,
+    /// Streamed generations whose client went away before the last line (the request context
+    /// is cancelled and the runner stops: server/routes.go GenerateHandler/ChatHandler pass
+    /// c.Request.Context() to llm/server.go Completion, which returns on ctx.Done()).
+    pub cancelled: u64,
     pub requests: BTreeMap<String, u64>,
 }
 

@@ -121,6 +121,11 @@ async fn run(first: TcpListener, addr: SocketAddr, app: App) {
             let stop = stop.clone();
             let router = router(app.clone());
             tokio::spawn(async move {
+                // Go's net package sets TCP_NODELAY on every TCP connection (net/tcpsock.go newTCPConn),
+                // so Ollama's small streamed lines are never held by Nagle's algorithm.
+                let l = axum::serve::ListenerExt::tap_io(l, |s: &mut tokio::net::TcpStream| {
+                    let _ = s.set_nodelay(true);
+                });
                 let _ = axum::serve(l, router).with_graceful_shutdown(async move { stop.cancelled().await }).await;
             })
         };
@@ -441,6 +446,20 @@ struct Acquired {
 struct Busy {
     emu: Arc<Emulator>,
     key: String,
+}
+
+/// Dropped with a streamed response: before its last line means the client went away.
+struct StreamEnd {
+    emu: Arc<Emulator>,
+    finished: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for StreamEnd {
+    fn drop(&mut self) {
+        if !self.finished.load(std::sync::atomic::Ordering::SeqCst) {
+            self.emu.lock().counters.cancelled += 1;
+        }
+    }
 }
 
 impl Drop for Busy {
@@ -828,12 +847,18 @@ async fn complete(app: App, body: Bytes, shape: Shape) -> Response {
         return axum::Json(final_line(&text)).into_response();
     }
     let model2 = model.clone();
+    let end = StreamEnd { emu: emu.clone(), finished: Arc::new(std::sync::atomic::AtomicBool::new(false)) };
+    let finished = end.finished.clone();
     let st = futures_util::stream::unfold(0u64, move |i| {
         let model = model2.clone();
         let final_line = final_line.clone();
+        let finished = finished.clone();
         async move {
             if i > num_predict {
                 return None;
+            }
+            if i == num_predict {
+                finished.store(true, std::sync::atomic::Ordering::SeqCst);
             }
             if i == 0 {
                 tokio::time::sleep(prompt_eval.mul_f64(scale)).await;
@@ -845,7 +870,11 @@ async fn complete(app: App, body: Bytes, shape: Shape) -> Response {
                 }
                 f
             } else {
-                tokio::time::sleep(per_token.mul_f64(scale)).await;
+                // A zero delay (time scale 0, benchmarks) must not cost a timer tick per token.
+                let d = per_token.mul_f64(scale);
+                if !d.is_zero() {
+                    tokio::time::sleep(d).await;
+                }
                 let w = words[i as usize % words.len()];
                 match shape {
                     Shape::Generate => json!({ "model": model, "created_at": now_rfc3339(), "response": w, "done": false }),
@@ -855,9 +884,9 @@ async fn complete(app: App, body: Bytes, shape: Shape) -> Response {
             Some((Ok::<Bytes, std::io::Error>(Bytes::from(format!("{line}\n"))), i + 1))
         }
     });
-    // Keep `busy` alive until the stream is dropped.
+    // Keep `busy` alive until the stream is dropped; `end` counts a stream dropped early.
     let st = futures_util::StreamExt::map(st, move |x| {
-        let _ = &busy;
+        let _ = (&busy, &end);
         x
     });
     Response::builder()

@@ -164,3 +164,24 @@ async fn strict_options_are_refused_and_admin_calls_from_loopback_pass() {
     let resp = r.http.delete(format!("{}/api/delete", r.url)).json(&json!({"model": "no-such:model"})).send().await.expect("delete");
     assert_eq!(resp.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_stream_cancels_the_generation_upstream() {
+    let r = rig(GuardSettings::default(), ready()).await;
+    let mut resp = r.post("/api/generate", json!({"model": PINNED, "prompt": "long", "options": {"num_predict": 4000}})).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.chunk().await.expect("chunk").is_some(), "the stream started");
+    drop(resp);
+    let t = std::time::Instant::now();
+    while r.emu.emu.counters().cancelled == 0 {
+        assert!(t.elapsed() < Duration::from_secs(5), "Ollama never saw the client leave");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(r.pinned_forever().await, "and the model stays");
+    // A stream read to the end is not a cancellation.
+    let before = r.emu.emu.counters().cancelled;
+    let resp = r.post("/api/generate", json!({"model": PINNED, "prompt": "short", "options": {"num_predict": 5}})).await;
+    let _ = resp.bytes().await.expect("body");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(r.emu.emu.counters().cancelled, before);
+}

@@ -61,7 +61,7 @@ pub struct Guard {
 impl Guard {
     pub fn new(upstream: url::Url, settings: GuardSettings, state: watch::Receiver<State>, stats: Arc<Stats>) -> Guard {
         // No overall timeout: a generation streams for minutes. Connecting is quick or broken.
-        let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build().unwrap_or_default();
+        let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).tcp_nodelay(true).build().unwrap_or_default();
         Guard { upstream, settings, state, stats, client }
     }
 
@@ -217,6 +217,12 @@ async fn handle(AxState(g): AxState<Arc<Guard>>, ConnectInfo(client): ConnectInf
 
 /// Serves until `stop`. The listener is bound by the caller (so a port in use is its error).
 pub async fn serve(listener: tokio::net::TcpListener, guard: Arc<Guard>, stop: tokio_util::sync::CancellationToken) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     let app = axum::Router::new().fallback(handle).with_state(guard);
+    // TCP_NODELAY both ways: streamed lines are small, and Nagle's algorithm with delayed ACKs
+    // would hold each one for up to 40 ms.
+    let listener = listener.tap_io(|s| {
+        let _ = s.set_nodelay(true);
+    });
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(async move { stop.cancelled().await }).await
 }
