@@ -231,6 +231,8 @@ fn router(app: App) -> Router {
         .route("/api/show", post(show))
         .route("/api/generate", post(generate))
         .route("/api/chat", post(chat))
+        .route("/v1/chat/completions", post(v1_chat))
+        .route("/v1/models", get(v1_models))
         .route("/api/embed", post(embed))
         .route("/api/pull", post(pull))
         .route("/api/create", post(create))
@@ -714,6 +716,87 @@ async fn generate(State(app): State<App>, body: Bytes) -> Response {
 
 async fn chat(State(app): State<App>, body: Bytes) -> Response {
     complete(app, body, Shape::Chat).await
+}
+
+/// OpenAI's error shape (openai/openai.go NewError).
+fn openai_err(status: StatusCode, message: &str) -> Response {
+    let kind = match status {
+        StatusCode::BAD_REQUEST => "invalid_request_error",
+        StatusCode::NOT_FOUND => "not_found_error",
+        _ => "api_error",
+    };
+    (status, axum::Json(json!({ "error": { "type": kind, "message": message } }))).into_response()
+}
+
+/// openai/openai.go ToChatCompletion / toChunk from one /api/chat line.
+fn openai_chat_json(id: &str, line: &Value, chunk: bool) -> Value {
+    let reason = line["done_reason"].as_str().filter(|r| !r.is_empty()).map(|r| json!(r)).unwrap_or(Value::Null);
+    let content = line["message"]["content"].as_str().unwrap_or("");
+    let created = OffsetDateTime::now_utc().unix_timestamp();
+    if chunk {
+        json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": line["model"], "system_fingerprint": "fp_ollama",
+                "choices": [{ "index": 0, "delta": { "role": "assistant", "content": content }, "finish_reason": reason }] })
+    } else {
+        let (p, e) = (line["prompt_eval_count"].as_u64().unwrap_or(0), line["eval_count"].as_u64().unwrap_or(0));
+        json!({ "id": id, "object": "chat.completion", "created": created, "model": line["model"], "system_fingerprint": "fp_ollama",
+                "choices": [{ "index": 0, "message": { "role": "assistant", "content": content }, "finish_reason": reason }],
+                "usage": { "prompt_tokens": p, "completion_tokens": e, "total_tokens": p + e } })
+    }
+}
+
+/// POST /v1/chat/completions: middleware/openai.go ChatMiddleware turns the request into an
+/// /api/chat one (max_tokens -> num_predict, sampling options kept), ChatWriter turns the answer
+/// into a chat.completion, or, streamed, `data: <chunk>` events ending with `data: [DONE]`.
+async fn v1_chat(State(app): State<App>, body: Bytes) -> Response {
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else { return openai_err(StatusCode::BAD_REQUEST, "invalid request") };
+    let stream = req["stream"].as_bool().unwrap_or(false);
+    let mut options = serde_json::Map::new();
+    if let Some(n) = req["max_tokens"].as_i64() {
+        options.insert("num_predict".into(), json!(n));
+    }
+    for k in ["temperature", "top_p", "seed", "stop", "frequency_penalty", "presence_penalty"] {
+        if !req[k].is_null() {
+            options.insert(k.into(), req[k].clone());
+        }
+    }
+    let inner = json!({ "model": req["model"], "messages": req["messages"], "stream": stream, "options": options });
+    let resp = complete(app, Bytes::from(inner.to_string()), Shape::Chat).await;
+    let status = resp.status();
+    let id = format!("chatcmpl-{}", OffsetDateTime::now_utc().nanosecond() % 999);
+    if !status.is_success() {
+        let b = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap_or_default();
+        let msg = serde_json::from_slice::<Value>(&b).ok().and_then(|v| v["error"].as_str().map(str::to_string)).unwrap_or_default();
+        return openai_err(status, &msg);
+    }
+    if !stream {
+        let b = axum::body::to_bytes(resp.into_body(), 16 << 20).await.unwrap_or_default();
+        let line: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
+        return axum::Json(openai_chat_json(&id, &line, false)).into_response();
+    }
+    let include_usage = req["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+    let lines = futures_util::StreamExt::flat_map(resp.into_body().into_data_stream(), |chunk| {
+        let chunk = chunk.unwrap_or_default();
+        futures_util::stream::iter(chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice::<Value>(l).unwrap_or(Value::Null)).collect::<Vec<_>>())
+    });
+    let events = futures_util::StreamExt::flat_map(lines, move |line| {
+        let mut out = vec![format!("data: {}\n\n", openai_chat_json(&id, &line, true))];
+        if line["done"] == true {
+            if include_usage {
+                let (p, e) = (line["prompt_eval_count"].as_u64().unwrap_or(0), line["eval_count"].as_u64().unwrap_or(0));
+                out.push(format!("data: {}\n\n", json!({ "id": id, "object": "chat.completion.chunk", "model": line["model"], "system_fingerprint": "fp_ollama", "choices": [], "usage": { "prompt_tokens": p, "completion_tokens": e, "total_tokens": p + e } })));
+            }
+            out.push("data: [DONE]\n\n".into());
+        }
+        futures_util::stream::iter(out.into_iter().map(|s| Ok::<Bytes, std::io::Error>(Bytes::from(s))))
+    });
+    Response::builder().status(200).header("content-type", "text/event-stream").body(Body::from_stream(events)).unwrap_or_else(|_| unreachable_response())
+}
+
+/// GET /v1/models (middleware/openai.go ListMiddleware, openai.ToListCompletion).
+async fn v1_models(State(app): State<App>) -> Response {
+    let st = app.emu.lock();
+    let data: Vec<Value> = st.local.iter().map(|(name, m)| json!({ "id": name, "object": "model", "created": m.modified_at.unix_timestamp(), "owned_by": "library" })).collect();
+    axum::Json(json!({ "object": "list", "data": data })).into_response()
 }
 
 /// /api/generate and /api/chat (server/routes.go GenerateHandler / ChatHandler).

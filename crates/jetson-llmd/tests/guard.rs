@@ -82,11 +82,19 @@ async fn official_client_shapes_leave_the_pinned_model_loaded_without_a_reload()
     assert_eq!(resp.status(), 409);
     let e: Value = resp.json().await.expect("json");
     assert!(e["error"].as_str().is_some_and(|m| m.contains(PINNED) && m.contains("jetson-llmd switch")), "{e}");
-    // OpenAI-compatible clients: the pinned model is forwarded (the emulator has no /v1 routes
-    // yet, so Ollama's answer here is the emulator's 404, not the guard's 409), others refused.
-    let resp = r.post("/v1/chat/completions", json!({"model": PINNED, "messages": [{"role": "user", "content": "hi"}]})).await;
-    assert!(resp.headers().get("x-jetson-llmd-guard").is_none());
-    assert!(![403, 409, 503].contains(&resp.status().as_u16()), "{}", resp.status());
+    // OpenAI-compatible clients (the openai package's shapes), streamed and not.
+    let resp = r.post("/v1/chat/completions", json!({"model": PINNED, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8})).await;
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.expect("json");
+    assert_eq!(v["object"], "chat.completion");
+    assert!(v["choices"][0]["message"]["content"].as_str().is_some_and(|c| !c.is_empty()), "{v}");
+    let resp = r.post("/v1/chat/completions", json!({"model": PINNED, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "stream": true})).await;
+    assert_eq!(resp.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("text/event-stream"));
+    let sse = resp.text().await.expect("sse");
+    let events: Vec<&str> = sse.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert!(events.len() >= 9 && events.last() == Some(&"data: [DONE]"), "{sse}");
+    let models: Value = r.http.get(format!("{}/v1/models", r.url)).send().await.expect("models").json().await.expect("json");
+    assert!(models["data"].as_array().is_some_and(|d| d.iter().any(|m| m["id"] == PINNED)), "{models}");
     assert_eq!(r.post("/v1/chat/completions", json!({"model": "qwen3:4b", "messages": []})).await.status(), 409);
 
     assert_eq!(r.loads(), loads, "no load and no reload happened");
