@@ -169,6 +169,13 @@ async fn strict_options_are_refused_and_admin_calls_from_loopback_pass() {
     // Loopback may administer: the delete reaches Ollama (its 404 for an unknown model, not the
     // guard's 403).
     assert_eq!(r.post("/api/show", json!({"model": PINNED})).await.status(), 200);
+    let e: Value = r.post("/api/embed", json!({"model": PINNED, "input": ["a", "b"]})).await.json().await.expect("embed");
+    assert_eq!(e["embeddings"].as_array().map(Vec::len), Some(2), "{e}");
+    // A pull streams its progress through the guard (from loopback).
+    let pull = r.post("/api/pull", json!({"model": "llama3.2:3b"})).await;
+    assert_eq!(pull.status(), 200);
+    let text = pull.text().await.expect("pull");
+    assert!(text.lines().last().is_some_and(|l| l.contains("success")), "{text}");
     let resp = r.http.delete(format!("{}/api/delete", r.url)).json(&json!({"model": "no-such:model"})).send().await.expect("delete");
     assert_eq!(resp.status(), 404);
 }
@@ -192,4 +199,51 @@ async fn a_client_that_leaves_mid_stream_cancels_the_generation_upstream() {
     let _ = resp.bytes().await.expect("body");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(r.emu.emu.counters().cancelled, before);
+}
+
+/// A client that stops reading: the guard must not buffer the stream. An upstream that would
+/// send without end counts what it could hand over; with backpressure that stays within the
+/// socket buffers, without it the guard would read at loopback speed (gigabytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_holds_the_upstream_back_instead_of_filling_memory() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let produced = Arc::new(AtomicU64::new(0));
+    let p = produced.clone();
+    let app = axum::Router::new().route(
+        "/api/tags",
+        axum::routing::get(move || {
+            let p = p.clone();
+            async move {
+                let chunk = axum::body::Bytes::from(vec![b'x'; 64 << 10]);
+                let s = futures_util::StreamExt::map(futures_util::stream::repeat(chunk), move |c| {
+                    p.fetch_add(c.len() as u64, Ordering::SeqCst);
+                    Ok::<_, std::io::Error>(c)
+                });
+                axum::body::Body::from_stream(s)
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let upstream = format!("http://{}", l.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let (_tx, rx) = watch::channel(ready());
+    let g = Arc::new(Guard::new(url::Url::parse(&upstream).expect("url"), GuardSettings::default(), rx, Arc::new(Stats::default())));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/api/tags", listener.local_addr().expect("addr"));
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(guard::serve(listener, g, stop.clone()));
+
+    let mut resp = reqwest::get(&url).await.expect("get");
+    assert!(resp.chunk().await.expect("chunk").is_some());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let held = produced.load(Ordering::SeqCst);
+    assert!(held < 64 << 20, "{} MiB left the upstream while the client read nothing", held >> 20);
+    // Reading resumes the flow.
+    let mut got = 0u64;
+    while got < (held + (8 << 20)) {
+        got += resp.chunk().await.expect("chunk").map_or(0, |c| c.len() as u64);
+    }
+    assert!(produced.load(Ordering::SeqCst) > held);
+    drop(resp);
+    stop.cancel();
 }
