@@ -182,8 +182,11 @@ async fn handle(AxState(g): AxState<Arc<Guard>>, ConnectInfo(client): ConnectInf
     rb = match (new_body, bytes, stream_body) {
         (Some(b), ..) => rb.header("content-type", "application/json").body(b),
         (None, Some(b), _) => rb.body(b),
-        (None, None, Some(body)) => rb.body(reqwest::Body::wrap_stream(body.into_data_stream())),
-        (None, None, None) => rb,
+        // Only a request that has a body sends one: a GET must not turn into a chunked upload.
+        (None, None, Some(body)) if parts.headers.contains_key("content-length") || parts.headers.contains_key("transfer-encoding") => {
+            rb.body(reqwest::Body::wrap_stream(body.into_data_stream()))
+        }
+        (None, None, _) => rb,
     };
     let resp = match rb.send().await {
         Ok(r) => r,
