@@ -268,7 +268,3 @@ pub async fn unedited(root: &Path, path: &str, state: &InstallState) -> bool {
         Err(_) => false,
     }
 }
-
-pub fn is_unit(kind: FileKind) -> bool {
-    kind == FileKind::Unit
-}

@@ -63,7 +63,8 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        // Ollama 0.30's arm64 tarballs unpack to about 2.5 GB and a few hundred entries.
+        // Generous bounds (not measured on real tarballs here): far above what two Ollama
+        // release tarballs hold, far below what fills a Jetson's eMMC.
         Limits { max_entries: 20_000, max_bytes: 12 << 30 }
     }
 }

@@ -57,9 +57,7 @@ pub fn assess(f: &Facts) -> Vec<Finding> {
         (None, _) => out.push(Finding::Refuse(
             "no /etc/nv_tegra_release: this is not a Jetson running JetPack (L4T); jetson-llmd installs Ollama's JetPack 6 build".into(),
         )),
-        (Some(r), Some(6)) => {
-            let _ = r;
-        }
+        (Some(_), Some(6)) => {}
         (Some(r), Some(5)) => out.push(Finding::Refuse(format!(
             "L4T R{r} is JetPack 5: Ollama's JetPack 5 libraries are not what this tool installs and tests; upgrade the board to JetPack 6"
         ))),

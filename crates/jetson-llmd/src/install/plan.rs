@@ -306,21 +306,25 @@ pub async fn compute(req: &Request, state: &InstallState, active: Option<bool>) 
         files.push(FileStep { change: owned_change(have.as_deref(), text.as_bytes()), path, kind: FileKind::Unit, bytes: text.as_bytes().to_vec(), mode: 0o644 });
     }
 
-    // /etc files the user owns once they exist.
+    // /etc files the user owns once they exist; each is read once.
+    let mut have_etc = std::collections::BTreeMap::new();
+    for path in [OLLAMA_ENV, config::DEFAULT_CONFIG, config::DEFAULT_MODEL_CONF] {
+        have_etc.insert(path, existing(root, path, 256 << 10).await?);
+    }
     // Without --model, a re-install keeps the model model.conf names (a switch is not undone).
     let named = match &req.model {
         Some(m) => Some(m.clone()),
-        None => existing(root, config::DEFAULT_MODEL_CONF, 256 << 10).await?.and_then(|b| modelconf::parse(&b).ok()).map(|c| c.model),
+        None => have_etc[config::DEFAULT_MODEL_CONF].as_deref().and_then(|b| modelconf::parse(b).ok()).map(|c| c.model),
     };
     let model_conf = model_conf_text(named.as_ref());
     for (path, ours) in [(OLLAMA_ENV, DEFAULT_ENV.as_bytes().to_vec()), (config::DEFAULT_CONFIG, default_config().into_bytes()), (config::DEFAULT_MODEL_CONF, model_conf)] {
-        let have = existing(root, path, 256 << 10).await?;
+        let have = &have_etc[path];
         let mut change = conffile_change(have.as_deref(), &ours, state.files.get(path).map(String::as_str));
         if change == Change::KeepYours && existing(root, &format!("{path}.new"), 256 << 10).await.ok().flatten().as_deref() == Some(ours.as_slice()) {
             change = Change::Kept;
         }
         if change == Change::KeepYours && path == config::DEFAULT_MODEL_CONF {
-            if let (Some(m), Some(h)) = (&req.model, &have) {
+            if let (Some(m), Some(h)) = (&req.model, have) {
                 if modelconf::parse(h).map(|c| c.model != *m).unwrap_or(true) {
                     notes.push(format!("model.conf is yours and stays; to keep {m} warm instead run: sudo jetson-llmd switch {m}"));
                 }
@@ -333,8 +337,7 @@ pub async fn compute(req: &Request, state: &InstallState, active: Option<bool>) 
     // guard on: a kept config.toml without it keeps ollama.env too (else clients lose :11434).
     let cfg_kept = files.iter().any(|f| f.path == config::DEFAULT_CONFIG && matches!(f.change, Change::KeepYours | Change::Kept));
     if cfg_kept {
-        let have = existing(root, config::DEFAULT_CONFIG, 256 << 10).await?.unwrap_or_default();
-        let text = String::from_utf8_lossy(&have).to_string();
+        let text = String::from_utf8_lossy(have_etc[config::DEFAULT_CONFIG].as_deref().unwrap_or_default()).to_string();
         let guarded = config::parse(Path::new(config::DEFAULT_CONFIG), &text).ok().and_then(|r| config::settle(Path::new(config::DEFAULT_CONFIG), &text, r).ok()).is_some_and(|s| s.guard.enabled);
         if !guarded {
             for f in files.iter_mut().filter(|f| f.path == OLLAMA_ENV && f.change == Change::Update) {

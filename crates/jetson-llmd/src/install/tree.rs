@@ -155,8 +155,8 @@ impl Store {
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         self.clean_stale();
         let compressed = std::fs::metadata(&base.path).map(|m| m.len()).unwrap_or(0) + std::fs::metadata(&jetpack.path).map(|m| m.len()).unwrap_or(0);
-        // CUDA libraries compress about 2.5x with zstd; ask for 3x plus a little. ENOSPC
-        // during the unpack is handled too; this only says it before minutes of work.
+        // A rough guess (3x the compressed size, not measured on real tarballs): it only says
+        // "no space" before minutes of work; ENOSPC during the unpack is handled anyway.
         let need = compressed.saturating_mul(3) + (8 << 20);
         if let Some(free) = free_bytes(&dir).filter(|f| *f < need) {
             return Err(TreeError::Space { path: dir, free_mib: free >> 20, need_mib: need >> 20 });
