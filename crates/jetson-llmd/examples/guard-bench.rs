@@ -91,7 +91,7 @@ fn start(bin: &Path, ollama: u16, guard: u16) -> Supervisor {
     Supervisor { child, _root: root }
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -124,8 +124,9 @@ async fn main() {
     }
     // 2. Per streamed line: total time of a stream over its lines.
     let (mut d2, mut g2) = (Vec::new(), Vec::new());
-    for _ in 0..n_stream {
-        for p in [ollama, guard] {
+    for i in 0..n_stream {
+        let order = if i % 2 == 0 { [ollama, guard] } else { [guard, ollama] };
+        for p in order {
             let (_, lines, total) = stream(&http, p, stream_tokens).await;
             let per = total.as_secs_f64() * 1e6 / lines.max(1) as f64;
             if p == ollama { d2.push(per) } else { g2.push(per) }
@@ -133,9 +134,10 @@ async fn main() {
     }
     // 3. Throughput of one long stream.
     let (mut d3, mut g3) = (Vec::new(), Vec::new());
-    let n_big = if quick { 2 } else { 9 };
-    for _ in 0..n_big {
-        for p in [ollama, guard] {
+    let n_big = if quick { 2 } else { 21 };
+    for i in 0..n_big {
+        let order = if i % 2 == 0 { [ollama, guard] } else { [guard, ollama] };
+        for p in order {
             let (_, lines, total) = stream(&http, p, big).await;
             let rate = lines as f64 / total.as_secs_f64();
             if p == ollama { d3.push(rate) } else { g3.push(rate) }

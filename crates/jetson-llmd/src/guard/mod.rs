@@ -4,20 +4,25 @@
 //! that forces a reload (server/sched.go needsReload); on an 8 GB Jetson each reload risks GPU
 //! memory that cannot be allocated again until a reboot. Decisions are in [`policy`]; this file
 //! moves bytes: request bodies of the endpoints that name a model are read (capped) and maybe
-//! rewritten, everything else streams through untouched, responses stream back chunk by chunk,
-//! and a client that goes away cancels the upstream request (its body stream is dropped).
+//! rewritten, everything else streams through untouched, responses stream back frame by frame
+//! (hyper's own body, no re-wrapping), and a client that goes away cancels the upstream request
+//! (its body is dropped, which closes that upstream connection).
+//!
+//! hyper is used directly on both sides rather than axum::serve and a pooled client: each
+//! connection's buffers are then bounded, which keeps 100 concurrent streams within a few MiB,
+//! and the upstream connection is driven by the response body itself ([`relay`]).
 
 pub mod policy;
+mod relay;
 
 use crate::conf::config::GuardSettings;
 use crate::conf::ModelName;
 use crate::supervisor::stage::Stage;
 use crate::supervisor::state::State;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State as AxState};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::TryStreamExt;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use policy::{Decision, Rule};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,10 +30,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
+type Request = axum::http::Request<Body>;
+
 /// Request bodies the guard reads to apply its policy (chat histories with images can be large).
 pub const MAX_REQUEST: usize = 64 << 20;
 const GUARD_HEADER: &str = "x-jetson-llmd-guard";
 const STAGE_HEADER: &str = "x-jetson-llmd-stage";
+/// Most a client connection's read buffer grows to (it starts at 8 KiB); also the largest
+/// request head accepted.
+const CLIENT_BUF: usize = 64 << 10;
+/// Client connections served at once; more wait in the listen backlog. Each costs the two
+/// buffers (`CLIENT_BUF`, relay's) plus a request being inspected.
+pub const MAX_CONNECTIONS: usize = 512;
+/// A client must send its request head within this (a connection that never does is dropped).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// On stop, requests in flight get this long to finish before their connections are closed.
+const DRAIN: Duration = Duration::from_secs(5);
 
 /// Decisions by rule, for /metrics and `status`.
 #[derive(Debug, Default)]
@@ -55,14 +72,19 @@ pub struct Guard {
     pub settings: GuardSettings,
     pub state: watch::Receiver<State>,
     pub stats: Arc<Stats>,
-    client: reqwest::Client,
+    /// host:port of `upstream`: where to connect, and the Host header.
+    authority: String,
 }
 
 impl Guard {
     pub fn new(upstream: url::Url, settings: GuardSettings, state: watch::Receiver<State>, stats: Arc<Stats>) -> Guard {
-        // No overall timeout: a generation streams for minutes. Connecting is quick or broken.
-        let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).tcp_nodelay(true).build().unwrap_or_default();
-        Guard { upstream, settings, state, stats, client }
+        let host = match upstream.host() {
+            Some(url::Host::Ipv6(a)) => format!("[{a}]"),
+            Some(h) => h.to_string(),
+            None => "127.0.0.1".into(),
+        };
+        let authority = format!("{host}:{}", upstream.port_or_known_default().unwrap_or(11434));
+        Guard { upstream, settings, state, stats, authority }
     }
 
     fn pinned(&self) -> Option<ModelName> {
@@ -119,7 +141,7 @@ async fn healthz(g: &Guard) -> Response {
     }
 }
 
-async fn handle(AxState(g): AxState<Arc<Guard>>, ConnectInfo(client): ConnectInfo<SocketAddr>, req: Request) -> Response {
+async fn handle(g: Arc<Guard>, client: SocketAddr, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let method = parts.method.as_str().to_string();
@@ -172,23 +194,27 @@ async fn handle(AxState(g): AxState<Arc<Guard>>, ConnectInfo(client): ConnectInf
         }
     }
 
-    let mut url = g.upstream.clone();
-    url.set_path(&path);
-    url.set_query(parts.uri.query());
-    let mut rb = g.client.request(parts.method.clone(), url);
+    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut up = axum::http::Request::builder().method(parts.method.clone()).uri(pq).header("host", &g.authority);
     for (k, v) in parts.headers.iter().filter(|(k, _)| forwardable(k)) {
-        rb = rb.header(k, v);
+        up = up.header(k, v);
     }
-    rb = match (new_body, bytes, stream_body) {
-        (Some(b), ..) => rb.header("content-type", "application/json").body(b),
-        (None, Some(b), _) => rb.body(b),
-        // Only a request that has a body sends one: a GET must not turn into a chunked upload.
-        (None, None, Some(body)) if parts.headers.contains_key("content-length") || parts.headers.contains_key("transfer-encoding") => {
-            rb.body(reqwest::Body::wrap_stream(body.into_data_stream()))
+    let body = match (new_body, bytes, stream_body) {
+        (Some(b), ..) => {
+            up = up.header("content-type", "application/json");
+            Body::from(b)
         }
-        (None, None, _) => rb,
+        (None, Some(b), _) => Body::from(b),
+        // hyper frames it from the body's own size: a request without one (a GET) sends none,
+        // one with a length keeps it, anything else is chunked.
+        (None, None, Some(body)) => body,
+        (None, None, None) => Body::empty(),
     };
-    let resp = match rb.send().await {
+    let up = match up.body(body) {
+        Ok(r) => r,
+        Err(e) => return ollama_error(StatusCode::BAD_REQUEST, &format!("jetson-llmd guard: cannot forward this request: {e}"), &[]),
+    };
+    let resp = match relay::exchange(&g.authority, up).await {
         Ok(r) => r,
         Err(e) => {
             return ollama_error(StatusCode::BAD_GATEWAY, &format!("jetson-llmd guard: Ollama at {} did not answer: {}", g.upstream, crate::text::one_line(&e.to_string())), &[]);
@@ -208,24 +234,60 @@ async fn handle(AxState(g): AxState<Arc<Guard>>, ConnectInfo(client): ConnectInf
             headers.insert(STAGE_HEADER, v);
         }
     }
-    let status = resp.status();
-    // Chunk by chunk: nothing is buffered, and dropping this body (the client left) drops the
+    let (up_parts, up_body) = resp.into_parts();
+    // Frame by frame: nothing is buffered, and dropping this body (the client left) drops the
     // upstream response, which closes that connection and cancels Ollama's request.
-    let stream = resp.bytes_stream().map_err(std::io::Error::other);
-    let mut r = Response::new(Body::from_stream(stream));
-    *r.status_mut() = status;
+    let mut r = Response::new(Body::new(up_body));
+    *r.status_mut() = up_parts.status;
     *r.headers_mut() = headers;
     r
 }
 
 /// Serves until `stop`. The listener is bound by the caller (so a port in use is its error).
 pub async fn serve(listener: tokio::net::TcpListener, guard: Arc<Guard>, stop: tokio_util::sync::CancellationToken) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let app = axum::Router::new().fallback(handle).with_state(guard);
-    // TCP_NODELAY both ways: streamed lines are small, and Nagle's algorithm with delayed ACKs
-    // would hold each one for up to 40 ms.
-    let listener = listener.tap_io(|s| {
-        let _ = s.set_nodelay(true);
-    });
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(async move { stop.cancelled().await }).await
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let slot = tokio::select! {
+            _ = stop.cancelled() => break,
+            s = slots.clone().acquire_owned() => match s { Ok(s) => s, Err(_) => break },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: pass, without spinning on it.
+                    tracing::warn!("guard: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            },
+        };
+        // TCP_NODELAY both ways: streamed lines are small, and Nagle's algorithm with delayed
+        // ACKs would hold each one for up to 40 ms.
+        let _ = tcp.set_nodelay(true);
+        let g = guard.clone();
+        let svc = hyper::service::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
+            let g = g.clone();
+            async move { Ok::<_, std::convert::Infallible>(handle(g, peer, req.map(Body::new)).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEAD_TIMEOUT)
+            .max_buf_size(CLIENT_BUF)
+            .serve_connection(TokioIo::new(tcp), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(client = %peer, "guard: connection: {e}");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        tracing::debug!("guard: streams still open after {DRAIN:?} are closed");
+    }
+    Ok(())
 }
