@@ -334,3 +334,43 @@ fn kv_cache_grows_with_context() {
     let s: &ModelSpec = c.profile.registry_model("gemma4:e2b-it-qat").expect("spec");
     assert!(s.size_at(8192) > s.size_at(4096));
 }
+
+#[tokio::test]
+async fn openai_completions_and_embeddings_in_their_shapes() {
+    let h = start(Config::orin_nano(SCALE)).await;
+    let m = "gemma4:e2b-it-qat";
+    // /v1/completions, not streamed: a text_completion with usage.
+    let (s, v) = post(&h, "/v1/completions", json!({"model": m, "prompt": "hi", "max_tokens": 5})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["object"], "text_completion");
+    assert!(v["choices"][0]["text"].as_str().is_some_and(|t| !t.is_empty()), "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 5);
+    // Streamed with usage: chunks, then a usage chunk with no choices, then [DONE].
+    let r = http().post(format!("{}/v1/completions", h.url())).json(&json!({"model": m, "prompt": "hi", "max_tokens": 3, "stream": true, "stream_options": {"include_usage": true}})).send().await.expect("send");
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let t = r.text().await.expect("sse");
+    let events: Vec<&str> = t.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.last(), Some(&"data: [DONE]"), "{t}");
+    let usage: Value = serde_json::from_str(events[events.len() - 2].trim_start_matches("data: ")).expect("json");
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 3);
+    // An unknown model: OpenAI's error shape.
+    let (s, v) = post(&h, "/v1/completions", json!({"model": "nope:1b", "prompt": "hi"})).await;
+    assert_eq!(s, 404);
+    assert!(v["error"]["message"].as_str().is_some_and(|e| e.contains("not found")), "{v}");
+
+    // /v1/embeddings: float lists, or base64 of little-endian float32.
+    let (s, v) = post(&h, "/v1/embeddings", json!({"model": m, "input": ["a", "bb"]})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["data"].as_array().map(Vec::len), Some(2));
+    assert_eq!(v["data"][1]["index"], 1);
+    let floats = v["data"][0]["embedding"].as_array().expect("floats").len();
+    let (_, b) = post(&h, "/v1/embeddings", json!({"model": m, "input": "a", "encoding_format": "base64"})).await;
+    assert_eq!(b["data"][0]["embedding"].as_str().map(|s| s.len()), Some((floats * 4).div_ceil(3) * 4), "{b}");
+    let (s, v) = post(&h, "/v1/embeddings", json!({"model": m, "input": "a", "encoding_format": "int8"})).await;
+    assert_eq!(s, 400);
+    assert!(v["error"]["message"].as_str().is_some_and(|e| e.contains("encoding_format")), "{v}");
+    assert_eq!(post(&h, "/v1/embeddings", json!({"model": m, "input": []})).await.0, 400);
+    assert_eq!(post(&h, "/v1/embeddings", json!({"model": m})).await.0, 400);
+}

@@ -96,12 +96,21 @@ async fn official_client_shapes_leave_the_pinned_model_loaded_without_a_reload()
     let models: Value = r.http.get(format!("{}/v1/models", r.url)).send().await.expect("models").json().await.expect("json");
     assert!(models["data"].as_array().is_some_and(|d| d.iter().any(|m| m["id"] == PINNED)), "{models}");
     assert_eq!(r.post("/v1/chat/completions", json!({"model": "qwen3:4b", "messages": []})).await.status(), 409);
+    // The legacy completions endpoint, streamed and not, and OpenAI embeddings.
+    let v: Value = r.post("/v1/completions", json!({"model": PINNED, "prompt": "hi", "max_tokens": 4})).await.json().await.expect("json");
+    assert_eq!(v["object"], "text_completion", "{v}");
+    let sse = r.post("/v1/completions", json!({"model": PINNED, "prompt": "hi", "max_tokens": 4, "stream": true})).await.text().await.expect("sse");
+    assert!(sse.trim_end().ends_with("data: [DONE]") && sse.matches("text_completion").count() == 5, "{sse}");
+    let v: Value = r.post("/v1/embeddings", json!({"model": PINNED, "input": ["a", "b"]})).await.json().await.expect("json");
+    assert_eq!(v["data"].as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(r.post("/v1/completions", json!({"model": "qwen3:4b", "prompt": "hi"})).await.status(), 409);
+    assert_eq!(r.post("/v1/embeddings", json!({"model": "qwen3:4b", "input": "hi"})).await.status(), 409);
 
     assert_eq!(r.loads(), loads, "no load and no reload happened");
     assert_eq!(r.emu.emu.counters().reloads_for_options, 0);
     assert!(r.pinned_forever().await, "still loaded, still pinned");
     let counts: std::collections::BTreeMap<_, _> = r.stats.snapshot().into_iter().collect();
-    assert_eq!(counts["other-model"], 2);
+    assert_eq!(counts["other-model"], 4);
     assert_eq!(counts["reload-option-dropped"], 1);
     assert_eq!(counts["keep-alive-removed"], 2);
 
