@@ -468,3 +468,52 @@ async fn downloads_resume_a_partial_file_and_refuse_a_tampered_one() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("404") && err.contains("sha256sum.txt"), "{err}");
 }
+
+/// After `apt install ./jetson-llmd_*.deb`: dpkg owns /usr/bin/jetson-llmd, the units in
+/// /lib/systemd/system and the /etc conffiles (the bytes `dist-assets` makes). Install then
+/// writes no binary and no unit, finds the conffiles unchanged and leaves them out of
+/// install.json, so uninstall cannot delete what dpkg keeps.
+#[test]
+fn from_the_deb_install_leaves_the_packages_files_to_dpkg() {
+    let root = fixture_root();
+    let p = root.path();
+    let assets = tempfile::tempdir().expect("tmp");
+    let o = Command::new(bin()).args(["dist-assets", "--out"]).arg(assets.path()).output().expect("dist-assets");
+    assert!(o.status.success(), "{}", text(&o));
+    let copy = |from: &str, to: &str| {
+        let to = p.join(to);
+        std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(assets.path().join(from), to).expect("copy");
+    };
+    for f in ["etc/jetson-llmd/config.toml", "etc/jetson-llmd/ollama.env", "etc/ollama/model.conf"] {
+        copy(f, f);
+    }
+    for u in ["jetson-llmd.service", "ollama.service", "ollama-preload.service", "ollama-keepalive.service"] {
+        copy(&format!("units/{u}"), &format!("lib/systemd/system/{u}"));
+        assert!(std::fs::read_to_string(p.join("lib/systemd/system").join(u)).expect("unit").contains("ExecStart=/usr/"));
+    }
+    assert!(std::fs::read_to_string(p.join("lib/systemd/system/jetson-llmd.service")).expect("unit").contains("ExecStart=/usr/bin/jetson-llmd supervise"));
+    std::fs::create_dir_all(p.join("var/lib/dpkg/info")).expect("mkdir");
+    std::fs::write(p.join("var/lib/dpkg/info/jetson-llmd.list"), "/usr/bin/jetson-llmd\n").expect("list");
+    let etc_before = snapshot(&p.join("etc/jetson-llmd"));
+
+    let rel = tempfile::tempdir().expect("tmp");
+    let r = good_release(rel.path(), "0.30.6");
+    let o = install(p, &r, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("came from its .deb"), "{out}");
+    assert!(!p.join("usr/local/bin/jetson-llmd").exists(), "no second copy of the binary");
+    assert!(!p.join("etc/systemd/system/jetson-llmd.service").exists() && !p.join("etc/systemd/system/ollama.service").exists(), "no unit shadows the package's");
+    assert_eq!(snapshot(&p.join("etc/jetson-llmd")), etc_before, "the conffiles are exactly what install would write");
+    assert!(!p.join("etc/jetson-llmd/config.toml.new").exists());
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(p.join("var/lib/jetson-llmd/install.json")).expect("install.json")).expect("json");
+    let files = state["files"].as_object().expect("files");
+    assert!(files.keys().all(|k| !k.starts_with("/etc/jetson-llmd") && !k.starts_with("/etc/ollama") && !k.starts_with("/etc/systemd")), "{files:?}");
+    // Ollama itself is install's, as without the package.
+    assert!(p.join("usr/local/bin/ollama").exists());
+    let o = Command::new(bin()).arg("--root").arg(p).args(["uninstall", "--no-systemd"]).output().expect("uninstall");
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(snapshot(&p.join("etc/jetson-llmd")), etc_before, "uninstall leaves dpkg's conffiles");
+    assert!(p.join("lib/systemd/system/jetson-llmd.service").exists());
+}

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod dist;
 pub mod doctor;
 pub mod exec_child;
 pub mod gpu_check;
@@ -219,6 +220,19 @@ pub enum Cmd {
         #[arg(long)]
         no_systemd: bool,
     },
+    /// Print a shell completion script, e.g.
+    /// `jetson-llmd completions bash | sudo tee /usr/share/bash-completion/completions/jetson-llmd`
+    /// (the .deb installs them for bash, zsh and fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// (internal) Write what the .deb ships besides the binary into DIR (scripts/release).
+    #[command(hide = true)]
+    DistAssets {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// (internal) Start PROGRAM so that it dies with the supervisor.
     #[command(hide = true)]
     ExecChild(ExecChildArgs),
@@ -264,6 +278,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             upgrade::run(g, upgrade::Args { source, rollback, min_speed, timeout, force }).await
         }
         Cmd::Uninstall { purge, dry_run, no_systemd } => uninstall::run(g, purge, dry_run, no_systemd).await,
+        Cmd::Completions { shell } => dist::completions(shell),
+        Cmd::DistAssets { out } => dist::assets(&out).await,
         Cmd::ExecChild(_) => Ok(code::USAGE),
     }
 }

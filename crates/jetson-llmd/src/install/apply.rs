@@ -156,6 +156,9 @@ pub async fn apply<S: Services>(plan: &Plan, req: &Request, state: &mut InstallS
             match f.change {
                 Change::Unchanged if f.kind == FileKind::Binary => {}
                 Change::Kept => out.new_files.push(format!("{}.new", f.path)),
+                // dpkg keeps the packaged conffiles: recorded, uninstall would delete them, and
+                // dpkg does not restore a conffile the admin deleted.
+                Change::Unchanged if plan.packaged && f.kind == FileKind::Config => {}
                 Change::Unchanged => {
                     state.files.insert(f.path.clone(), fetch::sha256_bytes(&f.bytes));
                 }
@@ -163,7 +166,9 @@ pub async fn apply<S: Services>(plan: &Plan, req: &Request, state: &mut InstallS
                     journal.push(Undo::File { old: read_old(&path).await, path: path.clone() });
                     fs::write_atomic(&path, f.bytes.clone(), f.mode).await.map_err(|e| InstallError::Write { path: path.clone(), source: e })?;
                     // Binaries are ours whatever their hash; only /etc files need one.
-                    state.files.insert(f.path.clone(), if f.kind == FileKind::Binary { String::new() } else { fetch::sha256_bytes(&f.bytes) });
+                    if !(plan.packaged && f.kind == FileKind::Config) {
+                        state.files.insert(f.path.clone(), if f.kind == FileKind::Binary { String::new() } else { fetch::sha256_bytes(&f.bytes) });
+                    }
                     out.changed.push(format!("{} {}", if f.change == Change::Create { "created" } else { "updated" }, f.path));
                 }
                 Change::KeepYours => {

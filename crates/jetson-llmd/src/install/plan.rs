@@ -14,6 +14,17 @@ use std::path::{Path, PathBuf};
 
 pub const JETSON_LLMD_BIN: &str = "/usr/local/bin/jetson-llmd";
 pub const UNIT_DIR: &str = "/etc/systemd/system";
+/// Where the .deb puts the binary and the units (Debian policy keeps packages out of
+/// /usr/local, and packaged units belong in /lib/systemd/system).
+pub const PACKAGED_BIN: &str = "/usr/bin/jetson-llmd";
+pub const PACKAGED_UNIT_DIR: &str = "/lib/systemd/system";
+/// dpkg's file list of the installed package: present when jetson-llmd came from the .deb.
+pub const DPKG_LIST: &str = "/var/lib/dpkg/info/jetson-llmd.list";
+
+/// jetson-llmd was installed from its .deb: dpkg owns the binary and the units.
+pub fn packaged(root: &Path) -> bool {
+    rooted(root, Path::new(DPKG_LIST)).is_file()
+}
 pub const OLLAMA_ENV: &str = "/etc/jetson-llmd/ollama.env";
 pub const OLLAMA_HOME: &str = "/usr/share/ollama";
 pub const GPU_GROUPS: [&str; 2] = ["video", "render"];
@@ -29,6 +40,12 @@ fn default_config() -> String {
     format!("{DEFAULT_CONFIG_TEMPLATE}\n# Set by `jetson-llmd install`: clients reach Ollama through the guard (docs/guard.md).\n[guard]\nenabled = true\n")
 }
 const DEFAULT_MODEL_CONF: &str = include_str!("../../../../etc/ollama/model.conf");
+
+/// The /etc files a new install writes, as (path, bytes): the .deb ships these same bytes as
+/// its conffiles, so an install after the package finds them unchanged.
+pub fn default_etc_files() -> Vec<(&'static str, Vec<u8>)> {
+    vec![(OLLAMA_ENV, DEFAULT_ENV.as_bytes().to_vec()), (config::DEFAULT_CONFIG, default_config().into_bytes()), (config::DEFAULT_MODEL_CONF, model_conf_text(None))]
+}
 
 /// What the user asked for.
 #[derive(Debug, Clone)]
@@ -124,6 +141,8 @@ pub struct Plan {
     pub user: UserStep,
     pub systemd: Option<SystemdStep>,
     pub notes: Vec<String>,
+    /// From the .deb: dpkg owns the binary, the units and the /etc conffiles' records.
+    pub packaged: bool,
 }
 
 impl Plan {
@@ -267,43 +286,58 @@ pub async fn compute(req: &Request, state: &InstallState, active: Option<bool>) 
     let mut notes = Vec::new();
     let mut files = Vec::new();
 
-    // This binary.
-    if let Some(exe) = &req.self_exe {
-        let target = rooted(root, Path::new(JETSON_LLMD_BIN));
-        let same_file = match (std::fs::canonicalize(exe), std::fs::canonicalize(&target)) {
-            (Ok(a), Ok(b)) => a == b,
-            _ => false,
-        };
-        if !same_file {
-            let ours = tokio::fs::read(exe).await.map_err(|e| format!("{}: {e}", exe.display()))?;
-            // Sizes first: reading a 100 MB binary only to find it differs in length is waste.
-            let same_size = tokio::fs::metadata(&target).await.is_ok_and(|m| m.is_file() && m.len() == ours.len() as u64);
-            let change = if same_size { owned_change(existing(root, JETSON_LLMD_BIN, 512 << 20).await?.as_deref(), &ours) } else if target.exists() { Change::Update } else { Change::Create };
-            files.push(FileStep { path: JETSON_LLMD_BIN.into(), kind: FileKind::Binary, change, bytes: ours, mode: 0o755 });
+    // From the .deb, dpkg owns the binary (/usr/bin) and the units (/lib/systemd/system): only
+    // Ollama, the user, the /etc files and systemd's state are install's.
+    let packaged = packaged(root);
+    if packaged {
+        notes.push(format!("jetson-llmd came from its .deb: {PACKAGED_BIN} and the units in {PACKAGED_UNIT_DIR} are the package's"));
+        // A standalone install before the package left copies that shadow the package's units.
+        let shadows: Vec<String> = [JETSON_LLMD_BIN.to_string(), format!("{UNIT_DIR}/jetson-llmd.service"), format!("{UNIT_DIR}/ollama-preload.service"), format!("{UNIT_DIR}/ollama-keepalive.service")]
+            .into_iter()
+            .filter(|p| state.files.contains_key(p) && rooted(root, Path::new(p)).exists())
+            .collect();
+        if !shadows.is_empty() {
+            notes.push(format!("left from an install before the package, and shadowing it: sudo rm {} && sudo systemctl daemon-reload", shadows.join(" ")));
         }
-    }
+    } else {
+        // This binary.
+        if let Some(exe) = &req.self_exe {
+            let target = rooted(root, Path::new(JETSON_LLMD_BIN));
+            let same_file = match (std::fs::canonicalize(exe), std::fs::canonicalize(&target)) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => false,
+            };
+            if !same_file {
+                let ours = tokio::fs::read(exe).await.map_err(|e| format!("{}: {e}", exe.display()))?;
+                // Sizes first: reading a 100 MB binary only to find it differs in length is waste.
+                let same_size = tokio::fs::metadata(&target).await.is_ok_and(|m| m.is_file() && m.len() == ours.len() as u64);
+                let change = if same_size { owned_change(existing(root, JETSON_LLMD_BIN, 512 << 20).await?.as_deref(), &ours) } else if target.exists() { Change::Update } else { Change::Create };
+                files.push(FileStep { path: JETSON_LLMD_BIN.into(), kind: FileKind::Binary, change, bytes: ours, mode: 0o755 });
+            }
+        }
 
-    // Units. Ollama's installer owns /etc/systemd/system/ollama.service once it has written
-    // one (it rewrites it on every run): then only a drop-in carries our settings.
-    let rendered = units::render(Path::new(JETSON_LLMD_BIN), Path::new(super::tree::BIN)).map_err(|e| e.to_string())?;
-    let ollama_unit = format!("{UNIT_DIR}/ollama.service");
-    let have_unit = existing(root, &ollama_unit, 1 << 20).await?;
-    let ours_unit = rendered.iter().find(|(n, _)| *n == "ollama.service").map(|(_, t)| t.as_bytes().to_vec()).unwrap_or_default();
-    let foreign = match &have_unit {
-        Some(h) => *h != ours_unit && state.files.get(&ollama_unit).map(String::as_str) != Some(fetch::sha256_bytes(h).as_str()),
-        None => rooted(root, Path::new("/lib/systemd/system/ollama.service")).exists() || rooted(root, Path::new("/usr/lib/systemd/system/ollama.service")).exists(),
-    };
-    if foreign {
-        notes.push("ollama.service is Ollama's own: left as it is, jetson-llmd's settings go into its drop-in".into());
-    }
-    for (name, text) in &rendered {
-        let drop_in = name.starts_with("ollama.service.d/");
-        if (foreign && *name == "ollama.service") || (!foreign && drop_in) {
-            continue;
+        // Units. Ollama's installer owns /etc/systemd/system/ollama.service once it has written
+        // one (it rewrites it on every run): then only a drop-in carries our settings.
+        let rendered = units::render(Path::new(JETSON_LLMD_BIN), Path::new(super::tree::BIN)).map_err(|e| e.to_string())?;
+        let ollama_unit = format!("{UNIT_DIR}/ollama.service");
+        let have_unit = existing(root, &ollama_unit, 1 << 20).await?;
+        let ours_unit = rendered.iter().find(|(n, _)| *n == "ollama.service").map(|(_, t)| t.as_bytes().to_vec()).unwrap_or_default();
+        let foreign = match &have_unit {
+            Some(h) => *h != ours_unit && state.files.get(&ollama_unit).map(String::as_str) != Some(fetch::sha256_bytes(h).as_str()),
+            None => rooted(root, Path::new("/lib/systemd/system/ollama.service")).exists() || rooted(root, Path::new("/usr/lib/systemd/system/ollama.service")).exists(),
+        };
+        if foreign {
+            notes.push("ollama.service is Ollama's own: left as it is, jetson-llmd's settings go into its drop-in".into());
         }
-        let path = format!("{UNIT_DIR}/{name}");
-        let have = existing(root, &path, 1 << 20).await?;
-        files.push(FileStep { change: owned_change(have.as_deref(), text.as_bytes()), path, kind: FileKind::Unit, bytes: text.as_bytes().to_vec(), mode: 0o644 });
+        for (name, text) in &rendered {
+            let drop_in = name.starts_with("ollama.service.d/");
+            if (foreign && *name == "ollama.service") || (!foreign && drop_in) {
+                continue;
+            }
+            let path = format!("{UNIT_DIR}/{name}");
+            let have = existing(root, &path, 1 << 20).await?;
+            files.push(FileStep { change: owned_change(have.as_deref(), text.as_bytes()), path, kind: FileKind::Unit, bytes: text.as_bytes().to_vec(), mode: 0o644 });
+        }
     }
 
     // /etc files the user owns once they exist; each is read once.
@@ -376,7 +410,7 @@ pub async fn compute(req: &Request, state: &InstallState, active: Option<bool>) 
     if !req.systemd {
         notes.push("--no-systemd: units are written but systemd is not told; run `systemctl daemon-reload && systemctl enable --now jetson-llmd` yourself".into());
     }
-    Ok(Plan { root: root.clone(), ollama, files, user, systemd, notes })
+    Ok(Plan { root: root.clone(), ollama, files, user, systemd, notes, packaged })
 }
 
 #[cfg(test)]
