@@ -5,34 +5,14 @@
 //!
 //! Usage: guard-bench --bin DIR [--quick] [--markdown FILE]
 
+mod common;
+
+use common::{free_port, stats, vm};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PINNED: &str = "gemma4:e2b-8k";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-struct Stats {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-fn stats(mut v: Vec<f64>) -> Stats {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let median = if v.is_empty() { 0.0 } else { v[v.len() / 2] };
-    Stats { median, min: v.first().copied().unwrap_or(0.0), max: v.last().copied().unwrap_or(0.0) }
-}
-
-fn vm(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|n| n.parse().ok()))
-        .unwrap_or(0)
-}
 
 /// One streamed generation: (time to the first line, lines, total time).
 async fn stream(http: &reqwest::Client, port: u16, tokens: u64) -> (Duration, u64, Duration) {

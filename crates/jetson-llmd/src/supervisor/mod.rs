@@ -267,9 +267,18 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                 }
                 lp.phase = Phase::Down;
                 lp.boot_failures += 1;
-                let wait = warm::backoff(lp.boot_failures, self.settings.retry_max_backoff.min(RESTART_CAP));
+                // An Ollama that was running and went away is started again at once (the model
+                // is cold, every second counts); one that goes away again before the model is
+                // warm backs off 5 s, 10 s... so a crash loop cannot spin.
+                // (Under systemd, ollama.service's own Restart= brings it back and Up re-checks.)
+                let wait = match self.backend.kind() {
+                    LauncherKind::Process if lp.boot_failures <= 1 => Duration::ZERO,
+                    LauncherKind::Process => warm::backoff(lp.boot_failures - 1, self.settings.retry_max_backoff.min(RESTART_CAP)),
+                    LauncherKind::Systemd => warm::backoff(lp.boot_failures, self.settings.retry_max_backoff.min(RESTART_CAP)),
+                };
                 lp.due = Some((Instant::now() + wait, Due::Boot));
                 let then = match self.backend.kind() {
+                    LauncherKind::Process if wait.is_zero() => "starting it again now".to_string(),
                     LauncherKind::Process => format!("starting it again in {}", humantime::format_duration(wait)),
                     LauncherKind::Systemd => format!("re-checking as soon as it is back, or starting it in {}", humantime::format_duration(wait)),
                 };
