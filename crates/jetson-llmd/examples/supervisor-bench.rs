@@ -193,7 +193,7 @@ async fn main() {
 
         // 5. Footprint, once: the idle supervisor with the model warm.
         if run == 0 {
-            let idle = if quick { Duration::from_secs(5) } else { Duration::from_secs(120) };
+            let idle = if quick { Duration::from_secs(5) } else { Duration::from_secs(60) };
             tokio::time::sleep(Duration::from_secs(1)).await;
             let (c0, w0) = (cpu_seconds(pid), context_switches(pid));
             tokio::time::sleep(idle).await;
