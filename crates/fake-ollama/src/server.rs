@@ -766,9 +766,7 @@ async fn v1_chat(State(app): State<App>, body: Bytes) -> Response {
     let status = resp.status();
     let id = format!("chatcmpl-{}", OffsetDateTime::now_utc().nanosecond() % 999);
     if !status.is_success() {
-        let b = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap_or_default();
-        let msg = serde_json::from_slice::<Value>(&b).ok().and_then(|v| v["error"].as_str().map(str::to_string)).unwrap_or_default();
-        return openai_err(status, &msg);
+        return openai_from_native_err(resp).await;
     }
     if !stream {
         let b = axum::body::to_bytes(resp.into_body(), 16 << 20).await.unwrap_or_default();
