@@ -7,6 +7,8 @@
 //!
 //! It never runs a model. "Generation" emits placeholder tokens at the profile's tokens/s.
 
+pub mod gohttp;
+pub mod gojson;
 pub mod golang;
 pub mod profile;
 mod server;

@@ -222,8 +222,11 @@ fn discovery_log(emu: &Emulator) {
     }
 }
 
+/// Every route, for gin's trailing-slash redirect.
+const ROUTES: &[&str] = &["/", "/api/version", "/api/tags", "/api/ps", "/api/show", "/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/api/embed", "/api/pull", "/api/create", "/api/delete", "/_fake/fault", "/_fake/evict", "/_fake/restart", "/_fake/reset-memory", "/_fake/state"];
+
 fn router(app: App) -> Router {
-    Router::new()
+    let inner = Router::new()
         .route("/", get(|| async { "Ollama is running" }).head(|| async { "" }))
         .route("/api/version", get(version))
         .route("/api/tags", get(tags))
@@ -244,9 +247,11 @@ fn router(app: App) -> Router {
         .route("/_fake/restart", post(ctl_restart))
         .route("/_fake/reset-memory", post(ctl_reset_memory))
         .route("/_fake/state", get(ctl_state))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found") })
+        .fallback(|method: Method, uri: axum::http::Uri| async move { crate::gohttp::fallback(&method, uri.path(), ROUTES) })
         .layer(middleware::from_fn_with_state(app.clone(), faults))
-        .with_state(app)
+        .with_state(app);
+    // net/http and gin pick the handler before any of ours runs (gohttp).
+    Router::new().fallback_service(inner).layer(middleware::from_fn(crate::gohttp::route_like_go))
 }
 
 fn err(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -290,13 +295,40 @@ fn unreachable_response() -> Response {
     StatusCode::INTERNAL_SERVER_ERROR.into_response()
 }
 
-/// Decodes a JSON body the way gin's ShouldBindJSON fails: empty -> "missing request body".
+/// Decodes a JSON body as gin's ShouldBindJSON hands it to Ollama's handlers (gojson: first
+/// value only, case-insensitive keys with the last winning, invalid UTF-8 replaced); an empty
+/// body is io.EOF, "missing request body" (server/routes.go GenerateHandler and the others).
 #[allow(clippy::result_large_err)] // the error is the HTTP answer itself
 fn body_json(body: &Bytes) -> Result<Value, Response> {
-    if body.is_empty() {
-        return Err(err(StatusCode::BAD_REQUEST, "missing request body"));
+    let v = match crate::gojson::decode_request(body) {
+        Ok(v) => v,
+        Err(crate::gojson::DecodeError::Empty) => return Err(err(StatusCode::BAD_REQUEST, "missing request body")),
+        Err(crate::gojson::DecodeError::Invalid(m)) => return Err(err(StatusCode::BAD_REQUEST, m)),
+    };
+    // encoding/json's UnmarshalTypeError for the fields every handler reads (api/types.go).
+    for (field, want) in [("model", "string"), ("name", "string"), ("prompt", "string"), ("stream", "bool"), ("options", "map[string]interface {}"), ("messages", "[]api.Message")] {
+        let ok = match (v.get(field), want) {
+            (None | Some(Value::Null), _) => true,
+            (Some(x), "string") => x.is_string(),
+            (Some(x), "bool") => x.is_boolean(),
+            (Some(x), "[]api.Message") => x.is_array(),
+            (Some(x), _) => x.is_object(),
+        };
+        if !ok {
+            return Err(err(StatusCode::BAD_REQUEST, format!("json: cannot unmarshal {} into Go struct field .{field} of type {want}", go_type(&v[field]))));
+        }
     }
-    serde_json::from_slice(body).map_err(|e| err(StatusCode::BAD_REQUEST, e.to_string()))
+    Ok(v)
+}
+
+fn go_type(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "string",
+        Value::Number(_) => "number",
+        Value::Bool(_) => "bool",
+        Value::Array(_) => "array",
+        _ => "object",
+    }
 }
 
 fn now_rfc3339() -> String {

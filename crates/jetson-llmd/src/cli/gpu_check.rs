@@ -22,5 +22,5 @@ pub async fn run(g: &Global, log: Option<PathBuf>) -> anyhow::Result<i32> {
             println!("out of memory seen: {}", jetson_llmd::text::clean(r.oom_line.as_deref().unwrap_or("")));
         }
     }
-    Ok(if r.gpu { code::OK } else { code::FAILED })
+    Ok(if r.as_expected { code::OK } else { code::FAILED })
 }

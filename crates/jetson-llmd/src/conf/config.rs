@@ -76,6 +76,53 @@ pub enum OptionsPolicy {
     Strict,
 }
 
+/// What GPU discovery must find before a model is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedCompute {
+    /// A CUDA device of this compute capability (major, minor): the Orin's 8.7 by default.
+    Cuda { major: u8, minor: u8 },
+    /// Ollama on the CPU is the expected verdict, and a model 0 % on the GPU is warm. For hosts
+    /// without a GPU: CI, tests, x86 machines running the real Ollama (`expected_compute = "cpu"`).
+    Cpu,
+}
+
+impl ExpectedCompute {
+    /// The Jetson Orin's compute capability.
+    pub const ORIN: ExpectedCompute = ExpectedCompute::Cuda { major: 8, minor: 7 };
+
+    /// `"8.7"` or `"cpu"`; the message says what to write instead.
+    pub fn parse(s: &str) -> Result<ExpectedCompute, String> {
+        let t = s.trim();
+        if t.eq_ignore_ascii_case("cpu") {
+            return Ok(ExpectedCompute::Cpu);
+        }
+        let num = |x: &str| (!x.is_empty() && x.len() <= 3 && x.bytes().all(|c| c.is_ascii_digit())).then(|| x.parse::<u8>().ok()).flatten();
+        match t.split_once('.').map(|(a, b)| (num(a), num(b))) {
+            Some((Some(major), Some(minor))) => Ok(ExpectedCompute::Cuda { major, minor }),
+            _ => Err(format!("expected_compute = {s:?}: write a CUDA compute capability like \"8.7\" (Orin), or \"cpu\" on a host without a GPU (CI, tests)")),
+        }
+    }
+
+    pub fn is_cpu(&self) -> bool {
+        matches!(self, ExpectedCompute::Cpu)
+    }
+}
+
+impl std::fmt::Display for ExpectedCompute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExpectedCompute::Cuda { major, minor } => write!(f, "{major}.{minor}"),
+            ExpectedCompute::Cpu => f.write_str("cpu"),
+        }
+    }
+}
+
+impl serde::Serialize for ExpectedCompute {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct GuardSettings {
     pub enabled: bool,
@@ -146,7 +193,7 @@ pub struct Settings {
     pub temperature_warn_c: u32,
     /// Where /metrics and /healthz are served; None is off.
     pub metrics_listen: Option<std::net::SocketAddr>,
-    pub expected_compute: String,
+    pub expected_compute: ExpectedCompute,
     pub min_gpu_percent: u8,
     pub ollama_bin: PathBuf,
     #[serde(with = "humantime_serde_like")]
@@ -189,7 +236,7 @@ impl Default for Settings {
             monitor_interval: Duration::from_secs(10),
             temperature_warn_c: 85,
             metrics_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9464))),
-            expected_compute: "8.7".into(),
+            expected_compute: ExpectedCompute::ORIN,
             min_gpu_percent: 100,
             ollama_bin: PathBuf::from("/usr/local/bin/ollama"),
             startup_timeout: Duration::from_secs(120),
@@ -269,11 +316,10 @@ fn line_of(text: &str, key: &str) -> usize {
 pub fn settle(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
     let d = Settings::default();
     let err = |key: &str, message: String| ConfigError { path: path.display().to_string(), line: line_of(text, key), message };
-    let expected_compute = raw.expected_compute.unwrap_or(d.expected_compute);
-    let ok_compute = expected_compute.split_once('.').is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && a.chars().chain(b.chars()).all(|c| c.is_ascii_digit()));
-    if !ok_compute {
-        return Err(err("expected_compute", format!("expected_compute = {expected_compute:?}: write a CUDA compute capability like \"8.7\" (Orin)")));
-    }
+    let expected_compute = match raw.expected_compute.as_deref() {
+        None => d.expected_compute,
+        Some(s) => ExpectedCompute::parse(s).map_err(|m| err("expected_compute", m))?,
+    };
     let min_gpu_percent = raw.min_gpu_percent.unwrap_or(d.min_gpu_percent);
     if min_gpu_percent > 100 {
         return Err(err("min_gpu_percent", format!("min_gpu_percent = {min_gpu_percent}: must be 0 to 100")));
@@ -418,7 +464,8 @@ mod tests {
     fn empty_file_is_all_defaults() {
         let s = p("").expect("ok");
         assert_eq!(s.keepalive_interval, Duration::from_secs(240));
-        assert_eq!(s.expected_compute, "8.7");
+        assert_eq!(s.expected_compute, ExpectedCompute::ORIN);
+        assert_eq!(s.expected_compute.to_string(), "8.7");
         let g = ModelName::parse("gemma4:e2b-8k").expect("valid");
         assert_eq!(s.derived(&g).expect("seed model").num_ctx.map(|n| n.get()), Some(8192));
     }
@@ -447,7 +494,13 @@ mod tests {
         assert_eq!(e.line, 2);
         assert!(e.message.contains("unknown field"), "{}", e.message);
         let e = p("expected_compute = \"sm87\"").expect_err("bad compute");
-        assert!(e.message.contains("8.7"));
+        assert!(e.message.contains("8.7") && e.message.contains("cpu"), "{e}");
+        for bad in ["8", "8.", ".7", "8.7.1", "999.1", "gpu", ""] {
+            assert!(p(&format!("expected_compute = {bad:?}")).is_err(), "{bad:?} accepted");
+        }
+        let s = p("expected_compute = \"CPU\"").expect("valid");
+        assert_eq!(s.expected_compute, ExpectedCompute::Cpu);
+        assert_eq!(serde_json::to_value(&s).expect("json")["expected_compute"], "cpu");
         let e = p("on_reboot_required = \"panic\"").expect_err("bad");
         assert!(e.message.contains("report"));
         let e = p("[models.\"x; rm\"]\nfrom = \"a\"\n").expect_err("bad name");

@@ -5,5 +5,5 @@ pub mod config;
 pub mod model_name;
 pub mod modelconf;
 
-pub use config::{OnRebootRequired, Settings};
+pub use config::{ExpectedCompute, OnRebootRequired, Settings};
 pub use model_name::ModelName;

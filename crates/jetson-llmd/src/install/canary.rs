@@ -7,6 +7,7 @@
 
 use super::state::LastGood;
 use super::services::Services;
+use crate::conf::ExpectedCompute;
 use crate::supervisor::stage::Stage;
 use crate::supervisor::state::{State, StateFile};
 use serde::Serialize;
@@ -19,7 +20,7 @@ pub struct Evidence {
     pub status: String,
     pub gpu: bool,
     pub compute: Option<String>,
-    pub expected_compute: String,
+    pub expected_compute: ExpectedCompute,
     pub libdirs: Option<String>,
     pub gpu_percent: Option<u8>,
     pub tok_s: Option<f64>,
@@ -27,13 +28,13 @@ pub struct Evidence {
 }
 
 impl Evidence {
-    pub fn from_state(s: &State, expected_compute: &str) -> Evidence {
+    pub fn from_state(s: &State, expected_compute: &ExpectedCompute) -> Evidence {
         Evidence {
             stage: s.stage,
             status: crate::text::clean(&s.status),
             gpu: s.gpu.as_ref().is_some_and(|g| g.gpu),
             compute: s.gpu.as_ref().and_then(|g| g.compute.clone()),
-            expected_compute: expected_compute.to_string(),
+            expected_compute: *expected_compute,
             libdirs: s.gpu.as_ref().and_then(|g| g.libdirs.clone()),
             gpu_percent: s.warm.as_ref().map(|w| w.gpu_percent),
             tok_s: None,
@@ -48,7 +49,9 @@ pub fn judge(e: &Evidence, last_good: Option<&LastGood>, min_speed: f64) -> Vec<
     if e.stage != Stage::Ready {
         failed.push(format!("the model did not get warm on the GPU: {} ({})", e.stage, e.status));
     }
-    if !e.gpu || e.compute.as_deref() != Some(e.expected_compute.as_str()) {
+    if e.expected_compute.is_cpu() {
+        // A host without a GPU (expected_compute = "cpu"): reaching ready is the proof.
+    } else if !e.gpu || e.compute.as_deref() != Some(e.expected_compute.to_string().as_str()) {
         failed.push(format!(
             "GPU discovery: {} (expected a CUDA GPU with compute {})",
             match (&e.compute, e.gpu) {
@@ -60,7 +63,7 @@ pub fn judge(e: &Evidence, last_good: Option<&LastGood>, min_speed: f64) -> Vec<
     } else if e.libdirs.as_deref().is_some_and(|l| !l.contains("cuda_jetpack6")) {
         failed.push(format!("GPU discovery used {:?}, not the JetPack 6 libraries (cuda_jetpack6)", e.libdirs.as_deref().unwrap_or("")));
     }
-    if e.stage == Stage::Ready && e.gpu_percent != Some(100) {
+    if e.stage == Stage::Ready && e.gpu_percent != Some(100) && !e.expected_compute.is_cpu() {
         failed.push(format!("the model is {}% on the GPU, not 100%", e.gpu_percent.unwrap_or(0)));
     }
     match (e.tok_s, last_good.filter(|l| Some(&l.model) == e.model.as_ref())) {
@@ -125,7 +128,7 @@ mod tests {
             status: "ready".into(),
             gpu: true,
             compute: Some("8.7".into()),
-            expected_compute: "8.7".into(),
+            expected_compute: ExpectedCompute::ORIN,
             libdirs: Some("ollama,cuda_jetpack6".into()),
             gpu_percent: Some(100),
             tok_s: Some(20.0),

@@ -79,12 +79,18 @@ pub fn unframe(line: &str) -> String {
     line.to_string()
 }
 
+use crate::conf::ExpectedCompute;
 use crate::text::clean as sanitize;
 
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct GpuReport {
     /// A CUDA GPU with the expected compute capability was discovered.
     pub gpu: bool,
+    /// Discovery found what config.toml's `expected_compute` asks for: that GPU, or (with
+    /// `expected_compute = "cpu"`, hosts without a GPU) any device at all. What the supervisor
+    /// and `gpu-check` decide on.
+    #[serde(default)]
+    pub as_expected: bool,
     /// A discovery line was found at all (false: Ollama not started, or still discovering).
     pub discovered: bool,
     pub library: Option<String>,
@@ -114,6 +120,9 @@ impl GpuReport {
         if !self.discovered {
             return "no GPU discovery line in Ollama's log yet".into();
         }
+        if self.as_expected && !self.gpu {
+            return format!("Ollama runs on the CPU, as expected_compute = \"cpu\" asks{}", self.available.as_deref().map(|a| format!(" ({a} available)")).unwrap_or_default());
+        }
         if self.gpu {
             return format!(
                 "CUDA GPU found: {} compute {}{}{}",
@@ -128,7 +137,8 @@ impl GpuReport {
 }
 
 /// Reads log lines (oldest first) and decides. `cmdline` is /proc/cmdline when known.
-pub fn analyze<S: AsRef<str>>(lines: &[S], expected_compute: &str, cmdline: Option<&str>) -> GpuReport {
+pub fn analyze<S: AsRef<str>>(lines: &[S], expected: &ExpectedCompute, cmdline: Option<&str>) -> GpuReport {
+    let expected_compute = &expected.to_string();
     let lines: Vec<String> = lines.iter().map(|l| unframe(l.as_ref())).collect();
     // Only the latest start counts: an older start's discovery says nothing about now.
     let start = lines.iter().rposition(|l| l.contains("msg=\"server config\"")).or_else(|| lines.iter().rposition(|l| l.contains("msg=\"Listening on "))).unwrap_or(0);
@@ -194,6 +204,13 @@ pub fn analyze<S: AsRef<str>>(lines: &[S], expected_compute: &str, cmdline: Opti
     let is_cuda = r.library.as_deref().is_some_and(|l| l.eq_ignore_ascii_case("cuda"));
     let compute_ok = r.compute.as_deref() == Some(expected_compute);
     r.gpu = is_cuda && compute_ok;
+    if expected.is_cpu() {
+        // A host without a GPU (CI, tests): whatever Ollama found is what it will use, and the
+        // CPU is expected. No reason to report; a GPU found anyway is fine too.
+        r.as_expected = true;
+        return r;
+    }
+    r.as_expected = r.gpu;
     if !r.gpu {
         r.cpu_fallback_reason = Some(if let Some(c) = cuda_init_failure {
             cuda_reason(&c, cmdline)
@@ -236,6 +253,7 @@ fn cuda_reason(line: &str, cmdline: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    const ORIN: &ExpectedCompute = &ExpectedCompute::ORIN;
 
     const NEW: &str = r#"time=2026-05-01T10:00:02.100+02:00 level=INFO source=types.go:60 msg="inference compute" id=GPU-2f6a filter_id="" library=CUDA compute=8.7 name=CUDA0 description=Orin libdirs=ollama,cuda_jetpack6 driver=12.6 pci_id=0000:00:00.0 type=iGPU total="7.4 GiB" available="5.1 GiB""#;
     const OLD: &str = r#"time=2024-09-13T09:19:01.543+02:00 level=INFO source=types.go:107 msg="inference compute" id=GPU-5fd13bbd-9d4e-5a47-8d0c-b7a2d5e4f3a1 library=cuda variant=jetpack6 compute=8.7 driver=12.2 name=Orin total="61.4 GiB" available="51.6 GiB""#;
@@ -254,7 +272,7 @@ mod tests {
 
     #[test]
     fn current_format_gpu() {
-        let r = analyze(&[NEW], "8.7", None);
+        let r = analyze(&[NEW], ORIN, None);
         assert!(r.gpu && r.discovered);
         assert_eq!(r.description.as_deref(), Some("Orin"));
         assert_eq!(r.log_format.as_deref(), Some("current"));
@@ -264,7 +282,7 @@ mod tests {
     #[test]
     fn legacy_format_gpu_behind_journal_prefix() {
         let line = format!("Sep 13 09:19:01 orin ollama[1234]: {OLD}");
-        let r = analyze(&[line], "8.7", None);
+        let r = analyze(&[line], ORIN, None);
         assert!(r.gpu);
         assert_eq!(r.log_format.as_deref(), Some("legacy"));
         assert_eq!(r.libdirs.as_deref(), Some("cuda_jetpack6"));
@@ -273,32 +291,50 @@ mod tests {
     #[test]
     fn journal_json_lines() {
         let j = serde_json::json!({ "MESSAGE": NEW, "_SYSTEMD_UNIT": "ollama.service" }).to_string();
-        assert!(analyze(&[j], "8.7", None).gpu);
+        assert!(analyze(&[j], ORIN, None).gpu);
     }
 
     #[test]
     fn cpu_fallback_reasons() {
-        let r = analyze(&[CPU], "8.7", None);
+        let r = analyze(&[CPU], ORIN, None);
         assert!(!r.gpu && r.discovered);
         assert!(r.cpu_fallback_reason.as_deref().expect("reason").contains("cuda_jetpack6"));
-        let r = analyze(&[CPU], "8.7", Some("console=ttyTCU0 cma=4096M root=/dev/mmcblk0p1"));
+        let r = analyze(&[CPU], ORIN, Some("console=ttyTCU0 cma=4096M root=/dev/mmcblk0p1"));
         assert!(r.cpu_fallback_reason.as_deref().expect("reason").contains("cma="));
-        let r = analyze(&["ggml_cuda_init: failed to initialize CUDA: unknown error", CPU], "8.7", None);
+        let r = analyze(&["ggml_cuda_init: failed to initialize CUDA: unknown error", CPU], ORIN, None);
         assert!(r.cpu_fallback_reason.as_deref().expect("reason").starts_with("CUDA failed to initialise"));
         let wrong = NEW.replace("compute=8.7", "compute=5.0").replace("cuda_jetpack6", "cuda_v12");
-        let r = analyze(&[wrong], "8.7", None);
+        let r = analyze(&[wrong], ORIN, None);
         assert!(!r.gpu);
         assert!(r.cpu_fallback_reason.as_deref().expect("reason").contains("cuda_v12"));
+    }
+
+    #[test]
+    fn cpu_expected_on_hosts_without_a_gpu() {
+        // Ollama v0.24.0 on an x86 host without a GPU (discover/types.go LogDetails, CPU branch).
+        let cpu024 = r#"time=2026-11-29T22:40:01.000Z level=INFO source=types.go:60 msg="inference compute" id=cpu library=cpu compute="" name=cpu description=cpu libdirs=ollama driver="" pci_id="" type="" total="23.4 GiB" available="21.0 GiB""#;
+        let r = analyze(&[cpu024], &ExpectedCompute::Cpu, None);
+        assert!(r.discovered && r.as_expected && !r.gpu);
+        assert_eq!(r.cpu_fallback_reason, None);
+        assert!(r.summary().contains("as expected_compute = \"cpu\" asks"), "{}", r.summary());
+        assert_eq!(r.expected_compute, "cpu");
+        // The same line on an Orin is the seed's silent CPU fallback.
+        let r = analyze(&[cpu024], ORIN, None);
+        assert!(r.discovered && !r.as_expected && r.cpu_fallback_reason.is_some());
+        // Nothing discovered yet is never "as expected", whatever is expected.
+        let r = analyze(&["msg=\"server config\""], &ExpectedCompute::Cpu, None);
+        assert!(!r.discovered && !r.as_expected);
+        assert!(analyze(&[NEW], ORIN, None).as_expected);
     }
 
     #[test]
     fn only_the_latest_start_counts() {
         let start = r#"time=2026-05-01T10:00:00.000+02:00 level=INFO source=routes.go:1544 msg="server config" env="map[]""#;
         let listen = r#"time=2026-05-01T10:00:00.001+02:00 level=INFO source=routes.go:1597 msg="Listening on 127.0.0.1:11434 (version 0.30.6)""#;
-        let r = analyze(&[start, listen, NEW, start, listen, CPU], "8.7", None);
+        let r = analyze(&[start, listen, NEW, start, listen, CPU], ORIN, None);
         assert!(!r.gpu, "the second start fell back to CPU");
         assert_eq!(r.ollama_version.as_deref(), Some("0.30.6"));
-        let r = analyze(&[start, listen, CPU, start, listen], "8.7", None);
+        let r = analyze(&[start, listen, CPU, start, listen], ORIN, None);
         assert!(!r.discovered, "discovery of the current start has not happened yet");
     }
 
@@ -310,7 +346,7 @@ mod tests {
                 "load_tensors: offloaded 37/37 layers to GPU",
                 "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 180.00 MiB on device 0: cudaMalloc failed: out of memory",
             ],
-            "8.7",
+            ORIN,
             None,
         );
         assert!(r.gpu && r.oom);
@@ -322,7 +358,7 @@ mod tests {
         fn hostile_lines_never_panic(lines in proptest::collection::vec("(\\PC|[=\" \\\\\u{1b}\r\t\\[]){0,120}", 0..8)) {
             let mut ls = lines.clone();
             ls.push(format!("msg=\"inference compute\" {}", lines.first().cloned().unwrap_or_default()));
-            let r = analyze(&ls, "8.7", Some("cma=x"));
+            let r = analyze(&ls, ORIN, Some("cma=x"));
             proptest::prop_assert!(!r.gpu || r.compute.as_deref() == Some("8.7"));
             for l in &ls {
                 let _ = logfmt(l);

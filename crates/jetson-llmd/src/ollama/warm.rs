@@ -199,10 +199,12 @@ pub async fn verify<A: OllamaApi>(api: &A, settings: &Settings, model: &ModelNam
     let ps = api.ps().await.map_err(Failure::Unreachable)?;
     let m = find(&ps.models, model, settings).ok_or_else(|| Failure::NotResident { model: model.to_string() })?;
     let pct = m.gpu_percent();
-    if m.size_vram == 0 {
+    // expected_compute = "cpu" (a host without a GPU): the CPU is where it is meant to be.
+    let cpu_host = settings.expected_compute.is_cpu();
+    if m.size_vram == 0 && !cpu_host {
         return Err(Failure::OnCpu { model: model.to_string(), hint: "Ollama placed it on the CPU; run `jetson-llmd gpu-check` to see why".into() });
     }
-    if pct < settings.min_gpu_percent {
+    if pct < settings.min_gpu_percent && !cpu_host {
         return Err(Failure::PartlyOnGpu { model: model.to_string(), percent: pct, min: settings.min_gpu_percent });
     }
     Ok(WarmReport {

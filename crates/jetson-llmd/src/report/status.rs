@@ -162,14 +162,16 @@ pub async fn gather<A: OllamaApi>(api: &A, settings: &Settings, model_conf: &Pat
     if model.loaded && model.expiry.as_deref() != Some("forever") {
         warnings.push("the model is not pinned (finite expiry): another client changed keep_alive; keepalive re-pins it".into());
     }
-    if model.loaded && model.gpu_percent.unwrap_or(0) < settings.min_gpu_percent {
+    // expected_compute = "cpu" (a host without a GPU): the GPU share says nothing.
+    let placed = |pct: u8| settings.expected_compute.is_cpu() || pct >= settings.min_gpu_percent.max(1);
+    if model.loaded && !settings.expected_compute.is_cpu() && model.gpu_percent.unwrap_or(0) < settings.min_gpu_percent {
         warnings.push(format!("the model is only {}% on the GPU", model.gpu_percent.unwrap_or(0)));
     }
     let gpu = supervisor.as_ref().and_then(|s| s.gpu.clone());
     let supervisor_ok = supervisor.as_ref().is_none_or(|s| s.stage == Stage::Ready && live);
     let health = if !ollama.reachable {
         Health::Unreachable
-    } else if model.loaded && model.gpu_percent.unwrap_or(0) >= settings.min_gpu_percent.max(1) && model.expiry.as_deref() == Some("forever") && supervisor_ok {
+    } else if model.loaded && placed(model.gpu_percent.unwrap_or(0)) && model.expiry.as_deref() == Some("forever") && supervisor_ok {
         Health::Healthy
     } else {
         Health::Degraded
@@ -246,6 +248,8 @@ pub fn render(r: &StatusReport) -> String {
     if let Some(g) = &r.gpu {
         let text = if g.gpu {
             format!("CUDA {} compute {}", g.description.as_deref().or(g.name.as_deref()).unwrap_or("?"), g.compute.as_deref().unwrap_or("?"))
+        } else if g.as_expected {
+            "CPU (expected_compute = \"cpu\": a host without a GPU)".to_string()
         } else {
             format!("CPU fallback: {}", g.cpu_fallback_reason.as_deref().unwrap_or("no GPU discovered"))
         };

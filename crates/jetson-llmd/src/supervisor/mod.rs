@@ -349,7 +349,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         self.set_stage(Stage::CheckingGpu, &format!("Ollama {version} is up; looking for GPU discovery in its log (up to {})", humantime::format_duration(within))).await;
         let report = self.gpu_check().await?;
         self.state.state.gpu = Some(report.clone());
-        if !report.gpu {
+        if !report.as_expected {
             let why = if report.discovered {
                 report.cpu_fallback_reason.clone().unwrap_or_else(|| "no CUDA GPU was discovered".into())
             } else {
@@ -357,7 +357,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
             };
             return Err(Failure::GpuMissing { reason: why });
         }
-        self.state.event("GPU found").await;
+        self.state.event(if report.gpu || !self.settings.expected_compute.is_cpu() { "GPU found" } else { "CPU as expected" }).await;
         // First load wins: nothing else may take the memory before ours.
         let ours = self.configured_model(last_good.clone(), keep.clone()).await?;
         let unloaded = warm::unload_others(&self.api, &self.settings, &ours).await?;
