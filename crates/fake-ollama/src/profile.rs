@@ -155,9 +155,38 @@ impl Profile {
         }
     }
 
+    /// The real peer's host: Ollama v0.24.0 on an x86 machine without a GPU, with the two tiny
+    /// models `scripts/real-ollama seed` creates (random weights; 64x2 and 128x3 llama blocks).
+    /// The differential scenarios run the same requests against both and compare.
+    pub fn cpu_host() -> Profile {
+        let tiny = |name: &str, disk: u64, loaded: u64| ModelSpec {
+            quantization: "F32".into(),
+            disk_size: disk,
+            loaded_size: loaded,
+            kv_per_1k: 256 * 1024,
+            layers: 2,
+            kv_heads: 4,
+            head_dim: 16,
+            load_time: Duration::from_millis(300),
+            context_length: 2048,
+            ..model(name, "llama", "0.04M", 0.0, 0.0, 0, 0.0, 2000.0, None)
+        };
+        Profile {
+            name: "cpu-host".into(),
+            version: "0.24.0".into(),
+            gpu: None,
+            total_memory: 23 * GIB,
+            gpu_available: 0,
+            system_available: 20 * GIB,
+            registry: vec![tiny("tiny-a:latest", 488_416, 40 * MIB), tiny("tiny-b:latest", 2_280_704, 60 * MIB)],
+            local: vec!["tiny-a:latest".into(), "tiny-b:latest".into()],
+        }
+    }
+
     pub fn by_name(name: &str) -> Option<Profile> {
         match name {
             "orin-nano-8gb" | "orin-nano" | "default" => Some(Profile::orin_nano_8gb()),
+            "cpu-host" => Some(Profile::cpu_host()),
             _ => None,
         }
     }

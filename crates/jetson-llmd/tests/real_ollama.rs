@@ -161,6 +161,7 @@ fn events(s: &Value) -> Vec<String> {
 /// straight to Ollama, past the guard) repaired; Ollama killed and warm again; a model.conf edit
 /// switching tiny-a to tiny-b; SIGTERM taking Ollama and its runner along.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real Ollama: REAL_OLLAMA_BIN and REAL_OLLAMA_MODELS (scripts/test)"]
 async fn the_supervisor_keeps_a_real_ollama_warm() {
     let mut rig = Rig::start("tiny-a");
     rig.warm_pinned("tiny-a", 120).await;
@@ -218,6 +219,7 @@ async fn the_supervisor_keeps_a_real_ollama_warm() {
 /// make Ollama reload, unload or evict the pinned model if it reached it unchecked; the
 /// runner process of the pinned model must be the same one at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real Ollama: REAL_OLLAMA_BIN and REAL_OLLAMA_MODELS (scripts/test)"]
 async fn the_guard_keeps_the_real_runner() {
     let rig = Rig::start("tiny-a");
     rig.warm_pinned("tiny-a", 120).await;
