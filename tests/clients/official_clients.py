@@ -36,7 +36,7 @@ def main():
         assert e.status_code == 409, (e.status_code, e.error)
         assert pinned in e.error, e.error
     names = [m.model for m in c.ps().models]
-    assert names == [pinned], names
+    assert names == [pinned if ":" in pinned else pinned + ":latest"], names
 
     o = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", timeout=60, max_retries=0)
     r = o.chat.completions.create(model=pinned, messages=[{"role": "user", "content": "hello"}], max_tokens=4)

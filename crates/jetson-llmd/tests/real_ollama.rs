@@ -130,7 +130,7 @@ impl Rig {
     }
 
     async fn warm_pinned(&self, model: &str, secs: u64) {
-        let want = vec![(model.to_string(), true)];
+        let want = vec![(format!("{model}:latest"), true)];
         self.until(&format!("{model} alone, loaded and pinned"), secs, async |r| r.state()["stage"] == "ready" && r.ps().await == want).await;
     }
 
@@ -177,13 +177,13 @@ async fn the_supervisor_keeps_a_real_ollama_warm() {
     let (code, _) = post(rig.port, "/api/generate", r#"{"model":"tiny-a","keep_alive":0}"#).await;
     assert_eq!(code, 200);
     rig.until("tiny-a unloaded by the client", 30, async |r| r.ps().await.is_empty()).await;
-    rig.until("tiny-a re-warmed", 60, async |r| r.state()["rewarm_count"].as_u64() >= Some(1) && r.ps().await == [("tiny-a".to_string(), true)]).await;
+    rig.until("tiny-a re-warmed", 60, async |r| r.state()["rewarm_count"].as_u64() >= Some(1) && r.ps().await == [("tiny-a:latest".to_string(), true)]).await;
 
     // Another model straight to Ollama: OLLAMA_MAX_LOADED_MODELS=1 evicts the pinned one
     // (server/sched.go: keep_alive -1 does not protect a runner from eviction).
     let (code, _) = post(rig.port, "/api/generate", r#"{"model":"tiny-b","prompt":"hi","options":{"num_predict":2}}"#).await;
     assert_eq!(code, 200);
-    rig.until("tiny-a back after the eviction", 60, async |r| r.state()["rewarm_count"].as_u64() >= Some(2) && r.ps().await == [("tiny-a".to_string(), true)]).await;
+    rig.until("tiny-a back after the eviction", 60, async |r| r.state()["rewarm_count"].as_u64() >= Some(2) && r.ps().await == [("tiny-a:latest".to_string(), true)]).await;
 
     // Ollama killed: restarted and warm again.
     let ollama = rig.ollama_pid().expect("ollama serve runs");
@@ -242,7 +242,7 @@ async fn the_guard_keeps_the_real_runner() {
     assert!(out.contains("official clients: ok"), "{out}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(rig.runners(), runner, "the pinned model's runner was replaced (a reload)\n{}", rig.log());
-    assert_eq!(rig.ps().await, [("tiny-a".to_string(), true)]);
+    assert_eq!(rig.ps().await, [("tiny-a:latest".to_string(), true)]);
     assert_eq!(rig.state()["rewarm_count"], 0, "{:#}", rig.state());
     // Straight to Ollama, a num_ctx does reload: the check above can fail.
     let (code, _) = post(rig.port, "/api/generate", r#"{"model":"tiny-a","prompt":"hi","options":{"num_ctx":1024,"num_predict":1}}"#).await;

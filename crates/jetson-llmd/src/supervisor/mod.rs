@@ -459,7 +459,8 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
 
     fn ready_text(&self, model: &ModelName) -> String {
         let pct = self.state.state.warm.as_ref().map_or(100, |w| w.gpu_percent);
-        format!("ready: {model} warm on the GPU ({pct}%), pinned; keepalive every {}", humantime::format_duration(self.settings.keepalive_interval))
+        let place = if self.settings.expected_compute.is_cpu() && pct == 0 { "on the CPU, as expected_compute asks".to_string() } else { format!("on the GPU ({pct}%)") };
+        format!("ready: {model} warm {place}, pinned; keepalive every {}", humantime::format_duration(self.settings.keepalive_interval))
     }
 
     async fn warmed(&mut self, lp: &mut Loop, model: ModelName) -> Next {
