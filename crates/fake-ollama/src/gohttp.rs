@@ -76,7 +76,12 @@ pub async fn route_like_go(mut req: Request, next: Next) -> Response {
             Err(_) => return not_found(),
         }
     }
-    next.run(req).await
+    let resp = next.run(req).await;
+    // gin's HandleMethodNotAllowed (set in server/routes.go GenerateRoutes) answers with a body.
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+        return (StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed").into_response();
+    }
+    resp
 }
 
 fn redirect(status: StatusCode, to: &str) -> Response {

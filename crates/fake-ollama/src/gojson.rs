@@ -19,6 +19,9 @@ use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use std::fmt;
 
+/// Stands for the request struct's Go type in messages; the caller names it (api.ChatRequest).
+pub const GO_TYPE: &str = "<request type>";
+
 /// Why a body could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
@@ -51,13 +54,29 @@ pub fn decode_request(body: &[u8]) -> Result<Value, DecodeError> {
     }
     let mut de = serde_json::Deserializer::from_str(&text);
     // The first value only: Decoder.Decode stops there and the rest of the body is ignored.
-    let v = Seed { fold: true }.deserialize(&mut de).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    let v = Seed { fold: true }.deserialize(&mut de).map_err(|e| DecodeError::Invalid(go_syntax_error(&text, &e)))?;
     match v {
         Value::Object(_) => Ok(v),
         // A JSON null decodes into a struct as a no-op: every field keeps its zero value.
         Value::Null => Ok(Value::Object(Map::new())),
-        other => Err(DecodeError::Invalid(format!("json: cannot unmarshal {} into Go value of type api request", go_kind(&other)))),
+        other => Err(DecodeError::Invalid(format!("json: cannot unmarshal {} into Go value of type {GO_TYPE}", go_kind(&other)))),
     }
+}
+
+/// encoding/json's words for the two syntax errors clients meet most (scanner.go: "invalid
+/// character 'x' looking for beginning of value"; a body cut short: io.ErrUnexpectedEOF);
+/// serde_json's own message otherwise.
+fn go_syntax_error(text: &str, e: &serde_json::Error) -> String {
+    if e.is_eof() {
+        return "unexpected EOF".into();
+    }
+    if e.to_string().starts_with("expected value") {
+        let line = text.lines().nth(e.line().saturating_sub(1)).unwrap_or("");
+        if let Some(c) = line.chars().nth(e.column().saturating_sub(1)) {
+            return format!("invalid character {c:?} looking for beginning of value");
+        }
+    }
+    e.to_string()
 }
 
 fn go_kind(v: &Value) -> &'static str {
@@ -169,6 +188,7 @@ mod tests {
         assert_eq!(decode_request(b" \n\t"), Err(DecodeError::Empty));
         assert_eq!(decode_request(b"null"), Ok(json!({})));
         assert!(matches!(decode_request(b"[1]"), Err(DecodeError::Invalid(m)) if m.contains("array")));
-        assert!(matches!(decode_request(b"{\"model\":"), Err(DecodeError::Invalid(_))));
+        assert_eq!(decode_request(b"{\"model\":"), Err(DecodeError::Invalid("unexpected EOF".into())));
+        assert_eq!(decode_request(b"model=a"), Err(DecodeError::Invalid("invalid character 'm' looking for beginning of value".into())));
     }
 }

@@ -239,6 +239,27 @@ impl State {
     pub(crate) fn key_of(&self, name: &str) -> Option<String> {
         self.local.get(name).map(|m| m.spec.blob.clone())
     }
+
+    /// The local model a request's `model` names, as Ollama finds it: spaces trimmed and a
+    /// `:local` source suffix dropped (internal/modelref ParseRef, parseSourceSuffix), the tag
+    /// defaulted to `latest` (types/model ParseName), then matched case-insensitively against
+    /// the models on disk (server/routes.go getExistingName). None: not found.
+    pub(crate) fn resolve(&self, raw: &str) -> Option<String> {
+        let mut s = raw.trim();
+        if let Some((base, suffix)) = s.rsplit_once(':') {
+            if suffix.trim().eq_ignore_ascii_case("local") {
+                s = base;
+            }
+        }
+        if s.is_empty() {
+            return None;
+        }
+        let name = normalize(s);
+        if self.local.contains_key(&name) {
+            return Some(name);
+        }
+        self.local.keys().find(|k| k.eq_ignore_ascii_case(&name)).cloned()
+    }
 }
 
 /// The emulator: state plus configuration, shared by the HTTP handlers and the control API.

@@ -238,11 +238,11 @@ fn unreachable_response() -> Response {
 /// value only, case-insensitive keys with the last winning, invalid UTF-8 replaced); an empty
 /// body is io.EOF, "missing request body" (server/routes.go GenerateHandler and the others).
 #[allow(clippy::result_large_err)] // the error is the HTTP answer itself
-fn body_json(body: &Bytes) -> Result<Value, Response> {
+fn body_json(body: &Bytes, go_type: &str) -> Result<Value, Response> {
     let v = match crate::gojson::decode_request(body) {
         Ok(v) => v,
         Err(crate::gojson::DecodeError::Empty) => return Err(err(StatusCode::BAD_REQUEST, "missing request body")),
-        Err(crate::gojson::DecodeError::Invalid(m)) => return Err(err(StatusCode::BAD_REQUEST, m)),
+        Err(crate::gojson::DecodeError::Invalid(m)) => return Err(err(StatusCode::BAD_REQUEST, m.replace(crate::gojson::GO_TYPE, &format!("api.{go_type}")))),
     };
     // encoding/json's UnmarshalTypeError for the fields every handler reads (api/types.go).
     for (field, want) in [("model", "string"), ("name", "string"), ("prompt", "string"), ("stream", "bool"), ("options", "map[string]interface {}"), ("messages", "[]api.Message")] {
@@ -254,13 +254,13 @@ fn body_json(body: &Bytes) -> Result<Value, Response> {
             (Some(x), _) => x.is_object(),
         };
         if !ok {
-            return Err(err(StatusCode::BAD_REQUEST, format!("json: cannot unmarshal {} into Go struct field .{field} of type {want}", go_type(&v[field]))));
+            return Err(err(StatusCode::BAD_REQUEST, format!("json: cannot unmarshal {} into Go struct field {go_type}.{field} of type {want}", go_kind(&v[field]))));
         }
     }
     Ok(v)
 }
 
-fn go_type(v: &Value) -> &'static str {
+fn go_kind(v: &Value) -> &'static str {
     match v {
         Value::String(_) => "string",
         Value::Number(_) => "number",

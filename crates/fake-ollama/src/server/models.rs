@@ -63,8 +63,8 @@ fn pull_lines(emu: &Emulator, name: &str, lines: &mut Vec<Value>) -> bool {
 /// The common head of /api/pull and /api/create: the body, the model name (`name` is the
 /// deprecated spelling Ollama still accepts) and `stream` (default true).
 #[allow(clippy::result_large_err)] // the error is the HTTP answer itself
-fn model_request(body: &Bytes) -> Result<(Value, String, bool), Response> {
-    let v = body_json(body)?;
+fn model_request(body: &Bytes, go_type: &str) -> Result<(Value, String, bool), Response> {
+    let v = body_json(body, go_type)?;
     let model = v.get("model").or_else(|| v.get("name")).and_then(Value::as_str).unwrap_or("").to_string();
     if model.is_empty() {
         return Err(err(StatusCode::BAD_REQUEST, "model is required"));
@@ -74,7 +74,7 @@ fn model_request(body: &Bytes) -> Result<(Value, String, bool), Response> {
 }
 
 pub(super) async fn pull(State(app): State<App>, body: Bytes) -> Response {
-    let (_, model, stream) = match model_request(&body) {
+    let (_, model, stream) = match model_request(&body, "PullRequest") {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -89,7 +89,7 @@ pub(super) async fn pull(State(app): State<App>, body: Bytes) -> Response {
 
 /// POST /api/create with `from` and `parameters` (server/create.go). A missing base is pulled.
 pub(super) async fn create(State(app): State<App>, body: Bytes) -> Response {
-    let (v, model, stream) = match model_request(&body) {
+    let (v, model, stream) = match model_request(&body, "CreateRequest") {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -129,7 +129,7 @@ pub(super) async fn delete(State(app): State<App>, method: Method, body: Bytes) 
     if method != Method::DELETE {
         return (StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed").into_response();
     }
-    let v = match body_json(&body) {
+    let v = match body_json(&body, "DeleteRequest") {
         Ok(v) => v,
         Err(r) => return r,
     };

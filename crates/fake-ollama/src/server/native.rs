@@ -4,7 +4,7 @@
 use super::sched::{acquire, runner_options, Busy};
 use super::{after, body_json, err, now_rfc3339, rfc3339, unreachable_response, App};
 use crate::golang::Keep;
-use crate::{normalize, Emulator, FaultKind, LocalModel};
+use crate::{Emulator, FaultKind, LocalModel};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -74,13 +74,17 @@ pub(super) async fn ps(State(app): State<App>) -> Response {
 }
 
 pub(super) async fn show(State(app): State<App>, body: Bytes) -> Response {
-    let v = match body_json(&body) {
+    let v = match body_json(&body, "ShowRequest") {
         Ok(v) => v,
         Err(r) => return r,
     };
     let model = v.get("model").or_else(|| v.get("name")).and_then(Value::as_str).unwrap_or("");
+    // ShowHandler: neither model nor name is 400 "model is required".
+    if model.is_empty() {
+        return err(StatusCode::BAD_REQUEST, "model is required");
+    }
     let st = app.emu.lock();
-    let Some(m) = st.local.get(&normalize(model)) else {
+    let Some(m) = st.resolve(model).and_then(|n| st.local.get(&n)) else {
         return err(StatusCode::NOT_FOUND, format!("model '{model}' not found"));
     };
     let params = m.spec.num_ctx.map(|n| format!("num_ctx                        {n}")).unwrap_or_default();
@@ -145,12 +149,14 @@ impl Drop for StreamEnd {
 
 /// /api/generate and /api/chat (server/routes.go GenerateHandler / ChatHandler).
 pub(super) async fn complete(app: App, body: Bytes, shape: Shape) -> Response {
-    let v = match body_json(&body) {
+    let v = match body_json(&body, if matches!(shape, Shape::Chat) { "ChatRequest" } else { "GenerateRequest" }) {
         Ok(v) => v,
         Err(r) => return r,
     };
     let model = v.get("model").and_then(Value::as_str).unwrap_or("").to_string();
-    if model.is_empty() {
+    // An empty name: GenerateHandler answers 404 "model '' not found", ChatHandler 400 "model is
+    // required" (writeModelRefParseError with each handler's fallback, v0.24 to v0.30.6).
+    if model.trim().is_empty() && matches!(shape, Shape::Chat) {
         return err(StatusCode::BAD_REQUEST, "model is required");
     }
     let keep = match v.get("keep_alive") {
@@ -173,12 +179,11 @@ pub(super) async fn complete(app: App, body: Bytes, shape: Shape) -> Response {
         Shape::Chat => v.get("messages").and_then(Value::as_array).is_none_or(|m| m.is_empty()),
     };
     let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(true);
-    let name = normalize(&model);
     let emu = app.emu.clone();
-    let spec = {
+    let (name, spec) = {
         let st = emu.lock();
-        match st.local.get(&name) {
-            Some(m) => m.spec.clone(),
+        match st.resolve(&model).and_then(|n| st.local.get(&n).map(|m| (n, m.spec.clone()))) {
+            Some(x) => x,
             None => return err(StatusCode::NOT_FOUND, format!("model '{model}' not found")),
         }
     };
@@ -326,7 +331,7 @@ pub(super) async fn complete(app: App, body: Bytes, shape: Shape) -> Response {
 /// POST /api/embed (server/routes.go EmbedHandler): loads the model through the scheduler like a
 /// generation, answers one vector per input.
 pub(super) async fn embed(State(app): State<App>, body: Bytes) -> Response {
-    let v = match body_json(&body) {
+    let v = match body_json(&body, "EmbedRequest") {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -343,9 +348,16 @@ pub(super) async fn embed(State(app): State<App>, body: Bytes) -> Response {
             Err(e) => return err(StatusCode::BAD_REQUEST, e),
         },
     };
-    let name = normalize(&model);
-    let Some(spec) = app.emu.lock().local.get(&name).map(|m| m.spec.clone()) else {
-        return err(StatusCode::NOT_FOUND, format!("model '{model}' not found"));
+    let Some((name, spec)) = ({
+        let st = app.emu.lock();
+        st.resolve(&model).and_then(|n| st.local.get(&n).map(|m| (n, m.spec.clone())))
+    }) else {
+        // EmbedHandler: an empty name fails parsing ("model '' not found"); a name with no model
+        // behind it reaches scheduleRunner, whose GetModel fails: handleScheduleError's words.
+        if model.trim().is_empty() {
+            return err(StatusCode::NOT_FOUND, format!("model '{model}' not found"));
+        }
+        return err(StatusCode::NOT_FOUND, format!("model {model:?} not found, try pulling it first"));
     };
     let opts = runner_options(&v, &spec, &app.emu.config);
     let (key, acq) = match acquire(&app.emu, &name, opts, keep).await {
