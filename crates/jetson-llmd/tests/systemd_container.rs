@@ -38,15 +38,22 @@ fn env_file(port: u16, extra: &str) -> String {
 }
 
 impl Container {
-    /// Installs binaries, units and /etc files into the rootfs, verifies the units, boots.
+    /// Installs binaries, units and /etc files into the rootfs, verifies the units, boots, with
+    /// fake-ollama as /usr/local/bin/ollama.
     fn boot() -> Container {
+        let fake = Path::new(env!("CARGO_BIN_EXE_jetson-llmd")).with_file_name("fake-ollama");
+        assert!(fake.exists(), "build fake-ollama first (cargo build --workspace --bins)");
+        Container::boot_with(&fake, "", "gemma4:e2b-8k")
+    }
+
+    /// The same with `ollama` as /usr/local/bin/ollama, `config` added to config.toml and
+    /// model.conf naming `model`.
+    fn boot_with(ollama: &Path, config: &str, model: &str) -> Container {
         let root = rootfs();
         let bin = Path::new(env!("CARGO_BIN_EXE_jetson-llmd"));
-        let fake = bin.with_file_name("fake-ollama");
-        assert!(fake.exists(), "build fake-ollama first (cargo build --workspace --bins)");
         std::fs::create_dir_all(root.join("usr/local/bin")).expect("mkdir");
         std::fs::copy(bin, root.join("usr/local/bin/jetson-llmd")).expect("copy jetson-llmd");
-        std::fs::copy(&fake, root.join("usr/local/bin/ollama")).expect("copy fake-ollama");
+        std::fs::copy(ollama, root.join("usr/local/bin/ollama")).expect("copy ollama");
         // Installed the way install will: rendered by `jetson-llmd units`.
         let o = Command::new(bin).args(["units", "--output"]).arg(root.join("etc/systemd/system")).output().expect("units");
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -54,9 +61,9 @@ impl Container {
         write(&root.join("etc/jetson-llmd/ollama.env"), &env_file(port, ""));
         write(
             &root.join("etc/jetson-llmd/config.toml"),
-            "keepalive_interval = \"10s\"\nstate_dir = \"/var/lib/jetson-llmd\"\ngpu_discovery_timeout = \"10s\"\nretry_max_backoff = \"3s\"\nstartup_timeout = \"20s\"\n",
+            &format!("keepalive_interval = \"10s\"\nstate_dir = \"/var/lib/jetson-llmd\"\ngpu_discovery_timeout = \"10s\"\nretry_max_backoff = \"3s\"\nstartup_timeout = \"20s\"\n{config}"),
         );
-        write(&root.join("etc/ollama/model.conf"), "OLLAMA_MODEL=gemma4:e2b-8k\n");
+        write(&root.join("etc/ollama/model.conf"), &format!("OLLAMA_MODEL={model}\n"));
         // The state goes where the host can read it; the production unit keeps it in /run.
         let _ = std::fs::remove_dir_all(root.join("var/lib/jetson-llmd"));
         std::fs::create_dir_all(root.join("var/lib/jetson-llmd")).expect("mkdir");
@@ -386,4 +393,57 @@ impl Drop for Container {
             let _ = self.nspawn.kill();
         }
     }
+}
+
+/// A real Ollama (v0.24.0 on the CPU, `scripts/real-ollama`) as /usr/local/bin/ollama under
+/// our units: Debian's systemd runs it as the ollama user with the units' hardening, with the
+/// tiny test models in the ollama user's home. Boot to READY, a client's keep_alive 0 repaired,
+/// `systemctl kill` of Ollama recovered. Needs REAL_OLLAMA_BIN and REAL_OLLAMA_MODELS
+/// (scripts/test skips it loudly when the real tier could not run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, systemd-nspawn and the real Ollama: run by scripts/test (tier 2)"]
+async fn a_real_ollama_under_real_systemd() {
+    let var = |v: &str| std::env::var_os(v).map(PathBuf::from).filter(|p| p.exists()).unwrap_or_else(|| panic!("{v} is not set: run scripts/real-ollama and seed (scripts/test does)"));
+    let (bin, store) = (var("REAL_OLLAMA_BIN"), var("REAL_OLLAMA_MODELS"));
+    let root = rootfs();
+    // OLLAMA_MODELS defaults to ~ollama/.ollama/models: the seeded store goes there, owned by
+    // the ollama user as Ollama's own installer leaves it.
+    let models = root.join("usr/share/ollama/.ollama/models");
+    let _ = std::fs::remove_dir_all(&models);
+    std::fs::create_dir_all(&models).expect("mkdir");
+    let cp = Command::new("cp").arg("-a").arg(format!("{}/.", store.display())).arg(&models).status().expect("cp");
+    assert!(cp.success());
+    let own = Command::new("chroot").arg(&root).args(["chown", "-R", "ollama:ollama", "/usr/share/ollama/.ollama"]).status().expect("chroot chown");
+    assert!(own.success());
+    let c = Container::boot_with(&bin, "expected_compute = \"cpu\"\n", "tiny-a");
+    let sd = c.connect().await;
+    sd.subscribe().await.expect("subscribe");
+
+    sd.run_job(SUPERVISOR, Verb::Start, Duration::from_secs(90)).await.expect("jetson-llmd.service starts");
+    let status = status_text(&sd, SUPERVISOR).await;
+    assert!(status.starts_with("ready: tiny-a warm on the CPU"), "STATUS={status}");
+    let events: Vec<String> = c.state()["timeline"].as_array().expect("tl").iter().map(|e| e["event"].as_str().unwrap_or("").to_string()).collect();
+    assert_eq!(events, ["ollama active", "API ready", "CPU as expected", "model warm", "keepalive running"]);
+    assert!(c.state()["gpu"]["ollama_version"].as_str().is_some_and(|v| v.starts_with("0.24")), "{:#}", c.state());
+    let pinned = || async {
+        let Ok(r) = reqwest::get(c.url("/api/ps")).await else { return false };
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        v["models"].as_array().is_some_and(|m| m.len() == 1 && m[0]["name"] == "tiny-a:latest" && m[0]["expires_at"].as_str().is_some_and(|e| e > "2200"))
+    };
+    assert!(pinned().await, "tiny-a loaded and pinned");
+
+    // A client unloads it straight at Ollama: the keepalive unit or the residency check re-warms.
+    let r = reqwest::Client::new().post(c.url("/api/generate")).body(r#"{"model":"tiny-a","keep_alive":0}"#).send().await.expect("post");
+    assert_eq!(r.status(), 200);
+    eventually("tiny-a unloaded by the client", 10, || async {
+        let v: Value = reqwest::get(c.url("/api/ps")).await.expect("ps").json().await.expect("json");
+        v["models"].as_array().is_some_and(Vec::is_empty)
+    })
+    .await;
+    eventually("tiny-a re-warmed and pinned", 40, pinned).await;
+
+    // Ollama killed: Restart=always, then GPU (CPU) check and preload again.
+    sd.manager().kill_unit(OLLAMA.to_string(), "all".into(), 9).await.expect("kill");
+    eventually("re-warm after systemctl kill ollama.service", 60, || async { c.state()["ollama_restarts"].as_u64().unwrap_or(0) >= 1 && c.state()["stage"] == "ready" && pinned().await }).await;
+    sd.run_job(SUPERVISOR, Verb::Stop, Duration::from_secs(30)).await.expect("stops");
 }
