@@ -12,8 +12,10 @@
 //! connection's buffers are then bounded, which keeps 100 concurrent streams within a few MiB,
 //! and the upstream connection is driven by the response body itself ([`relay`]).
 
+pub mod gobody;
 pub mod policy;
 mod relay;
+pub mod routes;
 
 use crate::conf::config::GuardSettings;
 use crate::conf::ModelName;
@@ -148,13 +150,13 @@ async fn handle(g: Arc<Guard>, client: SocketAddr, req: Request) -> Response {
     if path == "/healthz" && method == "GET" {
         return healthz(&g).await;
     }
-    let inspect = (method == "POST" || method == "DELETE") && path.starts_with("/api/") || (method == "POST" && path.starts_with("/v1/"));
-    let inspect = inspect && !path.starts_with("/api/blobs/");
-    let (bytes, json, stream_body) = if inspect {
+    // The bodies of the endpoints that run a model are read (capped) and decoded as Ollama will;
+    // everything else streams through untouched.
+    let (bytes, decoded, stream_body) = if policy::needs_body(&method, &path) {
         match axum::body::to_bytes(body, MAX_REQUEST).await {
             Ok(b) => {
-                let json = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&b).ok();
-                (Some(b), json, None)
+                let decoded = gobody::decode(&b);
+                (Some(b), Some(decoded), None)
             }
             Err(_) => return ollama_error(StatusCode::PAYLOAD_TOO_LARGE, &format!("request body larger than {} MiB (jetson-llmd guard)", MAX_REQUEST >> 20), &[]),
         }
@@ -162,7 +164,7 @@ async fn handle(g: Arc<Guard>, client: SocketAddr, req: Request) -> Response {
         (None, None, Some(body))
     };
     let pinned = g.pinned();
-    let decision = policy::decide(&method, &path, json.as_ref(), client.ip(), pinned.as_ref(), &g.settings);
+    let decision = policy::decide(&method, &path, decoded.as_ref(), client.ip(), pinned.as_ref(), &g.settings);
     let (new_body, notes, for_pinned) = match decision {
         Decision::Refuse { status, message, rule } => {
             g.stats.count(rule);

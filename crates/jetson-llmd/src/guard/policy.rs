@@ -1,9 +1,11 @@
 //! What the guard does with one request: a pure function from (method, path, body, client,
 //! pinned model, settings) to a decision, table-tested. Everything about sockets is in mod.rs.
 
+use super::gobody::{BodyError, GoBody};
+use super::routes::{self, Route};
 use crate::conf::config::{GuardSettings, ModelsPolicy, OptionsPolicy};
 use crate::conf::ModelName;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::net::IpAddr;
 
 /// Runner options Ollama compares before reusing a loaded model (api/types.go Runner, compared
@@ -23,10 +25,14 @@ pub enum Rule {
     AdminRefused,
     WaitedForWarm,
     NotWarm,
+    /// A path, body, model name or field the guard cannot read exactly as Ollama will.
+    Unreadable,
+    /// A state-changing method on an endpoint the guard does not know.
+    UnknownEndpoint,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 9] = [
+    pub const ALL: [Rule; 11] = [
         Rule::Passed,
         Rule::OtherModel,
         Rule::ReloadOptionDropped,
@@ -36,6 +42,8 @@ impl Rule {
         Rule::AdminRefused,
         Rule::WaitedForWarm,
         Rule::NotWarm,
+        Rule::Unreadable,
+        Rule::UnknownEndpoint,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -49,13 +57,15 @@ impl Rule {
             Rule::AdminRefused => "admin-refused",
             Rule::WaitedForWarm => "waited-for-warm",
             Rule::NotWarm => "not-warm",
+            Rule::Unreadable => "unreadable",
+            Rule::UnknownEndpoint => "unknown-endpoint",
         }
     }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
-    /// Forward; `body` is the rewritten JSON when something was changed.
+    /// Forward; `body` is the JSON to send instead of the client's bytes.
     Forward {
         body: Option<Vec<u8>>,
         /// Said to the client in X-Jetson-Llmd-Guard.
@@ -67,17 +77,9 @@ pub enum Decision {
     Refuse { status: u16, message: String, rule: Rule },
 }
 
-/// Endpoints that name a model to run (Ollama's routes.go GenerateRoutes).
-fn inference(path: &str) -> bool {
-    matches!(
-        path,
-        "/api/generate" | "/api/chat" | "/api/embed" | "/api/embeddings" | "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" | "/v1/responses" | "/v1/messages"
-    )
-}
-
-/// Endpoints that change what models exist.
-fn admin(method: &str, path: &str) -> bool {
-    (method == "POST" && (matches!(path, "/api/pull" | "/api/push" | "/api/create" | "/api/copy") || path.starts_with("/api/blobs/"))) || (method == "DELETE" && path == "/api/delete")
+/// Whether the request's body must be read (and decoded as Ollama will) before deciding.
+pub fn needs_body(method: &str, path: &str) -> bool {
+    routes::unplain(path).is_none() && routes::classify(method, path) == Route::Inference
 }
 
 fn in_net(ip: IpAddr, net: &str) -> bool {
@@ -97,48 +99,136 @@ pub fn may_administer(client: IpAddr, g: &GuardSettings) -> bool {
     client.is_loopback() || g.admin_from.iter().any(|n| in_net(client, n))
 }
 
-/// A keep_alive value as Ollama reads it (api/types.go Duration.UnmarshalJSON): a number of
-/// seconds, or a Go duration string; negative means forever.
-fn keep_alive_secs(v: &Value) -> Option<f64> {
-    match v {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => {
-            let s = s.trim();
-            if let Ok(n) = s.parse::<f64>() {
-                return Some(n);
-            }
-            if let Some(rest) = s.strip_prefix('-') {
-                return humantime::parse_duration(rest).ok().map(|d| -d.as_secs_f64());
-            }
-            humantime::parse_duration(s).ok().map(|d| d.as_secs_f64())
+/// Go's time.ParseDuration, in seconds (negative allowed); None where Go says no.
+fn go_duration(s: &str) -> Option<f64> {
+    let (neg, mut rest) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    if rest == "0" {
+        return Some(0.0);
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0.0;
+    while !rest.is_empty() {
+        let n = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let (num, after) = rest.split_at(n);
+        if num.is_empty() || num == "." {
+            return None;
         }
+        let value: f64 = num.parse().ok()?;
+        let u = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
+        let (unit, next) = after.split_at(u);
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += value * scale;
+        rest = next;
+    }
+    Some(if neg { -total } else { total })
+}
+
+/// A keep_alive value as Ollama reads it (api/types.go Duration.UnmarshalJSON): a JSON number
+/// of seconds, or a Go duration string; negative is forever. Some(None): null, as if absent.
+/// None: Ollama refuses it (400).
+fn keep_alive_secs(v: &Value) -> Option<Option<f64>> {
+    match v {
+        Value::Null => Some(None),
+        Value::Number(n) => n.as_f64().map(Some),
+        Value::String(s) => go_duration(s).map(Some),
         _ => None,
     }
+}
+
+/// How Ollama tells a model name from another: default host, namespace and tag filled in
+/// (types/model/name.go ParseName, Merge with DefaultName), compared without regard to case
+/// (server/routes.go getExistingName matches every part with strings.EqualFold).
+fn model_key(m: &ModelName) -> String {
+    let full = m.full();
+    let parts: Vec<&str> = full.split('/').collect();
+    let key = match parts.as_slice() {
+        [model] => format!("registry.ollama.ai/library/{model}"),
+        [ns, model] => format!("registry.ollama.ai/{ns}/{model}"),
+        _ => full.clone(),
+    };
+    key.to_lowercase()
+}
+
+/// The model a request's `model` field names, read as Ollama reads it (internal/modelref
+/// ParseRef: spaces trimmed; a `:local` suffix dropped; `:cloud` or a `-cloud` tag is a model
+/// run on ollama.com, never this one). Ok(None): no name, which loads nothing (Ollama answers
+/// 404 or 400). Err: what Ollama would refuse, or what the guard cannot read.
+fn requested(v: Option<&Value>) -> Result<Option<(ModelName, bool)>, String> {
+    let raw = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => return Err("\"model\" must be a string".into()),
+    };
+    let mut name = raw.trim();
+    if name.is_empty() {
+        return Ok(None);
+    }
+    let mut cloud = false;
+    if let Some((base, suffix)) = name.rsplit_once(':') {
+        let suffix = suffix.trim().to_ascii_lowercase();
+        if suffix == "local" {
+            name = base;
+        } else if suffix == "cloud" {
+            name = base;
+            cloud = true;
+        } else if !suffix.contains('/') && suffix.ends_with("-cloud") {
+            cloud = true;
+        }
+    }
+    ModelName::parse(name).map(|m| Some((m, cloud))).map_err(|e| e.to_string())
 }
 
 fn err(status: u16, rule: Rule, message: String) -> Decision {
     Decision::Refuse { status, message, rule }
 }
 
-pub fn decide(method: &str, path: &str, body: Option<&Map<String, Value>>, client: IpAddr, pinned: Option<&ModelName>, g: &GuardSettings) -> Decision {
+/// One request. `body` is the decoded body of an inference request ([`needs_body`]), or why
+/// it could not be decoded; None for every other request.
+pub fn decide(method: &str, path: &str, body: Option<&Result<GoBody, BodyError>>, client: IpAddr, pinned: Option<&ModelName>, g: &GuardSettings) -> Decision {
     let pass = Decision::Forward { body: None, notes: Vec::new(), rules: vec![Rule::Passed], for_pinned: false };
-    if admin(method, path) {
-        if may_administer(client, g) {
-            return pass;
-        }
-        return err(403, Rule::AdminRefused, format!("{path} from {client} is refused by jetson-llmd's guard: only this machine (or [guard] admin_from) may change models"));
+    let route = routes::classify(method, path);
+    if let Some(what) = routes::unplain(path) {
+        return err(400, Rule::Unreadable, format!("jetson-llmd's guard refuses request paths with {what}: Ollama would read them differently; send the plain path"));
     }
-    if method != "POST" || !inference(path) {
-        return pass;
+    match route {
+        Route::Read => return pass,
+        Route::Unknown => return err(404, Rule::UnknownEndpoint, format!("{method} {path} is not an Ollama endpoint jetson-llmd's guard knows; it is refused rather than passed on")),
+        Route::Admin if may_administer(client, g) => return pass,
+        Route::Admin => return err(403, Rule::AdminRefused, format!("{path} from {client} is refused by jetson-llmd's guard: only this machine (or [guard] admin_from) may change models")),
+        Route::Inference => {}
     }
-    let Some(body) = body else { return pass };
-    let Some(name) = body.get("model").and_then(Value::as_str) else { return pass };
-    let Ok(model) = ModelName::parse(name) else { return pass };
-    let is_pinned = pinned.is_some_and(|p| p.matches(&model.full()) || model.matches(&p.full()));
+    let body = match body {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => return err(400, Rule::Unreadable, format!("{e} (jetson-llmd's guard passes on only what it can read as Ollama will)")),
+        None => return err(400, Rule::Unreadable, "missing request body".into()),
+    };
+    let unreadable = |what: String| err(400, Rule::Unreadable, format!("{what} (jetson-llmd's guard passes on only what it can read as Ollama will)"));
+    let (model, cloud) = match requested(body.fields.get("model")) {
+        Ok(Some(m)) => m,
+        // No model: Ollama loads nothing and answers with its own error.
+        Ok(None) => return Decision::Forward { body: (!body.plain).then(|| serde_json::to_vec(&body.fields).unwrap_or_default()), notes: Vec::new(), rules: vec![Rule::Passed], for_pinned: false },
+        Err(e) => return unreadable(e),
+    };
+    let name = model.to_string();
+    let is_pinned = !cloud && pinned.is_some_and(|p| model_key(p) == model_key(&model));
     if !is_pinned {
         let allowed = match g.models {
             ModelsPolicy::Any => true,
-            ModelsPolicy::Allow => g.allow.iter().any(|a| a.matches(&model.full()) || model.matches(&a.full())),
+            ModelsPolicy::Allow => !cloud && g.allow.iter().any(|a| model_key(a) == model_key(&model)),
             ModelsPolicy::Pinned => false,
         };
         if !allowed && pinned.is_some() {
@@ -150,37 +240,47 @@ pub fn decide(method: &str, path: &str, body: Option<&Map<String, Value>>, clien
             );
         }
     }
-    let mut out = body.clone();
+    let mut out = body.fields.clone();
     let mut notes = Vec::new();
     let mut rules = Vec::new();
+    match out.get("options") {
+        None | Some(Value::Null | Value::Object(_)) => {}
+        Some(_) => return unreadable("\"options\" must be an object".into()),
+    }
     if is_pinned && !path.starts_with("/v1/") {
+        // Exact keys: Options.FromMap matches them so (and ignores any other spelling).
+        let mut hit: Vec<&str> = Vec::new();
         if let Some(Value::Object(opts)) = out.get_mut("options") {
-            let hit: Vec<&str> = RELOAD_OPTIONS.iter().copied().filter(|k| opts.contains_key(*k)).collect();
-            if !hit.is_empty() {
-                if g.options == OptionsPolicy::Strict {
-                    return err(409, Rule::ReloadOptionRefused, format!("options {} would make Ollama reload {name} on this Jetson; leave them out (the model runs with the context it was loaded with)", hit.join(", ")));
-                }
-                for k in &hit {
-                    opts.remove(*k);
-                }
-                notes.push(format!("dropped options {}", hit.join(",")));
-                rules.push(Rule::ReloadOptionDropped);
+            hit = RELOAD_OPTIONS.iter().copied().filter(|k| opts.contains_key(*k)).collect();
+            for k in &hit {
+                opts.remove(*k);
             }
+        }
+        // Since v0.30 needsReload also compares the context shift a request asks for (the
+        // top-level `shift`, server/sched.go resolveContextShift).
+        if out.remove("shift").is_some() {
+            hit.push("shift");
+        }
+        if !hit.is_empty() {
+            if g.options == OptionsPolicy::Strict {
+                return err(409, Rule::ReloadOptionRefused, format!("options {} would make Ollama reload {name} on this Jetson; leave them out (the model runs with the context it was loaded with)", hit.join(", ")));
+            }
+            notes.push(format!("dropped options {}", hit.join(",")));
+            rules.push(Rule::ReloadOptionDropped);
         }
     }
     if let Some(ka) = out.get("keep_alive").cloned() {
+        let secs = match keep_alive_secs(&ka) {
+            Some(s) => s,
+            None if is_pinned => None,
+            None => return unreadable(format!("keep_alive {ka} is not a duration Ollama reads")),
+        };
         if is_pinned {
             out.remove("keep_alive");
             notes.push("removed keep_alive (the model stays pinned)".into());
             rules.push(Rule::KeepAliveRemoved);
-        } else {
-            let max = g.keep_alive_max.as_secs_f64();
-            let capped = match keep_alive_secs(&ka) {
-                Some(s) if s < 0.0 || s > max => true,
-                Some(_) => false,
-                None => false,
-            };
-            if capped {
+        } else if let Some(s) = secs {
+            if s < 0.0 || s > g.keep_alive_max.as_secs_f64() {
                 out.insert("keep_alive".into(), Value::String(format!("{}s", g.keep_alive_max.as_secs())));
                 notes.push(format!("capped keep_alive at {}s", g.keep_alive_max.as_secs()));
                 rules.push(Rule::KeepAliveCapped);
@@ -190,7 +290,9 @@ pub fn decide(method: &str, path: &str, body: Option<&Map<String, Value>>, clien
     if rules.is_empty() {
         rules.push(Rule::Passed);
     }
-    let body = (!notes.is_empty()).then(|| serde_json::to_vec(&out).unwrap_or_default());
+    // What Ollama will read is what was decided on: the decoded fields, unless the client's
+    // bytes already say exactly that and nothing changed.
+    let body = (!notes.is_empty() || !body.plain).then(|| serde_json::to_vec(&out).unwrap_or_default());
     Decision::Forward { body, notes, rules, for_pinned: is_pinned }
 }
 
@@ -199,8 +301,9 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn body(v: Value) -> Map<String, Value> {
-        v.as_object().cloned().expect("object")
+    /// A body as the guard sees it: decoded from the bytes a client would send.
+    fn body(v: Value) -> Result<GoBody, BodyError> {
+        super::super::gobody::decode(&serde_json::to_vec(&v).expect("json"))
     }
 
     fn local() -> IpAddr {
@@ -271,10 +374,73 @@ mod tests {
 
     #[test]
     fn keep_alive_forms() {
-        assert_eq!(keep_alive_secs(&json!(300)), Some(300.0));
-        assert_eq!(keep_alive_secs(&json!("5m")), Some(300.0));
-        assert_eq!(keep_alive_secs(&json!("-1")), Some(-1.0));
-        assert_eq!(keep_alive_secs(&json!("-1m")), Some(-60.0));
-        assert_eq!(keep_alive_secs(&json!({})), None);
+        assert_eq!(keep_alive_secs(&json!(300)), Some(Some(300.0)));
+        assert_eq!(keep_alive_secs(&json!(-1)), Some(Some(-1.0)));
+        assert_eq!(keep_alive_secs(&json!("5m")), Some(Some(300.0)));
+        assert_eq!(keep_alive_secs(&json!("1.5h")), Some(Some(5400.0)));
+        assert_eq!(keep_alive_secs(&json!("1h30m")), Some(Some(5400.0)));
+        assert_eq!(keep_alive_secs(&json!("-1m")), Some(Some(-60.0)));
+        assert_eq!(keep_alive_secs(&json!("300ms")), Some(Some(0.3)));
+        assert_eq!(keep_alive_secs(&json!("0")), Some(Some(0.0)));
+        assert_eq!(keep_alive_secs(&json!(null)), Some(None));
+        // What Go's time.ParseDuration refuses, Ollama answers 400 for.
+        for bad in [json!("-1"), json!("5 minutes"), json!("forever"), json!(""), json!("1d"), json!({}), json!(true)] {
+            assert_eq!(keep_alive_secs(&bad), None, "{bad}");
+        }
+    }
+
+    /// Read as Go reads the body: the guard decides on what Ollama will see, and forwards that.
+    #[test]
+    fn go_readings_are_decided_on() {
+        let g = GuardSettings::default();
+        let p = pinned();
+        let raw = |path: &str, b: &[u8]| decide("POST", path, Some(&super::super::gobody::decode(b)), lan(), Some(&p), &g);
+        let refused = |d: Decision| match d {
+            Decision::Refuse { status, rule, .. } => (status, rule),
+            o => panic!("forwarded: {o:?}"),
+        };
+        // Another model under a spelling serde would not see.
+        assert_eq!(refused(raw("/api/generate", br#"{"Model":"llama3.2"}"#)), (409, Rule::OtherModel));
+        assert_eq!(refused(raw("/api/generate", br#"{"model":"gemma4:e2b-8k","MODEL":"llama3.2"}"#)), (409, Rule::OtherModel));
+        assert_eq!(refused(raw("/api/generate", br#"{"model":"llama3.2"} {"model":"gemma4:e2b-8k"}"#)), (409, Rule::OtherModel));
+        // The pinned model under names Ollama folds into it: still the pinned model.
+        for name in ["GEMMA4:E2B-8K", " gemma4:e2b-8k ", "gemma4:e2b-8k:local", "library/gemma4:e2b-8k", "registry.ollama.ai/library/gemma4:e2b-8k"] {
+            let b = serde_json::to_vec(&json!({"model": name, "keep_alive": 0})).expect("json");
+            match raw("/api/generate", &b) {
+                Decision::Forward { for_pinned: true, body: Some(out), .. } => {
+                    assert_eq!(serde_json::from_slice::<Value>(&out).expect("json"), json!({"model": name}), "{name}");
+                }
+                o => panic!("{name}: {o:?}"),
+            }
+        }
+        // keep_alive and options under Go-folded keys are removed like the plain ones.
+        let out = |d: Decision| match d {
+            Decision::Forward { body: Some(b), .. } => serde_json::from_slice::<Value>(&b).expect("json"),
+            o => panic!("{o:?}"),
+        };
+        assert_eq!(out(raw("/api/chat", br#"{"model":"gemma4:e2b-8k","KEEP_ALIVE":0,"Options":{"num_ctx":2048,"top_k":5},"Shift":false}"#)), json!({"model": "gemma4:e2b-8k", "options": {"top_k": 5}}));
+        assert_eq!(out(raw("/api/chat", "{\"model\":\"gemma4:e2b-8k\",\"\u{212A}eep_alive\":0}".as_bytes())), json!({"model": "gemma4:e2b-8k"}));
+        // Trailing data is never forwarded: Ollama gets exactly what was decided on.
+        assert_eq!(out(raw("/api/generate", br#"{"model":"gemma4:e2b-8k","prompt":"hi"} {"keep_alive":0}"#)), json!({"model": "gemma4:e2b-8k", "prompt": "hi"}));
+        // What cannot be read as Ollama will is refused, not passed on.
+        for b in [&b"model=x"[..], b"[1]", b"{\"model\":", b"{\"model\":5}", b"{\"model\":\"bad name!\"}", b"{\"model\":\"gemma4:e2b-8k\",\"options\":[1]}"] {
+            assert_eq!(refused(raw("/api/generate", b)), (400, Rule::Unreadable), "{}", String::from_utf8_lossy(b));
+        }
+        assert_eq!(refused(decide("POST", "/api/generate", None, lan(), Some(&p), &g)), (400, Rule::Unreadable));
+        // Paths gin would decode or net/http would clean, and endpoints the guard does not know.
+        for path in ["/api/%67enerate", "/api/%64elete", "//api/generate", "/api/./chat", "/v1/../api/chat"] {
+            assert_eq!(refused(decide("POST", path, None, lan(), Some(&p), &g)), (400, Rule::Unreadable), "{path}");
+        }
+        for (m, path) in [("POST", "/api/generate/"), ("PUT", "/api/generate"), ("POST", "/api/something-new"), ("PATCH", "/api/chat")] {
+            assert_eq!(refused(decide(m, path, None, lan(), Some(&p), &g)), (404, Rule::UnknownEndpoint), "{m} {path}");
+        }
+        // Another model's keep_alive that Go reads but a looser parser would not: still capped.
+        let allow = GuardSettings { models: ModelsPolicy::Any, ..GuardSettings::default() };
+        let d = decide("POST", "/api/generate", Some(&body(json!({"model": "llama3.2", "keep_alive": "1.5h"}))), lan(), Some(&p), &allow);
+        assert_eq!(out(d), json!({"model": "llama3.2", "keep_alive": "300s"}));
+        // A cloud model is never the pinned one.
+        assert_eq!(refused(raw("/api/generate", br#"{"model":"gemma4:e2b-8k:cloud"}"#)), (409, Rule::OtherModel));
+        // No model: nothing loads, Ollama answers itself.
+        assert!(matches!(raw("/api/generate", br#"{"prompt":"hi"}"#), Decision::Forward { for_pinned: false, .. }));
     }
 }
