@@ -234,6 +234,39 @@ async fn the_guard_keeps_the_real_runner() {
     let (code, v) = post(g, "/api/generate", r#"{"model":"tiny-b","prompt":"hi"}"#).await;
     assert_eq!(code, 409, "{v}");
     assert!(v["error"].as_str().is_some_and(|e| e.contains("tiny-a")), "Ollama's error shape, naming the pinned model: {v}");
+    // The hostile corpus: shapes Go's decoder and gin's router read differently from a naive
+    // JSON parser. Each would load tiny-b, unload tiny-a or reload it if it reached Ollama as sent.
+    let raw = |method: &'static str, path: &'static str, body: &'static str| async move {
+        let r = http().request(method.parse().expect("method"), format!("http://127.0.0.1:{g}{path}")).body(body.as_bytes().to_vec()).send().await.expect("send");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    };
+    let corpus: &[(&str, &str, &str)] = &[
+        ("POST", "/api/generate", r#"{"Model":"tiny-b"}"#),
+        ("POST", "/api/generate", r#"{"model":"tiny-a","MODEL":"tiny-b"}"#),
+        ("POST", "/api/generate", r#"{"model":"tiny-b"} {"model":"tiny-a"}"#),
+        ("POST", "/api/generate", r#"{"model":"TINY-B"}"#),
+        ("POST", "/api/generate", r#"{"model":" tiny-b "}"#),
+        ("POST", "/api/generate", r#"{"model":"tiny-b:local"}"#),
+        ("POST", "/api/generate", r#"{"model":"tiny-a","KEEP_ALIVE":0}"#),
+        ("POST", "/api/generate", "{\"model\":\"tiny-a\",\"\u{212A}eep_alive\":0}"),
+        ("POST", "/api/generate", r#"{"model":"tiny-a","keep_alive":"0s"}"#),
+        ("POST", "/api/generate", r#"{"model":"TINY-A","keep_alive":0}"#),
+        ("POST", "/api/generate", r#"{"model":"tiny-a","Options":{"num_ctx":1024}}"#),
+        ("POST", "/api/generate", r#"{"model":"tiny-a","options":{"num_thread":1,"use_mmap":false,"num_batch":64}}"#),
+        ("POST", "/api/%67enerate", r#"{"model":"tiny-b"}"#),
+        ("POST", "/api%2Fgenerate", r#"{"model":"tiny-b"}"#),
+        ("DELETE", "/api/%64elete", r#"{"model":"tiny-a"}"#),
+        ("POST", "//api/generate", r#"{"model":"tiny-b"}"#),
+        ("POST", "/api/chat", r#"{"Model":"tiny-b","messages":[{"role":"user","content":"hi"}]}"#),
+        ("POST", "/v1/chat/completions", r#"{"MODEL":"tiny-b","messages":[{"role":"user","content":"hi"}]}"#),
+        ("POST", "/api/embed", r#"{"model":"tiny-b","input":"hi"}"#),
+    ];
+    for (m, path, body) in corpus {
+        let (code, text) = raw(m, path, body).await;
+        assert!(code == 200 || (400..500).contains(&code), "{m} {path} {body}: {code} {text}");
+        assert_eq!(rig.runners(), runner, "{m} {path} {body} ({code} {text}) replaced the pinned runner\n{}", rig.log());
+        assert_eq!(rig.ps().await, [("tiny-a:latest".to_string(), true)], "{m} {path} {body} ({code} {text})");
+    }
     // The official Python client and the OpenAI SDK, when Python has them.
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients/official_clients.py");
     let o = Command::new("python3").arg(&script).arg(format!("http://127.0.0.1:{g}")).args(["tiny-a", "tiny-b"]).output().expect("python3");
