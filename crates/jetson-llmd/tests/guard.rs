@@ -256,3 +256,48 @@ async fn a_slow_client_holds_the_upstream_back_instead_of_filling_memory() {
     drop(resp);
     stop.cancel();
 }
+
+/// Bodies the guard holds to read are bounded across connections and in time: many unfinished
+/// large uploads get 503 (with Retry-After) once the budget is taken, a trickled body 408, a
+/// declared size over the cap 413, and the budget comes back when they end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_are_bounded_across_connections_and_in_time() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let settings = GuardSettings { body_budget_mib: 1, body_timeout: Duration::from_secs(2), ..GuardSettings::default() };
+    let r = rig(settings, ready()).await;
+    let addr = r.url.trim_start_matches("http://").to_string();
+    let head = |len: usize| format!("POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n");
+    // Three connections each send 400 KiB of a 900 KiB body and stop: the third is over 1 MiB.
+    let mut held = Vec::new();
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        s.write_all(head(900 << 10).as_bytes()).await.expect("head");
+        s.write_all(&vec![b' '; 400 << 10]).await.expect("part");
+        held.push(s);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut buf = vec![0u8; 4096];
+    let third = held.last_mut().expect("third");
+    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf)).await.expect("answered at once").expect("read");
+    answers.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    assert!(answers[0].starts_with("HTTP/1.1 503") && answers[0].to_ascii_lowercase().contains("retry-after: 1"), "{}", answers[0]);
+    assert!(answers[0].contains("already being read"), "{}", answers[0]);
+    // The first two never finish: 408 once body_timeout passes, and their budget comes back.
+    for s in held.iter_mut().take(2) {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("answered").expect("read");
+        let a = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(a.starts_with("HTTP/1.1 408"), "{a}");
+    }
+    drop(held);
+    // Over the cap by its declared size: 413 before a byte of it is read.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    s.write_all(head(2 << 20).as_bytes()).await.expect("head");
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("answered").expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 413"), "{}", String::from_utf8_lossy(&buf[..n]));
+    // The budget is whole again: a normal request passes.
+    let resp = r.post("/api/generate", json!({"model": PINNED, "prompt": "hi", "stream": false})).await;
+    assert_eq!(resp.status(), 200);
+    let counts: std::collections::BTreeMap<_, _> = r.stats.snapshot().into_iter().collect();
+    assert_eq!(counts["body-refused"], 4);
+}

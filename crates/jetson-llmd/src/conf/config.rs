@@ -52,6 +52,8 @@ pub struct RawGuard {
     pub keep_alive_max: Option<String>,
     pub admin_from: Option<Vec<String>>,
     pub ready_wait: Option<String>,
+    pub body_budget_mib: Option<u64>,
+    pub body_timeout: Option<String>,
 }
 
 /// Which models clients may name through the guard.
@@ -138,6 +140,12 @@ pub struct GuardSettings {
     /// How long a request for the pinned model waits while it is being (re)loaded.
     #[serde(with = "humantime_serde_like")]
     pub ready_wait: Duration,
+    /// Request bodies the guard holds to inspect, all connections together (MiB): past it a
+    /// request gets 503 with Retry-After instead of growing the supervisor's memory.
+    pub body_budget_mib: u64,
+    /// How long a client may take to send an inspected request's body (then 408).
+    #[serde(with = "humantime_serde_like")]
+    pub body_timeout: Duration,
 }
 
 impl Default for GuardSettings {
@@ -151,6 +159,8 @@ impl Default for GuardSettings {
             keep_alive_max: Duration::from_secs(300),
             admin_from: Vec::new(),
             ready_wait: Duration::from_secs(120),
+            body_budget_mib: 16,
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -274,7 +284,8 @@ pub fn parse(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
 
 /// Sane bounds for every duration key: (key, least, most). Outside them a value is a typo or a
 /// misunderstanding (a 1 ns keepalive would hammer Ollama thousands of times a second).
-pub const DURATION_BOUNDS: [(&str, Duration, Duration); 10] = [
+pub const DURATION_BOUNDS: [(&str, Duration, Duration); 11] = [
+    ("body_timeout", Duration::from_secs(1), Duration::from_secs(600)),
     ("keep_alive_max", Duration::from_secs(0), Duration::from_secs(86400)),
     ("ready_wait", Duration::from_secs(0), Duration::from_secs(1800)),
     ("keepalive_interval", Duration::from_secs(10), Duration::from_secs(3600)),
@@ -427,6 +438,12 @@ fn settle_guard(path: &Path, text: &str, g: RawGuard, err: &dyn Fn(&str, String)
         keep_alive_max: duration(path, text, "keep_alive_max", &g.keep_alive_max, d.keep_alive_max)?,
         admin_from,
         ready_wait: duration(path, text, "ready_wait", &g.ready_wait, d.ready_wait)?,
+        body_budget_mib: match g.body_budget_mib {
+            None => d.body_budget_mib,
+            Some(n @ 1..=1024) => n,
+            Some(n) => return Err(err("body_budget_mib", format!("[guard] body_budget_mib = {n}: use 1 to 1024 (MiB)"))),
+        },
+        body_timeout: duration(path, text, "body_timeout", &g.body_timeout, d.body_timeout)?,
     })
 }
 
@@ -530,6 +547,6 @@ mod tests {
             assert!(text.contains(&format!("{key} = ")), "{key} is not documented in etc/");
         }
         let keys = text.lines().filter(|l| !l.starts_with('[')).filter_map(|l| l.split_once(" = ")).count();
-        assert_eq!(keys, 18 + 2 + 8, "every top-level key, the seed model's from/num_ctx and the 8 [guard] keys: {text}");
+        assert_eq!(keys, 18 + 2 + 10, "every top-level key, the seed model's from/num_ctx and the 10 [guard] keys: {text}");
     }
 }

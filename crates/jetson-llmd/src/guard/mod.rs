@@ -76,6 +76,9 @@ pub struct Guard {
     pub stats: Arc<Stats>,
     /// host:port of `upstream`: where to connect, and the Host header.
     authority: String,
+    /// Bytes of request bodies held for inspection, across all connections ([guard]
+    /// body_budget_mib): a permit per byte, taken as the bytes arrive.
+    budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl Guard {
@@ -86,11 +89,53 @@ impl Guard {
             None => "127.0.0.1".into(),
         };
         let authority = format!("{host}:{}", upstream.port_or_known_default().unwrap_or(11434));
-        Guard { upstream, settings, state, stats, authority }
+        let budget = Arc::new(tokio::sync::Semaphore::new(usize::try_from(settings.body_budget_mib << 20).unwrap_or(16 << 20)));
+        Guard { upstream, settings, state, stats, authority, budget }
     }
 
     fn pinned(&self) -> Option<ModelName> {
         self.state.borrow().model.as_deref().and_then(|m| ModelName::parse(m).ok())
+    }
+}
+
+/// Why an inspected body was not read whole.
+enum BodyRefusal {
+    TooLarge,
+    Busy,
+    Slow,
+    Broken(String),
+}
+
+/// Reads an inspected request body within the per-request cap, the shared budget and the
+/// deadline. The permits come back with the bytes: held until the request has been forwarded.
+async fn read_body(g: &Guard, body: Body) -> Result<(bytes::Bytes, tokio::sync::OwnedSemaphorePermit), BodyRefusal> {
+    use http_body_util::BodyExt;
+    let max = MAX_REQUEST.min(usize::try_from(g.settings.body_budget_mib << 20).unwrap_or(MAX_REQUEST));
+    if http_body::Body::size_hint(&body).lower() > max as u64 {
+        return Err(BodyRefusal::TooLarge);
+    }
+    let mut held = g.budget.clone().try_acquire_many_owned(0).map_err(|_| BodyRefusal::Busy)?;
+    let mut buf = bytes::BytesMut::new();
+    let mut body = body;
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| BodyRefusal::Broken(e.to_string()))?;
+            let Ok(data) = frame.into_data() else { continue };
+            if buf.len() + data.len() > max {
+                return Err(BodyRefusal::TooLarge);
+            }
+            let n = u32::try_from(data.len()).map_err(|_| BodyRefusal::TooLarge)?;
+            // Never waits: a full budget is an answer now (503), not a queue of held bodies.
+            let more = g.budget.clone().try_acquire_many_owned(n).map_err(|_| BodyRefusal::Busy)?;
+            held.merge(more);
+            buf.extend_from_slice(&data);
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(g.settings.body_timeout, read).await {
+        Ok(Ok(())) => Ok((buf.freeze(), held)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(BodyRefusal::Slow),
     }
 }
 
@@ -152,16 +197,30 @@ async fn handle(g: Arc<Guard>, client: SocketAddr, req: Request) -> Response {
     }
     // The bodies of the endpoints that run a model are read (capped) and decoded as Ollama will;
     // everything else streams through untouched.
-    let (bytes, decoded, stream_body) = if policy::needs_body(&method, &path) {
-        match axum::body::to_bytes(body, MAX_REQUEST).await {
-            Ok(b) => {
+    let (bytes, decoded, stream_body, _held) = if policy::needs_body(&method, &path) {
+        match read_body(&g, body).await {
+            Ok((b, held)) => {
                 let decoded = gobody::decode(&b);
-                (Some(b), Some(decoded), None)
+                (Some(b), Some(decoded), None, Some(held))
             }
-            Err(_) => return ollama_error(StatusCode::PAYLOAD_TOO_LARGE, &format!("request body larger than {} MiB (jetson-llmd guard)", MAX_REQUEST >> 20), &[]),
+            Err(refusal) => {
+                g.stats.count(Rule::BodyRefused);
+                let max = MAX_REQUEST.min(usize::try_from(g.settings.body_budget_mib << 20).unwrap_or(MAX_REQUEST));
+                let (status, msg, retry) = match refusal {
+                    BodyRefusal::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, format!("request body larger than {} MiB (jetson-llmd guard)", max >> 20), false),
+                    BodyRefusal::Busy => (StatusCode::SERVICE_UNAVAILABLE, format!("jetson-llmd guard: {} MiB of request bodies are already being read; retry shortly", g.settings.body_budget_mib), true),
+                    BodyRefusal::Slow => (StatusCode::REQUEST_TIMEOUT, format!("jetson-llmd guard: the request body did not arrive within {}", humantime::format_duration(g.settings.body_timeout)), false),
+                    BodyRefusal::Broken(e) => (StatusCode::BAD_REQUEST, format!("jetson-llmd guard: reading the request body failed: {}", crate::text::one_line(&e)), false),
+                };
+                let mut r = ollama_error(status, &msg, &[(GUARD_HEADER, "refused: body".into())]);
+                if retry {
+                    r.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+                }
+                return r;
+            }
         }
     } else {
-        (None, None, Some(body))
+        (None, None, Some(body), None)
     };
     let pinned = g.pinned();
     let decision = policy::decide(&method, &path, decoded.as_ref(), client.ip(), pinned.as_ref(), &g.settings);

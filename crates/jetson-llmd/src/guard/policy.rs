@@ -29,10 +29,12 @@ pub enum Rule {
     Unreadable,
     /// A state-changing method on an endpoint the guard does not know.
     UnknownEndpoint,
+    /// A body too large, too slow, or over the budget of bodies in flight.
+    BodyRefused,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 11] = [
+    pub const ALL: [Rule; 12] = [
         Rule::Passed,
         Rule::OtherModel,
         Rule::ReloadOptionDropped,
@@ -44,6 +46,7 @@ impl Rule {
         Rule::NotWarm,
         Rule::Unreadable,
         Rule::UnknownEndpoint,
+        Rule::BodyRefused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +62,7 @@ impl Rule {
             Rule::NotWarm => "not-warm",
             Rule::Unreadable => "unreadable",
             Rule::UnknownEndpoint => "unknown-endpoint",
+            Rule::BodyRefused => "body-refused",
         }
     }
 }
