@@ -575,10 +575,21 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         let found = match warm::residency(&self.api, &self.settings, &model).await {
             Ok(r) => r,
             Err(e) => {
-                tracing::debug!("residency check: {e}");
+                // Readiness tells the truth: an Ollama that does not answer (hung, stopped,
+                // overloaded) is not ready, whatever the last check said; /healthz, the metrics
+                // and the guard follow the stage. The loop's phase stays warm: when Ollama
+                // answers again nothing needs reloading.
+                if self.state.state.stage == Stage::Ready {
+                    self.set_stage(Stage::OllamaUnreachable, &format!("NOT READY: Ollama at {} did not answer the residency check: {e}", self.api.url())).await;
+                }
                 return Next::Continue;
             }
         };
+        if self.state.state.stage == Stage::OllamaUnreachable && !matches!(found, warm::Residency::Missing(_)) {
+            tracing::info!("Ollama answers again");
+            let text = self.ready_text(&model);
+            self.set_stage(Stage::Ready, &text).await;
+        }
         match found {
             warm::Residency::Pinned => return Next::Continue,
             warm::Residency::Unpinned { expires_at } => {
