@@ -645,3 +645,28 @@ fn a_guard_on_ollamas_own_address_is_a_configuration_error() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("is where Ollama itself listens") && err.contains("11435"), "{err}");
 }
+
+/// SIGHUP applies `[guard]` at once (here options "drop" -> "strict"), and says plainly that
+/// `listen` takes a restart.
+#[test]
+fn sighup_applies_the_guard_policy_at_once() {
+    let root = tempfile::tempdir().expect("tmp");
+    let guard = free_port();
+    std::fs::create_dir_all(root.path().join("etc/jetson-llmd")).expect("mkdir");
+    let config = |extra: &str| format!("metrics_listen = \"off\"\n[guard]\nenabled = true\nlisten = \"127.0.0.1:{guard}\"\n{extra}");
+    std::fs::write(root.path().join("etc/jetson-llmd/config.toml"), config("options = \"drop\"\n")).expect("w");
+    let rig = Rig::start_in(root, &[], |_| vec![]);
+    rig.wait_stage("ready", 30);
+    let chat = r#"{"model":"gemma4:e2b-8k","messages":[{"role":"user","content":"hi"}],"stream":false,"options":{"num_ctx":2048}}"#;
+    let (code, head, _) = http_post(guard, "/api/chat", chat);
+    assert_eq!(code, 200);
+    assert!(head.to_ascii_lowercase().contains("dropped options num_ctx"), "{head}");
+    let other = free_port();
+    std::fs::write(rig.root.path().join("etc/jetson-llmd/config.toml"), config("options = \"strict\"\n").replace(&guard.to_string(), &other.to_string())).expect("w");
+    // listen changed too: reported as needing a restart; the guard stays where it is.
+    rig.signal(nix::sys::signal::Signal::SIGHUP);
+    rig.wait_for("the reload", 10, |r| r.state()["warnings"].as_array().is_some_and(|w| w.iter().any(|x| x.as_str().is_some_and(|x| x.contains("[guard] listen changed; that takes a restart")))));
+    let (code, _, body) = http_post(guard, "/api/chat", chat);
+    assert_eq!(code, 409, "strict applies without a restart: {body}");
+    assert!(body.contains("would make Ollama reload"), "{body}");
+}

@@ -18,7 +18,7 @@ use std::time::Duration;
 /// model.conf is read this often when inotify is not available.
 const CONF_POLL: Duration = Duration::from_secs(2);
 
-async fn start_guard(ctx: &super::Ctx, state: &StateFile, signals: &Signals) -> anyhow::Result<std::sync::Arc<jetson_llmd::guard::Stats>> {
+async fn start_guard(ctx: &super::Ctx, state: &StateFile, signals: &Signals, policy: tokio::sync::watch::Receiver<jetson_llmd::conf::config::GuardSettings>) -> anyhow::Result<std::sync::Arc<jetson_llmd::guard::Stats>> {
     use jetson_llmd::failure::Failure;
     let listen = ctx.settings.guard.listen;
     let ollama = ctx.host.url.socket_addrs(|| Some(11434)).ok().and_then(|a| a.into_iter().next());
@@ -33,7 +33,10 @@ async fn start_guard(ctx: &super::Ctx, state: &StateFile, signals: &Signals) -> 
         .await
         .map_err(|e| Failure::Config(format!("[guard] cannot listen on {listen}: {e}; is something (an Ollama started by hand?) already there?")))?;
     let stats = std::sync::Arc::new(jetson_llmd::guard::Stats::default());
-    let guard = std::sync::Arc::new(jetson_llmd::guard::Guard::new(ctx.host.url.clone(), ctx.settings.guard.clone(), state.subscribe(), stats.clone()));
+    let mut guard = jetson_llmd::guard::Guard::new(ctx.host.url.clone(), ctx.settings.guard.clone(), state.subscribe(), stats.clone());
+    // SIGHUP's re-read [guard] reaches the running guard.
+    guard.follow(policy);
+    let guard = std::sync::Arc::new(guard);
     tracing::info!("guard on {listen}, forwarding to Ollama at {}", ctx.host.url);
     let stop = signals.shutdown.clone();
     tokio::spawn(async move {
@@ -55,7 +58,9 @@ pub async fn run(g: &Global, launcher: LauncherArg, ollama_bin: Option<PathBuf>)
     let state = StateFile::new(Some(&rooted(&ctx.root, &ctx.settings.state_dir)), kind);
     // The guard binds first: clients expect Ollama on its address, and a clash is a
     // configuration error to report before anything starts.
-    let guard_stats = if ctx.settings.guard.enabled { Some(start_guard(&ctx, &state, &signals).await?) } else { None };
+    let (policy, policy_rx) = tokio::sync::watch::channel(ctx.settings.guard.clone());
+    let guard_stats = if ctx.settings.guard.enabled { Some(start_guard(&ctx, &state, &signals, policy_rx).await?) } else { None };
+    let policy = guard_stats.is_some().then_some(policy);
     // Served once the backend is up: a supervisor that cannot start says only why.
     let metrics = |state: &StateFile| {
         if let Some(listen) = ctx.settings.metrics_listen {
@@ -69,7 +74,7 @@ pub async fn run(g: &Global, launcher: LauncherArg, ollama_bin: Option<PathBuf>)
             let preload_deadline = ctx.settings.load_timeout + Duration::from_secs(3600);
             let backend = SystemdBackend::new(sd, ctx.settings.startup_timeout, preload_deadline).await?;
             metrics(&state);
-            let sup = Supervisor { api: ctx.client.clone(), backend, notify: SdNotify, settings: ctx.settings.clone(), paths: ctx.paths.clone(), cmdline, state, conf_poll: CONF_POLL, conf_watch: true, watchdog: watchdog_period() };
+            let sup = Supervisor { api: ctx.client.clone(), backend, notify: SdNotify, settings: ctx.settings.clone(), paths: ctx.paths.clone(), cmdline, state, conf_poll: CONF_POLL, conf_watch: true, watchdog: watchdog_period(), guard: policy.clone() };
             sup.run(signals).await
         }
         LauncherArg::Process => {
@@ -86,7 +91,7 @@ pub async fn run(g: &Global, launcher: LauncherArg, ollama_bin: Option<PathBuf>)
             let shim = std::env::current_exe().ok();
             let backend = ProcessBackend::new(bin, env, shim, connect, DropCaches::under(&ctx.root));
             metrics(&state);
-            let sup = Supervisor { api: ctx.client.clone(), backend, notify: SdNotify, settings: ctx.settings.clone(), paths: ctx.paths.clone(), cmdline, state, conf_poll: CONF_POLL, conf_watch: true, watchdog: watchdog_period() };
+            let sup = Supervisor { api: ctx.client.clone(), backend, notify: SdNotify, settings: ctx.settings.clone(), paths: ctx.paths.clone(), cmdline, state, conf_poll: CONF_POLL, conf_watch: true, watchdog: watchdog_period(), guard: policy.clone() };
             sup.run(signals).await
         }
     };

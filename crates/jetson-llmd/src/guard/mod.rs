@@ -71,7 +71,8 @@ impl Stats {
 pub struct Guard {
     /// Ollama's own (private) address, e.g. http://127.0.0.1:11435/.
     pub upstream: url::Url,
-    pub settings: GuardSettings,
+    /// The policy in force; SIGHUP sends a new one ([`Guard::follow`]).
+    settings: watch::Receiver<GuardSettings>,
     pub state: watch::Receiver<State>,
     pub stats: Arc<Stats>,
     /// host:port of `upstream`: where to connect, and the Host header.
@@ -79,6 +80,8 @@ pub struct Guard {
     /// Bytes of request bodies held for inspection, across all connections ([guard]
     /// body_budget_mib): a permit per byte, taken as the bytes arrive.
     budget: Arc<tokio::sync::Semaphore>,
+    /// The budget's size (permits), fixed at start.
+    budget_bytes: usize,
 }
 
 impl Guard {
@@ -89,8 +92,22 @@ impl Guard {
             None => "127.0.0.1".into(),
         };
         let authority = format!("{host}:{}", upstream.port_or_known_default().unwrap_or(11434));
-        let budget = Arc::new(tokio::sync::Semaphore::new(usize::try_from(settings.body_budget_mib << 20).unwrap_or(16 << 20)));
-        Guard { upstream, settings, state, stats, authority, budget }
+        let budget_bytes = usize::try_from(settings.body_budget_mib << 20).unwrap_or(16 << 20);
+        let budget = Arc::new(tokio::sync::Semaphore::new(budget_bytes));
+        // The sender is dropped: the policy stays as given unless `follow` connects a new one.
+        let (_, settings) = watch::channel(settings);
+        Guard { upstream, settings, state, stats, authority, budget, budget_bytes }
+    }
+
+    /// Takes its policy from `rx` from now on: the supervisor sends config.toml's `[guard]`
+    /// after each SIGHUP. The body budget keeps the size it started with (a restart changes it).
+    pub fn follow(&mut self, rx: watch::Receiver<GuardSettings>) {
+        self.settings = rx;
+    }
+
+    /// The policy in force for one request.
+    pub fn settings(&self) -> GuardSettings {
+        self.settings.borrow().clone()
     }
 
     fn pinned(&self) -> Option<ModelName> {
@@ -108,9 +125,9 @@ enum BodyRefusal {
 
 /// Reads an inspected request body within the per-request cap, the shared budget and the
 /// deadline. The permits come back with the bytes: held until the request has been forwarded.
-async fn read_body(g: &Guard, body: Body) -> Result<(bytes::Bytes, tokio::sync::OwnedSemaphorePermit), BodyRefusal> {
+async fn read_body(g: &Guard, settings: &GuardSettings, body: Body) -> Result<(bytes::Bytes, tokio::sync::OwnedSemaphorePermit), BodyRefusal> {
     use http_body_util::BodyExt;
-    let max = MAX_REQUEST.min(usize::try_from(g.settings.body_budget_mib << 20).unwrap_or(MAX_REQUEST));
+    let max = MAX_REQUEST.min(g.budget_bytes);
     if http_body::Body::size_hint(&body).lower() > max as u64 {
         return Err(BodyRefusal::TooLarge);
     }
@@ -132,7 +149,7 @@ async fn read_body(g: &Guard, body: Body) -> Result<(bytes::Bytes, tokio::sync::
         }
         Ok(())
     };
-    match tokio::time::timeout(g.settings.body_timeout, read).await {
+    match tokio::time::timeout(settings.body_timeout, read).await {
         Ok(Ok(())) => Ok((buf.freeze(), held)),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(BodyRefusal::Slow),
@@ -161,7 +178,7 @@ async fn wait_warm(g: &Guard) -> Result<bool, State> {
     if warm(&rx.borrow(), &pinned) {
         return Ok(false);
     }
-    let deadline = tokio::time::Instant::now() + g.settings.ready_wait;
+    let deadline = tokio::time::Instant::now() + g.settings().ready_wait;
     loop {
         match tokio::time::timeout_at(deadline, rx.changed()).await {
             Ok(Ok(())) => {
@@ -195,21 +212,22 @@ async fn handle(g: Arc<Guard>, client: SocketAddr, req: Request) -> Response {
     if path == "/healthz" && method == "GET" {
         return healthz(&g).await;
     }
+    let settings = g.settings();
     // The bodies of the endpoints that run a model are read (capped) and decoded as Ollama will;
     // everything else streams through untouched.
     let (bytes, decoded, stream_body, _held) = if policy::needs_body(&method, &path) {
-        match read_body(&g, body).await {
+        match read_body(&g, &settings, body).await {
             Ok((b, held)) => {
                 let decoded = gobody::decode(&b);
                 (Some(b), Some(decoded), None, Some(held))
             }
             Err(refusal) => {
                 g.stats.count(Rule::BodyRefused);
-                let max = MAX_REQUEST.min(usize::try_from(g.settings.body_budget_mib << 20).unwrap_or(MAX_REQUEST));
+                let max = MAX_REQUEST.min(g.budget_bytes);
                 let (status, msg, retry) = match refusal {
                     BodyRefusal::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, format!("request body larger than {} MiB (jetson-llmd guard)", max >> 20), false),
-                    BodyRefusal::Busy => (StatusCode::SERVICE_UNAVAILABLE, format!("jetson-llmd guard: {} MiB of request bodies are already being read; retry shortly", g.settings.body_budget_mib), true),
-                    BodyRefusal::Slow => (StatusCode::REQUEST_TIMEOUT, format!("jetson-llmd guard: the request body did not arrive within {}", humantime::format_duration(g.settings.body_timeout)), false),
+                    BodyRefusal::Busy => (StatusCode::SERVICE_UNAVAILABLE, format!("jetson-llmd guard: {} MiB of request bodies are already being read; retry shortly", g.budget_bytes >> 20), true),
+                    BodyRefusal::Slow => (StatusCode::REQUEST_TIMEOUT, format!("jetson-llmd guard: the request body did not arrive within {}", humantime::format_duration(settings.body_timeout)), false),
                     BodyRefusal::Broken(e) => (StatusCode::BAD_REQUEST, format!("jetson-llmd guard: reading the request body failed: {}", crate::text::one_line(&e)), false),
                 };
                 let mut r = ollama_error(status, &msg, &[(GUARD_HEADER, "refused: body".into())]);
@@ -223,7 +241,7 @@ async fn handle(g: Arc<Guard>, client: SocketAddr, req: Request) -> Response {
         (None, None, Some(body), None)
     };
     let pinned = g.pinned();
-    let decision = policy::decide(&method, &path, decoded.as_ref(), client.ip(), pinned.as_ref(), &g.settings);
+    let decision = policy::decide(&method, &path, decoded.as_ref(), client.ip(), pinned.as_ref(), &settings);
     let (new_body, notes, for_pinned) = match decision {
         Decision::Refuse { status, message, rule } => {
             g.stats.count(rule);

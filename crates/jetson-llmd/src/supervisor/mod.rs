@@ -61,6 +61,8 @@ pub struct Supervisor<A: OllamaApi, B: Backend, N: Notifier> {
     pub conf_watch: bool,
     /// WATCHDOG=1 period (half of WatchdogSec=), if any.
     pub watchdog: Option<Duration>,
+    /// Where a re-read `[guard]` goes (the running guard follows it); None without a guard.
+    pub guard: Option<tokio::sync::watch::Sender<crate::conf::config::GuardSettings>>,
 }
 
 enum Event {
@@ -654,8 +656,21 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
     async fn reload(&mut self, lp: &mut Loop, signals: &Signals) -> Next {
         match config::load(&self.paths.config).await {
             Ok(s) => {
-                self.settings = s;
                 self.state.state.warnings.retain(|w| !w.starts_with("config.toml"));
+                if let Some(tx) = &self.guard {
+                    let (old, new) = (&self.settings.guard, &s.guard);
+                    let fixed: Vec<&str> = [("enabled", old.enabled != new.enabled), ("listen", old.listen != new.listen), ("body_budget_mib", old.body_budget_mib != new.body_budget_mib)]
+                        .into_iter()
+                        .filter_map(|(k, changed)| changed.then_some(k))
+                        .collect();
+                    if !fixed.is_empty() {
+                        let w = format!("config.toml: [guard] {} changed; that takes a restart (systemctl restart jetson-llmd); the rest of [guard] applies now", fixed.join(", "));
+                        tracing::warn!("{w}");
+                        self.state.state.warnings.push(w);
+                    }
+                    tx.send_replace(new.clone());
+                }
+                self.settings = s;
                 tracing::info!("{} re-read", self.paths.config.display());
             }
             Err(e) => {

@@ -49,6 +49,7 @@ impl Rig {
             // Real file events and paused time do not mix: these tests poll.
             conf_watch: false,
             watchdog: None,
+            guard: None,
         }
     }
 
