@@ -21,7 +21,11 @@ fn rootfs() -> PathBuf {
     p
 }
 
+/// One container at a time: they share the rootfs, the machine name and ports.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Container {
+    _turn: std::sync::MutexGuard<'static, ()>,
     root: PathBuf,
     bus_dir: tempfile::TempDir,
     nspawn: Child,
@@ -49,6 +53,7 @@ impl Container {
     /// The same with `ollama` as /usr/local/bin/ollama, `config` added to config.toml and
     /// model.conf naming `model`.
     fn boot_with(ollama: &Path, config: &str, model: &str) -> Container {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let root = rootfs();
         let bin = Path::new(env!("CARGO_BIN_EXE_jetson-llmd"));
         std::fs::create_dir_all(root.join("usr/local/bin")).expect("mkdir");
@@ -105,7 +110,7 @@ impl Container {
             .process_group(0)
             .spawn()
             .expect("systemd-nspawn");
-        Container { root, bus_dir, nspawn, port }
+        Container { _turn: turn, root, bus_dir, nspawn, port }
     }
 
     fn address(&self) -> String {
