@@ -670,3 +670,25 @@ fn sighup_applies_the_guard_policy_at_once() {
     assert_eq!(code, 409, "strict applies without a restart: {body}");
     assert!(body.contains("would make Ollama reload"), "{body}");
 }
+
+/// On a guarded install the CLI reaches Ollama itself, at ollama.env's OLLAMA_HOST, not the
+/// guard that listens on Ollama's usual 127.0.0.1:11434.
+#[test]
+fn the_cli_reaches_ollama_at_ollama_env_not_the_guard() {
+    let root = tempfile::tempdir().expect("tmp");
+    let guard = free_port();
+    std::fs::create_dir_all(root.path().join("etc/jetson-llmd")).expect("mkdir");
+    std::fs::write(root.path().join("etc/jetson-llmd/config.toml"), format!("metrics_listen = \"off\"\n[guard]\nenabled = true\nlisten = \"127.0.0.1:{guard}\"\n")).expect("w");
+    let rig = Rig::start_in(root, &[], |_| vec![]);
+    rig.wait_stage("ready", 30);
+    std::fs::write(rig.root.path().join("etc/jetson-llmd/ollama.env"), format!("OLLAMA_KEEP_ALIVE=-1\nOLLAMA_HOST=127.0.0.1:{}\n", rig.port)).expect("w");
+    let root = rig.root.path().to_str().expect("utf8");
+    let (code, out, err) = run_cli(&["--root", root, "--json", "status"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let st: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(st["ollama"]["url"], format!("http://127.0.0.1:{}/", rig.port), "{st:#}");
+    // --ollama (or OLLAMA_HOST) still wins.
+    let (_, out, _) = run_cli(&["--root", root, "--ollama", &format!("127.0.0.1:{guard}"), "--json", "status"], &[]);
+    let st: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(st["ollama"]["url"], format!("http://127.0.0.1:{guard}/"));
+}

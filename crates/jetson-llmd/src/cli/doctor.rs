@@ -25,12 +25,13 @@ pub async fn run(g: &Global) -> anyhow::Result<i32> {
         .ok()
         .and_then(|b| modelconf::parse_env(&b).ok())
         .and_then(|e| e.into_iter().rev().find(|e| e.key == "OLLAMA_HOST").map(|e| e.value));
-    let served = ollama_client::parse_host(env_host.as_deref().unwrap_or(&g.ollama)).ok();
+    let address = super::ollama_address(g).await;
+    let served = ollama_client::parse_host(env_host.as_deref().unwrap_or(&address)).ok();
     let bound_to_lan = served.as_ref().is_some_and(|h| {
         let bind = h.bind.rsplit_once(':').map_or(h.bind.as_str(), |(a, _)| a).trim_start_matches('[').trim_end_matches(']');
         !matches!(bind.parse::<std::net::IpAddr>(), Ok(ip) if ip.is_loopback()) && bind != "localhost"
     });
-    let ollama_version = match ollama_client::parse_host(&g.ollama) {
+    let ollama_version = match ollama_client::parse_host(&address) {
         Ok(h) => {
             let t = ollama_client::Timeouts { connect: Duration::from_secs(1), request: Duration::from_secs(2), ..Default::default() };
             ollama_client::Client::new(h.url, t).version().await.ok().map(|v| v.version)

@@ -56,9 +56,11 @@ pub struct Global {
     /// Treat DIR as / for host files (/etc, /proc, /run...); explicit paths are taken as given.
     #[arg(long, global = true, value_name = "DIR", default_value = "/")]
     pub root: PathBuf,
-    /// Ollama's address, read like Ollama's CLI reads OLLAMA_HOST (0.0.0.0 connects locally).
-    #[arg(long = "ollama", global = true, env = "OLLAMA_HOST", value_name = "URL", default_value = ollama_client::DEFAULT_HOST)]
-    pub ollama: String,
+    /// Ollama's own address, read like Ollama's CLI reads OLLAMA_HOST (0.0.0.0 connects locally).
+    /// Default: OLLAMA_HOST from /etc/jetson-llmd/ollama.env (what ollama.service gets; on a
+    /// guarded install Ollama's private port, not the guard's), else 127.0.0.1:11434.
+    #[arg(long = "ollama", global = true, env = "OLLAMA_HOST", value_name = "URL")]
+    pub ollama: Option<String>,
     /// Machine-readable output (JSON on stdout).
     #[arg(long, global = true)]
     pub json: bool,
@@ -314,9 +316,26 @@ pub async fn settings(g: &Global) -> Result<Settings, Failure> {
     config::load(&paths(g).config).await.map_err(|e| Failure::Config(e.to_string()))
 }
 
+/// Where Ollama itself answers: --ollama / OLLAMA_HOST, else ollama.env's OLLAMA_HOST (the
+/// address ollama.service is given), else Ollama's default. Never the guard's address by
+/// accident: on a guarded install 127.0.0.1:11434 is the guard, which refuses what `switch`
+/// and `bench` must do.
+pub async fn ollama_address(g: &Global) -> String {
+    if let Some(a) = &g.ollama {
+        return a.clone();
+    }
+    jetson_llmd::host::fs::read_capped(&rooted(&g.root, Path::new(jetson_llmd::install::plan::OLLAMA_ENV)), jetson_llmd::host::fs::cap::MODEL_CONF)
+        .await
+        .ok()
+        .and_then(|b| modelconf::parse_env(&b).ok())
+        .and_then(|e| e.into_iter().rev().find(|e| e.key == "OLLAMA_HOST").map(|e| e.value))
+        .unwrap_or_else(|| ollama_client::DEFAULT_HOST.to_string())
+}
+
 pub async fn context(g: &Global) -> anyhow::Result<Ctx> {
     let settings = settings(g).await?;
-    let host = ollama_client::parse_host(&g.ollama).map_err(|e| Failure::Config(format!("{e}; set OLLAMA_HOST (or --ollama) to host:port, e.g. 127.0.0.1:11434")))?;
+    let address = ollama_address(g).await;
+    let host = ollama_client::parse_host(&address).map_err(|e| Failure::Config(format!("{e}; set OLLAMA_HOST (or --ollama) to host:port, e.g. 127.0.0.1:11434")))?;
     if !host.is_local() && !settings.allow_remote_ollama {
         return Err(Failure::Config(format!(
             "Ollama address {} is not on this machine; jetson-llmd supervises a local Ollama (set allow_remote_ollama = true in config.toml to override)",
