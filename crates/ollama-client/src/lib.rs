@@ -149,6 +149,9 @@ impl Client {
             .read_timeout(timeouts.stream_idle)
             // Ollama on loopback: never route through a proxy from the environment.
             .no_proxy()
+            // Nor anywhere a redirect points: Ollama never redirects its API, so one means the
+            // port holds something else, and following it would report another server's answers.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
         let mut base = base;

@@ -77,3 +77,17 @@ async fn escapes_from_the_peer_never_reach_our_text() {
     let c = peer(NDJSON_HEAD, b"{\"error\":\"\\u001b[2Jmid-stream\"}\n", false).await;
     assert_eq!(c.pull("x", |_| {}).await.expect_err("err").message(), "mid-stream");
 }
+
+/// A redirect is never followed: the answer comes from the address asked, or not at all.
+#[tokio::test]
+async fn a_redirect_is_not_followed() {
+    // The place it points to answers like an Ollama would.
+    let other = peer("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 22\r\n\r\n", b"{\"version\":\"9.9.9-x\"}\n", false).await;
+    let target = format!("{}api/version", other.base_url());
+    let head: &'static str = Box::leak(format!("HTTP/1.1 302 Found\r\nlocation: {target}\r\ncontent-length: 0\r\n\r\n").into_boxed_str());
+    let c = peer(head, b"", false).await;
+    match c.version().await {
+        Ok(v) => panic!("followed the redirect to {target}: {v:?}"),
+        Err(e) => assert!(!e.to_string().contains("9.9.9"), "{e}"),
+    }
+}
