@@ -245,16 +245,7 @@ impl State {
     /// defaulted to `latest` (types/model ParseName), then matched case-insensitively against
     /// the models on disk (server/routes.go getExistingName). None: not found.
     pub(crate) fn resolve(&self, raw: &str) -> Option<String> {
-        let mut s = raw.trim();
-        if let Some((base, suffix)) = s.rsplit_once(':') {
-            if suffix.trim().eq_ignore_ascii_case("local") {
-                s = base;
-            }
-        }
-        if s.is_empty() {
-            return None;
-        }
-        let name = normalize(s);
+        let name = requested_name(raw)?;
         if self.local.contains_key(&name) {
             return Some(name);
         }
@@ -502,6 +493,19 @@ fn read_memory_state(c: &Config) -> MemState {
         Ok("loaded") | Ok("fragmented") => MemState::Fragmented,
         _ => MemState::Clean,
     }
+}
+
+/// The name a request's `model` asks for, before it is looked up: spaces trimmed, a `:local`
+/// source suffix dropped (internal/modelref ParseRef, parseSourceSuffix), the tag defaulted
+/// (types/model ParseName). None: no name at all.
+pub fn requested_name(raw: &str) -> Option<String> {
+    let mut s = raw.trim();
+    if let Some((base, suffix)) = s.rsplit_once(':') {
+        if suffix.trim().eq_ignore_ascii_case("local") {
+            s = base;
+        }
+    }
+    (!s.is_empty()).then(|| normalize(s))
 }
 
 /// Model names get the default tag `latest` (types/model/name.go).

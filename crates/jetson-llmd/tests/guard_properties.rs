@@ -74,16 +74,7 @@ fn hostile_body() -> impl Strategy<Value = Vec<u8>> {
 /// What Ollama would resolve a model string to: trimmed, `:local` dropped, `:latest` added,
 /// default host and namespace, case folded (the emulator's rules, see fake-ollama's lib.rs).
 fn ollama_name(raw: &str) -> Option<String> {
-    let mut s = raw.trim();
-    if let Some((base, suffix)) = s.rsplit_once(':') {
-        if suffix.trim().eq_ignore_ascii_case("local") {
-            s = base;
-        }
-    }
-    if s.is_empty() {
-        return None;
-    }
-    let full = fake_ollama::normalize(s);
+    let full = fake_ollama::requested_name(raw)?;
     let short = full.strip_prefix("registry.ollama.ai/").unwrap_or(&full);
     Some(short.strip_prefix("library/").unwrap_or(short).to_lowercase())
 }
