@@ -644,6 +644,11 @@ fn a_guard_on_ollamas_own_address_is_a_configuration_error() {
     let (code, _, err) = run_cli(&["--root", root.path().to_str().expect("utf8"), "supervise", "--launcher", "process"], &[("OLLAMA_HOST", &format!("127.0.0.1:{port}"))]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("is where Ollama itself listens") && err.contains("11435"), "{err}");
+    // `check` says so before a start does, with Ollama's address from ollama.env too.
+    std::fs::write(root.path().join("etc/jetson-llmd/ollama.env"), format!("OLLAMA_HOST=0.0.0.0:{port}\n")).expect("w");
+    let (code, out, err) = run_cli(&["--root", root.path().to_str().expect("utf8"), "check"], &[]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.contains("[guard] listen") && out.contains("is where Ollama itself listens"), "{out}");
 }
 
 /// SIGHUP applies `[guard]` at once (here options "drop" -> "strict"), and says plainly that

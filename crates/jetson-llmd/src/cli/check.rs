@@ -29,7 +29,14 @@ struct Report {
 
 pub async fn run(g: &Global) -> anyhow::Result<i32> {
     let p = paths(g);
+    let ollama = ollama_client::parse_host(&super::ollama_address(g).await).ok();
     let config = match config::load(&p.config).await {
+        // What `supervise` would refuse at start is a configuration error here too.
+        Ok(s) if s.guard.enabled && ollama.as_ref().is_some_and(|o| jetson_llmd::guard::clashes_with_ollama(s.guard.listen, &o.url)) => {
+            let at = ollama.as_ref().map(|o| o.url.to_string()).unwrap_or_default();
+            let error = format!("{}: [guard] listen = {} is where Ollama itself listens ({at}): give Ollama a private address, e.g. OLLAMA_HOST=127.0.0.1:11435 in /etc/jetson-llmd/ollama.env", p.config.display(), s.guard.listen);
+            FileReport { path: p.config.clone(), ok: false, value: None, error: Some(error) }
+        }
         Ok(s) => FileReport { path: p.config.clone(), ok: true, value: Some(s), error: None },
         Err(e) => FileReport { path: p.config.clone(), ok: false, value: None, error: Some(e.to_string()) },
     };

@@ -21,8 +21,7 @@ const CONF_POLL: Duration = Duration::from_secs(2);
 async fn start_guard(ctx: &super::Ctx, state: &StateFile, signals: &Signals, policy: tokio::sync::watch::Receiver<jetson_llmd::conf::config::GuardSettings>) -> anyhow::Result<std::sync::Arc<jetson_llmd::guard::Stats>> {
     use jetson_llmd::failure::Failure;
     let listen = ctx.settings.guard.listen;
-    let ollama = ctx.host.url.socket_addrs(|| Some(11434)).ok().and_then(|a| a.into_iter().next());
-    if ollama.is_some_and(|o| o.port() == listen.port() && (o.ip() == listen.ip() || listen.ip().is_unspecified() || o.ip().is_unspecified())) {
+    if jetson_llmd::guard::clashes_with_ollama(listen, &ctx.host.url) {
         return Err(Failure::Config(format!(
             "[guard] listen = {listen} is where Ollama itself listens ({}): give Ollama a private address, e.g. OLLAMA_HOST=127.0.0.1:11435 in /etc/jetson-llmd/ollama.env",
             ctx.host.url

@@ -156,6 +156,13 @@ async fn read_body(g: &Guard, settings: &GuardSettings, body: Body) -> Result<(b
     }
 }
 
+/// The guard's `listen` is where Ollama itself listens (same port, same or wildcard address):
+/// the two would fight over the port, and clients would reach Ollama unguarded.
+pub fn clashes_with_ollama(listen: SocketAddr, ollama: &url::Url) -> bool {
+    let Some(o) = ollama.socket_addrs(|| Some(11434)).ok().and_then(|a| a.into_iter().next()) else { return false };
+    o.port() == listen.port() && (o.ip() == listen.ip() || listen.ip().is_unspecified() || o.ip().is_unspecified())
+}
+
 fn ollama_error(status: StatusCode, message: &str, headers: &[(&'static str, String)]) -> Response {
     // Ollama's error shape, so official clients show the message.
     let mut r = (status, axum::Json(serde_json::json!({ "error": message }))).into_response();
