@@ -517,3 +517,31 @@ fn from_the_deb_install_leaves_the_packages_files_to_dpkg() {
     assert_eq!(snapshot(&p.join("etc/jetson-llmd")), etc_before, "uninstall leaves dpkg's conffiles");
     assert!(p.join("lib/systemd/system/jetson-llmd.service").exists());
 }
+
+/// A board from the seed's setup serves the LAN through a drop-in's OLLAMA_HOST=0.0.0.0:11434:
+/// install puts the guard on that address (Ollama moves behind it), and the plan says where
+/// clients connect before and after. Without one, the plan says so for loopback.
+#[test]
+fn install_keeps_a_lan_endpoint_reachable_through_the_guard() {
+    let root = fixture_root();
+    let rel = tempfile::tempdir().expect("tmp");
+    let r = good_release(rel.path(), "0.30.6");
+    let o = install(root.path(), &r, &["--dry-run"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("clients connect to 127.0.0.1:11434 as before"), "{}", text(&o));
+    let dropin = root.path().join("etc/systemd/system/ollama.service.d/override.conf");
+    std::fs::create_dir_all(dropin.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&dropin, "[Service]\nEnvironment=\"OLLAMA_HOST=0.0.0.0:11434\"\nEnvironment=\"OLLAMA_KEEP_ALIVE=-1\"\n").expect("w");
+    let o = install(root.path(), &r, &["--dry-run"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.contains("clients keep connecting to 0.0.0.0:11434") && out.contains("override.conf") && out.contains("127.0.0.1:11435"), "{out}");
+    let o = install(root.path(), &r, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let cfg = std::fs::read_to_string(root.path().join("etc/jetson-llmd/config.toml")).expect("config");
+    assert!(cfg.contains("[guard]\nenabled = true\nlisten = \"0.0.0.0:11434\"\n"), "{cfg}");
+    let (code, out, _) = {
+        let o = Command::new(bin()).arg("--root").arg(root.path()).args(["--json", "check"]).env_remove("OLLAMA_HOST").output().expect("check");
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).to_string(), ())
+    };
+    assert_eq!(code, Some(0), "the installed config is valid and does not clash with ollama.env's address: {out}");
+    assert!(out.contains("\"listen\": \"0.0.0.0:11434\""), "{out}");
+}

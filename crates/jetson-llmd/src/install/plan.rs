@@ -39,6 +39,52 @@ const DEFAULT_CONFIG_TEMPLATE: &str = include_str!("../../../../etc/jetson-llmd/
 fn default_config() -> String {
     format!("{DEFAULT_CONFIG_TEMPLATE}\n# Set by `jetson-llmd install`: clients reach Ollama through the guard (docs/guard.md).\n[guard]\nenabled = true\n")
 }
+
+/// The same, with the guard on the address clients already used (see [`lan_ollama_host`]).
+fn config_listening_on(listen: &str) -> String {
+    format!(
+        "{DEFAULT_CONFIG_TEMPLATE}\n# Set by `jetson-llmd install`: clients reach Ollama through the guard (docs/guard.md), on the\n# address ollama.service served before ({listen}); Ollama itself moved to ollama.env's.\n[guard]\nenabled = true\nlisten = {listen:?}\n"
+    )
+}
+
+/// An OLLAMA_HOST beyond loopback that the user gave ollama.service (in the unit or a drop-in
+/// other than ours, as the seed's setup does with `Environment="OLLAMA_HOST=0.0.0.0:11434"`), as
+/// the address and port clients use. ollama.env (an EnvironmentFile=, which overrides
+/// Environment=) moves Ollama to a private port: the guard must take this address over, or LAN
+/// clients lose the endpoint.
+async fn lan_ollama_host(root: &Path) -> Option<(String, String)> {
+    let mut files = vec![format!("{UNIT_DIR}/ollama.service")];
+    if let Ok(mut dir) = tokio::fs::read_dir(rooted(root, Path::new(&format!("{UNIT_DIR}/ollama.service.d")))).await {
+        let mut names = Vec::new();
+        while let Ok(Some(e)) = dir.next_entry().await {
+            let n = e.file_name().to_string_lossy().to_string();
+            if n.ends_with(".conf") && n != "50-jetson-llmd.conf" {
+                names.push(n);
+            }
+        }
+        // systemd applies drop-ins in name order: the last assignment wins.
+        names.sort();
+        files.extend(names.into_iter().map(|n| format!("{UNIT_DIR}/ollama.service.d/{n}")));
+    }
+    let mut found = None;
+    for f in files {
+        let Ok(Some(bytes)) = existing(root, &f, 1 << 20).await else { continue };
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            let Some(rest) = line.trim().strip_prefix("Environment=") else { continue };
+            for word in rest.split_whitespace() {
+                if let Some(v) = word.trim_matches('"').strip_prefix("OLLAMA_HOST=") {
+                    found = Some((v.trim_matches(['"', '\'']).to_string(), f.clone()));
+                }
+            }
+        }
+    }
+    let (value, file) = found?;
+    let host = ollama_client::parse_host(&value).ok()?;
+    let (addr, port) = host.bind.rsplit_once(':')?;
+    let ip: std::net::IpAddr = addr.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    let port: u16 = port.parse().ok()?;
+    (!ip.is_loopback()).then(|| (std::net::SocketAddr::new(ip, port).to_string(), file))
+}
 const DEFAULT_MODEL_CONF: &str = include_str!("../../../../etc/ollama/model.conf");
 
 /// The /etc files a new install writes, as (path, bytes): the .deb ships these same bytes as
@@ -351,7 +397,12 @@ pub async fn compute(req: &Request, state: &InstallState, active: Option<bool>) 
         None => have_etc[config::DEFAULT_MODEL_CONF].as_deref().and_then(|b| modelconf::parse(b).ok()).map(|c| c.model),
     };
     let model_conf = model_conf_text(named.as_ref());
-    for (path, ours) in [(OLLAMA_ENV, DEFAULT_ENV.as_bytes().to_vec()), (config::DEFAULT_CONFIG, default_config().into_bytes()), (config::DEFAULT_MODEL_CONF, model_conf)] {
+    let lan = lan_ollama_host(root).await;
+    let config_text = match &lan {
+        Some((listen, _)) => config_listening_on(listen),
+        None => default_config(),
+    };
+    for (path, ours) in [(OLLAMA_ENV, DEFAULT_ENV.as_bytes().to_vec()), (config::DEFAULT_CONFIG, config_text.into_bytes()), (config::DEFAULT_MODEL_CONF, model_conf)] {
         let have = &have_etc[path];
         let mut change = conffile_change(have.as_deref(), &ours, state.files.get(path).map(String::as_str));
         if change == Change::KeepYours && existing(root, &format!("{path}.new"), 256 << 10).await.ok().flatten().as_deref() == Some(ours.as_slice()) {
@@ -378,6 +429,17 @@ pub async fn compute(req: &Request, state: &InstallState, active: Option<bool>) 
                 f.change = Change::KeepYours;
                 notes.push("ollama.env kept: your config.toml does not turn the guard on, so Ollama stays on its address (see docs/guard.md to move it behind the guard)".into());
             }
+        }
+    }
+
+    // Where clients connect, before and after: said in every plan that puts the guard in front.
+    let env_written = files.iter().any(|f| f.path == OLLAMA_ENV && matches!(f.change, Change::Create | Change::Update));
+    let cfg_written = files.iter().any(|f| f.path == config::DEFAULT_CONFIG && matches!(f.change, Change::Create | Change::Update));
+    if env_written && cfg_written {
+        let ollama_at = DEFAULT_ENV.lines().rev().find_map(|l| l.strip_prefix("OLLAMA_HOST=")).unwrap_or("127.0.0.1:11435");
+        match &lan {
+            Some((listen, file)) => notes.push(format!("clients keep connecting to {listen} (set in {file}): the guard listens there now, and Ollama moves behind it to {ollama_at} (ollama.env)")),
+            None => notes.push(format!("clients connect to 127.0.0.1:11434 as before: the guard listens there now, and Ollama moves behind it to {ollama_at} (ollama.env); for the LAN set [guard] listen = \"0.0.0.0:11434\"")),
         }
     }
 
