@@ -54,6 +54,7 @@ pub struct RawGuard {
     pub ready_wait: Option<String>,
     pub body_budget_mib: Option<u64>,
     pub body_timeout: Option<String>,
+    pub keys_file: Option<PathBuf>,
 }
 
 /// Which models clients may name through the guard.
@@ -146,6 +147,9 @@ pub struct GuardSettings {
     /// How long a client may take to send an inspected request's body (then 408).
     #[serde(with = "humantime_serde_like")]
     pub body_timeout: Duration,
+    /// API keys (hashed) that clients off this machine must present (guard/keys.rs); None:
+    /// no keys asked.
+    pub keys_file: Option<PathBuf>,
 }
 
 impl Default for GuardSettings {
@@ -161,6 +165,7 @@ impl Default for GuardSettings {
             ready_wait: Duration::from_secs(120),
             body_budget_mib: 16,
             body_timeout: Duration::from_secs(30),
+            keys_file: None,
         }
     }
 }
@@ -444,6 +449,11 @@ fn settle_guard(path: &Path, text: &str, g: RawGuard, err: &dyn Fn(&str, String)
             Some(n) => return Err(err("body_budget_mib", format!("[guard] body_budget_mib = {n}: use 1 to 1024 (MiB)"))),
         },
         body_timeout: duration(path, text, "body_timeout", &g.body_timeout, d.body_timeout)?,
+        keys_file: match g.keys_file {
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) if !p.is_absolute() => return Err(err("keys_file", format!("[guard] keys_file = {:?}: write an absolute path, e.g. \"/etc/jetson-llmd/guard-keys\"", p.display()))),
+            k => k,
+        },
     })
 }
 
@@ -547,6 +557,6 @@ mod tests {
             assert!(text.contains(&format!("{key} = ")), "{key} is not documented in etc/");
         }
         let keys = text.lines().filter(|l| !l.starts_with('[')).filter_map(|l| l.split_once(" = ")).count();
-        assert_eq!(keys, 18 + 2 + 10, "every top-level key, the seed model's from/num_ctx and the 10 [guard] keys: {text}");
+        assert_eq!(keys, 18 + 2 + 11, "every top-level key, the seed model's from/num_ctx and the 11 [guard] keys: {text}");
     }
 }

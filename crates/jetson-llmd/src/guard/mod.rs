@@ -13,6 +13,7 @@
 //! and the upstream connection is driven by the response body itself ([`relay`]).
 
 pub mod gobody;
+pub mod keys;
 pub mod policy;
 mod relay;
 pub mod routes;
@@ -82,6 +83,8 @@ pub struct Guard {
     budget: Arc<tokio::sync::Semaphore>,
     /// The budget's size (permits), fixed at start.
     budget_bytes: usize,
+    /// `[guard] keys_file`, as last read.
+    keys: keys::KeyCache,
 }
 
 impl Guard {
@@ -96,7 +99,7 @@ impl Guard {
         let budget = Arc::new(tokio::sync::Semaphore::new(budget_bytes));
         // The sender is dropped: the policy stays as given unless `follow` connects a new one.
         let (_, settings) = watch::channel(settings);
-        Guard { upstream, settings, state, stats, authority, budget, budget_bytes }
+        Guard { upstream, settings, state, stats, authority, budget, budget_bytes, keys: keys::KeyCache::default() }
     }
 
     /// Takes its policy from `rx` from now on: the supervisor sends config.toml's `[guard]`
@@ -163,6 +166,49 @@ pub fn clashes_with_ollama(listen: SocketAddr, ollama: &url::Url) -> bool {
     o.port() == listen.port() && (o.ip() == listen.ip() || listen.ip().is_unspecified() || o.ip().is_unspecified())
 }
 
+/// `[guard] keys_file`: a client off this machine presents a key, an admin call an admin key.
+/// None lets the request go on. Refusals are 401 (403 for a client key on an admin route) in
+/// the error shape the client's API uses; a keys file that cannot be read refuses (503).
+async fn check_key(g: &Guard, settings: &GuardSettings, client: SocketAddr, method: &str, path: &str, headers: &HeaderMap) -> Option<Response> {
+    let file = settings.keys_file.as_ref()?;
+    let ip = match client.ip() {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client.ip(), std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    if ip.is_loopback() {
+        return None;
+    }
+    let refuse = |status: StatusCode, message: String| {
+        g.stats.count(Rule::KeyRefused);
+        let mut r = if path.starts_with("/v1/") {
+            let code = if status == StatusCode::UNAUTHORIZED { "invalid_api_key" } else { "insufficient_permissions" };
+            (status, axum::Json(serde_json::json!({ "error": { "message": message, "type": "invalid_request_error", "param": null, "code": code } }))).into_response()
+        } else {
+            ollama_error(status, &message, &[])
+        };
+        r.headers_mut().insert(GUARD_HEADER, HeaderValue::from_static("refused: key"));
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        }
+        r
+    };
+    let keys = match g.keys.keys(file).await {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!("guard: keys file: {e}; refusing clients off this machine");
+            return Some(refuse(StatusCode::SERVICE_UNAVAILABLE, format!("jetson-llmd guard cannot read its keys file ({}); requests from other machines are refused until it can", crate::text::one_line(&e))));
+        }
+    };
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+    let Some(key) = keys::presented(auth).and_then(|k| keys::find(&keys, k)) else {
+        return Some(refuse(StatusCode::UNAUTHORIZED, "jetson-llmd guard: send a valid API key (Authorization: Bearer KEY); ask whoever runs this Jetson for one".into()));
+    };
+    if routes::classify(method, path) == routes::Route::Admin && key.role != keys::Role::Admin {
+        return Some(refuse(StatusCode::FORBIDDEN, format!("jetson-llmd guard: the key {:?} may run the model but not change models; an admin key may", key.name)));
+    }
+    None
+}
+
 fn ollama_error(status: StatusCode, message: &str, headers: &[(&'static str, String)]) -> Response {
     // Ollama's error shape, so official clients show the message.
     let mut r = (status, axum::Json(serde_json::json!({ "error": message }))).into_response();
@@ -220,6 +266,9 @@ async fn handle(g: Arc<Guard>, client: SocketAddr, req: Request) -> Response {
         return healthz(&g).await;
     }
     let settings = g.settings();
+    if let Some(refused) = check_key(&g, &settings, client, &method, &path, &parts.headers).await {
+        return refused;
+    }
     // The bodies of the endpoints that run a model are read (capped) and decoded as Ollama will;
     // everything else streams through untouched.
     let (bytes, decoded, stream_body, _held) = if policy::needs_body(&method, &path) {
@@ -282,7 +331,9 @@ async fn handle(g: Arc<Guard>, client: SocketAddr, req: Request) -> Response {
 
     let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let mut up = axum::http::Request::builder().method(parts.method.clone()).uri(pq).header("host", &g.authority);
-    for (k, v) in parts.headers.iter().filter(|(k, _)| forwardable(k)) {
+    // A key is ours to check, not Ollama's to see.
+    let strip_auth = settings.keys_file.is_some();
+    for (k, v) in parts.headers.iter().filter(|(k, _)| forwardable(k) && !(strip_auth && k.as_str() == "authorization")) {
         up = up.header(k, v);
     }
     let body = match (new_body, bytes, stream_body) {
@@ -376,4 +427,61 @@ pub async fn serve(listener: tokio::net::TcpListener, guard: Arc<Guard>, stop: t
         tracing::debug!("guard: streams still open after {DRAIN:?} are closed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn status(r: Option<Response>) -> Option<(u16, String)> {
+        let r = r?;
+        let s = r.status().as_u16();
+        let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.map(|b| String::from_utf8_lossy(&b).to_string()).unwrap_or_default();
+        Some((s, body))
+    }
+
+    #[tokio::test]
+    async fn keys_for_clients_off_this_machine() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("keys");
+        // sha256("test") and sha256("root")
+        std::fs::write(&file, "laptop client sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\nops admin sha256:4813494d137e1631bba301d5acab6e7bb7aa74ce1185d456565ef51d737677b2\n").expect("w");
+        let settings = GuardSettings { keys_file: Some(file.clone()), ..GuardSettings::default() };
+        let (_tx, rx) = watch::channel(State::default());
+        let g = Guard::new(url::Url::parse("http://127.0.0.1:1/").expect("url"), settings.clone(), rx, Arc::new(Stats::default()));
+        let lan: SocketAddr = "192.168.1.20:40000".parse().expect("addr");
+        let local: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
+        let h = |v: Option<&str>| {
+            let mut m = HeaderMap::new();
+            if let Some(v) = v {
+                m.insert("authorization", HeaderValue::from_str(v).expect("hv"));
+            }
+            m
+        };
+        let check = |client, method: &'static str, path: &'static str, auth: Option<&'static str>| {
+            let (g, settings) = (&g, &settings);
+            async move { status(check_key(g, settings, client, method, path, &h(auth)).await).await }
+        };
+        assert_eq!(check(local, "POST", "/api/pull", None).await, None, "loopback needs no key");
+        let (s, body) = check(lan, "POST", "/api/generate", None).await.expect("refused");
+        assert_eq!(s, 401);
+        assert!(body.contains("\"error\":\"jetson-llmd guard: send a valid API key"), "Ollama's shape: {body}");
+        let (s, body) = check(lan, "POST", "/v1/chat/completions", Some("Bearer nope")).await.expect("refused");
+        assert_eq!(s, 401);
+        assert!(body.contains("\"code\":\"invalid_api_key\""), "OpenAI's shape: {body}");
+        assert_eq!(check(lan, "POST", "/api/generate", Some("Bearer test")).await, None);
+        let (s, _) = check(lan, "POST", "/api/pull", Some("Bearer test")).await.expect("client key, admin route");
+        assert_eq!(s, 403);
+        assert_eq!(check(lan, "DELETE", "/api/delete", Some("Bearer root")).await, None);
+        // The file changes: the next request sees it.
+        std::fs::write(&file, "ops admin sha256:4813494d137e1631bba301d5acab6e7bb7aa74ce1185d456565ef51d737677b2\n# laptop removed\n").expect("w");
+        let t = std::time::SystemTime::now() + Duration::from_secs(5);
+        std::fs::File::options().write(true).open(&file).and_then(|f| f.set_modified(t)).expect("touch");
+        assert_eq!(check(lan, "POST", "/api/generate", Some("Bearer test")).await.map(|r| r.0), Some(401));
+        // Unreadable or broken: everyone off the machine is refused, loopback is not.
+        std::fs::write(&file, "garbage\n").expect("w");
+        std::fs::File::options().write(true).open(&file).and_then(|f| f.set_modified(t + Duration::from_secs(5))).expect("touch");
+        assert_eq!(check(lan, "POST", "/api/generate", Some("Bearer root")).await.map(|r| r.0), Some(503));
+        assert_eq!(check(local, "POST", "/api/generate", None).await, None);
+    }
 }

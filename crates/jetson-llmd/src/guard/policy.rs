@@ -31,10 +31,12 @@ pub enum Rule {
     UnknownEndpoint,
     /// A body too large, too slow, or over the budget of bodies in flight.
     BodyRefused,
+    /// A client off this machine without a valid key (or an admin call without an admin key).
+    KeyRefused,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 12] = [
+    pub const ALL: [Rule; 13] = [
         Rule::Passed,
         Rule::OtherModel,
         Rule::ReloadOptionDropped,
@@ -47,6 +49,7 @@ impl Rule {
         Rule::Unreadable,
         Rule::UnknownEndpoint,
         Rule::BodyRefused,
+        Rule::KeyRefused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -63,6 +66,7 @@ impl Rule {
             Rule::Unreadable => "unreadable",
             Rule::UnknownEndpoint => "unknown-endpoint",
             Rule::BodyRefused => "body-refused",
+            Rule::KeyRefused => "key-refused",
         }
     }
 }
