@@ -143,6 +143,41 @@ async fn main() {
     }
     let hwm = vm(pid, "VmHWM:");
 
+    // 5. Hostile uploads: `hostile` connections each declare a 15 MiB body to /api/generate
+    //    (under the per-request cap, so the declared size alone is no reason to refuse), send
+    //    256 KiB of it and stall. Once the guard's body budget (16 MiB by default) is taken,
+    //    the rest are answered 503 at once; the RSS of the process keeping the model warm is
+    //    what matters.
+    let hostile = if quick { 50 } else { 500 };
+    let before_hostile = vm(pid, "VmRSS:");
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..hostile {
+        use tokio::io::AsyncWriteExt;
+        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", guard)).await else { continue };
+        let head = format!("POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", 15 << 20);
+        if s.write_all(head.as_bytes()).await.is_err() || s.write_all(&vec![b' '; 256 << 10]).await.is_err() {
+            refused += 1;
+            continue;
+        }
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let hostile_peak = vm(pid, "VmRSS:").max(before_hostile);
+    // What answered already (503 with Retry-After) versus what is still held.
+    let mut answered = 0;
+    for s in &mut held {
+        use tokio::io::AsyncReadExt;
+        let mut b = [0u8; 64];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(2), s.read(&mut b)).await {
+            if n > 0 && b.starts_with(b"HTTP/1.1 503") {
+                answered += 1;
+            }
+        }
+    }
+    drop(held);
+    let hwm_hostile = vm(pid, "VmHWM:");
+
     let (a, b) = (stats(d1), stats(g1));
     let (c, d) = (stats(d2), stats(g2));
     let (e, f) = (stats(d3), stats(g3));
@@ -172,6 +207,13 @@ async fn main() {
         peak_during as f64 / 1024.0,
         hwm as f64 / 1024.0,
         (peak_during as f64 - rss_idle as f64) / 1024.0
+    ));
+    md.push_str(&format!(
+        "| supervisor RSS, {hostile} connections each stalling in a declared 15 MiB body | - | before {:.1} MiB, with them {:.1} MiB (VmHWM {:.1} MiB); {answered} answered 503 at once, {refused} cut off | {:+.1} MiB | < 64 MiB |\n",
+        before_hostile as f64 / 1024.0,
+        hostile_peak as f64 / 1024.0,
+        hwm_hostile as f64 / 1024.0,
+        (hostile_peak as f64 - before_hostile as f64) / 1024.0
     ));
     print!("{md}");
     if let Some(p) = out {
