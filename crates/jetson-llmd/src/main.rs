@@ -10,6 +10,12 @@ fn main() {
     if let cli::Cmd::ExecChild(a) = &args.cmd {
         std::process::exit(cli::exec_child::run(a));
     }
+    // A command whose output is piped into `head` ends quietly when the reader goes, as Unix
+    // tools do (Rust ignores SIGPIPE, and println! then panics). Not the daemons: a closed
+    // stderr must never take down the process that keeps the model warm.
+    if !matches!(args.cmd, cli::Cmd::Supervise { .. } | cli::Cmd::Keepalive { .. } | cli::Cmd::Preload) {
+        sigpipe::reset();
+    }
     cli::logging::init(&args.global);
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,

@@ -697,3 +697,19 @@ fn the_cli_reaches_ollama_at_ollama_env_not_the_guard() {
     let st: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(st["ollama"]["url"], format!("http://127.0.0.1:{guard}/"));
 }
+
+/// Output piped into a reader that has gone (`jetson-llmd units | head -1`): the command ends
+/// quietly, as Unix tools do, instead of panicking with "failed printing to stdout".
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    for args in [&["units"][..], &["completions", "zsh"], &["--help"]] {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_jetson-llmd")).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+        // The reader goes before a byte is written: every write fails with EPIPE.
+        drop(c.stdout.take());
+        let o = c.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{args:?}: {err}");
+        assert!(o.status.success() || o.status.signal() == Some(13), "{args:?}: {:?}", o.status);
+    }
+}
