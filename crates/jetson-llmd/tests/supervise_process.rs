@@ -713,3 +713,29 @@ fn a_closed_pipe_ends_a_command_quietly() {
         assert!(o.status.success() || o.status.signal() == Some(13), "{args:?}: {:?}", o.status);
     }
 }
+
+/// `check` on a machine without config.toml says the defaults apply, not "ok"; `gpu-check`
+/// uses the exit codes every command uses: 5 for the CPU, 2 for a log it cannot read.
+#[test]
+fn check_and_gpu_check_say_what_they_found() {
+    let d = tempfile::tempdir().expect("tmp");
+    let conf = d.path().join("model.conf");
+    std::fs::write(&conf, "OLLAMA_MODEL=gemma4:e2b-8k\n").expect("w");
+    let mc = conf.to_str().expect("utf8");
+    let (code, out, _) = run_cli(&["--config", "/nonexistent/config.toml", "--model-conf", mc, "check"], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("/nonexistent/config.toml: not present: every setting has its default"), "{out}");
+    let log = d.path().join("ollama.log");
+    std::fs::write(&log, "time=2026-05-01T10:00:02.100+02:00 level=INFO source=types.go:60 msg=\"inference compute\" id=cpu library=cpu compute=\"\" name=cpu description=cpu libdirs=ollama driver=\"\" pci_id=\"\" type=\"\" total=\"7.4 GiB\" available=\"5.6 GiB\"\n").expect("w");
+    let cfg = d.path().join("config.toml");
+    std::fs::write(&cfg, "").expect("w");
+    let (code, out, err) = run_cli(&["--config", cfg.to_str().expect("p"), "gpu-check", "--log", log.to_str().expect("p")], &[]);
+    assert_eq!(code, 5, "CPU fallback on an Orin: {out}{err}");
+    std::fs::write(&cfg, "expected_compute = \"cpu\"\n").expect("w");
+    let (code, out, err) = run_cli(&["--config", cfg.to_str().expect("p"), "gpu-check", "--log", log.to_str().expect("p")], &[]);
+    assert_eq!(code, 0, "the CPU is expected here: {out}{err}");
+    assert!(out.contains("as expected_compute = \"cpu\" asks"), "{out}");
+    let (code, _, err) = run_cli(&["--config", cfg.to_str().expect("p"), "gpu-check", "--log", "/nonexistent/ollama.log"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.starts_with("error: ") && err.contains("journalctl -u ollama"), "{err}");
+}

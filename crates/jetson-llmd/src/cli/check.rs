@@ -49,6 +49,8 @@ pub async fn run(g: &Global) -> anyhow::Result<i32> {
         print_json(&Report { config, model_conf })?;
     } else {
         match &config.error {
+            // config.toml is optional: say so rather than "ok" for a file that is not there.
+            None if !config.path.exists() => println!("{}: not present: every setting has its default", config.path.display()),
             None => println!("{}: ok", config.path.display()),
             Some(e) => println!("{}", jetson_llmd::text::clean(e)),
         }

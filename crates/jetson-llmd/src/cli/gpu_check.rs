@@ -2,7 +2,7 @@
 
 use super::{cmdline, print_json, settings, Global};
 use anyhow::Context;
-use jetson_llmd::failure::code;
+use jetson_llmd::failure::{code, Failure};
 use jetson_llmd::host::{fs, journal, systemd::OLLAMA};
 use jetson_llmd::ollama::discovery;
 use std::path::PathBuf;
@@ -10,7 +10,11 @@ use std::path::PathBuf;
 pub async fn run(g: &Global, log: Option<PathBuf>) -> anyhow::Result<i32> {
     let settings = settings(g).await?;
     let lines: Vec<String> = match &log {
-        Some(p) => fs::read_text(p, fs::cap::LOG).await.with_context(|| "pass a saved log of Ollama (journalctl -u ollama -b > ollama.log)".to_string())?.lines().map(str::to_string).collect(),
+        // A log that cannot be read is a usage problem (exit 2), not a verdict on the GPU.
+        Some(p) => match fs::read_text(p, fs::cap::LOG).await {
+            Ok(t) => t.lines().map(str::to_string).collect(),
+            Err(e) => return Err(Failure::Config(format!("{e}; pass a saved log of Ollama (journalctl -u ollama -b > ollama.log)")).into()),
+        },
         None => journal::this_boot(OLLAMA).await.context("cannot read ollama.service's journal; pass a saved log with --log FILE")?,
     };
     let r = discovery::analyze(&lines, &settings.expected_compute, cmdline(&g.root).await.as_deref());
@@ -22,5 +26,13 @@ pub async fn run(g: &Global, log: Option<PathBuf>) -> anyhow::Result<i32> {
             println!("out of memory seen: {}", jetson_llmd::text::clean(r.oom_line.as_deref().unwrap_or("")));
         }
     }
-    Ok(if r.as_expected { code::OK } else { code::FAILED })
+    // The codes every command uses: 5 for Ollama on the CPU, 1 when discovery has not been
+    // logged (nothing to judge yet).
+    Ok(if r.as_expected {
+        code::OK
+    } else if r.discovered {
+        code::ON_CPU
+    } else {
+        code::FAILED
+    })
 }
