@@ -88,7 +88,7 @@ pub fn checks(p: &Probes, c: &Context) -> Vec<Check> {
         _ => check("headroom", Warn, "no /proc/meminfo", ""),
     });
     out.push(if c.ollama_bound_to_lan {
-        check("ollama-host", Warn, "OLLAMA_HOST serves the LAN: any client there can evict or reload the model", "keep Ollama on 127.0.0.1, or put the guard in front once it lands")
+        check("ollama-host", Warn, "OLLAMA_HOST serves the LAN: any client there can evict or reload the model", "keep Ollama on 127.0.0.1 and let the guard serve the LAN: [guard] enabled = true, listen = \"0.0.0.0:11434\" (sudo jetson-llmd install sets this up)")
     } else {
         check("ollama-host", Pass, "Ollama on loopback", "")
     });
