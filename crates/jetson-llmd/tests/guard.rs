@@ -301,3 +301,19 @@ async fn request_bodies_are_bounded_across_connections_and_in_time() {
     let counts: std::collections::BTreeMap<_, _> = r.stats.snapshot().into_iter().collect();
     assert_eq!(counts["body-refused"], 4);
 }
+
+/// A chunked body that is not valid chunked encoding is a bad request (400), not "too large".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_chunked_body_is_a_bad_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let r = rig(GuardSettings::default(), ready()).await;
+    let addr = r.url.trim_start_matches("http://").to_string();
+    for bad in ["zz\r\n{}\r\n0\r\n\r\n", "-1\r\n{}\r\n0\r\n\r\n"] {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        s.write_all(format!("POST /api/generate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{bad}").as_bytes()).await.expect("w");
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("answered").expect("read");
+        let a = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(a.starts_with("HTTP/1.1 400"), "{bad:?}: {a}");
+    }
+}

@@ -413,6 +413,9 @@ pub async fn serve(listener: tokio::net::TcpListener, guard: Arc<Guard>, stop: t
             .timer(TokioTimer::new())
             .header_read_timeout(HEAD_TIMEOUT)
             .max_buf_size(CLIENT_BUF)
+            // No half_close: a read EOF means the client left, which cancels the request
+            // upstream, as Go's net/http cancels Ollama's request context on it (a client that
+            // half-closes after its request gets no answer from Ollama either).
             .serve_connection(TokioIo::new(tcp), svc);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
