@@ -171,8 +171,13 @@ fn boots_in_order_recovers_follows_model_conf_and_stops_cleanly() {
         assert!(t.elapsed() < Duration::from_secs(10), "invalid model.conf not reported: {s:#}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let (_, st) = rig.status_json();
+    let (code, st) = rig.status_json();
     assert_eq!(st["model"]["config_error"].as_str().map(|e| e.contains("model.conf:1:")), Some(true), "{st:#}");
+    // The kept model is the one loaded, not "also loaded": status stays truthful and healthy.
+    assert_eq!(st["model"]["loaded"], true, "{st:#}");
+    assert_eq!(st["model"]["expiry"], "forever", "{st:#}");
+    assert!(!st["warnings"].to_string().contains("is also loaded"), "{st:#}");
+    assert_eq!((code, st["health"].as_str()), (0, Some("healthy")), "{st:#}");
 
     // A valid edit switches the model.
     std::fs::write(rig.root.path().join("etc/ollama/model.conf"), "# switched\nOLLAMA_MODEL=gemma3:4b\n").expect("w");

@@ -127,10 +127,18 @@ pub async fn gather<A: OllamaApi>(api: &A, settings: &Settings, model_conf: &Pat
         expiry: None,
         context_length: None,
     };
+    // With an invalid model.conf the supervisor keeps the model it had: that one is ours, not
+    // "also loaded".
+    let kept = if configured.is_none() && supervisor_running == Some(Liveness::Running) {
+        supervisor.as_ref().and_then(|s| s.model.as_deref()).and_then(|m| ModelName::parse(m).ok())
+    } else {
+        None
+    };
+    let ours = configured.clone().or(kept);
     if ollama.reachable {
         match api.ps().await {
             Ok(ps) => {
-                if let Some(m) = configured.as_ref().and_then(|c| ps.models.iter().find(|m| c.matches(&m.name))) {
+                if let Some(m) = ours.as_ref().and_then(|c| ps.models.iter().find(|m| c.matches(&m.name))) {
                     model.loaded = true;
                     model.gpu_percent = Some(m.gpu_percent());
                     model.size = Some(m.size);
@@ -139,7 +147,7 @@ pub async fn gather<A: OllamaApi>(api: &A, settings: &Settings, model_conf: &Pat
                     model.expiry = Some(if m.pinned_forever() { "forever".into() } else { m.expires_at.clone() });
                     model.context_length = m.context_length;
                 }
-                for other in ps.models.iter().filter(|m| !configured.as_ref().is_some_and(|c| c.matches(&m.name))) {
+                for other in ps.models.iter().filter(|m| !ours.as_ref().is_some_and(|c| c.matches(&m.name))) {
                     warnings.push(format!("{} is also loaded ({}% GPU): it competes for the 8 GB of unified memory", other.name, other.gpu_percent()));
                 }
             }
