@@ -744,3 +744,13 @@ fn check_and_gpu_check_say_what_they_found() {
     assert_eq!(code, 2, "{err}");
     assert!(err.starts_with("error: ") && err.contains("journalctl -u ollama"), "{err}");
 }
+
+/// Every command's --help names its exit codes.
+#[test]
+fn every_help_page_names_its_exit_codes() {
+    for cmd in ["supervise", "preload", "keepalive", "status", "switch", "bench", "doctor", "gpu-check", "check", "units", "install", "upgrade", "uninstall", "completions"] {
+        let (code, out, _) = run_cli(&[cmd, "--help"], &[]);
+        assert_eq!(code, 0, "{cmd}");
+        assert!(out.contains("Exit codes: 0"), "{cmd} --help: {out}");
+    }
+}

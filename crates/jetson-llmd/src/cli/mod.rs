@@ -84,6 +84,7 @@ pub enum LauncherArg {
 pub enum Cmd {
     /// Run the daemon: start Ollama, check its GPU, preload the model, keep it warm, recover.
     /// SIGHUP (systemctl reload) re-reads config.toml and model.conf.
+    #[command(after_help = "Exit codes: 0 stopped by SIGTERM/SIGINT; 1 D-Bus unavailable at start; 2 bad config.toml, OLLAMA_HOST, or model.conf with nothing loaded yet; 4 reboot required; 5 Ollama on the CPU. Everything else is retried, never an exit.")]
     Supervise {
         /// How Ollama is started.
         #[arg(long, value_enum, default_value = "systemd")]
@@ -93,8 +94,10 @@ pub enum Cmd {
         ollama_bin: Option<PathBuf>,
     },
     /// Load the model.conf model pinned (keep_alive -1), check it is on the GPU, exit when warm.
+    #[command(after_help = "Exit codes: 0 warm; 1 not warm (missing, load failed, partly on the GPU, stopped by a signal); 2 bad config; 3 Ollama unreachable; 4 reboot required; 5 on the CPU.")]
     Preload,
     /// Re-assert the pin every interval (default 4m) and re-warm the model if it was unloaded.
+    #[command(after_help = "Exit codes: as preload; the loop ends only with 4 or 5 (or 0 on SIGTERM).")]
     Keepalive {
         /// Interval between pings (overrides config.toml; 10s to 1h), e.g. 4m, 90s.
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -104,6 +107,7 @@ pub enum Cmd {
         once: bool,
     },
     /// One screen: Ollama, GPU, model placement and expiry, last ping, boot timeline, memory.
+    #[command(after_help = "Exit codes: 0 healthy; 1 degraded; 2 bad config; 3 Ollama unreachable.")]
     Status {
         /// Redraw every DURATION (in place on a terminal; with --json one document per line).
         #[arg(long, value_name = "DURATION", value_parser = parse_watch, num_args = 0..=1, default_missing_value = "2s")]
@@ -111,6 +115,7 @@ pub enum Cmd {
     },
     /// Switch models: check it fits, write OLLAMA_MODEL= into model.conf (comments kept), wait
     /// for the running supervisor to report the outcome.
+    #[command(after_help = "Exit codes: 0 switched; 1 refused, could not be loaded, no supervisor or timeout; 2 bad name; 4 reboot required; 5 on the CPU.")]
     Switch {
         /// The model to keep warm instead, e.g. gemma3:4b.
         model: String,
@@ -123,6 +128,7 @@ pub enum Cmd {
     },
     /// The seed's benchmark table: tok/s, prompt tok/s, cold load, RAM, GPU share, swap, power
     /// mode; the configured model is warm and pinned again afterwards.
+    #[command(after_help = "Exit codes: 0 done; 1 declined or a load failed; 2 usage (or other models without --yes off a terminal); 3 Ollama unreachable.")]
     Bench {
         /// Models to measure (repeatable; default: the configured one). Others mean unload/reload.
         #[arg(long = "model", value_name = "NAME")]
@@ -145,16 +151,20 @@ pub enum Cmd {
     },
     /// Every host check (board, JetPack, Ollama's JetPack 6 libs, cma=, swap, headroom,
     /// OLLAMA_HOST, Ollama's version, power mode, GPU clock, units): PASS/WARN/FAIL and the fix.
+    #[command(after_help = "Exit codes: 0 no check failed; 1 a check failed.")]
     Doctor,
     /// GPU verdict from Ollama's log (the journal of ollama.service, or --log FILE).
+    #[command(after_help = "Exit codes: 0 the expected compute (a CUDA GPU, or the CPU with expected_compute = \"cpu\"); 1 no discovery line yet; 2 bad config or a log that cannot be read; 5 Ollama on the CPU.")]
     GpuCheck {
         /// A saved log: plain `ollama serve` output or journalctl output (short, cat or json).
         #[arg(long, value_name = "FILE")]
         log: Option<PathBuf>,
     },
     /// Validate config.toml and model.conf; print each problem as file:line.
+    #[command(after_help = "Exit codes: 0 valid; 2 invalid.")]
     Check,
     /// Print the systemd units rendered for the installed binaries, or write them to --output.
+    #[command(after_help = "Exit codes: 0 done; 2 a path that would need quoting.")]
     Units {
         /// The jetson-llmd binary the units run.
         #[arg(long, value_name = "PATH", default_value = jetson_llmd::install::units::DEFAULT_JETSON_LLMD)]
@@ -170,6 +180,7 @@ pub enum Cmd {
     /// checked, switched in atomically), the ollama user, the units, /etc files, then start.
     /// Re-running changes only what differs; --dry-run prints the plan.
     #[command(after_help = "Examples:\n  sudo jetson-llmd install                      # the pinned Ollama release from GitHub\n  sudo jetson-llmd install --dry-run            # what would change\n  sudo jetson-llmd install --tarball ollama-linux-arm64.tar.zst \\\n       --jetpack-tarball ollama-linux-arm64-jetpack6.tar.zst --sha256sums sha256sum.txt   # offline\nSee docs/install.md.")]
+    #[command(after_help = "Exit codes: 0 done or nothing to do; 1 refused or failed (rolled back); 2 usage; 4 reboot required; 5 on the CPU after start.")]
     Install {
         #[command(flatten)]
         source: install::SourceArgs,
@@ -194,6 +205,7 @@ pub enum Cmd {
     },
     /// Install another Ollama release beside the live one, switch, and prove it on the GPU (GPU
     /// discovery, model warm at 100%, tok/s against the last good figure); switch back if not.
+    #[command(after_help = "Exit codes: 0 kept (or nothing to do); 1 failed the canary (switched back) or refused.")]
     Upgrade {
         #[command(flatten)]
         source: install::SourceArgs,
@@ -211,6 +223,7 @@ pub enum Cmd {
         force: bool,
     },
     /// Stop and remove what install put here. Models and /etc files you edited stay unless --purge.
+    #[command(after_help = "Exit codes: 0 done; 1 failed; 2 usage.")]
     Uninstall {
         /// Also remove edited /etc files, the download cache, state, and the ollama user with its models.
         #[arg(long)]
@@ -225,6 +238,7 @@ pub enum Cmd {
     /// Print a shell completion script, e.g.
     /// `jetson-llmd completions bash | sudo tee /usr/share/bash-completion/completions/jetson-llmd`
     /// (the .deb installs them for bash, zsh and fish).
+    #[command(after_help = "Exit codes: 0.")]
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
