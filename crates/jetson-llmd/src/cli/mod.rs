@@ -97,7 +97,7 @@ pub enum Cmd {
     #[command(after_help = "Exit codes: 0 warm; 1 not warm (missing, load failed, partly on the GPU, stopped by a signal); 2 bad config; 3 Ollama unreachable; 4 reboot required; 5 on the CPU.")]
     Preload,
     /// Re-assert the pin every interval (default 4m) and re-warm the model if it was unloaded.
-    #[command(after_help = "Exit codes: as preload; the loop ends only with 4 or 5 (or 0 on SIGTERM).")]
+    #[command(after_help = "Exit codes: 0 stopped by SIGTERM (or --once: warm); 1 not warm (--once); 2 bad config; 3 Ollama unreachable (--once); 4 reboot required; 5 on the CPU. The loop itself ends only with 4 or 5.")]
     Keepalive {
         /// Interval between pings (overrides config.toml; 10s to 1h), e.g. 4m, 90s.
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
