@@ -754,3 +754,14 @@ fn every_help_page_names_its_exit_codes() {
         assert!(out.contains("Exit codes: 0"), "{cmd} --help: {out}");
     }
 }
+
+/// A 10,000-character model.conf line is quoted clipped, never whole.
+#[test]
+fn a_huge_model_conf_line_is_clipped_in_messages() {
+    let d = tempfile::tempdir().expect("tmp");
+    let conf = d.path().join("model.conf");
+    std::fs::write(&conf, format!("OLLAMA_MODEL={} x\n", "a".repeat(10_000))).expect("w");
+    let (code, out, _) = run_cli(&["--config", "/nonexistent/config.toml", "--model-conf", conf.to_str().expect("p"), "check"], &[]);
+    assert_eq!(code, 2);
+    assert!(out.lines().all(|l| l.chars().count() <= 320), "{}", out.len());
+}

@@ -180,9 +180,10 @@ pub fn with_model(bytes: &[u8], model: &ModelName) -> Vec<u8> {
     out
 }
 
-/// Renders errors as `path:line: message` lines.
+/// Renders errors as `path:line: message` lines, each clipped: a message may quote the line,
+/// and a 10,000-character line must not flood the terminal or the journal.
 pub fn describe(path: &std::path::Path, errors: &[ConfError]) -> String {
-    errors.iter().map(|e| format!("{}:{}: {}", path.display(), e.line, e.message)).collect::<Vec<_>>().join("\n")
+    errors.iter().map(|e| crate::text::clip(&format!("{}:{}: {}", path.display(), e.line, e.message), 300)).collect::<Vec<_>>().join("\n")
 }
 
 /// Reads the file (a regular file, at most 64 KiB, never blocking on a FIFO) and parses it; the
