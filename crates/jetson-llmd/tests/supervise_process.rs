@@ -765,3 +765,20 @@ fn a_huge_model_conf_line_is_clipped_in_messages() {
     assert_eq!(code, 2);
     assert!(out.lines().all(|l| l.chars().count() <= 320), "{}", out.len());
 }
+
+/// doctor reads where Ollama really listens: a drop-in's OLLAMA_HOST=0.0.0.0 is the LAN
+/// (unless ollama.env, which overrides it, moves Ollama to loopback).
+#[test]
+fn doctor_sees_a_lan_ollama_host_in_a_drop_in() {
+    let d = tempfile::tempdir().expect("tmp");
+    let dropin = d.path().join("etc/systemd/system/ollama.service.d/override.conf");
+    std::fs::create_dir_all(dropin.parent().expect("p")).expect("mkdir");
+    std::fs::write(&dropin, "[Service]\nEnvironment=\"OLLAMA_HOST=0.0.0.0:11434\"\n").expect("w");
+    let root = d.path().to_str().expect("utf8");
+    let (_, out, _) = run_cli(&["--root", root, "doctor"], &[]);
+    assert!(out.contains("WARN  ollama-host") && out.contains("serves the LAN"), "{out}");
+    std::fs::create_dir_all(d.path().join("etc/jetson-llmd")).expect("mkdir");
+    std::fs::write(d.path().join("etc/jetson-llmd/ollama.env"), "OLLAMA_HOST=127.0.0.1:11435\n").expect("w");
+    let (_, out, _) = run_cli(&["--root", root, "doctor"], &[]);
+    assert!(out.contains("PASS  ollama-host"), "{out}");
+}

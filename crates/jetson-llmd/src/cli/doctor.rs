@@ -26,7 +26,14 @@ pub async fn run(g: &Global) -> anyhow::Result<i32> {
         .and_then(|b| modelconf::parse_env(&b).ok())
         .and_then(|e| e.into_iter().rev().find(|e| e.key == "OLLAMA_HOST").map(|e| e.value));
     let address = super::ollama_address(g).await;
-    let served = ollama_client::parse_host(env_host.as_deref().unwrap_or(&address)).ok();
+    // Without ollama.env, an OLLAMA_HOST in ollama.service or a drop-in (the seed's
+    // `Environment="OLLAMA_HOST=0.0.0.0:11434"`) is what Ollama serves; ollama.env, an
+    // EnvironmentFile=, overrides it.
+    let unit_host = match &env_host {
+        Some(_) => None,
+        None => jetson_llmd::install::plan::lan_ollama_host(&g.root).await.map(|(a, _)| a),
+    };
+    let served = ollama_client::parse_host(env_host.as_deref().or(unit_host.as_deref()).unwrap_or(&address)).ok();
     let bound_to_lan = served.as_ref().is_some_and(|h| {
         let bind = h.bind.rsplit_once(':').map_or(h.bind.as_str(), |(a, _)| a).trim_start_matches('[').trim_end_matches(']');
         !matches!(bind.parse::<std::net::IpAddr>(), Ok(ip) if ip.is_loopback()) && bind != "localhost"

@@ -19,6 +19,8 @@ pub struct Probes {
     pub memory: MemoryInfo,
     /// Active swap devices (/proc/swaps): (device, on eMMC).
     pub swaps: Vec<Swap>,
+    /// /proc/swaps could be read (empty `swaps` then means no swap, not no data).
+    pub swaps_known: bool,
     /// Thermal zones by type, in degrees C; None where the sensor gives no data.
     pub thermal: Vec<(String, Option<f64>)>,
     /// GPU load in per-mille (devfreq of 17000000.gpu).
@@ -113,6 +115,7 @@ pub async fn gather(root: &Path) -> Probes {
         cmdline: text(root, "/proc/cmdline").await.map(|t| crate::text::clip(t.trim(), 4000)),
         memory: text(root, "/proc/meminfo").await.map(|t| meminfo(&t)).unwrap_or_default(),
         swaps: text(root, "/proc/swaps").await.map(|t| swaps(&t)).unwrap_or_default(),
+        swaps_known: text(root, "/proc/swaps").await.is_some(),
         ollama_jetpack6_libs: exists(root, "/usr/local/lib/ollama/cuda_jetpack6"),
         ollama_bin: exists(root, "/usr/local/bin/ollama"),
         units_installed: exists(root, "/etc/systemd/system/jetson-llmd.service"),

@@ -52,7 +52,7 @@ fn config_listening_on(listen: &str) -> String {
 /// the address and port clients use. ollama.env (an EnvironmentFile=, which overrides
 /// Environment=) moves Ollama to a private port: the guard must take this address over, or LAN
 /// clients lose the endpoint.
-async fn lan_ollama_host(root: &Path) -> Option<(String, String)> {
+pub async fn lan_ollama_host(root: &Path) -> Option<(String, String)> {
     let mut files = vec![format!("{UNIT_DIR}/ollama.service")];
     if let Ok(mut dir) = tokio::fs::read_dir(rooted(root, Path::new(&format!("{UNIT_DIR}/ollama.service.d")))).await {
         let mut names = Vec::new();

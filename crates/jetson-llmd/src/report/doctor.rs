@@ -75,6 +75,8 @@ pub fn checks(p: &Probes, c: &Context) -> Vec<Check> {
     let emmc: Vec<&str> = p.swaps.iter().filter(|s| s.on_emmc).map(|s| s.device.as_str()).collect();
     out.push(if !emmc.is_empty() {
         check("swap", Warn, format!("swap on eMMC ({}): once a model spills into it, 17 tok/s become under 2", emmc.join(", ")), "prefer zram or NVMe swap, and a model that fits")
+    } else if !p.swaps_known {
+        check("swap", Warn, "no data: /proc/swaps cannot be read", "")
     } else if p.swaps.is_empty() {
         check("swap", Warn, "no swap: a model that does not fit is killed instead of slowed", "add zram (or NVMe) swap as a safety net")
     } else {
@@ -121,7 +123,7 @@ pub fn checks(p: &Probes, c: &Context) -> Vec<Check> {
     out.push(match (p.units_installed, p.unit_enabled) {
         (true, true) => check("units", Pass, "jetson-llmd.service installed and enabled", ""),
         (true, false) => check("units", Warn, "jetson-llmd.service is installed but not enabled: nothing warms the model after a reboot", "sudo systemctl enable jetson-llmd"),
-        (false, _) => check("units", Fail, "jetson-llmd.service is not installed", "sudo jetson-llmd units --output /etc/systemd/system && sudo systemctl daemon-reload"),
+        (false, _) => check("units", Fail, "jetson-llmd.service is not installed", "sudo jetson-llmd install (it writes the units and enables jetson-llmd.service)"),
     });
     out
 }
@@ -195,6 +197,17 @@ mod tests {
         let broken = checks(&p, &c);
         assert!(broken.iter().any(|c| c.verdict == Verdict::Fail));
         insta::assert_snapshot!("broken", render(&broken));
+    }
+
+    #[tokio::test]
+    async fn missing_proc_swaps_is_no_data_and_missing_units_point_at_install() {
+        let d = tempfile::tempdir().expect("tmp");
+        let p = gather(d.path()).await;
+        let out = checks(&p, &Context::default());
+        let swap = out.iter().find(|c| c.name == "swap").expect("swap check");
+        assert!(swap.reason.starts_with("no data"), "{swap:?}");
+        let units = out.iter().find(|c| c.name == "units").expect("units check");
+        assert!(units.fix.contains("jetson-llmd install"), "{units:?}");
     }
 
     #[test]
