@@ -213,6 +213,9 @@ fn refuses_what_is_not_a_jetpack6_jetson_unless_forced() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("R38") && err.contains("cuda_v13") && err.contains("--force"), "{err}");
+    // The dry run still shows what an install would do.
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("install ollama") && out.contains("dry run: nothing was changed"), "{out}");
     assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
 }
 

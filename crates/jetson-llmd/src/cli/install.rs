@@ -73,6 +73,15 @@ pub struct Args {
 
 /// Board, JetPack, architecture: refusals stop the run unless --force.
 pub async fn preflight(g: &Global, force: bool) -> anyhow::Result<detect::Facts> {
+    let (facts, refused) = assess(g, force).await;
+    if let Some(why) = refusal(&refused) {
+        anyhow::bail!("{why}");
+    }
+    Ok(facts)
+}
+
+/// The facts, with warnings printed and refusals (none with --force) returned.
+async fn assess(g: &Global, force: bool) -> (detect::Facts, Vec<String>) {
     let facts = detect::gather(&g.root).await;
     let mut refused = Vec::new();
     for f in detect::assess(&facts) {
@@ -82,11 +91,13 @@ pub async fn preflight(g: &Global, force: bool) -> anyhow::Result<detect::Facts>
             Finding::Refuse(r) => refused.push(r),
         }
     }
-    if let Some(first) = refused.first() {
-        let more = if refused.len() > 1 { format!(" (and {} more: {})", refused.len() - 1, refused[1..].join("; ")) } else { String::new() };
-        anyhow::bail!("refused: {first}{more}; --force installs anyway (image builders, tests)");
-    }
-    Ok(facts)
+    (facts, refused)
+}
+
+fn refusal(refused: &[String]) -> Option<String> {
+    let first = refused.first()?;
+    let more = if refused.len() > 1 { format!(" (and {} more: {})", refused.len() - 1, refused[1..].join("; ")) } else { String::new() };
+    Some(format!("refused: {first}{more}; --force installs anyway (image builders, tests)"))
 }
 
 pub fn need_root(facts: &detect::Facts, what: &str) -> anyhow::Result<()> {
@@ -116,7 +127,13 @@ pub async fn is_active<S: Services>(sd: Option<&S>, unit: &str) -> Option<bool> 
 }
 
 pub async fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
-    let facts = preflight(g, a.force).await?;
+    // A dry run shows the plan even where a real install would be refused, and the refusal.
+    let (facts, refused) = assess(g, a.force).await;
+    if !a.dry_run {
+        if let Some(why) = refusal(&refused) {
+            anyhow::bail!("{why}");
+        }
+    }
     let wanted = a.source.wanted()?;
     let model = a.model.as_deref().map(ModelName::parse).transpose().map_err(|e| Failure::Config(e.to_string()))?;
     if !a.dry_run {
@@ -147,6 +164,10 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
             if a.dry_run && plan.changes_anything() {
                 println!("(dry run: nothing was changed)");
             }
+        }
+        if let Some(why) = refusal(&refused) {
+            eprintln!("error: {why}");
+            return Ok(code::FAILED);
         }
         return Ok(code::OK);
     }
