@@ -172,8 +172,13 @@ fn clean_install_then_a_second_install_changes_nothing_then_uninstall_and_purge(
     assert_eq!(std::fs::read_to_string(p.join("etc/ollama/model.conf")).expect("conf"), "OLLAMA_MODEL=qwen3:4b\n");
     assert!(text(&o).contains("switch gemma3:1b"), "{}", text(&o));
 
+    // A dry run lists only what is there: no models directory yet, so none is "kept".
+    let o = Command::new(bin()).arg("--root").arg(p).args(["uninstall", "--no-systemd", "--dry-run"]).output().expect("run");
+    assert!(o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("keep (models)"), "{}", text(&o));
     // Uninstall keeps the edited model.conf and the models; purge removes them.
     std::fs::create_dir_all(p.join("usr/share/ollama/.ollama/models")).expect("models");
+    let o = Command::new(bin()).arg("--root").arg(p).args(["uninstall", "--no-systemd", "--dry-run"]).output().expect("run");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("keep (models)  /usr/share/ollama/.ollama/models"), "{}", text(&o));
     let o = Command::new(bin()).arg("--root").arg(p).args(["uninstall", "--no-systemd"]).output().expect("run");
     assert!(o.status.success(), "{}", text(&o));
     assert!(!p.join("usr/local/bin/ollama").exists() && !p.join("usr/local/lib/ollama").exists() && !p.join("usr/local/lib/jetson-llmd").exists());

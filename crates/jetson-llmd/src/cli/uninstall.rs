@@ -7,6 +7,9 @@ use jetson_llmd::failure::{code, Failure};
 use jetson_llmd::host::{accounts, rooted};
 use jetson_llmd::install::apply::{unedited, CACHE};
 use jetson_llmd::install::plan::{JETSON_LLMD_BIN, OLLAMA_HOME, UNIT_DIR};
+
+/// Where Ollama keeps models for the ollama user (OLLAMA_MODELS' default under its home).
+const MODELS: &str = "/usr/share/ollama/.ollama/models";
 use jetson_llmd::install::services::Services;
 use jetson_llmd::install::state::{self, InstallState};
 use jetson_llmd::install::tree::Store;
@@ -50,8 +53,9 @@ pub async fn run(g: &Global, purge: bool, dry_run: bool, no_systemd: bool) -> an
         if st.created_user {
             step("remove user ollama and its models in", OLLAMA_HOME);
         }
-    } else {
-        step("keep (models)", OLLAMA_HOME);
+    } else if rooted(&g.root, Path::new(MODELS)).exists() {
+        // Only what is there: a plan that lists a path the machine lacks reads as a mistake.
+        step("keep (models)", MODELS);
     }
     if dry_run {
         if g.json {
@@ -122,7 +126,11 @@ pub async fn run(g: &Global, purge: bool, dry_run: bool, no_systemd: bool) -> an
         if let Err(e) = kept.save(&g.root).await {
             eprintln!("warning: {}: {e}", state::path(&g.root).display());
         }
-        println!("kept: models in {OLLAMA_HOME} and the /etc files you edited (--purge removes them)");
+        if rooted(&g.root, Path::new(MODELS)).exists() {
+            println!("kept: models in {MODELS} and the /etc files you edited (--purge removes them)");
+        } else {
+            println!("kept: the /etc files you edited (--purge removes them)");
+        }
     }
     Ok(code::OK)
 }
