@@ -782,3 +782,18 @@ fn doctor_sees_a_lan_ollama_host_in_a_drop_in() {
     let (_, out, _) = run_cli(&["--root", root, "doctor"], &[]);
     assert!(out.contains("PASS  ollama-host"), "{out}");
 }
+
+/// `keepalive --once` records its ping in keepalive.json like the loop does, for `status`.
+#[test]
+fn keepalive_once_records_its_ping() {
+    let rig = Rig::start(&[]);
+    rig.wait_stage("ready", 30);
+    let file = rig.root.path().join("run/jetson-llmd/keepalive.json");
+    assert!(!file.exists(), "the process launcher pings without the keepalive unit's file");
+    let root = rig.root.path().to_str().expect("utf8");
+    let (code, out, err) = run_cli(&["--root", root, "keepalive", "--once"], &[("OLLAMA_HOST", &format!("127.0.0.1:{}", rig.port))]);
+    assert_eq!(code, 0, "{out}{err}");
+    let rec: Value = serde_json::from_str(&std::fs::read_to_string(&file).expect("keepalive.json written")).expect("json");
+    assert_eq!(rec["ok"], true, "{rec:#}");
+    assert_eq!(rec["model"], "gemma4:e2b-8k", "{rec:#}");
+}

@@ -19,7 +19,11 @@ pub async fn run(g: &Global, interval: Option<Duration>, once: bool) -> anyhow::
     let relief = DropCaches::under(&ctx.root);
     let model = model_from_conf(&ctx).await?;
     if once {
-        let r = warm::tick(&ctx.client, &ctx.settings, &model, &relief).await.with_context(|| format!("keepalive ping of {model} through {}", ctx.client.base_url()))?;
+        let result = warm::tick(&ctx.client, &ctx.settings, &model, &relief).await;
+        // The ping is recorded like the loop's, so `status` shows it (failed ones too).
+        let rec = warm::TickRecord::new(&model, &result, u64::from(result.as_ref().is_ok_and(|r| r.rewarmed)), u32::from(result.is_err()));
+        jetson_llmd::supervisor::state::write_keepalive(&rooted(&ctx.root, &ctx.settings.state_dir), &rec).await;
+        let r = result.with_context(|| format!("keepalive ping of {model} through {}", ctx.client.base_url()))?;
         if ctx.json {
             print_json(&r)?;
         } else {
