@@ -797,3 +797,15 @@ fn keepalive_once_records_its_ping() {
     assert_eq!(rec["ok"], true, "{rec:#}");
     assert_eq!(rec["model"], "gemma4:e2b-8k", "{rec:#}");
 }
+
+/// Under the process launcher Ollama's output is the supervisor's: gpu-check gives the
+/// verdict the supervisor holds instead of "no discovery line yet".
+#[test]
+fn gpu_check_uses_the_supervisors_verdict_without_a_journal() {
+    let rig = Rig::start(&[]);
+    rig.wait_stage("ready", 30);
+    let root = rig.root.path().to_str().expect("utf8");
+    let (code, out, err) = run_cli(&["--root", root, "gpu-check"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("CUDA GPU found") && out.contains("state.json"), "{out}");
+}

@@ -7,6 +7,13 @@ use jetson_llmd::host::{fs, journal, systemd::OLLAMA};
 use jetson_llmd::ollama::discovery;
 use std::path::PathBuf;
 
+/// The GPU verdict a running supervisor holds (state.json), for when the journal has none.
+async fn supervisor_verdict(g: &Global, settings: &jetson_llmd::conf::Settings) -> Option<discovery::GpuReport> {
+    let dir = jetson_llmd::host::rooted(&g.root, &settings.state_dir);
+    let s = jetson_llmd::supervisor::state::StateFile::read(&dir).await.ok().flatten()?;
+    s.gpu.filter(|r| r.discovered)
+}
+
 pub async fn run(g: &Global, log: Option<PathBuf>) -> anyhow::Result<i32> {
     let settings = settings(g).await?;
     let lines: Vec<String> = match &log {
@@ -15,13 +22,32 @@ pub async fn run(g: &Global, log: Option<PathBuf>) -> anyhow::Result<i32> {
             Ok(t) => t.lines().map(str::to_string).collect(),
             Err(e) => return Err(Failure::Config(format!("{e}; pass a saved log of Ollama (journalctl -u ollama -b > ollama.log)")).into()),
         },
-        None => journal::this_boot(OLLAMA).await.context("cannot read ollama.service's journal; pass a saved log with --log FILE")?,
+        None => match journal::this_boot(OLLAMA).await {
+            Ok(l) => l,
+            // Under the process launcher Ollama's output goes to the supervisor, not the
+            // journal: its last verdict (below) is what there is.
+            Err(e) if supervisor_verdict(g, &settings).await.is_some() => {
+                tracing::debug!("ollama.service's journal: {e}");
+                Vec::new()
+            }
+            Err(e) => return Err(e).context("cannot read ollama.service's journal; pass a saved log with --log FILE"),
+        },
     };
-    let r = discovery::analyze(&lines, &settings.expected_compute, cmdline(&g.root).await.as_deref());
+    let mut r = discovery::analyze(&lines, &settings.expected_compute, cmdline(&g.root).await.as_deref());
+    let mut from_state = false;
+    if !r.discovered && log.is_none() {
+        if let Some(v) = supervisor_verdict(g, &settings).await {
+            r = v;
+            from_state = true;
+        }
+    }
     if g.json {
         print_json(&r)?;
     } else {
         println!("{}", jetson_llmd::text::clean(&r.summary()));
+        if from_state {
+            println!("(the supervisor's last verdict from Ollama's output, state.json: ollama.service's journal has no discovery line)");
+        }
         if r.oom {
             println!("out of memory seen: {}", jetson_llmd::text::clean(r.oom_line.as_deref().unwrap_or("")));
         }
