@@ -42,6 +42,8 @@ pub struct FakeApi {
     /// expires_at /api/ps reports (pinned: year 2318).
     pub expires: RefCell<String>,
     pub load_delay: Cell<Duration>,
+    /// How long a pull takes.
+    pub pull_delay: Cell<Duration>,
     /// (time since creation, model, keep_alive) of every load request.
     pub loads: RefCell<Vec<(Duration, String, KeepAlive)>>,
     /// Loads that fail with this message (one per load), before any mode applies.
@@ -64,6 +66,7 @@ impl FakeApi {
             context: Cell::new(Some(8192)),
             expires: RefCell::new("2318-01-01T00:00:00Z".into()),
             load_delay: Cell::new(Duration::ZERO),
+            pull_delay: Cell::new(Duration::ZERO),
             loads: RefCell::new(Vec::new()),
             load_errors: RefCell::new(VecDeque::new()),
             t0: Instant::now(),
@@ -149,6 +152,7 @@ impl OllamaApi for FakeApi {
         Ok(())
     }
     async fn pull(&self, _m: &str, _p: &mut dyn FnMut(&ProgressLine)) -> Result<(), Error> {
+        tokio::time::sleep(self.pull_delay.get()).await;
         Ok(())
     }
     async fn create(&self, _r: &CreateRequest, _p: &mut dyn FnMut(&ProgressLine)) -> Result<(), Error> {

@@ -427,6 +427,11 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
     /// Loads `model` (or model.conf's) pinned and checks where it landed; starts the keepalive.
     async fn warm_model(&mut self, last_good: Option<ModelName>, keep: Option<ModelName>) -> Result<ModelName, Failure> {
         let model = self.configured_model(last_good, keep).await?;
+        self.warm_this(model).await
+    }
+
+    /// Loads exactly `model` (no second look at model.conf: a switch loads what it admitted).
+    async fn warm_this(&mut self, model: ModelName) -> Result<ModelName, Failure> {
         self.state.state.model = Some(model.to_string());
         self.set_stage(Stage::Preloading, &format!("loading {model} onto the GPU (a cold load takes 30-70 s on an Orin Nano; up to {})", humantime::format_duration(self.settings.load_timeout))).await;
         let cold = matches!(warm::residency(&self.api, &self.settings, &model).await, Ok(warm::Residency::Missing(_)));

@@ -87,7 +87,9 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         self.backend.stop_keepalive().await;
         warm::unload_and_wait(&self.api, &old.full()).await?;
         let unloaded = t0.elapsed();
-        match self.warm_model(None, None).await {
+        // The model that was made present and admitted, not model.conf read again: an edit made
+        // meanwhile (invalid, or a third model) is the next poll's business, after this switch.
+        match self.warm_this(new.clone()).await {
             Ok(m) => {
                 tracing::info!(
                     "switched {old} -> {m} in {:.1} s (unload {:.1} s, load and verify {:.1} s)",

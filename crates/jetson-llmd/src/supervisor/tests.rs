@@ -643,3 +643,26 @@ async fn an_unanswering_ollama_is_not_ready_until_it_answers_again() {
     r.expect("ok");
     assert_eq!(rig.api.load_log().len(), 1, "no reload: {:?}", rig.api.load_log());
 }
+
+/// A switch loads the model it pulled and admitted: model.conf edited again meanwhile (here
+/// made invalid during the pull) is the next poll's business, not a reason to end with
+/// nothing loaded.
+#[tokio::test(start_paused = true)]
+async fn a_switch_loads_what_it_admitted_whatever_model_conf_says_meanwhile() {
+    let rig = Rig::new();
+    rig.api.pull_delay.set(Duration::from_secs(30));
+    let (backend, _tx) = FakeBackend::new(LauncherKind::Systemd);
+    let (r, ()) = tokio::join!(rig.supervisor(backend).run(rig.signals.clone()), async {
+        rig.until("ready", ready).await;
+        // qwen3:4b is not local: it is pulled first, for 30 s, while gemma4 stays warm.
+        rig.write_conf("OLLAMA_MODEL=qwen3:4b\n");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        rig.write_conf("OLLAMA_MODEL=\n");
+        let s = rig.until("switched to what was admitted", |s| ready(s) && s.model.as_deref() == Some("qwen3:4b")).await;
+        assert_eq!(rig.api.loaded.borrow().as_deref(), Some("qwen3:4b"), "{s:#?}");
+        let s = rig.until("the invalid edit reported", |s| s.warnings.iter().any(|w| w.starts_with("model.conf is invalid (keeping qwen3:4b"))).await;
+        assert_eq!(s.stage, Stage::Ready);
+        rig.signals.shutdown.cancel();
+    });
+    r.expect("no exit: the switch finished and the invalid edit kept the model");
+}
