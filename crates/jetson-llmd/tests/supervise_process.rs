@@ -809,3 +809,19 @@ fn gpu_check_uses_the_supervisors_verdict_without_a_journal() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("CUDA GPU found") && out.contains("state.json"), "{out}");
 }
+
+/// A second supervisor with the same state directory says the first runs and leaves its
+/// state.json alone (status keeps following the first).
+#[test]
+fn a_second_supervisor_leaves_the_first_ones_state_alone() {
+    let rig = Rig::start(&[]);
+    let s = rig.wait_stage("ready", 30);
+    let root = rig.root.path().to_str().expect("utf8");
+    let other = free_port();
+    let (code, _, err) = run_cli(&["--root", root, "supervise", "--launcher", "process", "--ollama-bin", fake_ollama_bin().to_str().expect("p")], &[("OLLAMA_HOST", &format!("127.0.0.1:{other}"))]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("another jetson-llmd supervise") && err.contains(&format!("pid {}", s["pid"])), "{err}");
+    assert_eq!(rig.state()["pid"], s["pid"], "state.json untouched");
+    let (code, st) = rig.status_json();
+    assert_eq!((code, st["supervisor_running"].as_str()), (0, Some("running")), "{st:#}");
+}

@@ -46,6 +46,27 @@ async fn start_guard(ctx: &super::Ctx, state: &StateFile, signals: &Signals, pol
     Ok(stats)
 }
 
+/// An exclusive lock on `<state_dir>/supervise.lock`, or why not.
+fn one_supervisor(dir: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use jetson_llmd::failure::Failure;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+    let path = dir.join("supervise.lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(lock),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            let pid = std::fs::read_to_string(dir.join("state.json")).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).and_then(|v| v["pid"].as_u64());
+            Err(Failure::Config(format!(
+                "another jetson-llmd supervise{} already runs with the state directory {}; stop it first (sudo systemctl stop jetson-llmd)",
+                pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+                dir.display()
+            ))
+            .into())
+        }
+        Err((_, e)) => Err(anyhow::anyhow!("cannot lock {}: {e}", path.display())),
+    }
+}
+
 pub async fn run(g: &Global, launcher: LauncherArg, ollama_bin: Option<PathBuf>) -> anyhow::Result<i32> {
     let ctx = context(g).await?;
     // Handlers first: a SIGTERM during start-up must already end us cleanly.
@@ -54,7 +75,11 @@ pub async fn run(g: &Global, launcher: LauncherArg, ollama_bin: Option<PathBuf>)
         LauncherArg::Systemd => LauncherKind::Systemd,
         LauncherArg::Process => LauncherKind::Process,
     };
-    let state = StateFile::new(Some(&rooted(&ctx.root, &ctx.settings.state_dir)), kind);
+    let state_dir = rooted(&ctx.root, &ctx.settings.state_dir);
+    // One supervisor per state directory: a second one must not overwrite the first one's
+    // state.json (status would then follow the second, which exits at once). Held until exit.
+    let _one = one_supervisor(&state_dir)?;
+    let state = StateFile::new(Some(&state_dir), kind);
     // The guard binds first: clients expect Ollama on its address, and a clash is a
     // configuration error to report before anything starts.
     let (policy, policy_rx) = tokio::sync::watch::channel(ctx.settings.guard.clone());
