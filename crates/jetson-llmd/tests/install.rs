@@ -553,3 +553,21 @@ fn install_keeps_a_lan_endpoint_reachable_through_the_guard() {
     assert_eq!(code, Some(0), "the installed config is valid and does not clash with ollama.env's address: {out}");
     assert!(out.contains("\"listen\": \"0.0.0.0:11434\""), "{out}");
 }
+
+/// A config.toml of the user's without the guard, and no ollama.env yet: the new ollama.env
+/// keeps Ollama on 127.0.0.1:11434 (moving it to 11435 would leave nothing on 11434).
+#[test]
+fn without_the_guard_a_new_ollama_env_keeps_ollama_on_its_port() {
+    let root = fixture_root();
+    let rel = tempfile::tempdir().expect("tmp");
+    let r = good_release(rel.path(), "0.30.6");
+    let cfg = root.path().join("etc/jetson-llmd/config.toml");
+    std::fs::create_dir_all(cfg.parent().expect("p")).expect("mkdir");
+    std::fs::write(&cfg, "keepalive_interval = \"2m\"\n").expect("w");
+    let o = install(root.path(), &r, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("ollama.env keeps Ollama on 127.0.0.1:11434"), "{}", text(&o));
+    let env = std::fs::read_to_string(root.path().join("etc/jetson-llmd/ollama.env")).expect("env");
+    assert!(env.contains("OLLAMA_HOST=127.0.0.1:11434\n") && !env.contains("11435\n"), "{env}");
+    assert_eq!(std::fs::read_to_string(&cfg).expect("cfg"), "keepalive_interval = \"2m\"\n", "the user's config.toml is kept");
+}

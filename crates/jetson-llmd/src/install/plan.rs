@@ -40,6 +40,16 @@ fn default_config() -> String {
     format!("{DEFAULT_CONFIG_TEMPLATE}\n# Set by `jetson-llmd install`: clients reach Ollama through the guard (docs/guard.md).\n[guard]\nenabled = true\n")
 }
 
+/// ollama.env for a config.toml without the guard: Ollama stays where clients expect it.
+fn unguarded_env() -> String {
+    DEFAULT_ENV
+        .lines()
+        .map(|l| if l.starts_with("OLLAMA_HOST=") { "OLLAMA_HOST=127.0.0.1:11434".to_string() } else { l.to_string() })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
 /// The same, with the guard on the address clients already used (see [`lan_ollama_host`]).
 fn config_listening_on(listen: &str) -> String {
     format!(
@@ -428,6 +438,11 @@ pub async fn compute(req: &Request, state: &InstallState, active: Option<bool>) 
             for f in files.iter_mut().filter(|f| f.path == OLLAMA_ENV && f.change == Change::Update) {
                 f.change = Change::KeepYours;
                 notes.push("ollama.env kept: your config.toml does not turn the guard on, so Ollama stays on its address (see docs/guard.md to move it behind the guard)".into());
+            }
+            // A new ollama.env must not move Ollama off 11434 when nothing will listen there.
+            for f in files.iter_mut().filter(|f| f.path == OLLAMA_ENV && f.change == Change::Create) {
+                f.bytes = unguarded_env().into_bytes();
+                notes.push("ollama.env keeps Ollama on 127.0.0.1:11434: your config.toml does not turn the guard on (see docs/guard.md to put it in front)".into());
             }
         }
     }
