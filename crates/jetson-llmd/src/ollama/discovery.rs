@@ -112,6 +112,10 @@ pub struct GpuReport {
     pub oom_line: Option<String>,
     /// Last `offloaded N/M layers to GPU`.
     pub offloaded: Option<(u32, u32)>,
+    /// Something to fix although the verdict stands (e.g. the GPU runs on libraries that are
+    /// not the JetPack 6 ones).
+    #[serde(default)]
+    pub warning: Option<String>,
 }
 
 impl GpuReport {
@@ -125,11 +129,12 @@ impl GpuReport {
         }
         if self.gpu {
             return format!(
-                "CUDA GPU found: {} compute {}{}{}",
+                "CUDA GPU found: {} compute {}{}{}{}",
                 self.description.as_deref().or(self.name.as_deref()).unwrap_or("?"),
                 self.compute.as_deref().unwrap_or("?"),
                 self.libdirs.as_deref().map(|l| format!(", libs {l}")).unwrap_or_default(),
-                self.available.as_deref().map(|a| format!(", {a} available")).unwrap_or_default()
+                self.available.as_deref().map(|a| format!(", {a} available")).unwrap_or_default(),
+                self.warning.as_deref().map(|w| format!("; warning: {w}")).unwrap_or_default()
             );
         }
         format!("Ollama runs on the CPU: {}", self.cpu_fallback_reason.as_deref().unwrap_or("no CUDA GPU was discovered"))
@@ -146,6 +151,10 @@ pub fn analyze<S: AsRef<str>>(lines: &[S], expected: &ExpectedCompute, cmdline: 
     let mut r = GpuReport { expected_compute: expected_compute.to_string(), ..Default::default() };
     let mut cuda_init_failure: Option<String> = None;
     let mut igpu_dropped = false;
+    // discover/cuda_compat.go (v0.30.11+ for the 550 floor): CUDA devices under a driver older
+    // than the CUDA runtime in use needs are dropped, with this line; Orin on JetPack 6.2
+    // reports driver 540.
+    let mut driver_too_old: Option<(String, String)> = None;
     let mut best: Option<BTreeMap<String, String>> = None;
     for l in lines {
         if let Some(p) = l.find("(version ") {
@@ -158,6 +167,11 @@ pub fn analyze<S: AsRef<str>>(lines: &[S], expected: &ExpectedCompute, cmdline: 
         }
         if l.contains("dropping integrated GPU") {
             igpu_dropped = true;
+        }
+        if l.contains("msg=\"NVIDIA driver too old\"") {
+            let kv = logfmt(l);
+            let get = |k: &str| kv.get(k).map(|v| crate::text::clip(v, 40)).unwrap_or_else(|| "?".into());
+            driver_too_old = Some((get("driver"), get("required_driver")));
         }
         if let Some(p) = l.find("offloaded ") {
             let rest = &l[p + 10..];
@@ -214,6 +228,11 @@ pub fn analyze<S: AsRef<str>>(lines: &[S], expected: &ExpectedCompute, cmdline: 
     if !r.gpu {
         r.cpu_fallback_reason = Some(if let Some(c) = cuda_init_failure {
             cuda_reason(&c, cmdline)
+        } else if let Some((driver, required)) = &driver_too_old {
+            format!(
+                "Ollama{} dropped the GPU: its CUDA runtime needs NVIDIA driver {required}, this board's is {driver} (JetPack 6.2 ships 540); install an Ollama release from before 0.30.11 (sudo jetson-llmd install --version 0.30.10) or a JetPack whose driver is new enough",
+                r.ollama_version.as_deref().map(|v| format!(" {v}")).unwrap_or_default()
+            )
         } else if igpu_dropped {
             "Ollama dropped the integrated GPU; set OLLAMA_IGPU_ENABLE=1 in ollama.service's environment".into()
         } else if is_cuda {
@@ -230,6 +249,16 @@ pub fn analyze<S: AsRef<str>>(lines: &[S], expected: &ExpectedCompute, cmdline: 
         } else {
             "no CUDA GPU was discovered: Ollama's JetPack 6 libraries (lib/ollama/cuda_jetpack6) are probably missing; install Ollama together with its JetPack 6 tarball (ollama-linux-arm64-jetpack6.tar.zst)".into()
         });
+    }
+    // v0.31.2+ falls back to the generic CUDA build when lib/ollama/cuda_jetpack6 is absent
+    // (discover: "fall back to standard CUDA when the JetPack runner is absent"); libdirs in
+    // the discovery line says which one loaded. On an Orin that is a board on the wrong
+    // libraries, even when the GPU is found.
+    if r.gpu && *expected == ExpectedCompute::ORIN && r.libdirs.as_deref().is_some_and(|l| !l.contains("cuda_jetpack6")) {
+        r.warning = Some(format!(
+            "the GPU runs on Ollama's {} libraries, not the JetPack 6 ones (cuda_jetpack6): install Ollama together with its JetPack 6 tarball (sudo jetson-llmd install)",
+            r.libdirs.as_deref().unwrap_or("?")
+        ));
     }
     if r.gpu && r.offloaded.is_some_and(|(n, _)| n == 0) {
         r.cpu_fallback_reason = Some("the GPU was found but the last load offloaded 0 layers to it".into());
@@ -325,6 +354,23 @@ mod tests {
         let r = analyze(&["msg=\"server config\""], &ExpectedCompute::Cpu, None);
         assert!(!r.discovered && !r.as_expected);
         assert!(analyze(&[NEW], ORIN, None).as_expected);
+    }
+
+    /// Lines as v0.31-v0.34 write them (discover/cuda_compat.go, discover/types.go LogDetails).
+    #[test]
+    fn driver_floor_and_generic_libraries() {
+        let floor = r#"time=2026-09-20T10:00:01.000+02:00 level=WARN source=cuda_compat.go:65 msg="NVIDIA driver too old" device=Orin compute=8.7 driver=540 required_driver="550 or newer""#;
+        let listen = r#"time=2026-09-20T10:00:00.001+02:00 level=INFO source=routes.go:1597 msg="Listening on 127.0.0.1:11434 (version 0.34.1)""#;
+        let r = analyze(&[listen, floor, CPU], ORIN, None);
+        assert!(r.discovered && !r.gpu && !r.as_expected);
+        let why = r.cpu_fallback_reason.expect("reason");
+        assert!(why.contains("driver 550 or newer") && why.contains("is 540") && why.contains("0.34.1") && why.contains("0.30.10"), "{why}");
+        let generic = NEW.replace("libdirs=ollama,cuda_jetpack6", "libdirs=ollama,cuda_v12");
+        let r = analyze(&[generic.as_str()], ORIN, None);
+        assert!(r.gpu && r.as_expected, "the GPU is found");
+        assert!(r.warning.as_deref().is_some_and(|w| w.contains("cuda_v12") && w.contains("cuda_jetpack6")), "{:?}", r.warning);
+        assert!(r.summary().contains("warning:"), "{}", r.summary());
+        assert_eq!(analyze(&[NEW], ORIN, None).warning, None);
     }
 
     #[test]

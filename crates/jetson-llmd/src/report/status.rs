@@ -255,7 +255,7 @@ pub fn render(r: &StatusReport) -> String {
     }
     if let Some(g) = &r.gpu {
         let text = if g.gpu {
-            format!("CUDA {} compute {}", g.description.as_deref().or(g.name.as_deref()).unwrap_or("?"), g.compute.as_deref().unwrap_or("?"))
+            format!("CUDA {} compute {}{}", g.description.as_deref().or(g.name.as_deref()).unwrap_or("?"), g.compute.as_deref().unwrap_or("?"), g.libdirs.as_deref().map(|l| format!(" ({l})")).unwrap_or_default())
         } else if g.as_expected {
             "CPU (expected_compute = \"cpu\": a host without a GPU)".to_string()
         } else {

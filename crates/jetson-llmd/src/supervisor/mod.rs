@@ -351,6 +351,11 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         self.set_stage(Stage::CheckingGpu, &format!("Ollama {version} is up; looking for GPU discovery in its log (up to {})", humantime::format_duration(within))).await;
         let report = self.gpu_check().await?;
         self.state.state.gpu = Some(report.clone());
+        self.state.state.warnings.retain(|w| !w.starts_with("gpu: "));
+        if let Some(w) = &report.warning {
+            tracing::warn!("{w}");
+            self.state.state.warnings.push(format!("gpu: {w}"));
+        }
         if !report.as_expected {
             let why = if report.discovered {
                 report.cpu_fallback_reason.clone().unwrap_or_else(|| "no CUDA GPU was discovered".into())
