@@ -53,7 +53,7 @@ pub async fn run(g: &Global) -> anyhow::Result<i32> {
         }
         None => None,
     };
-    let c = doctor::Context { ollama_version, ollama_bound_to_lan: bound_to_lan, model_footprint: footprint, model: model.map(|m| m.to_string()) };
+    let c = doctor::Context { ollama_version, ollama_bound_to_lan: bound_to_lan, model_footprint: footprint, model: model.map(|m| m.to_string()), temperature_warn_c: Some(settings.temperature_warn_c) };
     let checks = doctor::checks(&host, &c);
     let failed = checks.iter().any(|c| c.verdict == Verdict::Fail);
     if g.json {

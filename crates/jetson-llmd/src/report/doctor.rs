@@ -31,6 +31,8 @@ pub struct Context {
     /// The configured model's measured footprint (fit table), bytes.
     pub model_footprint: Option<u64>,
     pub model: Option<String>,
+    /// config.toml's temperature_warn_c (None: its default, 85).
+    pub temperature_warn_c: Option<u32>,
 }
 
 /// Ollama below this has known CVEs (CVE-2024-37032 fixed 0.1.34, CVE-2026-7482 fixed 0.17.1).
@@ -88,6 +90,13 @@ pub fn checks(p: &Probes, c: &Context) -> Vec<Check> {
         (_, Some(a), _) if a < 1 << 20 => check("headroom", Warn, format!("only {} available", gib(a * 1024)), "stop other memory users (a desktop session, containers)"),
         (_, Some(a), f) => check("headroom", Pass, format!("{} available{}", gib(a * 1024), f.map(|f| format!("; the model takes {} (measured)", gib(f))).unwrap_or_default()), ""),
         _ => check("headroom", Warn, "no /proc/meminfo", ""),
+    });
+    let warn_at = f64::from(c.temperature_warn_c.unwrap_or(85));
+    let hottest = p.thermal.iter().filter_map(|(zone, t)| t.map(|t| (zone.as_str(), t))).fold(None, |m: Option<(&str, f64)>, (z, t)| if m.is_none_or(|(_, mt)| t > mt) { Some((z, t)) } else { m });
+    out.push(match hottest {
+        Some((zone, t)) if t >= warn_at => check("thermal", Warn, format!("{zone} at {t:.1} C (warning at {warn_at:.0} C): the board throttles, and tokens/s drop"), "check the fan and its airflow; a lower power mode (nvpmodel) runs cooler"),
+        Some((zone, t)) => check("thermal", Pass, format!("hottest zone {zone} at {t:.1} C"), ""),
+        None => check("thermal", Warn, "no data: no thermal zone gives a temperature", ""),
     });
     out.push(if c.ollama_bound_to_lan {
         check("ollama-host", Warn, "OLLAMA_HOST serves the LAN: any client there can evict or reload the model", "keep Ollama on 127.0.0.1 and let the guard serve the LAN: [guard] enabled = true, listen = \"0.0.0.0:11434\" (sudo jetson-llmd install sets this up)")
@@ -197,6 +206,22 @@ mod tests {
         let broken = checks(&p, &c);
         assert!(broken.iter().any(|c| c.verdict == Verdict::Fail));
         insta::assert_snapshot!("broken", render(&broken));
+    }
+
+    #[tokio::test]
+    async fn a_hot_board_is_a_warning() {
+        let d = tempfile::tempdir().expect("tmp");
+        write(d.path(), "/sys/class/thermal/thermal_zone0/type", "cpu-thermal\n");
+        write(d.path(), "/sys/class/thermal/thermal_zone0/temp", "61000\n");
+        write(d.path(), "/sys/class/thermal/thermal_zone1/type", "gpu-thermal\n");
+        write(d.path(), "/sys/class/thermal/thermal_zone1/temp", "93000\n");
+        let p = gather(d.path()).await;
+        let out = checks(&p, &Context::default());
+        let t = out.iter().find(|c| c.name == "thermal").expect("thermal check");
+        assert_eq!(t.verdict, Verdict::Warn, "{t:?}");
+        assert!(t.reason.starts_with("gpu-thermal at 93.0 C"), "{t:?}");
+        let cool = checks(&p, &Context { temperature_warn_c: Some(95), ..Default::default() });
+        assert_eq!(cool.iter().find(|c| c.name == "thermal").map(|c| c.verdict), Some(Verdict::Pass));
     }
 
     #[tokio::test]
