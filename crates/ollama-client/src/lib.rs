@@ -93,7 +93,7 @@ impl Error {
 /// (v0.30.6, case-insensitive substrings), plus nvmap's own words on Jetson
 /// (`NvMapMemAllocInternalTagged: ... error 12`).
 pub fn looks_like_oom(text: &str) -> bool {
-    const NEEDLES: [&str; 11] = [
+    const NEEDLES: [&str; 12] = [
         "out of memory",
         "out of device memory",
         "cudamalloc failed",
@@ -105,6 +105,10 @@ pub fn looks_like_oom(text: &str) -> bool {
         "vk_error_out_of_device_memory",
         "erroroutofmemory",
         "nvmapmemallocinternaltagged",
+        // The kernel's OOM killer ended the runner while it loaded (unified memory: host and GPU
+        // are one pool): llm/llama_server.go waitUntilRunning wraps the signaled ExitError as
+        // "llama-server process has terminated: signal: killed" (v0.30+; "llama runner" before).
+        "process has terminated: signal: killed",
     ];
     let t = text.to_lowercase();
     NEEDLES.iter().any(|n| t.contains(n))
@@ -452,6 +456,10 @@ mod tests {
         assert!(!looks_like_oom("model 'x' not found"));
         assert!(looks_like_oom("llama-server reported out-of-memory during startup: CUDA error: Out Of Memory"));
         assert!(looks_like_oom("ggml_vulkan: ErrorOutOfMemory"));
+        // The kernel's OOM killer (Ollama 0.34.1 on an Orin Nano 8 GB, ollama issue 18396).
+        assert!(looks_like_oom("llama-server process has terminated: signal: killed"));
+        assert!(looks_like_oom("llama runner process has terminated: signal: killed"));
+        assert!(!looks_like_oom("llama-server process has terminated: exit status 2"));
         let e = Error::Api { url: "u".into(), status: 500, message: "llama runner process has terminated: cudaMalloc failed: out of memory".into() };
         assert!(e.is_out_of_memory());
         assert!(!e.is_model_not_found());
