@@ -209,7 +209,9 @@ fn err(status: u16, rule: Rule, message: String) -> Decision {
 pub fn decide(method: &str, path: &str, body: Option<&Result<GoBody, BodyError>>, client: IpAddr, pinned: Option<&ModelName>, g: &GuardSettings) -> Decision {
     let pass = Decision::Forward { body: None, notes: Vec::new(), rules: vec![Rule::Passed], for_pinned: false };
     let route = routes::classify(method, path);
-    if let Some(what) = routes::unplain(path) {
+    // GET, HEAD and OPTIONS load nothing on any path (a client that escapes the `:` in
+    // /v1/models/name:tag is only reading); every other method needs a plain path.
+    if let Some(what) = routes::unplain(path).filter(|_| !matches!(method, "GET" | "HEAD" | "OPTIONS")) {
         return err(400, Rule::Unreadable, format!("jetson-llmd's guard refuses request paths with {what}: Ollama would read them differently; send the plain path"));
     }
     match route {
@@ -439,6 +441,9 @@ mod tests {
         for path in ["/api/%67enerate", "/api/%64elete", "//api/generate", "/api/./chat", "/v1/../api/chat"] {
             assert_eq!(refused(decide("POST", path, None, lan(), Some(&p), &g)), (400, Rule::Unreadable), "{path}");
         }
+        assert_eq!(refused(decide("DELETE", "/api/%64elete", None, local(), Some(&p), &g)), (400, Rule::Unreadable));
+        // Reads load nothing wherever they go.
+        assert!(matches!(decide("GET", "/v1/models/gemma4%3Ae2b-8k", None, lan(), Some(&p), &g), Decision::Forward { .. }));
         for (m, path) in [("POST", "/api/generate/"), ("PUT", "/api/generate"), ("POST", "/api/something-new"), ("PATCH", "/api/chat")] {
             assert_eq!(refused(decide(m, path, None, lan(), Some(&p), &g)), (404, Rule::UnknownEndpoint), "{m} {path}");
         }
