@@ -224,18 +224,26 @@ fn warm(s: &State, pinned: &Option<ModelName>) -> bool {
     s.stage == Stage::Ready && s.model.is_some() && s.model.as_deref().and_then(|m| ModelName::parse(m).ok()) == *pinned
 }
 
-/// Waits (up to `ready_wait`) for the pinned model to be warm; Err carries the stage.
+/// A request for the pinned model may go on: it is warm, or it was evicted again and the
+/// supervisor is backing off (not-resident) — no preload is running then to race, and the
+/// client's own request loads it (its keep_alive removed, so pinned).
+fn may_go_on(s: &State, pinned: &Option<ModelName>) -> bool {
+    warm(s, pinned) || (s.stage == Stage::NotResident && s.model.as_deref().and_then(|m| ModelName::parse(m).ok()) == *pinned)
+}
+
+/// Waits (up to `ready_wait`) until a request for the pinned model may go on; Err carries the
+/// stage.
 async fn wait_warm(g: &Guard) -> Result<bool, State> {
     let mut rx = g.state.clone();
     let pinned = g.pinned();
-    if warm(&rx.borrow(), &pinned) {
+    if may_go_on(&rx.borrow(), &pinned) {
         return Ok(false);
     }
     let deadline = tokio::time::Instant::now() + g.settings().ready_wait;
     loop {
         match tokio::time::timeout_at(deadline, rx.changed()).await {
             Ok(Ok(())) => {
-                if warm(&rx.borrow(), &pinned) {
+                if may_go_on(&rx.borrow(), &pinned) {
                     return Ok(true);
                 }
             }
@@ -441,6 +449,19 @@ mod tests {
         let s = r.status().as_u16();
         let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.map(|b| String::from_utf8_lossy(&b).to_string()).unwrap_or_default();
         Some((s, body))
+    }
+
+    #[test]
+    fn requests_go_on_when_warm_or_backed_off_and_wait_otherwise() {
+        let pinned = ModelName::parse("gemma4:e2b-8k").ok();
+        let at = |stage| State { stage, model: Some("gemma4:e2b-8k".into()), ..Default::default() };
+        assert!(may_go_on(&at(Stage::Ready), &pinned) && warm(&at(Stage::Ready), &pinned));
+        // Evicted again while the supervisor backs off: the client's request may load it, but
+        // /healthz does not call that warm.
+        assert!(may_go_on(&at(Stage::NotResident), &pinned) && !warm(&at(Stage::NotResident), &pinned));
+        for stage in [Stage::Preloading, Stage::OllamaUnreachable, Stage::OllamaDown] {
+            assert!(!may_go_on(&at(stage), &pinned), "{stage}");
+        }
     }
 
     #[tokio::test]

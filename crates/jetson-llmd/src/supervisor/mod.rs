@@ -597,8 +597,8 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                 return Next::Continue;
             }
         };
-        if self.state.state.stage == Stage::OllamaUnreachable && !matches!(found, warm::Residency::Missing(_)) {
-            tracing::info!("Ollama answers again");
+        if matches!(self.state.state.stage, Stage::OllamaUnreachable | Stage::NotResident) && !matches!(found, warm::Residency::Missing(_)) {
+            tracing::info!("{model} is loaded and Ollama answers again");
             let text = self.ready_text(&model);
             self.set_stage(Stage::Ready, &text).await;
         }
@@ -611,8 +611,17 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
             }
             warm::Residency::Missing(why) => {
                 if lp.evictions.count() >= 2 {
-                    // The next ping (backed off) will re-warm; a third quick reload would be a fight.
-                    tracing::debug!("{model} is gone again ({why}); leaving it to the backed-off keepalive");
+                    // The next ping (backed off) will re-warm; a third quick reload would be a
+                    // fight. Said at once, and not ready meanwhile: the model is not loaded.
+                    if self.state.state.stage == Stage::Ready {
+                        let wait = lp.evictions.wait(self.settings.keepalive_interval);
+                        let text = format!(
+                            "NOT READY: {model} is gone again ({why}); after {} re-warms within the hour the next waits for the backed-off keepalive (up to {}), so that jetson-llmd and a client do not take turns reloading it",
+                            lp.evictions.count(),
+                            humantime::format_duration(wait)
+                        );
+                        self.set_stage(Stage::NotResident, &text).await;
+                    }
                     return Next::Continue;
                 }
                 tracing::warn!("{model} is gone ({why}); re-warming now");

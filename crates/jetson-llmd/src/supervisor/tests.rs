@@ -441,6 +441,11 @@ async fn another_client_evicting_ours_is_rewarmed_counted_explained_and_not_foug
         for n in 1..=4u64 {
             // Another client's request for another model takes the memory.
             *rig.api.loaded.borrow_mut() = Some("llama3.2:3b".into());
+            if n >= 3 {
+                // Backed off: said at once (within the residency check), and not ready meanwhile.
+                let s = rig.until("not ready while backed off", |s| s.stage == Stage::NotResident).await;
+                assert!(s.status.starts_with("NOT READY: gemma4:e2b-8k is gone again") && s.status.contains("backed-off keepalive"), "{}", s.status);
+            }
             let s = rig.until("re-warmed", |s| s.rewarm_count == n).await;
             at.push(secs(t0));
             let ping = s.last_ping.expect("ping");
