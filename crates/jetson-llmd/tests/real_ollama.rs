@@ -185,11 +185,17 @@ async fn the_supervisor_keeps_a_real_ollama_warm() {
     assert_eq!(code, 200);
     rig.until("tiny-a back after the eviction", 60, async |r| r.state()["rewarm_count"].as_u64() >= Some(2) && r.ps().await == [("tiny-a:latest".to_string(), true)]).await;
 
-    // Ollama killed: restarted and warm again.
+    // Ollama killed: restarted and warm again, and the killed one's runner (which outlives
+    // `ollama serve` and holds the model's memory) is gone.
     let ollama = rig.ollama_pid().expect("ollama serve runs");
+    let old_runners = rig.runners();
+    assert!(!old_runners.is_empty());
     rig.signal(ollama, nix::sys::signal::Signal::SIGKILL);
     rig.until("a new ollama serve", 30, async |r| r.ollama_pid().is_some_and(|p| p != ollama)).await;
     rig.warm_pinned("tiny-a", 120).await;
+    for p in old_runners {
+        assert!(!alive(p), "the killed Ollama's runner {p} still runs beside the new one");
+    }
 
     // model.conf edited: tiny-b replaces tiny-a.
     std::fs::write(rig.root.path().join("etc/ollama/model.conf"), "OLLAMA_MODEL=tiny-b\n").expect("w");

@@ -127,10 +127,17 @@ impl<R: MemoryRelief> Backend for ProcessBackend<R> {
 
     async fn next_event(&mut self) -> OllamaEvent {
         let Some(c) = self.child.as_mut() else { return std::future::pending().await };
+        let pid = c.id();
         let how = match c.wait().await {
             Ok(s) => format!("ollama serve exited ({s})"),
             Err(e) => format!("cannot wait for ollama serve: {e}"),
         };
+        // Its runners are its children, in its process group, and outlive a killed `ollama
+        // serve` (seen with the real Ollama 0.24: the runner kept the model loaded): take them
+        // along, or the next Ollama loads a second copy into the same 8 GB.
+        if let Some(p) = pid.and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+        }
         self.child = None;
         // Let the drains catch the last lines (the reason is usually there).
         tokio::time::sleep(Duration::from_millis(50)).await;
