@@ -114,14 +114,18 @@ pub async fn gather(root: &Path) -> Probes {
         board: text(root, "/proc/device-tree/model").await.map(|t| crate::text::clip(t.trim_end_matches('\0').trim(), 200)).filter(|t| !t.is_empty()),
         cmdline: text(root, "/proc/cmdline").await.map(|t| crate::text::clip(t.trim(), 4000)),
         memory: text(root, "/proc/meminfo").await.map(|t| meminfo(&t)).unwrap_or_default(),
-        swaps: text(root, "/proc/swaps").await.map(|t| swaps(&t)).unwrap_or_default(),
-        swaps_known: text(root, "/proc/swaps").await.is_some(),
+
         ollama_jetpack6_libs: exists(root, "/usr/local/lib/ollama/cuda_jetpack6"),
         ollama_bin: exists(root, "/usr/local/bin/ollama"),
         units_installed: exists(root, "/etc/systemd/system/jetson-llmd.service"),
         unit_enabled: exists(root, "/etc/systemd/system/multi-user.target.wants/jetson-llmd.service"),
         ..Default::default()
     };
+    // Read once: an empty list then means no swap, a missing file no data.
+    if let Some(t) = text(root, "/proc/swaps").await {
+        p.swaps = swaps(&t);
+        p.swaps_known = true;
+    }
     p.pswpin = text(root, "/proc/vmstat").await.as_deref().and_then(pswpin);
     p.largest_free_block_kb = text(root, "/proc/buddyinfo").await.as_deref().and_then(largest_free_block_kb);
     if let Some((r, rev)) = text(root, "/etc/nv_tegra_release").await.as_deref().and_then(l4t) {
