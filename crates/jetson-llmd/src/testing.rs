@@ -48,6 +48,9 @@ pub struct FakeApi {
     pub loads: RefCell<Vec<(Duration, String, KeepAlive)>>,
     /// Loads that fail with this message (one per load), before any mode applies.
     pub load_errors: RefCell<VecDeque<String>>,
+    /// Pulls that fail with this message (one per pull), as the registry answers a name it
+    /// does not have.
+    pub pull_errors: RefCell<VecDeque<String>>,
     t0: Instant,
 }
 
@@ -69,6 +72,7 @@ impl FakeApi {
             pull_delay: Cell::new(Duration::ZERO),
             loads: RefCell::new(Vec::new()),
             load_errors: RefCell::new(VecDeque::new()),
+            pull_errors: RefCell::new(VecDeque::new()),
             t0: Instant::now(),
         }
     }
@@ -153,7 +157,10 @@ impl OllamaApi for FakeApi {
     }
     async fn pull(&self, _m: &str, _p: &mut dyn FnMut(&ProgressLine)) -> Result<(), Error> {
         tokio::time::sleep(self.pull_delay.get()).await;
-        Ok(())
+        match self.pull_errors.borrow_mut().pop_front() {
+            Some(message) => Err(Error::Api { url: "http://127.0.0.1:11434/api/pull".into(), status: 500, message }),
+            None => Ok(()),
+        }
     }
     async fn create(&self, _r: &CreateRequest, _p: &mut dyn FnMut(&ProgressLine)) -> Result<(), Error> {
         Ok(())

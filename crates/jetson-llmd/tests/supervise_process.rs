@@ -485,6 +485,20 @@ fn switch_writes_model_conf_keeping_comments_and_waits_for_the_outcome() {
     let o = sw(&["switch", "no such; model"]);
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).starts_with("error: "), "one clear line");
+    // A name the registry does not have: said within seconds (not after the 8-minute wait),
+    // model.conf back to the model still loaded, which stays the model and stays ready.
+    let t = Instant::now();
+    let o = sw(&["switch", "typo:model"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    assert!(err.contains("model.conf names typo:model, which could not be made ready") && err.contains("gemma3:4b stays loaded") && err.contains("is back as it was"), "{err}");
+    assert_eq!(std::fs::read_to_string(&conf).expect("r"), "# the one model this board keeps warm\nOLLAMA_MODEL=gemma3:4b\n");
+    rig.wait_for("the warning cleared with model.conf back", 10, |r| r.state()["stage"] == "ready" && r.state()["warnings"].as_array().is_some_and(|w| w.is_empty()));
+    assert_eq!(rig.state()["model"], "gemma3:4b");
+    // And the next switch is not refused because of the typo.
+    let o = sw(&["switch", "gemma4:e2b-8k"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 #[test]

@@ -44,7 +44,7 @@ pub async fn run(g: &Global, model: &str, no_wait: bool, timeout: Option<Duratio
     };
     let after = modelconf::with_model(&before, &new);
     if after != before {
-        fs::write_atomic(path, after, 0o644).await.with_context(|| format!("cannot write {} (run with sudo?)", path.display()))?;
+        fs::write_atomic(path, after.clone(), 0o644).await.with_context(|| format!("cannot write {} (run with sudo?)", path.display()))?;
         eprintln!("{}: OLLAMA_MODEL={new}", path.display());
     }
     if no_wait {
@@ -64,7 +64,20 @@ pub async fn run(g: &Global, model: &str, no_wait: bool, timeout: Option<Duratio
             return finish(&ctx, Outcome { model: new.to_string(), switched: true, stage: Some(s.stage), message: msg }, code::OK);
         }
         if let Some(w) = s.warnings.iter().find(|w| w.starts_with(&format!("model.conf names {new},"))) {
-            return finish(&ctx, Outcome { model: new.to_string(), switched: false, stage: Some(s.stage), message: jetson_llmd::text::clean(w) }, code::FAILED);
+            // The supervisor kept (or went back to) the model it has loaded: model.conf goes back
+            // with it, so the file names what runs and no edit is left pending. Only the line we
+            // wrote is undone: a file someone edited since is theirs.
+            let mut message = jetson_llmd::text::clean(w);
+            if after != before && !before.is_empty() {
+                match fs::read_capped(path, fs::cap::MODEL_CONF).await {
+                    Ok(now) if now == after => match fs::write_atomic(path, before.clone(), 0o644).await {
+                        Ok(()) => message = format!("{message}; {} is back as it was", path.display()),
+                        Err(e) => message = format!("{message}; putting {} back failed too ({e}): edit it by hand", path.display()),
+                    },
+                    _ => message = format!("{message}; {} changed since this command wrote it, so it is left as it is", path.display()),
+                }
+            }
+            return finish(&ctx, Outcome { model: new.to_string(), switched: false, stage: Some(s.stage), message }, code::FAILED);
         }
         if matches!(s.stage, Stage::RebootRequired | Stage::CpuFallback | Stage::DoesNotFit | Stage::PartlyOnGpu) {
             let c = match s.stage {

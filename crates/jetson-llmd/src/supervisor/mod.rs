@@ -745,8 +745,31 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                         self.state.save().await;
                         return Next::Continue;
                     }
-                    // The old model stays loaded; retried like any failed warm.
-                    Err(Block::Failed(f)) => return self.failed(lp, f).await,
+                    // Ollama did not answer: nothing was touched and nothing is decided about
+                    // the name; the edit is looked at again at the next poll (the residency
+                    // check says what Ollama is doing meanwhile).
+                    Err(Block::Failed(f @ (Failure::Unreachable(_) | Failure::OllamaDown(_)))) => {
+                        tracing::warn!("getting {} ready: {f}; trying again at the next look at model.conf", conf.model);
+                        lp.conf_bytes = None;
+                        return Next::Continue;
+                    }
+                    // The name cannot be made present (the registry does not have it, the pull
+                    // or create failed): the old model was never touched, so it stays the model
+                    // (state, guard and keepalive follow it) and the edit is refused like a model
+                    // that does not fit, until model.conf changes or SIGHUP tries it again.
+                    // Retrying on a timer would only pull a name that does not exist, forever.
+                    Err(Block::Failed(f)) => {
+                        lp.rejected_conf = lp.conf_bytes.clone();
+                        let why = format!(
+                            "model.conf names {}, which could not be made ready ({f}); {current} stays loaded; correct the name in model.conf, or `systemctl reload jetson-llmd` to try it again",
+                            conf.model
+                        );
+                        tracing::error!("{why}");
+                        self.notify.status(&why);
+                        self.conf_warning(Some(why));
+                        self.state.save().await;
+                        return Next::Continue;
+                    }
                 }
                 let (n, wd) = self.pet();
                 match step(&n, wd, signals, "switching models", self.switch(&current, &conf.model)).await {

@@ -671,3 +671,38 @@ async fn a_switch_loads_what_it_admitted_whatever_model_conf_says_meanwhile() {
     });
     r.expect("no exit: the switch finished and the invalid edit kept the model");
 }
+
+/// `switch typo:model` (or a hand edit to a name the registry does not have): the pull fails
+/// while the old model is still loaded and untouched. It stays the model (state, guard,
+/// keepalive follow it), the failure is said at once with the name, and nothing is retried
+/// until model.conf changes; no loop pulling a name that does not exist.
+#[tokio::test(start_paused = true)]
+async fn a_switch_to_a_name_that_cannot_be_pulled_keeps_the_loaded_model_and_says_so_at_once() {
+    let rig = Rig::new();
+    rig.api.pull_errors.borrow_mut().push_back("pull model manifest: file does not exist".into());
+    let (backend, _tx) = FakeBackend::new(LauncherKind::Systemd);
+    let calls = backend.calls.clone();
+    let (r, ()) = tokio::join!(rig.supervisor(backend).run(rig.signals.clone()), async {
+        rig.until("ready", ready).await;
+        rig.write_conf("OLLAMA_MODEL=typo:model\n");
+        let t0 = Instant::now();
+        let s = rig.until("the failed pull said", |s| s.warnings.iter().any(|w| w.starts_with("model.conf names typo:model,"))).await;
+        assert!(secs(t0) <= 3, "said within the poll, not after a backoff: {}", secs(t0));
+        assert_eq!(s.stage, Stage::Ready, "{s:#?}");
+        assert_eq!(s.model.as_deref(), Some("gemma4:e2b-8k"), "state names the model still loaded");
+        let w = s.warnings.iter().find(|w| w.starts_with("model.conf names typo:model,")).expect("warning");
+        assert!(w.contains("file does not exist") && w.contains("gemma4:e2b-8k stays loaded"), "{w}");
+        // A minute later: still the old model, no second pull of the same name, nothing unloaded.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let s = rig.state();
+        assert_eq!((s.stage, s.model.as_deref()), (Stage::Ready, Some("gemma4:e2b-8k")));
+        assert_eq!(rig.api.loaded.borrow().as_deref(), Some("gemma4:e2b-8k"));
+        // Fixing the name switches.
+        rig.write_conf("OLLAMA_MODEL=llama3.2:3b\n");
+        rig.until("switched after the fix", |s| ready(s) && s.model.as_deref() == Some("llama3.2:3b") && s.warnings.is_empty()).await;
+        rig.signals.shutdown.cancel();
+    });
+    r.expect("no exit");
+    assert!(!calls.borrow().iter().any(|c| c.contains("typo")), "typo:model never reached the preload: {:?}", calls.borrow());
+    assert!(rig.api.load_log().iter().all(|(m, _)| m != "typo:model"));
+}
