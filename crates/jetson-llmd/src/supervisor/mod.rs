@@ -1,17 +1,21 @@
 //! The daemon: one control loop for both launchers. It starts Ollama, waits for its API, checks
 //! GPU discovery in its log, warms the model, then keeps it warm, follows model.conf and recovers
-//! when Ollama goes down. What differs between a child process and systemd units is behind
-//! [`backend::Backend`]; what a failure means is [`stage::policy`].
+//! when Ollama goes down. Every decision is the pure state machine's ([`machine::Machine`]);
+//! this file is its driver: it turns what happens into events, performs the effects, and runs the
+//! long steps (boot, warm, tick, prepare, switch) whose results are events again. What differs
+//! between a child process and systemd units is behind [`backend::Backend`]; what a failure
+//! means is [`stage::policy`].
 //!
 //! ```text
-//!            +-------- select! (each arm yields one Event) --------+
-//!  shutdown  | reload (SIGHUP) | Ollama event | due timer | model.conf poll | watchdog
-//!            +---------------------------+-------------------------+
-//!                                        v
-//!                 handle(Event) -> boot / warm / tick / switch -> policy(failure)
+//!            +-------- select! (each arm yields at most one machine Event) --------+
+//!  shutdown  | reload (SIGHUP) | Ollama event | due timer | model.conf | residency | watchdog
+//!            +-----------------------------------+-----------------------------------+
+//!                                                v
+//!          Machine::on(Event) -> [Effect] -> driver: stage / schedule / Run(step) -> Event ...
 //! ```
 
 pub mod backend;
+pub mod machine;
 pub mod process;
 pub mod stage;
 pub mod state;
@@ -20,7 +24,7 @@ pub mod systemd;
 #[cfg(test)]
 mod tests;
 
-use crate::conf::{config, modelconf, ModelName, OnRebootRequired, Settings};
+use crate::conf::{config, modelconf, ModelName, Settings};
 use crate::failure::Failure;
 use crate::host::notify::{guarded, Notifier};
 use crate::host::signals::Signals;
@@ -29,11 +33,12 @@ use crate::ollama::warm::{self, TickRecord};
 use crate::report::monitor;
 use crate::ollama::OllamaApi;
 use backend::{Backend, OllamaEvent};
-use switch::Block;
-use stage::{policy, Action, Stage};
+use machine::{Due, Effect, Event, Machine, Rules, Step};
+use stage::Stage;
 use state::{LauncherKind, StateFile};
 use std::path::PathBuf;
 use std::time::Duration;
+use std::collections::VecDeque;
 use tokio::time::{sleep_until, Instant};
 
 /// The files the supervisor follows.
@@ -65,7 +70,8 @@ pub struct Supervisor<A: OllamaApi, B: Backend, N: Notifier> {
     pub guard: Option<tokio::sync::watch::Sender<crate::conf::config::GuardSettings>>,
 }
 
-enum Event {
+/// What woke the loop (each becomes at most one machine event).
+enum Input {
     Shutdown,
     Reload,
     Ollama(OllamaEvent),
@@ -83,46 +89,6 @@ pub const DEBOUNCE: Duration = Duration::from_secs(1);
 /// With inotify, model.conf is still read this often, in case an event was missed.
 pub const SAFETY_POLL: Duration = Duration::from_secs(30);
 
-/// Where the loop stands between events.
-#[derive(Debug, Clone, PartialEq)]
-enum Phase {
-    /// Ollama is not (known to be) up: a boot is due or awaited.
-    Down,
-    /// A warm failed: retried when due (RetryWarm) or when model.conf changes.
-    Waiting(Action),
-    Warm(ModelName),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Due {
-    Boot,
-    Warm,
-    Tick,
-}
-
-/// What the loop does after handling an event.
-enum Next {
-    Continue,
-    Exit(Result<(), Failure>),
-}
-
-struct Loop {
-    phase: Phase,
-    due: Option<(Instant, Due)>,
-    boot_failures: u32,
-    warm_failures: u32,
-    ready_sent: bool,
-    /// model.conf as last seen (None: unreadable), to notice edits.
-    conf_bytes: Option<Vec<u8>>,
-    /// The last model that was warm: kept when model.conf turns invalid.
-    last_good: Option<ModelName>,
-    /// model.conf as it was when its model was refused (does not fit) or could not be loaded
-    /// and the old model came back: until the file changes, the old model is what boots.
-    rejected_conf: Option<Vec<u8>>,
-    /// Re-warms that keep happening (another client evicting ours) slow the ticks down.
-    evictions: warm::EvictionBackoff,
-}
-
 /// The monitor's memory between samples.
 #[derive(Default)]
 struct Board {
@@ -134,34 +100,19 @@ struct Board {
     fragmented: Option<String>,
 }
 
-impl Loop {
-    /// The model to keep regardless of model.conf: the last good one, while model.conf still says
-    /// what was refused or failed.
-    fn keep(&self) -> Option<ModelName> {
-        (self.rejected_conf.is_some() && self.rejected_conf == self.conf_bytes).then(|| self.last_good.clone()).flatten()
-    }
-}
-
 const FAR: Duration = Duration::from_secs(86400 * 365);
-/// Restarts of a crashed child back off to at most this (systemd paces its own restarts).
-const RESTART_CAP: Duration = Duration::from_secs(30);
 
 impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
     /// Runs until shutdown (Ok) or a terminal failure (its exit code is the process's).
     pub async fn run(mut self, signals: Signals) -> Result<(), Failure> {
         self.state.state.launcher = self.backend.kind();
         let now = Instant::now();
-        let mut lp = Loop {
-            phase: Phase::Down,
-            due: Some((now, Due::Boot)),
-            boot_failures: 0,
-            warm_failures: 0,
-            ready_sent: false,
-            conf_bytes: modelconf::read_bytes(&self.paths.model_conf).await.ok(),
-            last_good: None,
-            rejected_conf: None,
-            evictions: warm::EvictionBackoff::default(),
-        };
+        let (mut m, first) = Machine::new(self.rules(), modelconf::read_bytes(&self.paths.model_conf).await.ok());
+        let mut due: Option<(Instant, Due)> = None;
+        let mut tick: Option<TickRecord> = None;
+        if let Some(r) = self.perform(&mut m, first, &mut due, &mut tick, &signals).await {
+            return r;
+        }
         let mut watch = if self.conf_watch {
             match crate::host::watch::FileWatch::new(&self.paths.model_conf) {
                 Ok(w) => Some(w),
@@ -180,55 +131,206 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         let mut next_monitor = now + self.settings.monitor_interval;
         let mut board = Board::default();
         loop {
-            let due_at = lp.due.map_or(now + FAR, |d| d.0);
-            let event = tokio::select! {
+            let due_at = due.map_or(now + FAR, |d| d.0);
+            let input = tokio::select! {
                 biased;
-                _ = signals.shutdown.cancelled() => Event::Shutdown,
-                _ = signals.reloaded() => Event::Reload,
-                e = self.backend.next_event() => Event::Ollama(e),
-                r = async { match watch.as_mut() { Some(w) => w.changed().await, None => std::future::pending().await } } => Event::ConfNotified(r),
-                _ = sleep_until(due_at), if lp.due.is_some() => Event::Due,
-                _ = sleep_until(next_pet), if self.watchdog.is_some() => Event::Watchdog,
-                _ = sleep_until(next_residency) => Event::Residency,
-                _ = sleep_until(next_monitor) => Event::Monitor,
-                _ = sleep_until(next_conf) => Event::ConfPoll,
+                _ = signals.shutdown.cancelled() => Input::Shutdown,
+                _ = signals.reloaded() => Input::Reload,
+                e = self.backend.next_event() => Input::Ollama(e),
+                r = async { match watch.as_mut() { Some(w) => w.changed().await, None => std::future::pending().await } } => Input::ConfNotified(r),
+                _ = sleep_until(due_at), if due.is_some() => Input::Due,
+                _ = sleep_until(next_pet), if self.watchdog.is_some() => Input::Watchdog,
+                _ = sleep_until(next_residency) => Input::Residency,
+                _ = sleep_until(next_monitor) => Input::Monitor,
+                _ = sleep_until(next_conf) => Input::ConfPoll,
             };
-            let next = match event {
-                Event::Shutdown => Next::Exit(self.shutdown().await),
-                Event::Reload => self.reload(&mut lp, &signals).await,
-                Event::Ollama(e) => self.ollama_event(&mut lp, e).await,
-                Event::Due => self.due(&mut lp, &signals).await,
-                Event::ConfNotified(Ok(())) => {
-                    next_conf = Instant::now() + DEBOUNCE;
-                    Next::Continue
+            let event = match input {
+                Input::Shutdown => Some(Event::Shutdown),
+                Input::Reload => {
+                    self.reload_config().await;
+                    m.rules = self.rules();
+                    Some(self.read_conf(true).await)
                 }
-                Event::ConfNotified(Err(e)) => {
+                Input::Ollama(OllamaEvent::Down(how)) => Some(Event::OllamaDown(how)),
+                Input::Ollama(OllamaEvent::Up) => Some(Event::OllamaUp),
+                Input::Ollama(OllamaEvent::Failed(f)) => Some(Event::Failed(f)),
+                Input::Due => due.take().map(|(_, d)| Event::Due(d)),
+                Input::ConfNotified(Ok(())) => {
+                    next_conf = Instant::now() + DEBOUNCE;
+                    None
+                }
+                Input::ConfNotified(Err(e)) => {
                     tracing::warn!("{e}; reading {} every {} instead", self.paths.model_conf.display(), humantime::format_duration(self.conf_poll));
                     watch = None;
                     poll_every = self.conf_poll;
                     next_conf = next_conf.min(Instant::now() + poll_every);
-                    Next::Continue
+                    None
                 }
-                Event::ConfPoll => {
+                Input::ConfPoll => {
                     next_conf = Instant::now() + poll_every;
-                    self.conf_poll(&mut lp, &signals, false).await
+                    Some(self.read_conf(false).await)
                 }
-                Event::Watchdog => {
+                Input::Watchdog => {
                     self.notify.watchdog();
                     next_pet = Instant::now() + self.watchdog.unwrap_or(FAR);
-                    Next::Continue
+                    None
                 }
-                Event::Residency => {
+                Input::Residency => {
                     next_residency = Instant::now() + self.settings.residency_check;
-                    self.residency(&mut lp).await
+                    match m.warm_model().cloned() {
+                        Some(model) => Some(Event::Residency(
+                            warm::residency(&self.api, &self.settings, &model).await.map_err(|e| format!("Ollama at {} did not answer the residency check: {e}", self.api.url())),
+                        )),
+                        None => None,
+                    }
                 }
-                Event::Monitor => {
+                Input::Monitor => {
                     next_monitor = Instant::now() + self.settings.monitor_interval;
-                    self.monitor(&mut board).await
+                    self.monitor(&mut board).await;
+                    None
                 }
             };
-            if let Next::Exit(r) = next {
-                return r;
+            if let Some(event) = event {
+                let effects = m.on(event);
+                if let Some(r) = self.perform(&mut m, effects, &mut due, &mut tick, &signals).await {
+                    return r;
+                }
+            }
+        }
+    }
+
+    /// The settings the machine decides with.
+    fn rules(&self) -> Rules {
+        Rules {
+            launcher: self.backend.kind(),
+            retry_max_backoff: self.settings.retry_max_backoff,
+            keepalive_interval: self.settings.keepalive_interval,
+            on_reboot_required: self.settings.on_reboot_required,
+        }
+    }
+
+    /// model.conf as it is now, for the machine (which tells an edit from the same bytes).
+    async fn read_conf(&self, force: bool) -> Event {
+        let path = &self.paths.model_conf;
+        let (bytes, parsed) = match modelconf::read_bytes(path).await {
+            Ok(b) => {
+                let parsed = modelconf::parse(&b).map(|c| c.model).map_err(|errs| modelconf::describe(path, &errs));
+                (Some(b), parsed)
+            }
+            Err(e) => (None, Err(e)),
+        };
+        Event::Conf { bytes, parsed, force }
+    }
+
+    /// Carries out the machine's effects in order; a step's result goes back to the machine and
+    /// its effects run next. Some(result) ends the loop.
+    async fn perform(&mut self, m: &mut Machine, effects: Vec<Effect>, due: &mut Option<(Instant, Due)>, tick: &mut Option<TickRecord>, signals: &Signals) -> Option<Result<(), Failure>> {
+        let mut queue: VecDeque<Effect> = effects.into();
+        while let Some(effect) = queue.pop_front() {
+            let mut then = Vec::new();
+            match effect {
+                Effect::Stage(stage, text) => self.set_stage(stage, &text).await,
+                Effect::Ready(model) => {
+                    let text = self.ready_text(&model);
+                    self.set_stage(Stage::Ready, &text).await;
+                }
+                Effect::NotifyReady => self.notify.ready(),
+                Effect::Status(text) => {
+                    tracing::error!("{text}");
+                    self.notify.status(&text);
+                }
+                Effect::ConfWarning(w) => {
+                    self.conf_warning(w);
+                    self.state.save().await;
+                }
+                Effect::EvictionNote(note) => {
+                    self.state.state.warnings.retain(|w| !w.starts_with("the model was re-warmed"));
+                    if let Some(n) = &note {
+                        tracing::warn!("{n}");
+                        self.state.state.warnings.push(n.clone());
+                    }
+                    if let Some(mut rec) = tick.take() {
+                        rec.note = note;
+                        self.state.state.last_ping = Some(rec);
+                    }
+                    self.state.save().await;
+                }
+                Effect::Warn(text) => tracing::warn!("{text}"),
+                Effect::Info(text) => tracing::info!("{text}"),
+                Effect::Schedule(next) => *due = next.map(|(wait, what)| (Instant::now() + wait, what)),
+                Effect::Run(step) => {
+                    for event in self.run_step(step, tick, signals).await {
+                        then.extend(m.on(event));
+                    }
+                }
+                Effect::KeepaliveNow => {
+                    if !self.backend.keepalive_now().await {
+                        then = m.on(Event::NoKeepalive);
+                    }
+                }
+                Effect::StopKeepalive => self.backend.stop_keepalive().await,
+                Effect::StopOllama => self.backend.shutdown().await,
+                Effect::RequestReboot => {
+                    tracing::error!("on_reboot_required = \"reboot\": asking systemd to reboot the machine");
+                    if let Err(e) = self.backend.request_reboot().await {
+                        tracing::error!("the reboot request failed: {e}; reboot by hand (sudo reboot)");
+                    }
+                }
+                Effect::CountOllamaRestart => self.state.state.ollama_restarts += 1,
+                Effect::CountRepin => {
+                    self.state.state.repin_count += 1;
+                    self.state.save().await;
+                }
+                Effect::CountRewarm => self.state.state.rewarm_count += 1,
+                Effect::Shutdown => return Some(self.shutdown().await),
+                Effect::Exit(f) => return Some(Err(f)),
+            }
+            for e in then.into_iter().rev() {
+                queue.push_front(e);
+            }
+        }
+        None
+    }
+
+    /// Runs one long step (cancelled by shutdown, feeding the watchdog) and reports its result
+    /// as events. The step reports; the machine decides.
+    async fn run_step(&mut self, s: Step, tick: &mut Option<TickRecord>, signals: &Signals) -> Vec<Event> {
+        let (n, wd) = self.pet();
+        let done = |r: Option<Result<ModelName, Failure>>| match r {
+            None => vec![Event::Shutdown],
+            Some(Ok(m)) => vec![Event::Warmed(m)],
+            Some(Err(f)) => vec![Event::Failed(f)],
+        };
+        match s {
+            Step::Boot { last_good, keep } => {
+                let what = format!("bringing up {}", self.backend.describe());
+                done(step(&n, wd, signals, &what, self.boot(signals, last_good, keep)).await)
+            }
+            Step::Warm { last_good, keep } => done(step(&n, wd, signals, "loading the model", self.warm_model(last_good, keep)).await),
+            Step::Prepare { from, to } => match step(&n, wd, signals, "getting the new model ready", self.prepare_switch(&from, &to)).await {
+                None => vec![Event::Shutdown],
+                Some(r) => vec![Event::Prepared(r)],
+            },
+            Step::Switch { from, to } => match step(&n, wd, signals, "switching models", self.switch(&from, &to)).await {
+                None => vec![Event::Shutdown],
+                Some(r) => vec![Event::Switched(r)],
+            },
+            Step::Tick(model) => {
+                let Some(result) = step(&n, wd, signals, "keeping the model warm", self.backend.tick(&self.api, &self.settings, &model)).await else {
+                    return vec![Event::Shutdown];
+                };
+                // None: a separate keepalive does this; no more ticks are scheduled.
+                let Some(result) = result else { return Vec::new() };
+                let rewarms = self.state.state.rewarm_count + u64::from(matches!(&result, Ok(r) if r.rewarmed));
+                *tick = Some(TickRecord::new(&model, &result, rewarms, u32::from(result.is_err())));
+                match result {
+                    Ok(r) => {
+                        let rewarmed = r.rewarmed;
+                        self.state.state.warm = Some(r);
+                        vec![Event::Ticked(Some(rewarmed))]
+                    }
+                    Err(f) => vec![Event::Ticked(None), Event::Failed(f)],
+                }
             }
         }
     }
@@ -261,59 +363,6 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         (self.notify.clone(), self.watchdog)
     }
 
-    async fn ollama_event(&mut self, lp: &mut Loop, e: OllamaEvent) -> Next {
-        match e {
-            OllamaEvent::Down(how) => {
-                if lp.phase != Phase::Down {
-                    self.state.state.ollama_restarts += 1;
-                }
-                lp.phase = Phase::Down;
-                lp.boot_failures += 1;
-                // An Ollama that was running and went away is started again at once (the model
-                // is cold, every second counts); one that goes away again before the model is
-                // warm backs off 5 s, 10 s... so a crash loop cannot spin.
-                // (Under systemd, ollama.service's own Restart= brings it back and Up re-checks.)
-                let wait = match self.backend.kind() {
-                    LauncherKind::Process if lp.boot_failures <= 1 => Duration::ZERO,
-                    LauncherKind::Process => warm::backoff(lp.boot_failures - 1, self.settings.retry_max_backoff.min(RESTART_CAP)),
-                    LauncherKind::Systemd => warm::backoff(lp.boot_failures, self.settings.retry_max_backoff.min(RESTART_CAP)),
-                };
-                lp.due = Some((Instant::now() + wait, Due::Boot));
-                let then = match self.backend.kind() {
-                    LauncherKind::Process if wait.is_zero() => "starting it again now".to_string(),
-                    LauncherKind::Process => format!("starting it again in {}", humantime::format_duration(wait)),
-                    LauncherKind::Systemd => format!("re-checking as soon as it is back, or starting it in {}", humantime::format_duration(wait)),
-                };
-                self.set_stage(Stage::OllamaDown, &format!("NOT READY: {how}; {then}, then re-warming")).await;
-            }
-            OllamaEvent::Up if lp.phase == Phase::Down => {
-                tracing::info!("Ollama is up again; re-checking the GPU and re-warming now");
-                lp.due = Some((Instant::now(), Due::Boot));
-            }
-            OllamaEvent::Up => {}
-            OllamaEvent::Failed(f) => return self.failed(lp, f).await,
-        }
-        Next::Continue
-    }
-
-    async fn due(&mut self, lp: &mut Loop, signals: &Signals) -> Next {
-        let Some((_, what)) = lp.due.take() else { return Next::Continue };
-        match what {
-            Due::Boot => {
-                let what = format!("bringing up {}", self.backend.describe());
-                let (n, wd) = self.pet();
-                match step(&n, wd, signals, &what, self.boot(signals, lp.last_good.clone(), lp.keep())).await {
-                    None => Next::Exit(self.shutdown().await),
-                    Some(Ok(model)) => self.warmed(lp, model).await,
-                    Some(Err(f)) => self.failed(lp, f).await,
-                }
-            }
-            Due::Warm => self.warm_now(lp, signals).await,
-            Due::Tick => self.tick(lp, signals).await,
-        }
-    }
-
-    /// One boot sequence: Ollama started -> API ready -> GPU found -> model warm -> keepalive.
     async fn boot(&mut self, signals: &Signals, last_good: Option<ModelName>, keep: Option<ModelName>) -> Result<ModelName, Failure> {
         self.state.restart_timeline();
         let what = self.backend.describe();
@@ -475,166 +524,8 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         format!("ready: {model} warm {place}, pinned; keepalive every {}", humantime::format_duration(self.settings.keepalive_interval))
     }
 
-    async fn warmed(&mut self, lp: &mut Loop, model: ModelName) -> Next {
-        lp.boot_failures = 0;
-        lp.warm_failures = 0;
-        lp.last_good = Some(model.clone());
-        let text = self.ready_text(&model);
-        lp.phase = Phase::Warm(model);
-        lp.due = Some((Instant::now() + self.settings.keepalive_interval, Due::Tick));
-        self.set_stage(Stage::Ready, &text).await;
-        if !lp.ready_sent {
-            self.notify.ready();
-            lp.ready_sent = true;
-        }
-        Next::Continue
-    }
-
-    /// The policy's decision, carried out.
-    async fn failed(&mut self, lp: &mut Loop, f: Failure) -> Next {
-        let (stage, action) = policy(&f);
-        match action {
-            Action::Exit(_) if matches!(f, Failure::Cancelled) => Next::Exit(self.shutdown().await),
-            Action::Exit(_) => {
-                self.set_stage(stage, &format!("NOT READY: {f}")).await;
-                self.backend.stop_keepalive().await;
-                if matches!(f, Failure::RebootRequired { .. }) && self.settings.on_reboot_required == OnRebootRequired::Reboot {
-                    tracing::error!("on_reboot_required = \"reboot\": asking systemd to reboot the machine");
-                    if let Err(e) = self.backend.request_reboot().await {
-                        tracing::error!("the reboot request failed: {e}; reboot by hand (sudo reboot)");
-                    }
-                }
-                self.backend.shutdown().await;
-                Next::Exit(Err(f))
-            }
-            Action::RestartOllama => {
-                lp.phase = Phase::Down;
-                lp.boot_failures += 1;
-                // A child that never answered is stopped before the next start; a unit stays.
-                self.backend.shutdown().await;
-                let wait = warm::backoff(lp.boot_failures, self.settings.retry_max_backoff);
-                lp.due = Some((Instant::now() + wait, Due::Boot));
-                self.set_stage(stage, &format!("NOT READY: {f}; trying again in {}", humantime::format_duration(wait))).await;
-                Next::Continue
-            }
-            Action::RetryWarm => {
-                lp.phase = Phase::Waiting(action);
-                lp.warm_failures += 1;
-                let wait = warm::backoff(lp.warm_failures, self.settings.retry_max_backoff.min(self.settings.keepalive_interval));
-                lp.due = Some((Instant::now() + wait, Due::Warm));
-                self.set_stage(stage, &format!("NOT READY: {f}; retrying in {} or when model.conf changes", humantime::format_duration(wait))).await;
-                Next::Continue
-            }
-            Action::WaitForConfig => {
-                lp.phase = Phase::Waiting(action);
-                lp.due = None;
-                self.set_stage(stage, &format!("NOT READY: {f}; waiting for model.conf to change")).await;
-                Next::Continue
-            }
-        }
-    }
-
-    async fn warm_now(&mut self, lp: &mut Loop, signals: &Signals) -> Next {
-        let last_good = lp.last_good.clone();
-        let (n, wd) = self.pet();
-        match step(&n, wd, signals, "loading the model", self.warm_model(last_good, lp.keep())).await {
-            None => Next::Exit(self.shutdown().await),
-            Some(Ok(m)) => self.warmed(lp, m).await,
-            Some(Err(f)) => self.failed(lp, f).await,
-        }
-    }
-
-    async fn tick(&mut self, lp: &mut Loop, signals: &Signals) -> Next {
-        let Phase::Warm(model) = lp.phase.clone() else { return Next::Continue };
-        let (n, wd) = self.pet();
-        let Some(result) = step(&n, wd, signals, "keeping the model warm", self.backend.tick(&self.api, &self.settings, &model)).await else {
-            return Next::Exit(self.shutdown().await);
-        };
-        // None: a separate keepalive does this; the loop stops scheduling ticks.
-        let Some(result) = result else { return Next::Continue };
-        if let Ok(r) = &result {
-            if r.rewarmed {
-                self.state.state.rewarm_count += 1;
-            }
-            lp.evictions.record(r.rewarmed);
-        }
-        let interval = self.settings.keepalive_interval;
-        let mut rec = TickRecord::new(&model, &result, self.state.state.rewarm_count, u32::from(result.is_err()));
-        rec.note = lp.evictions.describe(interval);
-        self.state.state.warnings.retain(|w| !w.starts_with("the model was re-warmed"));
-        if let Some(n) = &rec.note {
-            tracing::warn!("{n}");
-            self.state.state.warnings.push(n.clone());
-        }
-        self.state.state.last_ping = Some(rec);
-        match result {
-            Ok(r) => {
-                self.state.state.warm = Some(r);
-                lp.due = Some((Instant::now() + lp.evictions.wait(interval), Due::Tick));
-                let text = self.ready_text(&model);
-                self.set_stage(Stage::Ready, &text).await;
-                Next::Continue
-            }
-            Err(f) => self.failed(lp, f).await,
-        }
-    }
-
-    /// Between pings: is the model still there and pinned? Another client's eviction or
-    /// keep_alive is repaired now, not at the next 4-minute ping, unless evictions keep
-    /// repeating (then the keepalive's back-off decides: no reload fight).
-    async fn residency(&mut self, lp: &mut Loop) -> Next {
-        let Phase::Warm(model) = lp.phase.clone() else { return Next::Continue };
-        let found = match warm::residency(&self.api, &self.settings, &model).await {
-            Ok(r) => r,
-            Err(e) => {
-                // Readiness tells the truth: an Ollama that does not answer (hung, stopped,
-                // overloaded) is not ready, whatever the last check said; /healthz, the metrics
-                // and the guard follow the stage. The loop's phase stays warm: when Ollama
-                // answers again nothing needs reloading.
-                if self.state.state.stage == Stage::Ready {
-                    self.set_stage(Stage::OllamaUnreachable, &format!("NOT READY: Ollama at {} did not answer the residency check: {e}", self.api.url())).await;
-                }
-                return Next::Continue;
-            }
-        };
-        if matches!(self.state.state.stage, Stage::OllamaUnreachable | Stage::NotResident) && !matches!(found, warm::Residency::Missing(_)) {
-            tracing::info!("{model} is loaded and Ollama answers again");
-            let text = self.ready_text(&model);
-            self.set_stage(Stage::Ready, &text).await;
-        }
-        match found {
-            warm::Residency::Pinned => return Next::Continue,
-            warm::Residency::Unpinned { expires_at } => {
-                self.state.state.repin_count += 1;
-                self.state.save().await;
-                tracing::warn!("{model} expires at {expires_at}: another client changed its keep_alive; pinning it again now");
-            }
-            warm::Residency::Missing(why) => {
-                if lp.evictions.count() >= 2 {
-                    // The next ping (backed off) will re-warm; a third quick reload would be a
-                    // fight. Said at once, and not ready meanwhile: the model is not loaded.
-                    if self.state.state.stage == Stage::Ready {
-                        let wait = lp.evictions.wait(self.settings.keepalive_interval);
-                        let text = format!(
-                            "NOT READY: {model} is gone again ({why}); after {} re-warms within the hour the next waits for the backed-off keepalive (up to {}), so that jetson-llmd and a client do not take turns reloading it",
-                            lp.evictions.count(),
-                            humantime::format_duration(wait)
-                        );
-                        self.set_stage(Stage::NotResident, &text).await;
-                    }
-                    return Next::Continue;
-                }
-                tracing::warn!("{model} is gone ({why}); re-warming now");
-            }
-        }
-        if !self.backend.keepalive_now().await {
-            lp.due = Some((Instant::now(), Due::Tick));
-        }
-        Next::Continue
-    }
-
     /// One sample of the board; warnings start and clear once per episode.
-    async fn monitor(&mut self, board: &mut Board) -> Next {
+    async fn monitor(&mut self, board: &mut Board) {
         let now = crate::host::probe::gather(&self.paths.root).await;
         let limits = monitor::Limits { reserve_bytes: self.settings.memory_reserve_mib << 20, temperature_c: f64::from(self.settings.temperature_warn_c) };
         if self.state.state.stage == Stage::Ready {
@@ -657,7 +548,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         let (started, cleared) = board.episodes.update(conditions);
         board.last = Some(now);
         if started.is_empty() && cleared.is_empty() {
-            return Next::Continue;
+            return;
         }
         for w in &started {
             tracing::warn!("board: {w}");
@@ -668,11 +559,10 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         self.state.state.warnings.retain(|w| !w.starts_with("board: "));
         self.state.state.warnings.extend(board.episodes.current().map(|w| format!("board: {w}")));
         self.state.save().await;
-        Next::Continue
     }
 
-    /// SIGHUP / `systemctl reload`: config.toml and model.conf are read again.
-    async fn reload(&mut self, lp: &mut Loop, signals: &Signals) -> Next {
+    /// SIGHUP / `systemctl reload`: config.toml is read again (model.conf follows, forced).
+    async fn reload_config(&mut self) {
         match config::load(&self.paths.config).await {
             Ok(s) => {
                 self.state.state.warnings.retain(|w| !w.starts_with("config.toml"));
@@ -697,96 +587,6 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                 self.state.state.warnings.retain(|w| !w.starts_with("config.toml"));
                 self.state.state.warnings.push(format!("config.toml is invalid (the settings in use stay): {e}"));
             }
-        }
-        self.conf_poll(lp, signals, true).await
-    }
-
-    /// model.conf changed (or `force`): an invalid file keeps the running model; a new valid
-    /// model is loaded while the old one stays warm, and only then replaces it.
-    async fn conf_poll(&mut self, lp: &mut Loop, signals: &Signals, force: bool) -> Next {
-        let bytes = modelconf::read_bytes(&self.paths.model_conf).await.ok();
-        if bytes == lp.conf_bytes && !force {
-            return Next::Continue;
-        }
-        lp.conf_bytes = bytes;
-        let conf = match modelconf::read(&self.paths.model_conf).await {
-            Ok(c) => c,
-            Err(e) => {
-                let keep = match &lp.phase {
-                    Phase::Warm(m) => format!("keeping {m} loaded"),
-                    _ => "nothing is loaded".into(),
-                };
-                tracing::error!("{e}");
-                self.conf_warning(Some(format!("model.conf is invalid ({keep}): {e}")));
-                self.notify.status(&format!("model.conf is invalid, {keep}: {}", e.lines().next().unwrap_or("")));
-                self.state.save().await;
-                return Next::Continue;
-            }
-        };
-        self.conf_warning(None);
-        self.state.save().await;
-        match lp.phase.clone() {
-            Phase::Warm(current) if current == conf.model => {
-                let text = self.ready_text(&current);
-                self.set_stage(Stage::Ready, &text).await;
-                Next::Continue
-            }
-            Phase::Warm(current) => {
-                let (n, wd) = self.pet();
-                let prepared = step(&n, wd, signals, "getting the new model ready", self.prepare_switch(&current, &conf.model)).await;
-                let Some(prepared) = prepared else { return Next::Exit(self.shutdown().await) };
-                match prepared {
-                    Ok(()) => {}
-                    Err(Block::Refused(why)) => {
-                        lp.rejected_conf = lp.conf_bytes.clone();
-                        tracing::error!("{why}");
-                        self.notify.status(&why);
-                        self.conf_warning(Some(why));
-                        self.state.save().await;
-                        return Next::Continue;
-                    }
-                    // Ollama did not answer: nothing was touched and nothing is decided about
-                    // the name; the edit is looked at again at the next poll (the residency
-                    // check says what Ollama is doing meanwhile).
-                    Err(Block::Failed(f @ (Failure::Unreachable(_) | Failure::OllamaDown(_)))) => {
-                        tracing::warn!("getting {} ready: {f}; trying again at the next look at model.conf", conf.model);
-                        lp.conf_bytes = None;
-                        return Next::Continue;
-                    }
-                    // The name cannot be made present (the registry does not have it, the pull
-                    // or create failed): the old model was never touched, so it stays the model
-                    // (state, guard and keepalive follow it) and the edit is refused like a model
-                    // that does not fit, until model.conf changes or SIGHUP tries it again.
-                    // Retrying on a timer would only pull a name that does not exist, forever.
-                    Err(Block::Failed(f)) => {
-                        lp.rejected_conf = lp.conf_bytes.clone();
-                        let why = format!(
-                            "model.conf names {}, which could not be made ready ({f}); {current} stays loaded; correct the name in model.conf, or `systemctl reload jetson-llmd` to try it again",
-                            conf.model
-                        );
-                        tracing::error!("{why}");
-                        self.notify.status(&why);
-                        self.conf_warning(Some(why));
-                        self.state.save().await;
-                        return Next::Continue;
-                    }
-                }
-                let (n, wd) = self.pet();
-                match step(&n, wd, signals, "switching models", self.switch(&current, &conf.model)).await {
-                    None => Next::Exit(self.shutdown().await),
-                    Some(Ok(m)) => {
-                        lp.rejected_conf = (m != conf.model).then(|| lp.conf_bytes.clone()).flatten();
-                        self.warmed(lp, m).await
-                    }
-                    Some(Err(f)) => self.failed(lp, f).await,
-                }
-            }
-            Phase::Waiting(_) => {
-                lp.warm_failures = 0;
-                lp.due = Some((Instant::now(), Due::Warm));
-                Next::Continue
-            }
-            Phase::Down => Next::Continue,
         }
     }
 }

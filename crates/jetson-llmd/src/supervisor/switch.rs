@@ -10,13 +10,7 @@ use crate::host::notify::Notifier;
 use crate::ollama::{fit, warm, OllamaApi};
 use tokio::time::Instant;
 
-/// Why a switch does not start.
-pub(super) enum Block {
-    /// Admission: it does not fit (the words say by how much).
-    Refused(String),
-    /// The new model cannot be made present (pull or create failed).
-    Failed(Failure),
-}
+use super::machine::Block;
 
 
 impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
