@@ -223,6 +223,8 @@ pub struct FakeBackend {
     pub log: Rc<RefCell<Vec<String>>>,
     pub start_errors: RefCell<VecDeque<Failure>>,
     pub relief: FakeRelief,
+    /// What the separate keepalive reported (systemd): handed out one per [`Backend::last_tick`].
+    pub reports: Rc<RefCell<VecDeque<warm::TickRecord>>>,
 }
 
 impl FakeBackend {
@@ -235,6 +237,7 @@ impl FakeBackend {
             log: Rc::new(RefCell::new(vec![GPU_LOG.to_string()])),
             start_errors: RefCell::default(),
             relief: FakeRelief::default(),
+            reports: Rc::default(),
         };
         (b, tx)
     }
@@ -279,6 +282,9 @@ impl Backend for FakeBackend {
             }
             LauncherKind::Systemd => None,
         }
+    }
+    async fn last_tick(&mut self) -> Option<warm::TickRecord> {
+        self.reports.borrow_mut().pop_front()
     }
     async fn keepalive_now(&mut self) -> bool {
         self.call("keepalive_now".into());

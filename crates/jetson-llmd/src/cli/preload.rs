@@ -6,6 +6,7 @@ use jetson_llmd::failure::{code, Failure};
 use jetson_llmd::host::memory::DropCaches;
 use jetson_llmd::host::signals::Signals;
 use jetson_llmd::ollama::warm;
+use jetson_llmd::supervisor::state::{write_preload, PreloadRecord};
 
 pub async fn run(g: &Global) -> anyhow::Result<i32> {
     let ctx = context(g).await?;
@@ -13,21 +14,29 @@ pub async fn run(g: &Global) -> anyhow::Result<i32> {
     let state_dir = jetson_llmd::host::rooted(&ctx.root, &ctx.settings.state_dir);
     let model = match jetson_llmd::supervisor::state::chosen_model(&state_dir).await {
         Some(m) => m,
-        None => model_from_conf(&ctx).await?,
+        None => match model_from_conf(&ctx).await {
+            Ok(m) => m,
+            Err(f) => {
+                record(&state_dir, "", &Err(&f)).await;
+                return Err(f.into());
+            }
+        },
     };
     let relief = DropCaches::under(&ctx.root);
     let signals = Signals::install();
-    tracing::info!("waiting for Ollama's API at {} (up to {})", ctx.client.base_url(), humantime::format_duration(ctx.settings.startup_timeout));
-    let version = warm::wait_for_api(&ctx.client, ctx.settings.startup_timeout, &signals.shutdown).await?;
-    tracing::info!("Ollama {version} at {}; preloading {model}", ctx.client.base_url());
-    let what = format!("loading {model}");
-    let work = warm::preload(&ctx.client, &ctx.settings, &model, &relief);
-    let n = jetson_llmd::host::notify::SdNotify;
-    // SIGTERM ends a pull or load at once (Ollama finishes or drops it on its side).
-    let r = jetson_llmd::host::notify::guarded(work, &n, None, &signals.shutdown, Some((warm::STILL_WAITING, &what)))
-        .await
-        .ok_or(Failure::Cancelled)?
-        .with_context(|| format!("preloading {model} through {}", ctx.client.base_url()))?;
+    let work = async {
+        tracing::info!("waiting for Ollama's API at {} (up to {})", ctx.client.base_url(), humantime::format_duration(ctx.settings.startup_timeout));
+        let version = warm::wait_for_api(&ctx.client, ctx.settings.startup_timeout, &signals.shutdown).await?;
+        tracing::info!("Ollama {version} at {}; preloading {model}", ctx.client.base_url());
+        let what = format!("loading {model}");
+        let n = jetson_llmd::host::notify::SdNotify;
+        // SIGTERM ends a pull or load at once (Ollama finishes or drops it on its side).
+        jetson_llmd::host::notify::guarded(warm::preload(&ctx.client, &ctx.settings, &model, &relief), &n, None, &signals.shutdown, Some((warm::STILL_WAITING, &what))).await.ok_or(Failure::Cancelled)?
+    };
+    let result = work.await;
+    // The supervisor reads the outcome here, typed (preload.json), whatever the exit code says.
+    record(&state_dir, model.as_str(), &result.as_ref()).await;
+    let r = result.with_context(|| format!("preloading {model} through {}", ctx.client.base_url()))?;
     if ctx.json {
         print_json(&r)?;
     } else {
@@ -40,4 +49,14 @@ pub async fn run(g: &Global) -> anyhow::Result<i32> {
         );
     }
     Ok(code::OK)
+}
+
+async fn record(state_dir: &std::path::Path, model: &str, result: &Result<&warm::WarmReport, &Failure>) {
+    let r = PreloadRecord {
+        at: jetson_llmd::supervisor::state::now(),
+        model: model.to_string(),
+        report: result.ok().cloned(),
+        failure: result.err().map(|f| f.reported()),
+    };
+    write_preload(state_dir, &r).await;
 }

@@ -96,7 +96,7 @@ pub async fn run(g: &Global, launcher: LauncherArg, ollama_bin: Option<PathBuf>)
         LauncherArg::Systemd => {
             let sd = Systemd::system().await.context("supervise needs systemd's D-Bus API (use --launcher process in a container without systemd)")?;
             let preload_deadline = ctx.settings.load_timeout + Duration::from_secs(3600);
-            let backend = SystemdBackend::new(sd, ctx.settings.startup_timeout, preload_deadline).await?;
+            let backend = SystemdBackend::new(sd, ctx.settings.startup_timeout, preload_deadline, jetson_llmd::host::rooted(&ctx.root, &ctx.settings.state_dir)).await?;
             metrics(&state);
             let sup = Supervisor { api: ctx.client.clone(), backend, notify: SdNotify, settings: ctx.settings.clone(), paths: ctx.paths.clone(), cmdline, state, conf_poll: CONF_POLL, conf_watch: true, watchdog: watchdog_period(), guard: policy.clone() };
             sup.run(signals).await

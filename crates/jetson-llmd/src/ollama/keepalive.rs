@@ -41,7 +41,18 @@ where
 {
     let mut failures = 0u32;
     let mut rewarms = 0u64;
-    let mut evictions = warm::EvictionBackoff::default();
+    // A keepalive restarted (by the supervisor, to re-warm now, or by systemd) goes on with
+    // the back-off its predecessor recorded: a restart must not reset the count of re-warms.
+    let mut evictions = match report.state_dir {
+        Some(dir) => match crate::supervisor::state::read_keepalive(dir).await {
+            Ok(Some(last)) if last.model == model.as_str() => {
+                rewarms = last.rewarm_count;
+                warm::EvictionBackoff::from_history(&last.recent_rewarms)
+            }
+            _ => warm::EvictionBackoff::default(),
+        },
+        None => warm::EvictionBackoff::default(),
+    };
     loop {
         let chosen = match report.state_dir {
             Some(dir) => crate::supervisor::state::chosen_model(dir).await,
@@ -79,6 +90,7 @@ where
         }
         let mut rec = TickRecord::new(&model, &result, rewarms, failures);
         rec.note = evictions.describe(settings.keepalive_interval);
+        rec.recent_rewarms = evictions.history();
         if let Some(n) = &rec.note {
             tracing::warn!("keepalive: {n}");
         }
@@ -225,6 +237,42 @@ mod tests {
         // (wait 960 s), 2160 (wait 1920 s), 4080: never a reload every 4 minutes for ever.
         assert_eq!(at, [0, 240, 480, 720, 1200, 2160, 4080]);
         assert_eq!(notes, [false, false, false, true, true, true, true]);
+    }
+
+    /// Under systemd the supervisor restarts the keepalive to re-warm at once; the restarted
+    /// one must go on with its predecessor's count, or every eviction would be a reload.
+    #[tokio::test(start_paused = true)]
+    async fn a_restarted_keepalive_goes_on_with_the_recorded_backoff() {
+        let rig = Rig::new();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+        let before = TickRecord { recent_rewarms: vec![now - 100, now - 50, now - 7200], rewarm_count: 2, ..TickRecord::new(&model("gemma4:e2b-8k"), &Err(Failure::Cancelled), 2, 0) };
+        crate::supervisor::state::write_keepalive(rig.dir.path(), &before).await;
+        // Evicted again: the first tick of the new process re-warms (the third in the hour).
+        let api = FakeApi::default();
+        let t0 = Instant::now();
+        let mut seen = Vec::new();
+        rig.run(&api, None, |t| {
+            seen.push((t0.elapsed().as_secs(), t.rewarmed, t.note.is_some(), t.rewarm_count, t.recent_rewarms.len()));
+            *api.loaded.borrow_mut() = None;
+            if seen.len() == 2 {
+                rig.cancel.cancel();
+            }
+        })
+        .await
+        .expect("ok");
+        assert_eq!(seen, [(0, true, true, 3, 3), (480, true, true, 4, 4)], "backed off at once, the hour-old re-warm forgotten");
+        let last: TickRecord = serde_json::from_slice(&std::fs::read(rig.dir.path().join("keepalive.json")).expect("r")).expect("typed");
+        assert_eq!(last.recent_rewarms.len(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_terminal_failure_is_recorded_typed_for_the_supervisor() {
+        let rig = Rig::new();
+        let api = FakeApi::new(&[Mode::Oom]);
+        let r = rig.run(&api, None, |_| {}).await;
+        assert!(matches!(r, Err(Failure::RebootRequired { .. })), "{r:?}");
+        let last: TickRecord = serde_json::from_slice(&std::fs::read(rig.dir.path().join("keepalive.json")).expect("r")).expect("typed");
+        assert!(matches!(last.failure, Some(crate::failure::Reported::RebootRequired { .. })), "{last:?}");
     }
 
     #[tokio::test(start_paused = true)]

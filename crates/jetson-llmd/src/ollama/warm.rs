@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// What a successful preload or keepalive tick saw.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct WarmReport {
     pub model: String,
     pub gpu_percent: u8,
@@ -285,6 +285,25 @@ impl EvictionBackoff {
         }
     }
 
+    /// The back-off as a previous keepalive left it: re-warms at these Unix seconds.
+    pub fn from_history(unix: &[u64]) -> EvictionBackoff {
+        let (now, now_unix) = (Instant::now(), unix_now());
+        let recent = unix
+            .iter()
+            .filter(|t| **t <= now_unix && now_unix - **t <= Self::WINDOW.as_secs())
+            .filter_map(|t| now.checked_sub(Duration::from_secs(now_unix - t)))
+            .collect::<std::collections::VecDeque<_>>();
+        let mut b = EvictionBackoff { recent };
+        b.record(false);
+        b
+    }
+
+    /// The re-warms of the last hour as Unix seconds (for keepalive.json).
+    pub fn history(&self) -> Vec<u64> {
+        let (now, now_unix) = (Instant::now(), unix_now());
+        self.recent.iter().filter(|t| now.duration_since(**t) <= Self::WINDOW).map(|t| now_unix.saturating_sub(now.duration_since(*t).as_secs())).collect()
+    }
+
     /// Re-warms within the last hour.
     pub fn count(&self) -> usize {
         let now = Instant::now();
@@ -311,6 +330,10 @@ impl EvictionBackoff {
     }
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// Capped exponential backoff: 5 s doubling up to `max`.
 pub fn backoff(failures: u32, max: Duration) -> Duration {
     let base = Duration::from_secs(5);
@@ -332,6 +355,14 @@ pub struct TickRecord {
     /// Set while repeated evictions make the keepalive hold back ([`EvictionBackoff`]).
     #[serde(default)]
     pub note: Option<String>,
+    /// The failure, typed, for the supervisor (the words are in `detail`).
+    #[serde(default)]
+    pub failure: Option<crate::failure::Reported>,
+    /// When the re-warms of the last hour happened (Unix seconds): the eviction back-off's
+    /// memory, so that a restarted keepalive (the supervisor restarts it to re-warm now) and
+    /// the supervisor count the same re-warms.
+    #[serde(default)]
+    pub recent_rewarms: Vec<u64>,
 }
 
 impl TickRecord {
@@ -345,6 +376,7 @@ impl TickRecord {
             ),
             Err(f) => (false, f.to_string(), None),
         };
+        let failure = result.as_ref().err().map(Failure::reported);
         TickRecord {
             at: crate::supervisor::state::now(),
             model: model.to_string(),
@@ -355,6 +387,8 @@ impl TickRecord {
             consecutive_failures,
             report,
             note: None,
+            failure,
+            recent_rewarms: Vec::new(),
         }
     }
 }

@@ -397,6 +397,8 @@ mod tests {
                 consecutive_failures: 0,
                 report: None,
                 note: None,
+                failure: None,
+                recent_rewarms: Vec::new(),
             }),
             units: vec![crate::host::systemd::UnitInfo {
                 unit: "ollama.service".into(),

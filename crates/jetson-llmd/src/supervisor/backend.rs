@@ -16,7 +16,7 @@ pub enum OllamaEvent {
     /// Ollama is running again without us starting it (systemd's Restart=).
     Up,
     /// A separate part failed in a way that needs the supervisor (ollama-keepalive.service
-    /// exiting 4, reboot required, or 5, model on the CPU).
+    /// reporting reboot required or the model on the CPU in keepalive.json).
     Failed(Failure),
 }
 
@@ -43,6 +43,12 @@ pub trait Backend {
     /// One keepalive tick when the loop itself keeps the model warm; None when a separate
     /// keepalive (ollama-keepalive.service) does.
     async fn tick<A: OllamaApi>(&mut self, api: &A, settings: &Settings, model: &ModelName) -> Option<Result<WarmReport, Failure>>;
+
+    /// A report of the separate keepalive written since the last call (None: nothing new, or
+    /// no separate keepalive): its re-warms count in the one eviction back-off.
+    async fn last_tick(&mut self) -> Option<crate::ollama::warm::TickRecord> {
+        None
+    }
 
     /// Makes the separate keepalive ping now (a residency check found the model gone or
     /// unpinned). False when there is none: the loop ticks itself.

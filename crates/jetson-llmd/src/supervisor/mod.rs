@@ -177,6 +177,16 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                 }
                 Input::Residency => {
                     next_residency = Instant::now() + self.settings.residency_check;
+                    // A separate keepalive's re-warms count in the machine's one back-off, so
+                    // a re-warm it did is not asked for again at once.
+                    if let Some(rec) = self.backend.last_tick().await {
+                        if rec.ok && m.warm_model().is_some_and(|w| w.as_str() == rec.model) {
+                            let effects = m.on(Event::Ticked(Some(rec.rewarmed)));
+                            if let Some(r) = self.perform(&mut m, effects, &mut due, &mut tick, &signals).await {
+                                return r;
+                            }
+                        }
+                    }
                     match m.warm_model().cloned() {
                         Some(model) => Some(Event::Residency(
                             warm::residency(&self.api, &self.settings, &model).await.map_err(|e| format!("Ollama at {} did not answer the residency check: {e}", self.api.url())),

@@ -192,6 +192,48 @@ pub async fn read_keepalive(dir: &Path) -> Result<Option<TickRecord>, StateError
     read_json(&dir.join("keepalive.json")).await
 }
 
+/// What the last `jetson-llmd preload` (ollama-preload.service) did, typed, in
+/// `<state_dir>/preload.json`: the supervisor reads its result here, not from the unit's exit
+/// code or its journal.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PreloadRecord {
+    pub at: String,
+    /// The model it loaded (or tried to).
+    pub model: String,
+    #[serde(default)]
+    pub report: Option<crate::ollama::warm::WarmReport>,
+    #[serde(default)]
+    pub failure: Option<crate::failure::Reported>,
+}
+
+const PRELOAD_JSON: &str = "preload.json";
+
+pub async fn write_preload(dir: &Path, r: &PreloadRecord) {
+    if !dir.is_dir() {
+        // A preload run by hand with no supervisor (and no /run/jetson-llmd): nobody to tell.
+        return;
+    }
+    let path = dir.join(PRELOAD_JSON);
+    let Ok(text) = serde_json::to_vec_pretty(r) else { return };
+    if let Err(e) = crate::host::fs::write_atomic(&path, text, 0o644).await {
+        tracing::warn!("cannot write {}: {e}", path.display());
+    }
+}
+
+pub async fn read_preload(dir: &Path) -> Result<Option<PreloadRecord>, StateError> {
+    read_json(&dir.join(PRELOAD_JSON)).await
+}
+
+/// Before a preload runs: a record left by an earlier one is not this one's result.
+pub async fn clear_preload(dir: &Path) {
+    let path = dir.join(PRELOAD_JSON);
+    if let Err(e) = tokio::fs::remove_file(&path).await {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!("cannot remove {}: {e}", path.display());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,10 +6,13 @@
 use super::backend::{Backend, OllamaEvent};
 use super::state::LauncherKind;
 use crate::conf::{ModelName, Settings};
-use crate::failure::{code, Failure};
+use crate::failure::Failure;
+use crate::failure::Reported;
 use crate::host::journal;
 use crate::host::systemd::{SdError, Systemd, Verb, KEEPALIVE, OLLAMA, PRELOAD};
-use crate::ollama::warm::WarmReport;
+use crate::ollama::warm::{TickRecord, WarmReport};
+use super::state::{clear_preload, read_keepalive, read_preload, PreloadRecord};
+use std::path::PathBuf;
 use crate::ollama::OllamaApi;
 use futures_util::{Stream, StreamExt};
 use std::pin::Pin;
@@ -30,6 +33,12 @@ pub struct SystemdBackend {
     startup_timeout: Duration,
     /// Longest a preload may take (pulls of a 4 GB model included).
     preload_deadline: Duration,
+    /// Where the workers report (preload.json, keepalive.json).
+    state_dir: PathBuf,
+    /// When we last started the keepalive: its reports from before are not news.
+    keepalive_since: Option<time::OffsetDateTime>,
+    /// The `at` of the last keepalive report passed on.
+    last_report: Option<String>,
 }
 
 fn sd_failure(e: SdError) -> Failure {
@@ -37,9 +46,16 @@ fn sd_failure(e: SdError) -> Failure {
 }
 
 impl SystemdBackend {
-    pub async fn new(sd: Systemd, startup_timeout: Duration, preload_deadline: Duration) -> Result<SystemdBackend, Failure> {
+    pub async fn new(sd: Systemd, startup_timeout: Duration, preload_deadline: Duration, state_dir: PathBuf) -> Result<SystemdBackend, Failure> {
         sd.subscribe().await.map_err(sd_failure)?;
-        Ok(SystemdBackend { sd, states: None, keepalive: None, keepalive_started: false, up: false, startup_timeout, preload_deadline })
+        Ok(SystemdBackend { sd, states: None, keepalive: None, keepalive_started: false, up: false, startup_timeout, preload_deadline, state_dir, keepalive_since: None, last_report: None })
+    }
+
+    /// The keepalive's last report, if it was written since we started it.
+    async fn keepalive_report(&self) -> Option<TickRecord> {
+        let rec = read_keepalive(&self.state_dir).await.ok()??;
+        let at = time::OffsetDateTime::parse(&rec.at, &time::format_description::well_known::Rfc3339).ok()?;
+        (at >= self.keepalive_since?).then_some(rec)
     }
 
     async fn start_job(&self) -> Result<(), SdError> {
@@ -54,30 +70,16 @@ impl SystemdBackend {
         }
     }
 
-    /// ollama-keepalive.service failed with an exit code that only the supervisor can act on.
+    /// ollama-keepalive.service failed: what it reported (keepalive.json, typed) decides, not its
+    /// exit code. Only what a restart cannot fix is the supervisor's to act on (reboot required,
+    /// the model on the CPU); anything else systemd's Restart= retries.
     async fn keepalive_failure(&self) -> Option<Failure> {
         let info = self.sd.info(KEEPALIVE).await.ok()?;
         if info.active_state != "failed" {
             return None;
         }
-        // Its own error line already says it all; ours wraps it, so only name where to look.
-        let detail = format!("{KEEPALIVE} exited {}; see journalctl -u {KEEPALIVE}", info.exec_main_status.unwrap_or(-1));
-        match info.exec_main_status {
-            Some(code::REBOOT_REQUIRED) => Some(Failure::RebootRequired { detail }),
-            Some(code::ON_CPU) => Some(Failure::OnCpu { model: "the model".into(), hint: detail }),
-            _ => None,
-        }
-    }
-
-    /// The preload unit's own error line (jetson-llmd prints `error: ...` and ` -> cause` lines).
-    async fn preload_error(&self, e: &SdError) -> String {
-        let tail = journal::tail(PRELOAD, 8).await;
-        let err: Vec<&str> = tail.iter().map(String::as_str).filter(|l| l.starts_with("error:") || l.starts_with(" -> ") || l.starts_with("->")).collect();
-        if err.is_empty() {
-            e.to_string()
-        } else {
-            err.join(" ")
-        }
+        let failure = self.keepalive_report().await?.failure?;
+        matches!(failure, Reported::RebootRequired { .. } | Reported::OnCpu { .. }).then(|| failure.into())
     }
 }
 
@@ -157,17 +159,27 @@ impl Backend for SystemdBackend {
         // Each run is this loop's decision, paced by its own backoff: systemd's start limit
         // must not veto it (a canary or a few quick Ollama restarts would trip it).
         let _ = self.sd.reset_failed(PRELOAD).await;
-        let Err(e) = self.sd.run_job(PRELOAD, Verb::Restart, self.preload_deadline).await else { return Ok(()) };
-        let status = self.sd.info(PRELOAD).await.ok().and_then(|i| i.exec_main_status);
-        let detail = self.preload_error(&e).await;
-        // The preload's exit code is a Failure's exit code: map it back to the same failure.
-        Err(match status {
-            Some(code::REBOOT_REQUIRED) => Failure::RebootRequired { detail },
-            Some(code::ON_CPU) => Failure::OnCpu { model: model.to_string(), hint: detail },
-            // Exit 2 (model.conf invalid) included: the supervisor checked the file just before,
-            // so it changed meanwhile; the next attempt reads it again.
-            _ => Failure::Preload(format!("{PRELOAD} failed: {detail}")),
-        })
+        clear_preload(&self.state_dir).await;
+        let job = self.sd.run_job(PRELOAD, Verb::Restart, self.preload_deadline).await;
+        // The preload's own typed report (preload.json) says what happened; the job's result
+        // only says whether it ran.
+        let report = read_preload(&self.state_dir).await.ok().flatten();
+        match (job, report) {
+            (_, Some(PreloadRecord { failure: Some(f), .. })) => Err(f.into()),
+            (Ok(()), Some(r)) if r.model != model.as_str() => Err(Failure::Preload(format!("{PRELOAD} loaded {}, not {model}", crate::text::clip(&r.model, 200)))),
+            // Warm: the supervisor verifies it in /api/ps next, whatever was written.
+            (Ok(()), _) => Ok(()),
+            (Err(e), _) => Err(Failure::Preload(format!("{PRELOAD} failed without reporting a result ({e}); see journalctl -u {PRELOAD}"))),
+        }
+    }
+
+    async fn last_tick(&mut self) -> Option<TickRecord> {
+        let rec = self.keepalive_report().await?;
+        if self.last_report.as_deref() == Some(rec.at.as_str()) {
+            return None;
+        }
+        self.last_report = Some(rec.at.clone());
+        Some(rec)
     }
 
     async fn tick<A: OllamaApi>(&mut self, _api: &A, _settings: &Settings, _model: &ModelName) -> Option<Result<WarmReport, Failure>> {
@@ -184,6 +196,7 @@ impl Backend for SystemdBackend {
     }
 
     async fn start_keepalive(&mut self) -> Result<(), Failure> {
+        self.keepalive_since = Some(time::OffsetDateTime::now_utc() - time::Duration::seconds(1));
         self.sd.run_job(KEEPALIVE, Verb::Start, Duration::from_secs(120)).await.map_err(sd_failure)?;
         self.keepalive_started = true;
         Ok(())

@@ -706,3 +706,41 @@ async fn a_switch_to_a_name_that_cannot_be_pulled_keeps_the_loaded_model_and_say
     assert!(!calls.borrow().iter().any(|c| c.contains("typo")), "typo:model never reached the preload: {:?}", calls.borrow());
     assert!(rig.api.load_log().iter().all(|(m, _)| m != "typo:model"));
 }
+
+/// Under systemd the keepalive unit does the re-warms; its reports (keepalive.json) count in
+/// the supervisor's one back-off. Before, every eviction restarted the keepalive at once (the
+/// supervisor never heard of the re-warms, and each restarted keepalive started counting from
+/// zero): a client evicting every few seconds got a reload every residency check, for ever.
+#[tokio::test(start_paused = true)]
+async fn under_systemd_the_keepalives_rewarms_count_in_the_one_backoff() {
+    let rig = Rig::new();
+    let (backend, _tx) = FakeBackend::new(LauncherKind::Systemd);
+    let (calls, reports) = (backend.calls.clone(), backend.reports.clone());
+    let kicks = || calls.borrow().iter().filter(|c| *c == "keepalive_now").count();
+    let (r, ()) = tokio::join!(rig.supervisor(backend).run(rig.signals.clone()), async {
+        rig.until("ready", ready).await;
+        for n in 1..=2 {
+            *rig.api.loaded.borrow_mut() = Some("llama3.2:3b".into());
+            let t0 = Instant::now();
+            while kicks() < n {
+                assert!(t0.elapsed() < Duration::from_secs(60), "eviction {n} not repaired: {:?}", calls.borrow());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            // The restarted keepalive re-warms and reports it.
+            *rig.api.loaded.borrow_mut() = Some("gemma4:e2b-8k".into());
+            let ok: Result<crate::ollama::warm::WarmReport, Failure> = Ok(crate::ollama::warm::WarmReport { rewarmed: true, ..Default::default() });
+            reports.borrow_mut().push_back(crate::ollama::warm::TickRecord::new(&crate::testing::model("gemma4:e2b-8k"), &ok, n as u64, 0));
+            tokio::time::sleep(Duration::from_secs(20)).await;
+        }
+        let s = rig.state();
+        assert_eq!(s.rewarm_count, 2, "the keepalive's re-warms are counted: {s:#?}");
+        // The third eviction within the hour: said at once, and the keepalive is not kicked.
+        *rig.api.loaded.borrow_mut() = Some("llama3.2:3b".into());
+        let s = rig.until("not resident", |s| s.stage == Stage::NotResident).await;
+        assert!(s.status.contains("after 2 re-warms within the hour"), "{}", s.status);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(kicks(), 2, "no third restart of the keepalive: {:?}", calls.borrow());
+        rig.signals.shutdown.cancel();
+    });
+    r.expect("ok");
+}
