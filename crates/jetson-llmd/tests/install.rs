@@ -7,6 +7,7 @@ mod common;
 
 use common::{release, sha, Release, E};
 use std::collections::BTreeMap;
+use std::time::Duration;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -318,6 +319,25 @@ fn hostile_archives_and_bad_downloads_leave_the_old_install_intact() {
     assert_eq!(installed_tree(root.path()), tree);
 }
 
+/// On a machine never installed to, a refused archive leaves the machine as it was: not even
+/// the empty directories the unpack created (it used to say "nothing of it remains" and leave
+/// usr/local/lib/jetson-llmd/ollama behind).
+#[test]
+fn a_refused_first_install_leaves_no_directory_behind() {
+    let root = fixture_root();
+    let before = snapshot(root.path());
+    let rel = tempfile::tempdir().expect("tmp");
+    let script = ollama_script("0.30.6");
+    let mut base = base_entries(&script);
+    base.push(E::File("/etc/cron.d/evil", b"x", 0o644));
+    let r = release(&rel.path().join("bad"), &base, &jetpack_entries());
+    let o = install(root.path(), &r, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("nothing of it remains"), "{}", text(&o));
+    let after: BTreeMap<String, String> = snapshot(root.path()).into_iter().filter(|(k, _)| !k.starts_with("var/cache/jetson-llmd")).collect();
+    assert_eq!(after, before, "only the verified download cache may stay (for a retry)");
+}
+
 /// A run killed mid-extraction leaves a staging directory; the next run removes it and finishes.
 #[test]
 fn a_rerun_after_a_kill_cleans_stale_staging_and_finishes() {
@@ -475,6 +495,40 @@ async fn downloads_resume_a_partial_file_and_refuse_a_tampered_one() {
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("404") && err.contains("sha256sum.txt"), "{err}");
+}
+
+/// Ctrl-C during a download that does not move (a mirror that accepts and never answers): the
+/// install ends at once with one line, and the machine is as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_a_stuck_download_ends_at_once_and_changes_nothing() {
+    let root = fixture_root();
+    let before = snapshot(root.path());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", l.local_addr().expect("addr"));
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = l.accept().await {
+            conns.push(c);
+        }
+    });
+    let child = tokio::process::Command::new(bin())
+        .arg("--root")
+        .arg(root.path())
+        .args(["install", "--no-systemd", "--force", "--version", "0.30.6", "--mirror", &url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id().expect("pid") as i32), nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let t = std::time::Instant::now();
+    let o = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output()).await.expect("ended within 10 s of Ctrl-C").expect("output");
+    held.abort();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("interrupted by a signal") && !text(&o).contains("panicked"), "{}", text(&o));
+    let after: BTreeMap<String, String> = snapshot(root.path()).into_iter().filter(|(k, _)| !k.starts_with("var/cache/jetson-llmd")).collect();
+    assert_eq!(after, before);
 }
 
 /// After `apt install ./jetson-llmd_*.deb`: dpkg owns /usr/bin/jetson-llmd, the units in

@@ -175,7 +175,10 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
         eprint!("{}", plan.render());
     }
     let mut state = state;
-    let opts = Options { quiet: g.quiet || g.json, limits: Default::default() };
+    // From here a signal no longer kills: the install stops between two changes and puts back
+    // what it changed (apply), and the wait for the model ends with a word.
+    let signals = jetson_llmd::host::signals::Signals::install();
+    let opts = Options { quiet: g.quiet || g.json, limits: Default::default(), cancel: signals.shutdown.clone() };
     // Which supervisor state is there before the start: its outcome is not this start's.
     let state_dir = rooted(&g.root, &settings(g).await.unwrap_or_default().state_dir);
     let old = StateFile::read(&state_dir).await.ok().flatten().map(|s| canary::identity(&s));
@@ -197,7 +200,13 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
             eprintln!("waiting for the model to be warm on the GPU (up to {}; a first start may pull several GB)", humantime::format_duration(a.wait));
         }
         // A state left by an earlier run is not this start's outcome.
-        let s = canary::wait_for_outcome(dir, old, sd.as_ref(), a.wait, opts.quiet).await;
+        let s = tokio::select! {
+            s = canary::wait_for_outcome(dir, old, sd.as_ref(), a.wait, opts.quiet) => s,
+            _ = signals.shutdown.cancelled() => {
+                eprintln!("interrupted while waiting: the install is complete and jetson-llmd runs; see `jetson-llmd status`");
+                return Ok(code::FAILED);
+            }
+        };
         exit = match s.as_ref().map(|s| s.stage) {
             Some(Stage::Ready) => code::OK,
             Some(Stage::CpuFallback) => code::ON_CPU,

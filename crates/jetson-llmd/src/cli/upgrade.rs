@@ -92,7 +92,10 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
 
     let wanted = a.source.wanted()?;
     let req = Request { root: g.root.clone(), ollama: Some(wanted), model: None, self_exe: None, systemd: true, start: true };
-    let (new, _) = stage_release(&req, &st, &Options { quiet, limits: Default::default() }).await?;
+    // From here a signal no longer kills: a download stops at once, and a canary interrupted
+    // midway switches back to the version that was live (never a half-proven Ollama left live).
+    let signals = jetson_llmd::host::signals::Signals::install();
+    let (new, _) = stage_release(&req, &st, &Options { quiet, limits: Default::default(), cancel: signals.shutdown.clone() }).await?;
     if new.dir == current.dir && store.live_ok() {
         return finish(g, Report { from: current.version.clone(), to: new.version, kept: true, evidence: None, failed: vec![], message: format!("Ollama {} is already installed; nothing to do", current.version) }, code::OK);
     }
@@ -100,7 +103,18 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
         eprintln!("canary: switching Ollama {} -> {} and proving it on the GPU (up to {})", current.version, new.version, humantime::format_duration(a.timeout));
     }
     let t0 = std::time::Instant::now();
-    let s = switch_to(&sd, &store, &new.dir, &state_dir, a.timeout, quiet).await;
+    let s = tokio::select! {
+        s = switch_to(&sd, &store, &new.dir, &state_dir, a.timeout, quiet) => s,
+        _ = signals.shutdown.cancelled() => {
+            eprintln!("interrupted: switching back to Ollama {}", current.version);
+            let back = switch_to(&sd, &store, &current.dir, &state_dir, a.timeout, quiet).await;
+            let message = match back {
+                Ok(_) => format!("upgrade interrupted; Ollama {} is live again (the new version stays unpacked; run the upgrade again to prove it)", current.version),
+                Err(e) => format!("upgrade interrupted, and switching back to Ollama {} failed: {e}; run `sudo jetson-llmd upgrade --rollback`", current.version),
+            };
+            return finish(g, Report { from: current.version, to: new.version, kept: false, evidence: None, failed: vec!["interrupted".into()], message }, code::FAILED);
+        }
+    };
     let mut evidence = match &s {
         Ok(Some(s)) => Evidence::from_state(s, &ctx.settings.expected_compute),
         Ok(None) => Evidence { stage: Stage::Unknown, status: "no word from the supervisor".into(), gpu: false, compute: None, expected_compute: ctx.settings.expected_compute, libdirs: None, gpu_percent: None, tok_s: None, model: None },
