@@ -433,7 +433,7 @@ mod tests {
         let sd = Sd { on_reload: Box::new(move || c.cancel()) };
         let opts = Options { quiet: true, limits: Default::default(), cancel };
         let r = apply(&plan, &req, &mut InstallState::default(), Some(&sd), &opts).await;
-        let f = r.err().expect("interrupted");
+        let f = r.expect_err("interrupted");
         assert!(matches!(f.error, InstallError::Interrupted), "{:?}", f.error);
         assert!(f.rollback.iter().any(|l| l.starts_with("restored ")), "{:?}", f.rollback);
         as_before(d.path());
