@@ -9,7 +9,7 @@ use crate::host::notify::Notifier;
 use crate::ollama::warm::{self, WarmReport};
 use crate::ollama::OllamaApi;
 use crate::supervisor::backend::{Backend, OllamaEvent};
-use crate::supervisor::state::LauncherKind;
+use crate::records::state::LauncherKind;
 use ollama_client::{CreateRequest, Error, KeepAlive, ProgressLine, PsResponse, RunningModel, ShowResponse, TagsResponse, VersionResponse};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;

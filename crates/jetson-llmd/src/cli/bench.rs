@@ -20,7 +20,7 @@ pub struct Args {
 pub async fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
     let ctx = context(g).await?;
     let state_dir = rooted(&ctx.root, &ctx.settings.state_dir);
-    let configured = match jetson_llmd::supervisor::state::chosen_model(&state_dir).await {
+    let configured = match jetson_llmd::records::state::chosen_model(&state_dir).await {
         Some(m) => m,
         None => model_from_conf(&ctx).await?,
     };

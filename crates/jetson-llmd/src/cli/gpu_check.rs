@@ -10,7 +10,7 @@ use std::path::PathBuf;
 /// The GPU verdict a running supervisor holds (state.json), for when the journal has none.
 async fn supervisor_verdict(g: &Global, settings: &jetson_llmd::conf::Settings) -> Option<discovery::GpuReport> {
     let dir = jetson_llmd::host::rooted(&g.root, &settings.state_dir);
-    let s = jetson_llmd::supervisor::state::StateFile::read(&dir).await.ok().flatten()?;
+    let s = jetson_llmd::records::state::StateFile::read(&dir).await.ok().flatten()?;
     s.gpu.filter(|r| r.discovered)
 }
 

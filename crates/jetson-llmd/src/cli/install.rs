@@ -13,8 +13,8 @@ use jetson_llmd::install::plan::{self, Request, Wanted};
 use jetson_llmd::install::release::{self, Version};
 use jetson_llmd::install::services::Services;
 use jetson_llmd::install::state::InstallState;
-use jetson_llmd::supervisor::stage::Stage;
-use jetson_llmd::supervisor::state::StateFile;
+use jetson_llmd::records::Stage;
+use jetson_llmd::records::state::StateFile;
 use std::path::PathBuf;
 use std::time::Duration;
 

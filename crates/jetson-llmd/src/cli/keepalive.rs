@@ -22,7 +22,7 @@ pub async fn run(g: &Global, interval: Option<Duration>, once: bool) -> anyhow::
         let result = warm::tick(&ctx.client, &ctx.settings, &model, &relief).await;
         // The ping is recorded like the loop's, so `status` shows it (failed ones too).
         let rec = warm::TickRecord::new(&model, &result, u64::from(result.as_ref().is_ok_and(|r| r.rewarmed)), u32::from(result.is_err()));
-        jetson_llmd::supervisor::state::write_keepalive(&rooted(&ctx.root, &ctx.settings.state_dir), &rec).await;
+        jetson_llmd::records::state::write_keepalive(&rooted(&ctx.root, &ctx.settings.state_dir), &rec).await;
         let r = result.with_context(|| format!("keepalive ping of {model} through {}", ctx.client.base_url()))?;
         if ctx.json {
             print_json(&r)?;

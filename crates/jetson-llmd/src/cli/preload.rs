@@ -6,13 +6,13 @@ use jetson_llmd::failure::{code, Failure};
 use jetson_llmd::host::memory::DropCaches;
 use jetson_llmd::host::signals::Signals;
 use jetson_llmd::ollama::warm;
-use jetson_llmd::supervisor::state::{write_preload, PreloadRecord};
+use jetson_llmd::records::state::{write_preload, PreloadRecord};
 
 pub async fn run(g: &Global) -> anyhow::Result<i32> {
     let ctx = context(g).await?;
     // Under a running supervisor, its choice (model.conf as it resolved it) is the model.
     let state_dir = jetson_llmd::host::rooted(&ctx.root, &ctx.settings.state_dir);
-    let model = match jetson_llmd::supervisor::state::chosen_model(&state_dir).await {
+    let model = match jetson_llmd::records::state::chosen_model(&state_dir).await {
         Some(m) => m,
         None => match model_from_conf(&ctx).await {
             Ok(m) => m,
@@ -53,7 +53,7 @@ pub async fn run(g: &Global) -> anyhow::Result<i32> {
 
 async fn record(state_dir: &std::path::Path, model: &str, result: &Result<&warm::WarmReport, &Failure>) {
     let r = PreloadRecord {
-        at: jetson_llmd::supervisor::state::now(),
+        at: jetson_llmd::records::state::now(),
         model: model.to_string(),
         report: result.ok().cloned(),
         failure: result.err().map(|f| f.reported()),

@@ -37,7 +37,7 @@ pub async fn run(g: &Global, watch: Option<Duration>) -> anyhow::Result<i32> {
             // Home + clear, then the screen: a redraw in place, no scrollback flood.
             print!("\x1b[H\x1b[2J{}\n  (every {}; Ctrl-C to stop)\n", status::render(&r), humantime::format_duration(every));
         } else {
-            println!("--- {}", jetson_llmd::supervisor::state::now());
+            println!("--- {}", jetson_llmd::records::state::now());
             print!("{}", status::render(&r));
         }
         tokio::select! {

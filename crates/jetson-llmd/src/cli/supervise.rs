@@ -9,7 +9,7 @@ use jetson_llmd::host::rooted;
 use jetson_llmd::host::signals::Signals;
 use jetson_llmd::host::systemd::Systemd;
 use jetson_llmd::supervisor::process::ProcessBackend;
-use jetson_llmd::supervisor::state::{LauncherKind, StateFile};
+use jetson_llmd::records::state::{LauncherKind, StateFile};
 use jetson_llmd::supervisor::systemd::SystemdBackend;
 use jetson_llmd::supervisor::Supervisor;
 use std::path::PathBuf;

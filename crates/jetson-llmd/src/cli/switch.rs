@@ -7,8 +7,8 @@ use jetson_llmd::conf::{modelconf, ModelName};
 use jetson_llmd::failure::{code, Failure};
 use jetson_llmd::host::{fs, liveness, rooted, Liveness};
 use jetson_llmd::ollama::fit;
-use jetson_llmd::supervisor::stage::Stage;
-use jetson_llmd::supervisor::state::{chosen_model, StateFile};
+use jetson_llmd::records::Stage;
+use jetson_llmd::records::state::{chosen_model, StateFile};
 use std::time::Duration;
 use tokio::time::Instant;
 

@@ -12,8 +12,8 @@ use jetson_llmd::install::plan::Request;
 use jetson_llmd::install::services::Services;
 use jetson_llmd::install::state::{InstallState, LastGood, Release};
 use jetson_llmd::install::tree::Store;
-use jetson_llmd::supervisor::stage::Stage;
-use jetson_llmd::supervisor::state::{State, StateFile};
+use jetson_llmd::records::Stage;
+use jetson_llmd::records::state::{State, StateFile};
 use std::path::Path;
 use std::time::Duration;
 
@@ -143,7 +143,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
         st.previous = Some(current.clone());
         st.current = Some(new.clone());
         if let (Some(t), Some(m)) = (evidence.tok_s, &evidence.model) {
-            st.last_good = Some(LastGood { dir: new.dir.clone(), version: new.version.clone(), tok_s: t, model: m.clone(), at: jetson_llmd::supervisor::state::now() });
+            st.last_good = Some(LastGood { dir: new.dir.clone(), version: new.version.clone(), tok_s: t, model: m.clone(), at: jetson_llmd::records::state::now() });
         }
         let keep = [new.dir.as_str(), current.dir.as_str()];
         store.prune(&keep);

@@ -20,8 +20,8 @@ pub mod routes;
 
 use crate::conf::config::GuardSettings;
 use crate::conf::ModelName;
-use crate::supervisor::stage::Stage;
-use crate::supervisor::state::State;
+use crate::records::Stage;
+use crate::records::state::State;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -172,7 +172,7 @@ pub async fn stage_release(req: &Request, state: &InstallState, opts: &Options) 
         origin: base.origin.clone(),
         base_sha256: base.sha256.clone(),
         jetpack_sha256: jetpack.sha256.clone(),
-        installed_at: crate::supervisor::state::now(),
+        installed_at: crate::records::state::now(),
     };
     let known = [&state.current, &state.previous].into_iter().flatten().any(|r| r.dir == dir && r.jetpack_sha256 == jetpack.sha256);
     if known && store.intact(&dir) {

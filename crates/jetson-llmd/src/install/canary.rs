@@ -8,8 +8,8 @@
 use super::state::LastGood;
 use super::services::Services;
 use crate::conf::ExpectedCompute;
-use crate::supervisor::stage::Stage;
-use crate::supervisor::state::{State, StateFile};
+use crate::records::Stage;
+use crate::records::state::{State, StateFile};
 use serde::Serialize;
 use std::path::Path;
 use std::time::Duration;

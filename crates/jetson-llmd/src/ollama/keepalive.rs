@@ -44,7 +44,7 @@ where
     // A keepalive restarted (by the supervisor, to re-warm now, or by systemd) goes on with
     // the back-off its predecessor recorded: a restart must not reset the count of re-warms.
     let mut evictions = match report.state_dir {
-        Some(dir) => match crate::supervisor::state::read_keepalive(dir).await {
+        Some(dir) => match crate::records::state::read_keepalive(dir).await {
             Ok(Some(last)) if last.model == model.as_str() => {
                 rewarms = last.rewarm_count;
                 warm::EvictionBackoff::from_history(&last.recent_rewarms)
@@ -55,7 +55,7 @@ where
     };
     loop {
         let chosen = match report.state_dir {
-            Some(dir) => crate::supervisor::state::chosen_model(dir).await,
+            Some(dir) => crate::records::state::chosen_model(dir).await,
             None => None,
         };
         match chosen {
@@ -96,7 +96,7 @@ where
         }
         on_tick(&rec);
         if let Some(dir) = report.state_dir {
-            crate::supervisor::state::write_keepalive(dir, &rec).await;
+            crate::records::state::write_keepalive(dir, &rec).await;
         }
         if let Err(f @ (Failure::RebootRequired { .. } | Failure::OnCpu { .. })) = result {
             return Err(f);
@@ -246,7 +246,7 @@ mod tests {
         let rig = Rig::new();
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
         let before = TickRecord { recent_rewarms: vec![now - 100, now - 50, now - 7200], rewarm_count: 2, ..TickRecord::new(&model("gemma4:e2b-8k"), &Err(Failure::Cancelled), 2, 0) };
-        crate::supervisor::state::write_keepalive(rig.dir.path(), &before).await;
+        crate::records::state::write_keepalive(rig.dir.path(), &before).await;
         // Evicted again: the first tick of the new process re-warms (the third in the hour).
         let api = FakeApi::default();
         let t0 = Instant::now();

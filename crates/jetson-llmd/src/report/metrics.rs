@@ -3,8 +3,8 @@
 //! and from the host probes read at scrape time, so a scrape costs a few small file reads.
 
 use crate::host::probe::{self, Probes};
-use crate::supervisor::stage::Stage;
-use crate::supervisor::state::State;
+use crate::records::Stage;
+use crate::records::state::State;
 use axum::extract::State as Extract;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;

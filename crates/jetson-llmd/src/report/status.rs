@@ -8,8 +8,8 @@ use crate::host::{fs, liveness, rooted, Liveness};
 use crate::ollama::discovery::GpuReport;
 use crate::ollama::warm::TickRecord;
 use crate::ollama::OllamaApi;
-use crate::supervisor::stage::Stage;
-use crate::supervisor::state::{read_keepalive, State, StateFile};
+use crate::records::Stage;
+use crate::records::state::{read_keepalive, State, StateFile};
 use serde::Serialize;
 use std::path::Path;
 
@@ -367,7 +367,7 @@ mod tests {
     fn report() -> StatusReport {
         let mut state = State { pid: 1, stage: Stage::Ready, status: "ready: gemma4:e2b-8k warm on the GPU, pinned".into(), rewarm_count: 2, ollama_restarts: 1, ..Default::default() };
         for (e, ms) in [("ollama active", 16), ("API ready", 121), ("GPU found", 129), ("model warm", 41433), ("keepalive running", 41470)] {
-            state.timeline.push(crate::supervisor::state::TimelineEvent { event: e.into(), at: "2026-11-23T22:00:00Z".into(), after_ms: ms });
+            state.timeline.push(crate::records::state::TimelineEvent { event: e.into(), at: "2026-11-23T22:00:00Z".into(), after_ms: ms });
         }
         StatusReport {
             health: Health::Degraded,

@@ -23,7 +23,7 @@ pub enum OllamaEvent {
 #[allow(async_fn_in_trait)]
 pub trait Backend {
     /// Which launcher this is (for state.json and messages).
-    fn kind(&self) -> super::state::LauncherKind;
+    fn kind(&self) -> crate::records::state::LauncherKind;
 
     /// What is started, in words ("/usr/local/bin/ollama serve (child process)").
     fn describe(&self) -> String;

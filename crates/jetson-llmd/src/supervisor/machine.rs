@@ -13,7 +13,7 @@
 //! dying during a load fails the load, and its Down event then restarts it).
 
 use super::stage::{policy, Action, Stage};
-use super::state::LauncherKind;
+use crate::records::state::LauncherKind;
 use crate::conf::{ModelName, OnRebootRequired};
 use crate::failure::Failure;
 use crate::ollama::warm::{self, EvictionBackoff, Residency};

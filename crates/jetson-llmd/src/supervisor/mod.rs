@@ -18,7 +18,6 @@ pub mod backend;
 pub mod machine;
 pub mod process;
 pub mod stage;
-pub mod state;
 mod switch;
 pub mod systemd;
 #[cfg(test)]
@@ -35,7 +34,7 @@ use crate::ollama::OllamaApi;
 use backend::{Backend, OllamaEvent};
 use machine::{Due, Effect, Event, Machine, Rules, Step};
 use stage::Stage;
-use state::{LauncherKind, StateFile};
+use crate::records::state::{LauncherKind, StateFile};
 use std::path::PathBuf;
 use std::time::Duration;
 use std::collections::VecDeque;

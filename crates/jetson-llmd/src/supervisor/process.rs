@@ -5,7 +5,7 @@
 //! for as long as it lives: a pipe we stop reading is a child that dies on its next write.
 
 use super::backend::{Backend, OllamaEvent};
-use super::state::LauncherKind;
+use crate::records::state::LauncherKind;
 use crate::conf::{ModelName, Settings};
 use crate::failure::Failure;
 use crate::host::memory::MemoryRelief;

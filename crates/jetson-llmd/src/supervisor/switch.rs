@@ -3,7 +3,8 @@
 //! fit from memory that cannot be allocated.
 
 use super::backend::Backend;
-use super::{state, Supervisor};
+use super::Supervisor;
+use crate::records::state;
 use crate::conf::ModelName;
 use crate::failure::Failure;
 use crate::host::notify::Notifier;

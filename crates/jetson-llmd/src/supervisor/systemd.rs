@@ -4,14 +4,14 @@
 //! waits on a D-Bus signal (JobRemoved, PropertiesChanged) under a deadline.
 
 use super::backend::{Backend, OllamaEvent};
-use super::state::LauncherKind;
+use crate::records::state::LauncherKind;
 use crate::conf::{ModelName, Settings};
 use crate::failure::Failure;
 use crate::failure::Reported;
 use crate::host::journal;
 use crate::host::systemd::{SdError, Systemd, Verb, KEEPALIVE, OLLAMA, PRELOAD};
 use crate::ollama::warm::{TickRecord, WarmReport};
-use super::state::{clear_preload, read_keepalive, read_preload, PreloadRecord};
+use crate::records::state::{clear_preload, read_keepalive, read_preload, PreloadRecord};
 use std::path::PathBuf;
 use crate::ollama::OllamaApi;
 use futures_util::{Stream, StreamExt};

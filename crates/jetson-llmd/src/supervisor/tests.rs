@@ -2,7 +2,7 @@
 //! eviction, Ollama exit, config change, CPU fallback, reboot required, SIGHUP, shutdown.
 
 use super::stage::Stage;
-use super::state::{LauncherKind, State, StateFile};
+use crate::records::state::{LauncherKind, State, StateFile};
 use super::{Paths, Supervisor};
 use crate::conf::{OnRebootRequired, Settings};
 use crate::failure::{code, Failure};

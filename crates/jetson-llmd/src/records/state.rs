@@ -2,9 +2,9 @@
 //! the boot timeline, the GPU verdict and the last keepalive ping. Typed both ways, written
 //! atomically (temp + fsync + rename) so a reader never sees half a file, read with a cap.
 
+use super::gpu::GpuReport;
 use super::stage::Stage;
-use crate::ollama::discovery::GpuReport;
-use crate::ollama::warm::{TickRecord, WarmReport};
+use super::warm::{TickRecord, WarmReport};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -201,7 +201,7 @@ pub struct PreloadRecord {
     /// The model it loaded (or tried to).
     pub model: String,
     #[serde(default)]
-    pub report: Option<crate::ollama::warm::WarmReport>,
+    pub report: Option<WarmReport>,
     #[serde(default)]
     pub failure: Option<crate::failure::Reported>,
 }
