@@ -165,7 +165,8 @@ fn boots_in_order_recovers_follows_model_conf_and_stops_cleanly() {
     loop {
         let s = rig.state();
         if s["warnings"].as_array().is_some_and(|w| !w.is_empty()) {
-            assert!(s["warnings"][0].as_str().expect("w").contains("keeping gemma4:e2b-8k loaded"), "{s:#}");
+            assert!(s["warnings"][0]["text"].as_str().expect("w").contains("keeping gemma4:e2b-8k loaded"), "{s:#}");
+            assert_eq!(s["warnings"][0]["kind"], "model-conf", "{s:#}");
             break;
         }
         assert!(t.elapsed() < Duration::from_secs(10), "invalid model.conf not reported: {s:#}");
@@ -689,7 +690,7 @@ fn sighup_applies_the_guard_policy_at_once() {
     std::fs::write(rig.root.path().join("etc/jetson-llmd/config.toml"), config("options = \"strict\"\n").replace(&guard.to_string(), &other.to_string())).expect("w");
     // listen changed too: reported as needing a restart; the guard stays where it is.
     rig.signal(nix::sys::signal::Signal::SIGHUP);
-    rig.wait_for("the reload", 10, |r| r.state()["warnings"].as_array().is_some_and(|w| w.iter().any(|x| x.as_str().is_some_and(|x| x.contains("[guard] listen changed; that takes a restart")))));
+    rig.wait_for("the reload", 10, |r| r.state()["warnings"].as_array().is_some_and(|w| w.iter().any(|x| x["kind"] == "config-toml" && x["text"].as_str().is_some_and(|x| x.contains("[guard] listen changed; that takes a restart")))));
     let (code, _, body) = http_post(guard, "/api/chat", chat);
     assert_eq!(code, 409, "strict applies without a restart: {body}");
     assert!(body.contains("would make Ollama reload"), "{body}");

@@ -36,7 +36,11 @@ pub async fn run(g: &Global) -> anyhow::Result<i32> {
     let result = work.await;
     // The supervisor reads the outcome here, typed (preload.json), whatever the exit code says.
     record(&state_dir, model.as_str(), &result.as_ref()).await;
-    let r = result.with_context(|| format!("preloading {model} through {}", ctx.client.base_url()))?;
+    let r = match result {
+        // A signal is said as it is, not as a preload failure.
+        Err(f @ Failure::Cancelled) => return Err(f.into()),
+        r => r.with_context(|| format!("preloading {model} through {}", ctx.client.base_url()))?,
+    };
     if ctx.json {
         print_json(&r)?;
     } else {

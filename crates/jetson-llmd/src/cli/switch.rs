@@ -9,6 +9,7 @@ use jetson_llmd::host::{fs, liveness, rooted, Liveness};
 use jetson_llmd::ollama::fit;
 use jetson_llmd::records::Stage;
 use jetson_llmd::records::state::{chosen_model, StateFile};
+use jetson_llmd::records::WarningKind;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -63,11 +64,11 @@ pub async fn run(g: &Global, model: &str, no_wait: bool, timeout: Option<Duratio
             let msg = format!("switched to {new} in {:.1} s: {}", t0.elapsed().as_secs_f64(), jetson_llmd::text::clean(&s.status));
             return finish(&ctx, Outcome { model: new.to_string(), switched: true, stage: Some(s.stage), message: msg }, code::OK);
         }
-        if let Some(w) = s.warnings.iter().find(|w| w.starts_with(&format!("model.conf names {new},"))) {
+        if let Some(w) = s.warnings.iter().find(|w| w.kind == WarningKind::ModelRefused && w.model.as_deref() == Some(new.as_str())) {
             // The supervisor kept (or went back to) the model it has loaded: model.conf goes back
             // with it, so the file names what runs and no edit is left pending. Only the line we
             // wrote is undone: a file someone edited since is theirs.
-            let mut message = jetson_llmd::text::clean(w);
+            let mut message = jetson_llmd::text::clean(&w.text);
             if after != before && !before.is_empty() {
                 match fs::read_capped(path, fs::cap::MODEL_CONF).await {
                     Ok(now) if now == after => match fs::write_atomic(path, before.clone(), 0o644).await {

@@ -8,5 +8,7 @@ pub mod gpu;
 pub mod stage;
 pub mod state;
 pub mod warm;
+pub mod warning;
 
 pub use stage::Stage;
+pub use warning::{Warning, WarningKind, Warnings};

@@ -49,7 +49,7 @@ pub struct State {
     pub repin_count: u64,
     pub ollama_restarts: u64,
     pub timeline: Vec<TimelineEvent>,
-    pub warnings: Vec<String>,
+    pub warnings: Vec<super::Warning>,
 }
 
 impl Default for State {

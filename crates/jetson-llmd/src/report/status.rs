@@ -162,7 +162,7 @@ pub async fn gather<A: OllamaApi>(api: &A, settings: &Settings, model_conf: &Pat
     }
     let live = supervisor_running == Some(Liveness::Running);
     if let Some(s) = supervisor.as_ref().filter(|_| live) {
-        warnings.extend(s.warnings.iter().cloned());
+        warnings.extend(s.warnings.iter().map(|w| w.text.clone()));
         if s.stage != Stage::Ready && !s.status.is_empty() {
             warnings.insert(0, s.status.clone());
         }

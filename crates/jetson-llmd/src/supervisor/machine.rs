@@ -17,6 +17,7 @@ use crate::records::state::LauncherKind;
 use crate::conf::{ModelName, OnRebootRequired};
 use crate::failure::Failure;
 use crate::ollama::warm::{self, EvictionBackoff, Residency};
+use crate::records::{Warning, WarningKind};
 use std::time::Duration;
 
 /// Where the supervisor stands. Each phase carries what it needs.
@@ -133,7 +134,7 @@ pub enum Effect {
     /// sd_notify STATUS only, the stage stays (an invalid edit while a model runs).
     Status(String),
     /// The model.conf warning in state.json (None clears it).
-    ConfWarning(Option<String>),
+    ConfWarning(Option<Warning>),
     /// The eviction back-off's note for the last tick (None: not holding back).
     EvictionNote(Option<String>),
     /// A journal line at WARN or INFO (decisions that change nothing visible otherwise).
@@ -457,7 +458,7 @@ impl Machine {
                     Some(m) => format!("keeping {m} loaded"),
                     None => "nothing is loaded".into(),
                 };
-                out.push(Effect::ConfWarning(Some(format!("model.conf is invalid ({keep}): {e}"))));
+                out.push(Effect::ConfWarning(Some(Warning::new(WarningKind::ModelConf, format!("model.conf is invalid ({keep}): {e}")))));
                 out.push(Effect::Status(format!("model.conf is invalid, {keep}: {}", e.lines().next().unwrap_or(""))));
                 return;
             }
@@ -493,7 +494,7 @@ impl Machine {
                 self.phase = Phase::Warm(from);
                 self.rejected_conf = self.conf_bytes.clone();
                 out.push(Effect::Status(why.clone()));
-                out.push(Effect::ConfWarning(Some(why)));
+                out.push(Effect::ConfWarning(Some(Warning::about(WarningKind::ModelRefused, to.as_str(), why))));
             }
             // Ollama did not answer: nothing was touched and nothing is decided about the
             // name; the edit is looked at again at the next poll (forgetting the bytes makes
@@ -513,7 +514,7 @@ impl Machine {
                 self.rejected_conf = self.conf_bytes.clone();
                 let why = format!("model.conf names {to}, which could not be made ready ({f}); {from} stays loaded; correct the name in model.conf, or `systemctl reload jetson-llmd` to try it again");
                 out.push(Effect::Status(why.clone()));
-                out.push(Effect::ConfWarning(Some(why)));
+                out.push(Effect::ConfWarning(Some(Warning::about(WarningKind::ModelRefused, to.as_str(), why))));
             }
         }
     }

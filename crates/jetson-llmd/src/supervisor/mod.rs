@@ -35,6 +35,7 @@ use backend::{Backend, OllamaEvent};
 use machine::{Due, Effect, Event, Machine, Rules, Step};
 use stage::Stage;
 use crate::records::state::{LauncherKind, StateFile};
+use crate::records::{Warning, WarningKind, Warnings};
 use std::path::PathBuf;
 use std::time::Duration;
 use std::collections::VecDeque;
@@ -253,11 +254,10 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                     self.state.save().await;
                 }
                 Effect::EvictionNote(note) => {
-                    self.state.state.warnings.retain(|w| !w.starts_with("the model was re-warmed"));
                     if let Some(n) = &note {
                         tracing::warn!("{n}");
-                        self.state.state.warnings.push(n.clone());
                     }
+                    self.state.state.warnings.set_kind(WarningKind::Eviction, note.iter().map(|n| Warning::new(WarningKind::Eviction, n)));
                     if let Some(mut rec) = tick.take() {
                         rec.note = note;
                         self.state.state.last_ping = Some(rec);
@@ -409,11 +409,10 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         self.set_stage(Stage::CheckingGpu, &format!("Ollama {version} is up; looking for GPU discovery in its log (up to {})", humantime::format_duration(within))).await;
         let report = self.gpu_check().await?;
         self.state.state.gpu = Some(report.clone());
-        self.state.state.warnings.retain(|w| !w.starts_with("gpu: "));
         if let Some(w) = &report.warning {
             tracing::warn!("{w}");
-            self.state.state.warnings.push(format!("gpu: {w}"));
         }
+        self.state.state.warnings.set_kind(WarningKind::Gpu, report.warning.iter().map(|w| Warning::new(WarningKind::Gpu, format!("gpu: {w}"))));
         if !report.as_expected {
             let why = if report.discovered {
                 report.cpu_fallback_reason.clone().unwrap_or_else(|| "no CUDA GPU was discovered".into())
@@ -426,10 +425,10 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         // First load wins: nothing else may take the memory before ours.
         let ours = self.configured_model(last_good.clone(), keep.clone()).await?;
         let unloaded = warm::unload_others(&self.api, &self.settings, &ours).await?;
-        self.state.state.warnings.retain(|w| !w.starts_with("at boot,"));
+        self.state.state.warnings.drop_kinds(&[WarningKind::AtBoot]);
         if !unloaded.is_empty() {
             let names: Vec<String> = unloaded.iter().map(|n| crate::text::clip(n, 100)).collect();
-            self.state.state.warnings.push(format!("at boot, {} was loaded before {ours}; unloaded it so {ours} loads first (check what loads it: another client or unit)", names.join(", ")));
+            self.state.state.warnings.push(Warning::new(WarningKind::AtBoot, format!("at boot, {} was loaded before {ours}; unloaded it so {ours} loads first (check what loads it: another client or unit)", names.join(", "))));
         }
         self.warm_model(last_good, keep).await
     }
@@ -474,7 +473,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
             Err(e) => match last_good {
                 Some(m) => {
                     tracing::error!("{e}; keeping {m}");
-                    self.conf_warning(Some(format!("model.conf is invalid (keeping {m}): {e}")));
+                    self.conf_warning(Some(Warning::new(WarningKind::ModelConf, format!("model.conf is invalid (keeping {m}): {e}"))));
                     Ok(m)
                 }
                 None => Err(Failure::Config(format!("{e}; fix the file and start again"))),
@@ -482,8 +481,9 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         }
     }
 
-    fn conf_warning(&mut self, w: Option<String>) {
-        self.state.state.warnings.retain(|x| !x.starts_with("model.conf"));
+    /// model.conf's one warning: invalid, or naming a model that is not the one kept.
+    fn conf_warning(&mut self, w: Option<Warning>) {
+        self.state.state.warnings.drop_kinds(&[WarningKind::ModelConf, WarningKind::ModelRefused]);
         self.state.state.warnings.extend(w);
     }
 
@@ -512,11 +512,11 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         self.state.event("model warm").await;
         self.set_stage(Stage::StartingKeepalive, &format!("{model} is warm; starting the keepalive")).await;
         match self.backend.start_keepalive().await {
-            Ok(()) => self.state.state.warnings.retain(|w| !w.starts_with("keepalive")),
+            Ok(()) => self.state.state.warnings.drop_kinds(&[WarningKind::Keepalive]),
             Err(e) => {
                 // The model is warm and pinned (keep_alive -1), just unwatched: say so, carry on.
                 tracing::error!("{e}");
-                self.state.state.warnings.push(format!("keepalive did not start: {e}"));
+                self.state.state.warnings.set_kind(WarningKind::Keepalive, [Warning::new(WarningKind::Keepalive, format!("keepalive did not start: {e}"))]);
             }
         }
         self.state.event("keepalive running").await;
@@ -565,8 +565,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         for c in &cleared {
             tracing::info!("board: {c} is back to normal");
         }
-        self.state.state.warnings.retain(|w| !w.starts_with("board: "));
-        self.state.state.warnings.extend(board.episodes.current().map(|w| format!("board: {w}")));
+        self.state.state.warnings.set_kind(WarningKind::Board, board.episodes.current().map(|w| Warning::new(WarningKind::Board, format!("board: {w}"))));
         self.state.save().await;
     }
 
@@ -574,7 +573,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
     async fn reload_config(&mut self) {
         match config::load(&self.paths.config).await {
             Ok(s) => {
-                self.state.state.warnings.retain(|w| !w.starts_with("config.toml"));
+                self.state.state.warnings.drop_kinds(&[WarningKind::ConfigToml]);
                 if let Some(tx) = &self.guard {
                     let (old, new) = (&self.settings.guard, &s.guard);
                     let fixed: Vec<&str> = [("enabled", old.enabled != new.enabled), ("listen", old.listen != new.listen), ("body_budget_mib", old.body_budget_mib != new.body_budget_mib)]
@@ -584,7 +583,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                     if !fixed.is_empty() {
                         let w = format!("config.toml: [guard] {} changed; that takes a restart (systemctl restart jetson-llmd); the rest of [guard] applies now", fixed.join(", "));
                         tracing::warn!("{w}");
-                        self.state.state.warnings.push(w);
+                        self.state.state.warnings.push(Warning::new(WarningKind::ConfigToml, w));
                     }
                     tx.send_replace(new.clone());
                 }
@@ -593,8 +592,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
             }
             Err(e) => {
                 tracing::error!("{e}; keeping the settings in use");
-                self.state.state.warnings.retain(|w| !w.starts_with("config.toml"));
-                self.state.state.warnings.push(format!("config.toml is invalid (the settings in use stay): {e}"));
+                self.state.state.warnings.set_kind(WarningKind::ConfigToml, [Warning::new(WarningKind::ConfigToml, format!("config.toml is invalid (the settings in use stay): {e}"))]);
             }
         }
     }

@@ -5,6 +5,7 @@
 use super::backend::Backend;
 use super::Supervisor;
 use crate::records::state;
+use crate::records::{Warning, WarningKind};
 use crate::conf::ModelName;
 use crate::failure::Failure;
 use crate::host::notify::Notifier;
@@ -107,7 +108,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                         if let Err(e) = self.backend.start_keepalive().await {
                             tracing::error!("{e}");
                         }
-                        self.conf_warning(Some(format!("model.conf names {new}, which could not be loaded ({f}); {old} is loaded again; edit model.conf to try again")));
+                        self.conf_warning(Some(Warning::about(WarningKind::ModelRefused, new.as_str(), format!("model.conf names {new}, which could not be loaded ({f}); {old} is loaded again; edit model.conf to try again"))));
                         tracing::info!("switch {old} -> {new} failed after {:.1} s; back on {old}", t0.elapsed().as_secs_f64());
                         Ok(old.clone())
                     }

@@ -217,9 +217,9 @@ async fn a_new_model_that_runs_out_of_memory_falls_back_to_the_old_one_and_then_
         rig.until("ready", ready).await;
         rig.api.load_errors.borrow_mut().extend([oom(), oom()]);
         rig.write_conf("OLLAMA_MODEL=llama3.2:3b\n");
-        let s = rig.until("fell back", |s| s.warnings.iter().any(|w| w.contains("could not be loaded"))).await;
+        let s = rig.until("fell back", |s| s.warnings.iter().any(|w| w.text.contains("could not be loaded"))).await;
         assert_eq!((s.stage, s.model.as_deref()), (Stage::Ready, Some("gemma4:e2b-8k")), "{s:#?}");
-        assert!(s.warnings[0].starts_with("model.conf names llama3.2:3b, which could not be loaded (GPU memory cannot be allocated"), "{:?}", s.warnings);
+        assert!(s.warnings[0].text.starts_with("model.conf names llama3.2:3b, which could not be loaded (GPU memory cannot be allocated"), "{:?}", s.warnings);
         assert_eq!(rig.api.loaded.borrow().as_deref(), Some("gemma4:e2b-8k"));
         // Ollama restarts: the old model boots again, not the one that failed (model.conf
         // still names it, unchanged).
@@ -254,8 +254,8 @@ async fn an_invalid_edit_keeps_the_running_model_and_says_where() {
         rig.until("ready", ready).await;
         rig.write_conf("OLLAMA_MODEL=gemma4:e2b-8k; reboot\n");
         let s = rig.until("warning", |s| !s.warnings.is_empty()).await;
-        assert!(s.warnings[0].starts_with("model.conf is invalid (keeping gemma4:e2b-8k loaded):"), "{:?}", s.warnings);
-        assert!(s.warnings[0].contains("model.conf:1:"), "file:line: {:?}", s.warnings);
+        assert!(s.warnings[0].text.starts_with("model.conf is invalid (keeping gemma4:e2b-8k loaded):"), "{:?}", s.warnings);
+        assert!(s.warnings[0].text.contains("model.conf:1:"), "file:line: {:?}", s.warnings);
         assert_eq!(s.stage, Stage::Ready);
         assert!(rig.notify.statuses.borrow().last().is_some_and(|t| t.starts_with("model.conf is invalid, keeping gemma4:e2b-8k loaded")));
         // A FIFO in its place must not freeze the loop: the eviction is still repaired.
@@ -263,7 +263,7 @@ async fn an_invalid_edit_keeps_the_running_model_and_says_where() {
         nix::unistd::mkfifo(&rig.dir.path().join("model.conf"), nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("fifo");
         *rig.api.loaded.borrow_mut() = None;
         let s = rig.until("re-warmed with a FIFO as model.conf", |s| s.rewarm_count == 1).await;
-        assert!(s.warnings.iter().any(|w| w.contains("is a FIFO")), "{:?}", s.warnings);
+        assert!(s.warnings.iter().any(|w| w.text.contains("is a FIFO")), "{:?}", s.warnings);
         rig.write_conf_after_fifo();
         rig.until("fixed", |s| s.warnings.is_empty()).await;
         rig.signals.shutdown.cancel();
@@ -373,7 +373,7 @@ async fn sighup_rereads_config_toml_and_a_bad_one_keeps_the_settings() {
         std::fs::write(rig.paths().config, "keepalive_interval = \"1ns\"\n").expect("w");
         rig.signals.request_reload();
         let s = rig.until("warning", |s| !s.warnings.is_empty()).await;
-        assert!(s.warnings[0].starts_with("config.toml is invalid (the settings in use stay):"), "{:?}", s.warnings);
+        assert!(s.warnings[0].text.starts_with("config.toml is invalid (the settings in use stay):"), "{:?}", s.warnings);
         std::fs::write(rig.paths().config, "keepalive_interval = \"30s\"\n").expect("w");
         rig.signals.request_reload();
         rig.until("warning gone", |s| s.warnings.is_empty()).await;
@@ -455,7 +455,7 @@ async fn another_client_evicting_ours_is_rewarmed_counted_explained_and_not_foug
         // back-off rules: the next ping (240 s), then twice that after the third re-warm.
         assert_eq!(at, [15, 30, 270, 750]);
         let s = rig.state();
-        assert!(s.warnings.iter().any(|w| w.contains("re-warmed 4 times in the last hour")), "{:?}", s.warnings);
+        assert!(s.warnings.iter().any(|w| w.text.contains("re-warmed 4 times in the last hour")), "{:?}", s.warnings);
         rig.signals.shutdown.cancel();
     });
     r.expect("ok");
@@ -496,7 +496,7 @@ async fn a_model_loaded_before_ours_at_boot_is_unloaded_first_and_reported() {
     let loads = rig.api.load_log();
     assert_eq!(loads[0], ("gemma3:4b".to_string(), KeepAlive::Unload), "unloaded before ours loads: {loads:?}");
     assert_eq!(loads[1], ("gemma4:e2b-8k".to_string(), KeepAlive::Forever));
-    assert!(s.warnings.iter().any(|w| w.starts_with("at boot, gemma3:4b was loaded before gemma4:e2b-8k")), "{:?}", s.warnings);
+    assert!(s.warnings.iter().any(|w| w.text.starts_with("at boot, gemma3:4b was loaded before gemma4:e2b-8k")), "{:?}", s.warnings);
 }
 
 #[tokio::test(start_paused = true)]
@@ -512,10 +512,10 @@ async fn a_switch_to_a_model_that_does_not_fit_is_refused_before_anything_is_unl
         assert_eq!((fits.entries[0].model.as_str(), fits.entries[0].num_ctx), ("gemma4:e2b-8k", Some(8192)), "the boot load is measured: {fits:?}");
         assert_eq!((fits.entries[0].mem_available_before, fits.entries[0].mem_available_after), (Some(131072 * 1024), Some(131072 * 1024)), "MemAvailable around the cold load");
         rig.write_conf("OLLAMA_MODEL=llama3.2:3b\n");
-        let s = rig.until("refused", |s| s.warnings.iter().any(|w| w.contains("does not fit"))).await;
-        let w = s.warnings.iter().find(|w| w.contains("does not fit")).expect("w");
-        assert!(w.starts_with("model.conf names llama3.2:3b, which does not fit: it needs ~0.4 GiB (estimated at num_ctx 4096)"), "{w}");
-        assert!(w.contains("gemma4:e2b-8k stays loaded"), "{w}");
+        let s = rig.until("refused", |s| s.warnings.iter().any(|w| w.text.contains("does not fit"))).await;
+        let w = s.warnings.iter().find(|w| w.text.contains("does not fit")).expect("w");
+        assert!(w.text.starts_with("model.conf names llama3.2:3b, which does not fit: it needs ~0.4 GiB (estimated at num_ctx 4096)"), "{w}");
+        assert!(w.text.contains("gemma4:e2b-8k stays loaded"), "{w}");
         assert_eq!(s.stage, Stage::Ready);
         assert_eq!(s.model.as_deref(), Some("gemma4:e2b-8k"));
         assert!(!rig.api.load_log().iter().any(|(m, _)| m == "llama3.2:3b"), "nothing loaded or unloaded");
@@ -585,13 +585,13 @@ async fn swap_ins_are_a_warning_once_per_episode() {
         tokio::time::sleep(Duration::from_secs(11)).await;
         assert!(rig.state().warnings.is_empty());
         vmstat(180);
-        let s = rig.until("swap warning", |s| s.warnings.iter().any(|w| w.starts_with("board: 80 pages swapped in"))).await;
-        assert_eq!(s.warnings.iter().filter(|w| w.starts_with("board:")).count(), 1);
+        let s = rig.until("swap warning", |s| s.warnings.iter().any(|w| w.text.starts_with("board: 80 pages swapped in"))).await;
+        assert_eq!(s.warnings.iter().filter(|w| w.text.starts_with("board:")).count(), 1);
         vmstat(260);
         tokio::time::sleep(Duration::from_secs(10)).await;
         let s = rig.state();
-        assert_eq!(s.warnings.iter().filter(|w| w.starts_with("board:")).count(), 1, "the same episode: {:?}", s.warnings);
-        rig.until("cleared", |s| !s.warnings.iter().any(|w| w.starts_with("board:"))).await;
+        assert_eq!(s.warnings.iter().filter(|w| w.text.starts_with("board:")).count(), 1, "the same episode: {:?}", s.warnings);
+        rig.until("cleared", |s| !s.warnings.iter().any(|w| w.text.starts_with("board:"))).await;
         rig.signals.shutdown.cancel();
     });
     r.expect("ok");
@@ -615,12 +615,12 @@ async fn a_reload_that_leaves_memory_more_fragmented_is_a_board_warning_until_th
         buddy("900 400 100 20 5 2 1 1 0 0 0");
         *rig.api.loaded.borrow_mut() = None;
         rig.until("re-warmed", |s| s.rewarm_count == 1).await;
-        let s = rig.until("fragmentation warning", |s| s.warnings.iter().any(|w| w.starts_with("board: after reloading the model"))).await;
-        let w = s.warnings.iter().find(|w| w.contains("largest free block")).expect("warning");
-        assert!(w.contains("4096 to 512 kB"), "{w}");
+        let s = rig.until("fragmentation warning", |s| s.warnings.iter().any(|w| w.text.starts_with("board: after reloading the model"))).await;
+        let w = s.warnings.iter().find(|w| w.text.contains("largest free block")).expect("warning");
+        assert!(w.text.contains("4096 to 512 kB"), "{w}");
         // Samples of the same load do not repeat or clear it.
         tokio::time::sleep(Duration::from_secs(25)).await;
-        assert_eq!(rig.state().warnings.iter().filter(|w| w.starts_with("board: after reloading")).count(), 1);
+        assert_eq!(rig.state().warnings.iter().filter(|w| w.text.starts_with("board: after reloading")).count(), 1);
         rig.signals.shutdown.cancel();
     });
     r.expect("ok");
@@ -665,7 +665,7 @@ async fn a_switch_loads_what_it_admitted_whatever_model_conf_says_meanwhile() {
         rig.write_conf("OLLAMA_MODEL=\n");
         let s = rig.until("switched to what was admitted", |s| ready(s) && s.model.as_deref() == Some("qwen3:4b")).await;
         assert_eq!(rig.api.loaded.borrow().as_deref(), Some("qwen3:4b"), "{s:#?}");
-        let s = rig.until("the invalid edit reported", |s| s.warnings.iter().any(|w| w.starts_with("model.conf is invalid (keeping qwen3:4b"))).await;
+        let s = rig.until("the invalid edit reported", |s| s.warnings.iter().any(|w| w.text.starts_with("model.conf is invalid (keeping qwen3:4b"))).await;
         assert_eq!(s.stage, Stage::Ready);
         rig.signals.shutdown.cancel();
     });
@@ -686,12 +686,12 @@ async fn a_switch_to_a_name_that_cannot_be_pulled_keeps_the_loaded_model_and_say
         rig.until("ready", ready).await;
         rig.write_conf("OLLAMA_MODEL=typo:model\n");
         let t0 = Instant::now();
-        let s = rig.until("the failed pull said", |s| s.warnings.iter().any(|w| w.starts_with("model.conf names typo:model,"))).await;
+        let s = rig.until("the failed pull said", |s| s.warnings.iter().any(|w| w.text.starts_with("model.conf names typo:model,"))).await;
         assert!(secs(t0) <= 3, "said within the poll, not after a backoff: {}", secs(t0));
         assert_eq!(s.stage, Stage::Ready, "{s:#?}");
         assert_eq!(s.model.as_deref(), Some("gemma4:e2b-8k"), "state names the model still loaded");
-        let w = s.warnings.iter().find(|w| w.starts_with("model.conf names typo:model,")).expect("warning");
-        assert!(w.contains("file does not exist") && w.contains("gemma4:e2b-8k stays loaded"), "{w}");
+        let w = s.warnings.iter().find(|w| w.text.starts_with("model.conf names typo:model,")).expect("warning");
+        assert!(w.text.contains("file does not exist") && w.text.contains("gemma4:e2b-8k stays loaded"), "{w}");
         // A minute later: still the old model, no second pull of the same name, nothing unloaded.
         tokio::time::sleep(Duration::from_secs(60)).await;
         let s = rig.state();

@@ -201,7 +201,7 @@ fn an_invalid_edit_keeps_the_running_model_and_the_same_bytes_are_no_news() {
     let e = m.on(event("Conf(invalid)"));
     match e.as_slice() {
         [Effect::ConfWarning(Some(w)), Effect::Status(s)] => {
-            assert!(w.starts_with("model.conf is invalid (keeping gemma4:e2b-8k loaded)"), "{w}");
+            assert!(w.text.starts_with("model.conf is invalid (keeping gemma4:e2b-8k loaded)"), "{w}");
             assert!(s.contains("keeping gemma4:e2b-8k loaded"), "{s}");
         }
         other => panic!("{other:?}"),
@@ -236,7 +236,7 @@ fn a_name_that_cannot_be_pulled_keeps_the_old_model_until_model_conf_changes() {
     let e = m.on(Event::Prepared(Err(Block::Failed(Failure::Missing { model: "typo:model".into(), detail: "pull model manifest: file does not exist".into() }))));
     match e.as_slice() {
         [Effect::Status(_), Effect::ConfWarning(Some(w))] => {
-            assert!(w.starts_with("model.conf names typo:model, which could not be made ready (") && w.contains("gemma4:e2b-8k stays loaded"), "{w}");
+            assert!(w.text.starts_with("model.conf names typo:model, which could not be made ready (") && w.text.contains("gemma4:e2b-8k stays loaded"), "{w}");
         }
         other => panic!("{other:?}"),
     }
