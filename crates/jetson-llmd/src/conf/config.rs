@@ -12,53 +12,8 @@ use std::time::Duration;
 pub const DEFAULT_CONFIG: &str = "/etc/jetson-llmd/config.toml";
 pub const DEFAULT_MODEL_CONF: &str = "/etc/ollama/model.conf";
 
-/// The file as written, before defaults.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawConfig {
-    pub keepalive_interval: Option<String>,
-    pub residency_check: Option<String>,
-    pub monitor_interval: Option<String>,
-    pub temperature_warn_c: Option<u32>,
-    pub metrics_listen: Option<String>,
-    pub expected_compute: Option<String>,
-    pub min_gpu_percent: Option<u8>,
-    pub ollama_bin: Option<PathBuf>,
-    pub startup_timeout: Option<String>,
-    pub gpu_discovery_timeout: Option<String>,
-    pub load_timeout: Option<String>,
-    pub request_timeout: Option<String>,
-    pub retry_max_backoff: Option<String>,
-    pub on_reboot_required: Option<String>,
-    pub state_dir: Option<PathBuf>,
-    pub allow_remote_ollama: Option<bool>,
-    pub memory_reserve_mib: Option<u64>,
-    pub allow_overcommit: Option<bool>,
-    #[serde(default)]
-    pub models: BTreeMap<String, RawDerived>,
-    #[serde(default)]
-    pub guard: RawGuard,
-}
-
-/// `[guard]`: the front door in front of Ollama (docs/guard.md).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawGuard {
-    pub enabled: Option<bool>,
-    pub listen: Option<String>,
-    pub models: Option<String>,
-    pub allow: Option<Vec<String>>,
-    pub options: Option<String>,
-    pub keep_alive_max: Option<String>,
-    pub admin_from: Option<Vec<String>>,
-    pub ready_wait: Option<String>,
-    pub body_budget_mib: Option<u64>,
-    pub body_timeout: Option<String>,
-    pub keys_file: Option<PathBuf>,
-}
-
 /// Which models clients may name through the guard.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelsPolicy {
     /// Only the pinned model; others get 409.
@@ -70,7 +25,7 @@ pub enum ModelsPolicy {
 }
 
 /// What happens to runner options that would make Ollama reload the pinned model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OptionsPolicy {
     /// Removed from the request, said in a response header.
@@ -126,6 +81,13 @@ impl serde::Serialize for ExpectedCompute {
     }
 }
 
+impl<'de> Deserialize<'de> for ExpectedCompute {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ExpectedCompute::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct GuardSettings {
     pub enabled: bool,
@@ -134,18 +96,18 @@ pub struct GuardSettings {
     pub allow: Vec<ModelName>,
     pub options: OptionsPolicy,
     /// The longest keep_alive a client may ask for a model other than the pinned one.
-    #[serde(with = "humantime_serde_like")]
+    #[serde(with = "humantime_serde")]
     pub keep_alive_max: Duration,
     /// Networks (besides loopback) allowed to pull, create, copy, push and delete models.
-    pub admin_from: Vec<String>,
+    pub admin_from: Vec<ipnet::IpNet>,
     /// How long a request for the pinned model waits while it is being (re)loaded.
-    #[serde(with = "humantime_serde_like")]
+    #[serde(with = "humantime_serde")]
     pub ready_wait: Duration,
     /// Request bodies the guard holds to inspect, all connections together (MiB): past it a
     /// request gets 503 with Retry-After instead of growing the supervisor's memory.
     pub body_budget_mib: u64,
     /// How long a client may take to send an inspected request's body (then 408).
-    #[serde(with = "humantime_serde_like")]
+    #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
     /// API keys (hashed) that clients off this machine must present (guard/keys.rs); None:
     /// no keys asked.
@@ -170,13 +132,6 @@ impl Default for GuardSettings {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawDerived {
-    pub from: String,
-    pub num_ctx: Option<u64>,
-}
-
 /// A model created from a base with parameters (the seed's Modelfile).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Derived {
@@ -184,7 +139,7 @@ pub struct Derived {
     pub num_ctx: Option<NonZeroU64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnRebootRequired {
     /// Say so (status, STATUS=, exit code 4) and wait for a human.
@@ -196,13 +151,13 @@ pub enum OnRebootRequired {
 /// Validated settings.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Settings {
-    #[serde(with = "humantime_serde_like")]
+    #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
     /// How often the supervisor checks /api/ps that the model is still there and pinned.
-    #[serde(with = "humantime_serde_like")]
+    #[serde(with = "humantime_serde")]
     pub residency_check: Duration,
     /// How often the supervisor samples the board (swap-ins, memory, temperatures).
-    #[serde(with = "humantime_serde_like")]
+    #[serde(with = "humantime_serde")]
     pub monitor_interval: Duration,
     /// A temperature at or above this (C) is a warning.
     pub temperature_warn_c: u32,
@@ -211,15 +166,15 @@ pub struct Settings {
     pub expected_compute: ExpectedCompute,
     pub min_gpu_percent: u8,
     pub ollama_bin: PathBuf,
-    #[serde(with = "humantime_serde_like")]
+    #[serde(with = "humantime_serde")]
     pub startup_timeout: Duration,
-    #[serde(with = "humantime_serde_like")]
+    #[serde(with = "humantime_serde")]
     pub gpu_discovery_timeout: Duration,
-    #[serde(with = "humantime_serde_like")]
+    #[serde(with = "humantime_serde")]
     pub load_timeout: Duration,
-    #[serde(with = "humantime_serde_like")]
+    #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    #[serde(with = "humantime_serde_like")]
+    #[serde(with = "humantime_serde")]
     pub retry_max_backoff: Duration,
     pub on_reboot_required: OnRebootRequired,
     pub state_dir: PathBuf,
@@ -230,12 +185,6 @@ pub struct Settings {
     pub allow_overcommit: bool,
     pub models: BTreeMap<String, Derived>,
     pub guard: GuardSettings,
-}
-
-mod humantime_serde_like {
-    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
 }
 
 impl Default for Settings {
@@ -270,21 +219,34 @@ impl Default for Settings {
     }
 }
 
-/// A config.toml problem; `line` 0 means the file as a whole.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{path}{}: {message}", if *.line > 0 { format!(":{}", .line) } else { String::new() })]
-pub struct ConfigError {
-    pub path: String,
+/// One problem in config.toml; `line` 0 means the file as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
     pub line: usize,
     pub message: String,
 }
 
-/// Step 1: text -> RawConfig. Pure; errors carry the line.
-pub fn parse(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
-    toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1).unwrap_or(1);
-        ConfigError { path: path.display().to_string(), line, message: e.message().trim().to_string() }
-    })
+/// config.toml's problems, every one of them, in line order (one per line when shown).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.problems.iter().map(|p| if p.line > 0 { format!("{}:{}: {}", self.path, p.line, p.message) } else { format!("{}: {}", self.path, p.message) }).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError {
+    pub path: String,
+    pub problems: Vec<Problem>,
+}
+
+impl ConfigError {
+    fn one(path: &Path, line: usize, message: String) -> ConfigError {
+        ConfigError { path: path.display().to_string(), problems: vec![Problem { line, message }] }
+    }
+
+    /// The first problem's line (tests, and callers that show one).
+    pub fn line(&self) -> usize {
+        self.problems.first().map_or(0, |p| p.line)
+    }
+
+    pub fn message(&self) -> &str {
+        self.problems.first().map_or("", |p| p.message.as_str())
+    }
 }
 
 /// Sane bounds for every duration key: (key, least, most). Outside them a value is a typo or a
@@ -317,159 +279,306 @@ pub fn check_bounds(key: &str, d: Duration) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn duration(path: &Path, text: &str, key: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
-    let err = |message| ConfigError { path: path.display().to_string(), line: line_of(text, key), message };
-    let Some(s) = v else { return Ok(default) };
-    let d = humantime::parse_duration(s.trim()).map_err(|e| err(format!("{key} = {s:?}: {e}; write a duration like \"4m\", \"30s\" or \"1h 30m\"")))?;
-    check_bounds(key, d).map_err(err)
+/// A duration as humantime-serde reads it ("4m", "30s", "1h 30m").
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct Human(#[serde(with = "humantime_serde")] Duration);
+
+type Value<'t> = toml::Spanned<toml::de::DeValue<'t>>;
+
+/// Reads the spanned document key by key, typed through serde, and keeps every problem with
+/// the line its value (or its key) is on.
+struct Reader<'t> {
+    text: &'t str,
+    problems: Vec<Problem>,
 }
 
-fn line_of(text: &str, key: &str) -> usize {
-    text.lines().position(|l| l.trim_start().starts_with(key)).map_or(1, |i| i + 1)
+impl<'t> Reader<'t> {
+    fn line(&self, span: std::ops::Range<usize>) -> usize {
+        self.text[..span.start.min(self.text.len())].matches('\n').count() + 1
+    }
+
+    fn problem(&mut self, span: std::ops::Range<usize>, message: String) {
+        let line = self.line(span);
+        self.problems.push(Problem { line, message });
+    }
+
+    /// The value as written, for messages (clipped: a value can be a 200 KiB string).
+    fn shown(&self, v: &Value<'t>) -> String {
+        crate::text::clip(self.text.get(v.span()).unwrap_or("?").trim(), 80)
+    }
+
+    /// `key = value` typed by serde; a problem (and None) when it is not a `T`.
+    fn get<T: serde::de::DeserializeOwned>(&mut self, key: &str, v: &Value<'t>, hint: &str) -> Option<T> {
+        use serde::de::IntoDeserializer;
+        match T::deserialize(v.clone().into_deserializer()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let shown = self.shown(v);
+                self.problem(v.span(), format!("{key} = {shown}: {}{hint}", e.message().trim()));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &str, v: &Value<'t>, into: &mut Duration) {
+        let Some(Human(d)) = self.get(key, v, "; write a duration like \"4m\", \"30s\" or \"1h 30m\"") else { return };
+        match check_bounds(key, d) {
+            Ok(d) => *into = d,
+            Err(m) => self.problem(v.span(), m),
+        }
+    }
+
+    fn number<T: serde::de::DeserializeOwned + PartialOrd + std::fmt::Display + Copy>(&mut self, key: &str, v: &Value<'t>, range: std::ops::RangeInclusive<T>, unit: &str, into: &mut T) {
+        let Some(n) = self.get::<T>(key, v, "") else { return };
+        if range.contains(&n) {
+            *into = n;
+        } else {
+            self.problem(v.span(), format!("{key} = {n}: use {} to {}{unit}", range.start(), range.end()));
+        }
+    }
+
+    fn address(&mut self, key: &str, v: &Value<'t>, example: &str) -> Option<std::net::SocketAddr> {
+        let a: String = self.get(key, v, "")?;
+        match a.trim().parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.problem(v.span(), format!("{key} = {a:?}: write an address and port like {example}"));
+                None
+            }
+        }
+    }
+
+    fn table(&mut self, key: &str, v: &'t Value<'t>) -> Option<&'t toml::de::DeTable<'t>> {
+        match v.get_ref() {
+            toml::de::DeValue::Table(t) => Some(t),
+            _ => {
+                self.problem(v.span(), format!("{key} must be a table ([{key}])"));
+                None
+            }
+        }
+    }
+
+    fn unknown(&mut self, key: &toml::Spanned<toml::de::DeString<'t>>, section: &str) {
+        let k = crate::text::clip(key.get_ref(), 60);
+        self.problem(key.span(), format!("unknown key {section}{k:?}: the keys are listed, with their defaults, in /etc/jetson-llmd/config.toml as installed"));
+    }
 }
 
-/// Steps 2 and 3: defaults merged in, values validated.
-pub fn settle(path: &Path, text: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
-    let d = Settings::default();
-    let err = |key: &str, message: String| ConfigError { path: path.display().to_string(), line: line_of(text, key), message };
-    let expected_compute = match raw.expected_compute.as_deref() {
-        None => d.expected_compute,
-        Some(s) => ExpectedCompute::parse(s).map_err(|m| err("expected_compute", m))?,
-    };
-    let min_gpu_percent = raw.min_gpu_percent.unwrap_or(d.min_gpu_percent);
-    if min_gpu_percent > 100 {
-        return Err(err("min_gpu_percent", format!("min_gpu_percent = {min_gpu_percent}: must be 0 to 100")));
+/// config.toml's text -> validated [`Settings`]: parsed with spans (toml), defaults merged in,
+/// every value typed through serde and checked; every problem is listed, in line order.
+pub fn from_text(path: &Path, text: &str) -> Result<Settings, ConfigError> {
+    let doc = toml::de::DeTable::parse(text).map_err(|e| {
+        let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1).unwrap_or(1);
+        ConfigError::one(path, line, e.message().trim().to_string())
+    })?;
+    let mut r = Reader { text, problems: Vec::new() };
+    let mut s = Settings::default();
+    let mut metrics_listen = None;
+    for (key, v) in doc.get_ref() {
+        match key.get_ref().as_ref() {
+            k @ ("keepalive_interval" | "residency_check" | "monitor_interval" | "startup_timeout" | "gpu_discovery_timeout" | "load_timeout" | "request_timeout" | "retry_max_backoff") => {
+                let into = match k {
+                    "keepalive_interval" => &mut s.keepalive_interval,
+                    "residency_check" => &mut s.residency_check,
+                    "monitor_interval" => &mut s.monitor_interval,
+                    "startup_timeout" => &mut s.startup_timeout,
+                    "gpu_discovery_timeout" => &mut s.gpu_discovery_timeout,
+                    "load_timeout" => &mut s.load_timeout,
+                    "request_timeout" => &mut s.request_timeout,
+                    _ => &mut s.retry_max_backoff,
+                };
+                r.duration(k, v, into);
+            }
+            "temperature_warn_c" => r.number("temperature_warn_c", v, 50..=110, " (C)", &mut s.temperature_warn_c),
+            "min_gpu_percent" => r.number("min_gpu_percent", v, 0..=100, "", &mut s.min_gpu_percent),
+            "memory_reserve_mib" => r.number("memory_reserve_mib", v, 0..=4096, " (MiB)", &mut s.memory_reserve_mib),
+            "metrics_listen" => metrics_listen = Some(v),
+            "expected_compute" => {
+                if let Some(e) = r.get("expected_compute", v, "") {
+                    s.expected_compute = e;
+                }
+            }
+            "on_reboot_required" => {
+                if let Some(o) = r.get("on_reboot_required", v, "") {
+                    s.on_reboot_required = o;
+                }
+            }
+            "ollama_bin" => {
+                if let Some(p) = r.get("ollama_bin", v, "") {
+                    s.ollama_bin = p;
+                }
+            }
+            "state_dir" => {
+                if let Some(p) = r.get("state_dir", v, "") {
+                    s.state_dir = p;
+                }
+            }
+            "allow_remote_ollama" => {
+                if let Some(b) = r.get("allow_remote_ollama", v, "") {
+                    s.allow_remote_ollama = b;
+                }
+            }
+            "allow_overcommit" => {
+                if let Some(b) = r.get("allow_overcommit", v, "") {
+                    s.allow_overcommit = b;
+                }
+            }
+            "models" => {
+                if let Some(t) = r.table("models", v) {
+                    read_models(&mut r, t, &mut s.models);
+                }
+            }
+            "guard" => {
+                if let Some(t) = r.table("guard", v) {
+                    read_guard(&mut r, t, &mut s.guard);
+                }
+            }
+            _ => r.unknown(key, ""),
+        }
     }
-    let on_reboot_required = match raw.on_reboot_required.as_deref() {
-        None | Some("report") => OnRebootRequired::Report,
-        Some("reboot") => OnRebootRequired::Reboot,
-        Some(o) => return Err(err("on_reboot_required", format!("on_reboot_required = {o:?}: use \"report\" or \"reboot\""))),
-    };
-    let temperature_warn_c = raw.temperature_warn_c.unwrap_or(d.temperature_warn_c);
-    if !(50..=110).contains(&temperature_warn_c) {
-        return Err(err("temperature_warn_c", format!("temperature_warn_c = {temperature_warn_c}: use 50 to 110 (C)")));
+    if let Some(v) = metrics_listen {
+        match r.get::<String>("metrics_listen", v, "").as_deref().map(str::trim) {
+            None => {}
+            Some("off" | "") => s.metrics_listen = None,
+            Some(_) => s.metrics_listen = r.address("metrics_listen", v, "\"127.0.0.1:9464\", or \"off\""),
+        }
     }
-    let metrics_listen = match raw.metrics_listen.as_deref().map(str::trim) {
-        None => d.metrics_listen,
-        Some("off" | "") => None,
-        Some(a) => Some(a.parse().map_err(|_| err("metrics_listen", format!("metrics_listen = {a:?}: write an address and port like \"127.0.0.1:9464\", or \"off\"")))?),
-    };
-    let memory_reserve_mib = raw.memory_reserve_mib.unwrap_or(d.memory_reserve_mib);
-    if memory_reserve_mib > 4096 {
-        return Err(err("memory_reserve_mib", format!("memory_reserve_mib = {memory_reserve_mib}: use 0 to 4096 (MiB)")));
+    if r.problems.is_empty() {
+        return Ok(s);
     }
-    let mut models = d.models;
-    for (name, m) in raw.models {
-        let key = format!("[models.\"{name}\"]");
-        let n = ModelName::parse(&name).map_err(|e| err(&key, e.to_string()))?;
-        let from = ModelName::parse(&m.from).map_err(|e| err(&key, format!("from: {e}")))?;
-        let num_ctx = match m.num_ctx {
-            None => None,
-            Some(0) => return Err(err(&key, "num_ctx must be at least 1".into())),
-            Some(c) => NonZeroU64::new(c),
+    r.problems.sort_by_key(|p| p.line);
+    Err(ConfigError { path: path.display().to_string(), problems: r.problems })
+}
+
+/// `[models."name"]`: a model created from a base with parameters (the seed's Modelfile).
+fn read_models<'t>(r: &mut Reader<'t>, t: &'t toml::de::DeTable<'t>, models: &mut BTreeMap<String, Derived>) {
+    for (name, v) in t {
+        let shown = crate::text::clip(name.get_ref(), 80);
+        let n = match ModelName::parse(name.get_ref()) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                r.problem(name.span(), format!("[models.{shown:?}]: {e}"));
+                None
+            }
+        };
+        let Some(table) = r.table(&format!("models.{shown:?}"), v) else { continue };
+        let (mut from, mut num_ctx, mut ok) = (None, None, n.is_some());
+        for (key, v) in table {
+            match key.get_ref().as_ref() {
+                "from" => match r.get::<String>("from", v, "").map(|f| ModelName::parse(&f)) {
+                    Some(Ok(f)) => from = Some(f),
+                    Some(Err(e)) => {
+                        r.problem(v.span(), format!("[models.{shown:?}] from: {e}"));
+                        ok = false;
+                    }
+                    None => ok = false,
+                },
+                "num_ctx" => match r.get::<u64>("num_ctx", v, "") {
+                    Some(c) if c > 0 => num_ctx = NonZeroU64::new(c),
+                    Some(_) => {
+                        r.problem(v.span(), format!("[models.{shown:?}] num_ctx must be at least 1"));
+                        ok = false;
+                    }
+                    None => ok = false,
+                },
+                _ => {
+                    r.unknown(key, &format!("[models.{shown:?}] "));
+                    ok = false;
+                }
+            }
+        }
+        let (Some(n), true) = (n, ok) else { continue };
+        let Some(from) = from else {
+            r.problem(v.span(), format!("[models.{shown:?}] needs from = \"<the base model>\""));
+            continue;
         };
         if n.full() == from.full() {
-            return Err(err(&key, format!("{name} cannot be derived from itself")));
+            r.problem(v.span(), format!("[models.{shown:?}]: {shown} cannot be derived from itself"));
+            continue;
         }
         models.insert(n.full(), Derived { from, num_ctx });
     }
-    let guard = settle_guard(path, text, raw.guard, &err)?;
-    Ok(Settings {
-        keepalive_interval: duration(path, text, "keepalive_interval", &raw.keepalive_interval, d.keepalive_interval)?,
-        residency_check: duration(path, text, "residency_check", &raw.residency_check, d.residency_check)?,
-        monitor_interval: duration(path, text, "monitor_interval", &raw.monitor_interval, d.monitor_interval)?,
-        temperature_warn_c,
-        metrics_listen,
-        expected_compute,
-        min_gpu_percent,
-        ollama_bin: raw.ollama_bin.unwrap_or(d.ollama_bin),
-        startup_timeout: duration(path, text, "startup_timeout", &raw.startup_timeout, d.startup_timeout)?,
-        gpu_discovery_timeout: duration(path, text, "gpu_discovery_timeout", &raw.gpu_discovery_timeout, d.gpu_discovery_timeout)?,
-        load_timeout: duration(path, text, "load_timeout", &raw.load_timeout, d.load_timeout)?,
-        request_timeout: duration(path, text, "request_timeout", &raw.request_timeout, d.request_timeout)?,
-        retry_max_backoff: duration(path, text, "retry_max_backoff", &raw.retry_max_backoff, d.retry_max_backoff)?,
-        on_reboot_required,
-        state_dir: raw.state_dir.unwrap_or(d.state_dir),
-        allow_remote_ollama: raw.allow_remote_ollama.unwrap_or(false),
-        memory_reserve_mib,
-        allow_overcommit: raw.allow_overcommit.unwrap_or(d.allow_overcommit),
-        models,
-        guard,
-    })
 }
 
-/// An `admin_from` entry: an IP address or a CIDR network.
-pub fn parse_net(s: &str) -> Option<(std::net::IpAddr, u8)> {
-    let (ip, bits) = match s.split_once('/') {
-        Some((ip, b)) => (ip.trim().parse::<std::net::IpAddr>().ok()?, b.trim().parse::<u8>().ok()?),
-        None => {
-            let ip: std::net::IpAddr = s.trim().parse().ok()?;
-            (ip, if ip.is_ipv4() { 32 } else { 128 })
-        }
-    };
-    ((ip.is_ipv4() && bits <= 32) || (ip.is_ipv6() && bits <= 128)).then_some((ip, bits))
+/// An `admin_from` entry: a CIDR network, or one address (a /32 or /128).
+pub fn parse_net(s: &str) -> Option<ipnet::IpNet> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>().ok().or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
-fn settle_guard(path: &Path, text: &str, g: RawGuard, err: &dyn Fn(&str, String) -> ConfigError) -> Result<GuardSettings, ConfigError> {
-    let d = GuardSettings::default();
-    let listen = match g.listen.as_deref().map(str::trim) {
-        None => d.listen,
-        Some(a) => a.parse().map_err(|_| err("listen", format!("[guard] listen = {a:?}: write an address and port like \"127.0.0.1:11434\" or \"0.0.0.0:11434\"")))?,
-    };
-    let models = match g.models.as_deref() {
-        None | Some("pinned") => ModelsPolicy::Pinned,
-        Some("allow") => ModelsPolicy::Allow,
-        Some("any") => ModelsPolicy::Any,
-        Some(o) => return Err(err("models", format!("[guard] models = {o:?}: use \"pinned\", \"allow\" or \"any\""))),
-    };
-    let allow = g.allow.unwrap_or_default().iter().map(|m| ModelName::parse(m).map_err(|e| err("allow", format!("[guard] allow: {e}")))).collect::<Result<Vec<_>, _>>()?;
-    let options = match g.options.as_deref() {
-        None | Some("drop") => OptionsPolicy::Drop,
-        Some("strict") => OptionsPolicy::Strict,
-        Some(o) => return Err(err("options", format!("[guard] options = {o:?}: use \"drop\" or \"strict\""))),
-    };
-    let admin_from = g.admin_from.unwrap_or_default();
-    for a in &admin_from {
-        if parse_net(a).is_none() {
-            return Err(err("admin_from", format!("[guard] admin_from: {a:?} is not an address or network like \"192.168.1.0/24\"")));
+fn read_guard<'t>(r: &mut Reader<'t>, t: &'t toml::de::DeTable<'t>, g: &mut GuardSettings) {
+    for (key, v) in t {
+        match key.get_ref().as_ref() {
+            "enabled" => {
+                if let Some(b) = r.get("[guard] enabled", v, "") {
+                    g.enabled = b;
+                }
+            }
+            "listen" => {
+                if let Some(a) = r.address("[guard] listen", v, "\"127.0.0.1:11434\" or \"0.0.0.0:11434\"") {
+                    g.listen = a;
+                }
+            }
+            "models" => {
+                if let Some(m) = r.get("[guard] models", v, "") {
+                    g.models = m;
+                }
+            }
+            "options" => {
+                if let Some(o) = r.get("[guard] options", v, "") {
+                    g.options = o;
+                }
+            }
+            "allow" => {
+                let Some(list) = r.get::<Vec<String>>("[guard] allow", v, "; write a list of model names") else { continue };
+                let mut allow = Vec::new();
+                for m in list {
+                    match ModelName::parse(&m) {
+                        Ok(n) => allow.push(n),
+                        Err(e) => r.problem(v.span(), format!("[guard] allow: {e}")),
+                    }
+                }
+                g.allow = allow;
+            }
+            "admin_from" => {
+                let Some(list) = r.get::<Vec<String>>("[guard] admin_from", v, "; write a list of networks like [\"192.168.1.0/24\"]") else { continue };
+                let mut nets = Vec::new();
+                for a in list {
+                    match parse_net(&a) {
+                        Some(n) => nets.push(n),
+                        None => r.problem(v.span(), format!("[guard] admin_from: {:?} is not an address or network like \"192.168.1.0/24\"", crate::text::clip(&a, 60))),
+                    }
+                }
+                g.admin_from = nets;
+            }
+            "keep_alive_max" => r.duration("keep_alive_max", v, &mut g.keep_alive_max),
+            "ready_wait" => r.duration("ready_wait", v, &mut g.ready_wait),
+            "body_timeout" => r.duration("body_timeout", v, &mut g.body_timeout),
+            "body_budget_mib" => r.number("[guard] body_budget_mib", v, 1..=1024, " (MiB)", &mut g.body_budget_mib),
+            "keys_file" => match r.get::<PathBuf>("[guard] keys_file", v, "") {
+                Some(p) if p.as_os_str().is_empty() => g.keys_file = None,
+                Some(p) if !p.is_absolute() => r.problem(v.span(), format!("[guard] keys_file = {:?}: write an absolute path, e.g. \"/etc/jetson-llmd/guard-keys\"", p.display())),
+                Some(p) => g.keys_file = Some(p),
+                None => {}
+            },
+            _ => r.unknown(key, "[guard] "),
         }
     }
-    Ok(GuardSettings {
-        enabled: g.enabled.unwrap_or(d.enabled),
-        listen,
-        models,
-        allow,
-        options,
-        keep_alive_max: duration(path, text, "keep_alive_max", &g.keep_alive_max, d.keep_alive_max)?,
-        admin_from,
-        ready_wait: duration(path, text, "ready_wait", &g.ready_wait, d.ready_wait)?,
-        body_budget_mib: match g.body_budget_mib {
-            None => d.body_budget_mib,
-            Some(n @ 1..=1024) => n,
-            Some(n) => return Err(err("body_budget_mib", format!("[guard] body_budget_mib = {n}: use 1 to 1024 (MiB)"))),
-        },
-        body_timeout: duration(path, text, "body_timeout", &g.body_timeout, d.body_timeout)?,
-        keys_file: match g.keys_file {
-            Some(p) if p.as_os_str().is_empty() => None,
-            Some(p) if !p.is_absolute() => return Err(err("keys_file", format!("[guard] keys_file = {:?}: write an absolute path, e.g. \"/etc/jetson-llmd/guard-keys\"", p.display()))),
-            k => k,
-        },
-    })
 }
 
 /// Reads config.toml (a regular file, at most 256 KiB); a missing file means all defaults.
 pub async fn load(path: &Path) -> Result<Settings, ConfigError> {
     let text = match crate::host::fs::read_capped(path, crate::host::fs::cap::CONFIG).await {
-        Ok(b) => String::from_utf8(b).map_err(|e| ConfigError { path: path.display().to_string(), line: 1, message: format!("not valid UTF-8: {e}") })?,
+        Ok(b) => String::from_utf8(b).map_err(|e| ConfigError::one(path, 1, format!("not valid UTF-8: {e}")))?,
         Err(e) if e.is_not_found() => return Ok(Settings::default()),
         Err(e) => {
             let message = e.to_string();
             let message = message.strip_prefix(&format!("{}: ", path.display())).unwrap_or(&message).to_string();
-            return Err(ConfigError { path: path.display().to_string(), line: 0, message });
+            return Err(ConfigError::one(path, 0, message));
         }
     };
-    let raw = parse(path, &text)?;
-    settle(path, &text, raw)
+    from_text(path, &text)
 }
 
 impl Settings {
@@ -483,8 +592,7 @@ mod tests {
     use super::*;
 
     fn p(text: &str) -> Result<Settings, ConfigError> {
-        let path = Path::new("/etc/jetson-llmd/config.toml");
-        settle(path, text, parse(path, text)?)
+        from_text(Path::new("/etc/jetson-llmd/config.toml"), text)
     }
 
     #[test]
@@ -508,20 +616,20 @@ mod tests {
     #[test]
     fn errors_name_file_and_line() {
         let e = p("\n\nkeepalive_interval = \"soon\"\n").expect_err("bad");
-        assert_eq!(e.line, 3);
+        assert_eq!(e.line(), 3);
         assert!(e.to_string().starts_with("/etc/jetson-llmd/config.toml:3: keepalive_interval"), "{e}");
         let e = p("keepalive_interval = \"0s\"").expect_err("zero");
-        assert!(e.message.contains("out of bounds: use 10s to 1h"), "{}", e.message);
+        assert!(e.message().contains("out of bounds: use 10s to 1h"), "{}", e.message());
         let e = p("keepalive_interval = \"1ns\"").expect_err("1ns");
-        assert!(e.message.contains("out of bounds"), "{}", e.message);
+        assert!(e.message().contains("out of bounds"), "{}", e.message());
         let e = p("load_timeout = \"100d\"").expect_err("huge");
-        assert!(e.message.contains("10s to 2h"), "{}", e.message);
+        assert!(e.message().contains("10s to 2h"), "{}", e.message());
         assert!(p("keepalive_interval = \"10s\"\nretry_max_backoff = \"1h\"").is_ok());
         let e = p("\nkeep_alive = \"4m\"\n").expect_err("unknown key");
-        assert_eq!(e.line, 2);
-        assert!(e.message.contains("unknown field"), "{}", e.message);
+        assert_eq!(e.line(), 2);
+        assert!(e.message().contains("unknown key \"keep_alive\""), "{}", e.message());
         let e = p("expected_compute = \"sm87\"").expect_err("bad compute");
-        assert!(e.message.contains("8.7") && e.message.contains("cpu"), "{e}");
+        assert!(e.message().contains("8.7") && e.message().contains("cpu"), "{e}");
         for bad in ["8", "8.", ".7", "8.7.1", "999.1", "gpu", ""] {
             assert!(p(&format!("expected_compute = {bad:?}")).is_err(), "{bad:?} accepted");
         }
@@ -529,14 +637,38 @@ mod tests {
         assert_eq!(s.expected_compute, ExpectedCompute::Cpu);
         assert_eq!(serde_json::to_value(&s).expect("json")["expected_compute"], "cpu");
         let e = p("on_reboot_required = \"panic\"").expect_err("bad");
-        assert!(e.message.contains("report"));
+        assert!(e.message().contains("report"));
         let e = p("[models.\"x; rm\"]\nfrom = \"a\"\n").expect_err("bad name");
-        assert!(e.message.contains("not a valid Ollama model name"));
+        assert!(e.message().contains("not a valid Ollama model name"));
         assert_eq!(p("metrics_listen = \"off\"").expect("off").metrics_listen, None);
         let e = p("metrics_listen = \"localhost\"").expect_err("no port");
-        assert!(e.message.contains("127.0.0.1:9464"), "{}", e.message);
+        assert!(e.message().contains("127.0.0.1:9464"), "{}", e.message());
         let e = p("min_gpu_percent = 300").expect_err("out of range for u8");
-        assert_eq!(e.line, 1);
+        assert_eq!(e.line(), 1);
+    }
+
+    /// Every problem at once, each on the line of its own value, in line order: the review
+    /// found only the first reported, and an error under `[guard] allow` pointed at the line of
+    /// `allow_remote_ollama` (found by key prefix).
+    #[test]
+    fn every_problem_is_listed_on_its_own_line() {
+        let text = "allow_remote_ollama = true\nkeepalive_interval = \"soon\"\non_reboot_required = \"panic\"\nfrobnicate = 1\n[guard]\nmodels = \"some\"\nallow = [\"ok:1b\", \"bad; name\"]\nadmin_from = [\"10.0.0.0/8\", \"192.168.1.5\", \"nonsense\"]\n[models.\"x:1b\"]\nfrom = \"x:1b\"\n";
+        let e = p(text).expect_err("bad");
+        let lines: Vec<usize> = e.problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, [2, 3, 4, 6, 7, 8, 9], "{e}");
+        let shown = e.to_string();
+        assert_eq!(shown.lines().count(), 7, "{shown}");
+        assert!(shown.lines().all(|l| l.starts_with("/etc/jetson-llmd/config.toml:")), "{shown}");
+        assert!(e.problems[1].message.contains("unknown variant `panic`, expected `report` or `reboot`"), "{}", e.problems[1].message);
+        assert!(e.problems[4].message.starts_with("[guard] allow: "), "{}", e.problems[4].message);
+        assert!(e.problems[5].message.contains("\"nonsense\""), "{}", e.problems[5].message);
+        assert!(e.problems[6].message.contains("cannot be derived from itself"), "{}", e.problems[6].message);
+        // A plain address is a network of one; networks are matched by ipnet.
+        let s = p("[guard]\nadmin_from = [\"10.0.0.0/8\", \"192.168.1.5\", \"fd00::/8\"]\n").expect("valid");
+        assert_eq!(s.guard.admin_from.iter().map(|n| n.to_string()).collect::<Vec<_>>(), ["10.0.0.0/8", "192.168.1.5/32", "fd00::/8"]);
+        // Typed by serde: a string where a number goes, a number where a string goes.
+        let e = p("temperature_warn_c = \"hot\"\nstate_dir = 5\n").expect_err("types");
+        assert_eq!(e.problems.len(), 2, "{e}");
     }
 
     #[test]

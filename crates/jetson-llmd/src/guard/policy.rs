@@ -90,13 +90,13 @@ pub fn needs_body(method: &str, path: &str) -> bool {
     routes::unplain(path).is_none() && routes::classify(method, path) == Route::Inference
 }
 
-fn in_net(ip: IpAddr, net: &str) -> bool {
-    let Some((base, bits)) = crate::conf::config::parse_net(net) else { return false };
-    match (ip, base) {
-        (IpAddr::V4(a), IpAddr::V4(b)) => bits == 0 || (u32::from(a) >> (32 - u32::from(bits))) == (u32::from(b) >> (32 - u32::from(bits))),
-        (IpAddr::V6(a), IpAddr::V6(b)) => bits == 0 || (u128::from(a) >> (128 - u32::from(bits))) == (u128::from(b) >> (128 - u32::from(bits))),
-        _ => false,
-    }
+fn in_net(ip: IpAddr, net: &ipnet::IpNet) -> bool {
+    // A v4 client on a dual-stack socket arrives as ::ffff:a.b.c.d; the networks are written v4.
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    net.contains(&ip)
 }
 
 pub fn may_administer(client: IpAddr, g: &GuardSettings) -> bool {
@@ -372,7 +372,7 @@ mod tests {
             assert!(matches!(d(m, path, json!({"model": "gemma4:e2b-8k"}), lan(), &g), Decision::Refuse { status: 403, rule: Rule::AdminRefused, .. }), "{path}");
             assert!(matches!(d(m, path, json!({"model": "gemma4:e2b-8k"}), local(), &g), Decision::Forward { .. }), "{path}");
         }
-        let admins = GuardSettings { admin_from: vec!["192.168.1.0/24".into()], ..GuardSettings::default() };
+        let admins = GuardSettings { admin_from: vec!["192.168.1.0/24".parse().expect("net")], ..GuardSettings::default() };
         assert!(matches!(d("POST", "/api/pull", json!({"model": "x"}), lan(), &admins), Decision::Forward { .. }));
         assert!(!may_administer("192.168.2.1".parse().expect("ip"), &admins));
         assert!(may_administer("::ffff:127.0.0.1".parse().expect("ip"), &g), "v4-mapped loopback");

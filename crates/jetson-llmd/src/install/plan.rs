@@ -433,7 +433,7 @@ pub async fn compute(req: &Request, state: &InstallState, active: Option<bool>) 
     let cfg_kept = files.iter().any(|f| f.path == config::DEFAULT_CONFIG && matches!(f.change, Change::KeepYours | Change::Kept));
     if cfg_kept {
         let text = String::from_utf8_lossy(have_etc[config::DEFAULT_CONFIG].as_deref().unwrap_or_default()).to_string();
-        let guarded = config::parse(Path::new(config::DEFAULT_CONFIG), &text).ok().and_then(|r| config::settle(Path::new(config::DEFAULT_CONFIG), &text, r).ok()).is_some_and(|s| s.guard.enabled);
+        let guarded = config::from_text(Path::new(config::DEFAULT_CONFIG), &text).is_ok_and(|s| s.guard.enabled);
         if !guarded {
             for f in files.iter_mut().filter(|f| f.path == OLLAMA_ENV && f.change == Change::Update) {
                 f.change = Change::KeepYours;
@@ -497,8 +497,7 @@ mod tests {
     #[test]
     fn the_installed_config_is_valid_and_guarded() {
         let text = default_config();
-        let raw = config::parse(Path::new("config.toml"), &text).expect("parses");
-        let s = config::settle(Path::new("config.toml"), &text, raw).expect("valid");
+        let s = config::from_text(Path::new("config.toml"), &text).expect("valid");
         assert!(s.guard.enabled);
         assert_eq!(s.guard.listen.port(), 11434);
         let env = String::from_utf8_lossy(DEFAULT_ENV.as_bytes()).to_string();
