@@ -42,7 +42,7 @@ pub async fn run(g: &Global) -> anyhow::Result<i32> {
     };
     let model_conf = match modelconf::read(&p.model_conf).await {
         Ok(c) => FileReport { path: p.model_conf.clone(), ok: true, value: Some(ModelConfValue { model: c.model.to_string(), warnings: c.warnings }), error: None },
-        Err(e) => FileReport { path: p.model_conf.clone(), ok: false, value: None, error: Some(e) },
+        Err(e) => FileReport { path: p.model_conf.clone(), ok: false, value: None, error: Some(e.to_string()) },
     };
     let ok = config.ok && model_conf.ok;
     if g.json {

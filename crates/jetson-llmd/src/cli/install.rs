@@ -144,7 +144,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
     if let Some(free) = jetson_llmd::install::tree::free_bytes(&models).filter(|f| *f < 8 << 30) {
         eprintln!("warning: only {:.1} GiB free for models under {}; gemma4:e2b-it-qat alone needs about 5 GiB", free as f64 / (1u64 << 30) as f64, plan::OLLAMA_HOME);
     }
-    let state = InstallState::load(&g.root).await.map_err(Failure::Config)?;
+    let state = InstallState::load(&g.root).await?;
     let sd = connect(a.no_systemd, a.dry_run).await?;
     let active = is_active(sd.as_ref(), "jetson-llmd.service").await;
     let req = Request {
@@ -155,7 +155,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
         systemd: !a.no_systemd && (sd.is_some() || a.dry_run),
         start: !a.no_start,
     };
-    let plan = plan::compute(&req, &state, active).await.map_err(anyhow::Error::msg)?;
+    let plan = plan::compute(&req, &state, active).await?;
     if a.dry_run || !plan.changes_anything() {
         if g.json {
             print_json(&plan)?;

@@ -307,7 +307,23 @@ pub fn report_error(e: &anyhow::Error) -> i32 {
     for cause in e.chain().skip(1) {
         eprintln!(" -> {}", jetson_llmd::text::clean(&cause.to_string()));
     }
-    e.chain().find_map(|c| c.downcast_ref::<Failure>()).map_or(code::FAILED, Failure::exit_code)
+    exit_code(e)
+}
+
+/// The one place an error becomes an exit code: by its type, the first one in the chain that
+/// has a meaning (docs/usage.md lists them per command).
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    e.chain()
+        .find_map(|c| {
+            if let Some(f) = c.downcast_ref::<Failure>() {
+                Some(f.exit_code())
+            } else if c.is::<jetson_llmd::conf::config::ConfigError>() || c.is::<jetson_llmd::conf::modelconf::ModelConfError>() || c.is::<jetson_llmd::install::state::InstallStateError>() {
+                Some(code::USAGE)
+            } else {
+                None
+            }
+        })
+        .unwrap_or(code::FAILED)
 }
 
 /// What most commands need.
@@ -368,7 +384,7 @@ pub fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
 }
 
 pub async fn model_from_conf(ctx: &Ctx) -> Result<ModelName, Failure> {
-    let c = modelconf::read(&ctx.paths.model_conf).await.map_err(Failure::Config)?;
+    let c = modelconf::read(&ctx.paths.model_conf).await.map_err(|e| Failure::Config(e.to_string()))?;
     for w in &c.warnings {
         tracing::warn!("{}: {w}", ctx.paths.model_conf.display());
     }
@@ -378,4 +394,23 @@ pub async fn model_from_conf(ctx: &Ctx) -> Result<ModelName, Failure> {
 /// /proc/cmdline under --root, for the `cma=` hint (bounded; absent is fine).
 pub async fn cmdline(root: &Path) -> Option<String> {
     jetson_llmd::host::fs::read_text(&rooted(root, Path::new("/proc/cmdline")), jetson_llmd::host::fs::cap::PROC).await.ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    /// Exit codes come from the error's type, wherever it sits in the chain.
+    #[test]
+    fn exit_codes_are_derived_from_the_error_type() {
+        let conf = jetson_llmd::conf::config::from_text(Path::new("c.toml"), "keepalive_interval = 1").expect_err("bad");
+        assert_eq!(exit_code(&anyhow::Error::new(conf).context("reading the configuration")), code::USAGE);
+        let mc = jetson_llmd::conf::modelconf::from_bytes(Path::new("model.conf"), b"OLLAMA_MODEL=\n").expect_err("bad");
+        assert_eq!(exit_code(&anyhow::Error::new(mc)), code::USAGE);
+        let f: anyhow::Result<()> = Err(Failure::RebootRequired { detail: "x".into() }).context("preloading");
+        assert_eq!(exit_code(&f.expect_err("err")), code::REBOOT_REQUIRED);
+        assert_eq!(exit_code(&anyhow::Error::new(Failure::OnCpu { model: "m".into(), hint: "h".into() })), code::ON_CPU);
+        assert_eq!(exit_code(&anyhow::anyhow!("something else")), code::FAILED);
+    }
 }

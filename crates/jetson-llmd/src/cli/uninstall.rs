@@ -3,7 +3,7 @@
 
 use super::install::{connect, need_root};
 use super::{print_json, Global};
-use jetson_llmd::failure::{code, Failure};
+use jetson_llmd::failure::code;
 use jetson_llmd::host::{accounts, rooted};
 use jetson_llmd::install::apply::{unedited, CACHE};
 use jetson_llmd::install::plan::{JETSON_LLMD_BIN, OLLAMA_HOME, UNIT_DIR};
@@ -27,7 +27,7 @@ pub async fn run(g: &Global, purge: bool, dry_run: bool, no_systemd: bool) -> an
     if !dry_run {
         need_root(&facts, "uninstall")?;
     }
-    let st = InstallState::load(&g.root).await.map_err(Failure::Config)?;
+    let st = InstallState::load(&g.root).await?;
     let store = Store::new(&g.root);
     let mut steps = Vec::new();
     let mut step = |action, path: &str| steps.push(Step { action, path: path.to_string() });

@@ -3,7 +3,7 @@
 
 use super::install::{connect, is_active, need_root, preflight, SourceArgs};
 use super::{context, print_json, Global};
-use jetson_llmd::failure::{code, Failure};
+use jetson_llmd::failure::code;
 use jetson_llmd::host::rooted;
 use jetson_llmd::host::systemd::Systemd;
 use jetson_llmd::install::apply::{stage_release, Options};
@@ -39,13 +39,13 @@ struct Report {
 /// waits for its verdict.
 async fn switch_to(sd: &Systemd, store: &Store, dir: &str, state_dir: &Path, timeout: Duration, quiet: bool) -> anyhow::Result<Option<State>> {
     let old = StateFile::read(state_dir).await.ok().flatten().map(|s| canary::identity(&s));
-    sd.stop("jetson-llmd.service", Duration::from_secs(60)).await.map_err(anyhow::Error::msg)?;
+    sd.stop("jetson-llmd.service", Duration::from_secs(60)).await?;
     store.activate(dir)?;
     for u in ["ollama-preload.service", "ollama-keepalive.service"] {
         let _ = sd.reset_failed(u).await;
     }
-    sd.restart("ollama.service", Duration::from_secs(120)).await.map_err(anyhow::Error::msg)?;
-    sd.queue_start("jetson-llmd.service").await.map_err(anyhow::Error::msg)?;
+    sd.restart("ollama.service", Duration::from_secs(120)).await?;
+    sd.queue_start("jetson-llmd.service").await?;
     Ok(canary::wait_for_outcome(state_dir, old, Some(sd), timeout, quiet).await)
 }
 
@@ -62,7 +62,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
     let facts = preflight(g, a.force).await?;
     need_root(&facts, "upgrade")?;
     let ctx = context(g).await?;
-    let mut st = InstallState::load(&g.root).await.map_err(Failure::Config)?;
+    let mut st = InstallState::load(&g.root).await?;
     let store = Store::new(&g.root);
     let Some(current) = st.current.clone() else {
         anyhow::bail!("no Ollama installed by jetson-llmd here ({}): run `sudo jetson-llmd install` first", jetson_llmd::install::state::PATH);

@@ -186,22 +186,31 @@ pub fn describe(path: &std::path::Path, errors: &[ConfError]) -> String {
     errors.iter().map(|e| crate::text::clip(&format!("{}:{}: {}", path.display(), e.line, e.message), 300)).collect::<Vec<_>>().join("\n")
 }
 
-/// Reads the file (a regular file, at most 64 KiB, never blocking on a FIFO) and parses it; the
-/// error is ready to print (`path:line: message`, one per line).
-pub async fn read(path: &std::path::Path) -> Result<ModelConf, String> {
-    let bytes = read_bytes(path).await?;
-    parse(&bytes).map_err(|errs| describe(path, &errs))
+/// Why model.conf cannot be used; shown as `path:line: message` (one per line).
+#[derive(Debug, thiserror::Error)]
+pub enum ModelConfError {
+    #[error("{}: not found; create it with one line: {KEY}=gemma4:e2b-8k", .path.display())]
+    NotFound { path: std::path::PathBuf },
+    #[error(transparent)]
+    Read(crate::host::fs::ReadError),
+    #[error("{}", describe(.path, .errors))]
+    Invalid { path: std::path::PathBuf, errors: Vec<ConfError> },
 }
 
-/// The raw bytes, for noticing a change; the error is ready to print.
-pub async fn read_bytes(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    crate::host::fs::read_capped(path, crate::host::fs::cap::MODEL_CONF).await.map_err(|e| {
-        if e.is_not_found() {
-            format!("{}: not found; create it with one line: {KEY}=gemma4:e2b-8k", path.display())
-        } else {
-            e.to_string()
-        }
-    })
+/// Reads the file (a regular file, at most 64 KiB, never blocking on a FIFO) and parses it.
+pub async fn read(path: &std::path::Path) -> Result<ModelConf, ModelConfError> {
+    let bytes = read_bytes(path).await?;
+    from_bytes(path, &bytes)
+}
+
+/// What the bytes of model.conf say (the file's path for the messages).
+pub fn from_bytes(path: &std::path::Path, bytes: &[u8]) -> Result<ModelConf, ModelConfError> {
+    parse(bytes).map_err(|errors| ModelConfError::Invalid { path: path.to_path_buf(), errors })
+}
+
+/// The raw bytes, for noticing a change.
+pub async fn read_bytes(path: &std::path::Path) -> Result<Vec<u8>, ModelConfError> {
+    crate::host::fs::read_capped(path, crate::host::fs::cap::MODEL_CONF).await.map_err(|e| if e.is_not_found() { ModelConfError::NotFound { path: path.to_path_buf() } } else { ModelConfError::Read(e) })
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ pub enum InstallError {
     #[error("{}: cannot write: {source}", .path.display())]
     Write { path: PathBuf, source: std::io::Error },
     #[error("systemd: {0}")]
-    Systemd(String),
+    Systemd(#[from] super::services::ServiceError),
     #[error("interrupted by a signal (SIGINT or SIGTERM) before the install was complete")]
     Interrupted,
     #[error("{0}")]
@@ -283,12 +283,12 @@ pub async fn apply<S: Services>(plan: &Plan, req: &Request, state: &mut InstallS
         if let (Some(sd), Some(step)) = (services, &plan.systemd) {
             go_on()?;
             if step.daemon_reload {
-                sd.daemon_reload().await.map_err(InstallError::Systemd)?;
+                sd.daemon_reload().await?;
             }
             go_on()?;
             if !step.enable.is_empty() {
                 let u: Vec<&str> = step.enable.iter().map(String::as_str).collect();
-                sd.enable(&u).await.map_err(InstallError::Systemd)?;
+                sd.enable(&u).await?;
                 out.changed.push(format!("enabled {}", step.enable.join(" ")));
             }
         }
@@ -374,29 +374,29 @@ mod tests {
     }
 
     impl Services for Sd {
-        async fn daemon_reload(&self) -> Result<(), String> {
+        async fn daemon_reload(&self) -> Result<(), crate::install::services::ServiceError> {
             (self.on_reload)();
             Ok(())
         }
-        async fn enable(&self, _: &[&str]) -> Result<(), String> {
+        async fn enable(&self, _: &[&str]) -> Result<(), crate::install::services::ServiceError> {
             Ok(())
         }
-        async fn disable(&self, _: &[&str]) -> Result<(), String> {
+        async fn disable(&self, _: &[&str]) -> Result<(), crate::install::services::ServiceError> {
             Ok(())
         }
         async fn active_state(&self, _: &str) -> Option<String> {
             None
         }
-        async fn start(&self, _: &str, _: Duration) -> Result<(), String> {
+        async fn start(&self, _: &str, _: Duration) -> Result<(), crate::install::services::ServiceError> {
             Ok(())
         }
-        async fn restart(&self, _: &str, _: Duration) -> Result<(), String> {
+        async fn restart(&self, _: &str, _: Duration) -> Result<(), crate::install::services::ServiceError> {
             Ok(())
         }
-        async fn stop(&self, _: &str, _: Duration) -> Result<(), String> {
+        async fn stop(&self, _: &str, _: Duration) -> Result<(), crate::install::services::ServiceError> {
             Ok(())
         }
-        async fn queue_start(&self, _: &str) -> Result<(), String> {
+        async fn queue_start(&self, _: &str) -> Result<(), crate::install::services::ServiceError> {
             Ok(())
         }
     }

@@ -288,11 +288,28 @@ pub fn owned_change(existing: Option<&[u8]>, ours: &[u8]) -> Change {
     }
 }
 
-async fn existing(root: &Path, path: &str, cap: u64) -> Result<Option<Vec<u8>>, String> {
+/// Why a plan cannot be made (nothing has been changed yet).
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// A local tarball could not be hashed.
+    #[error(transparent)]
+    Hash(#[from] super::fetch::FetchError),
+    /// A file the plan compares against could not be read.
+    #[error(transparent)]
+    Read(#[from] fs::ReadError),
+    #[error("{}: {source}", .path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Units(#[from] super::units::BadPath),
+    #[error(transparent)]
+    Accounts(#[from] crate::host::accounts::AccountError),
+}
+
+async fn existing(root: &Path, path: &str, cap: u64) -> Result<Option<Vec<u8>>, PlanError> {
     match fs::read_capped(&rooted(root, Path::new(path)), cap).await {
         Ok(b) => Ok(Some(b)),
         Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -306,7 +323,7 @@ pub fn model_conf_text(model: Option<&ModelName>) -> Vec<u8> {
 
 /// Which version is live and whether it is the one wanted. Local tarballs are hashed here (a
 /// few seconds for 2 GB) so that re-running the same offline install does nothing.
-pub async fn ollama_step(req: &Request, state: &InstallState) -> Result<OllamaStep, String> {
+pub async fn ollama_step(req: &Request, state: &InstallState) -> Result<OllamaStep, PlanError> {
     let store = Store::new(&req.root);
     let live = store.live_ok();
     let current = state.current.as_ref().filter(|c| live && store.current().as_deref() == Some(c.dir.as_str()));
@@ -321,7 +338,7 @@ pub async fn ollama_step(req: &Request, state: &InstallState) -> Result<OllamaSt
         (_, None) => false,
         (Source::Release { version, .. }, Some(c)) => c.version == version.to_string() && !c.origin.starts_with('/'),
         (Source::Local { base, jetpack, .. }, Some(c)) => {
-            fetch::sha256_file(base).await.map_err(|e| e.to_string())? == c.base_sha256 && fetch::sha256_file(jetpack).await.map_err(|e| e.to_string())? == c.jetpack_sha256
+            fetch::sha256_file(base).await? == c.base_sha256 && fetch::sha256_file(jetpack).await? == c.jetpack_sha256
         }
     };
     Ok(match current {
@@ -336,7 +353,7 @@ pub async fn ollama_step(req: &Request, state: &InstallState) -> Result<OllamaSt
     })
 }
 
-pub async fn compute(req: &Request, state: &InstallState, active: Option<bool>) -> Result<Plan, String> {
+pub async fn compute(req: &Request, state: &InstallState, active: Option<bool>) -> Result<Plan, PlanError> {
     let root = &req.root;
     let ollama = ollama_step(req, state).await?;
     let mut notes = Vec::new();
@@ -364,7 +381,7 @@ pub async fn compute(req: &Request, state: &InstallState, active: Option<bool>) 
                 _ => false,
             };
             if !same_file {
-                let ours = tokio::fs::read(exe).await.map_err(|e| format!("{}: {e}", exe.display()))?;
+                let ours = tokio::fs::read(exe).await.map_err(|source| PlanError::Io { path: exe.clone(), source })?;
                 // Sizes first: reading a 100 MB binary only to find it differs in length is waste.
                 let same_size = tokio::fs::metadata(&target).await.is_ok_and(|m| m.is_file() && m.len() == ours.len() as u64);
                 let change = if same_size { owned_change(existing(root, JETSON_LLMD_BIN, 512 << 20).await?.as_deref(), &ours) } else if target.exists() { Change::Update } else { Change::Create };
@@ -374,7 +391,7 @@ pub async fn compute(req: &Request, state: &InstallState, active: Option<bool>) 
 
         // Units. Ollama's installer owns /etc/systemd/system/ollama.service once it has written
         // one (it rewrites it on every run): then only a drop-in carries our settings.
-        let rendered = units::render(Path::new(JETSON_LLMD_BIN), Path::new(super::tree::BIN)).map_err(|e| e.to_string())?;
+        let rendered = units::render(Path::new(JETSON_LLMD_BIN), Path::new(super::tree::BIN))?;
         let ollama_unit = format!("{UNIT_DIR}/ollama.service");
         let have_unit = existing(root, &ollama_unit, 1 << 20).await?;
         let ours_unit = rendered.iter().find(|(n, _)| *n == "ollama.service").map(|(_, t)| t.as_bytes().to_vec()).unwrap_or_default();
@@ -459,7 +476,7 @@ pub async fn compute(req: &Request, state: &InstallState, active: Option<bool>) 
     }
 
     // The ollama user and the GPU groups that exist here.
-    let acc = accounts::read(root).await.map_err(|e| e.to_string())?;
+    let acc = accounts::read(root).await?;
     let mut user = UserStep { create: !acc.has_user("ollama"), ..Default::default() };
     for g in GPU_GROUPS {
         if !acc.has_group(g) {

@@ -48,15 +48,25 @@ pub fn path(root: &Path) -> PathBuf {
     rooted(root, Path::new(PATH))
 }
 
+/// install.json cannot be used: install, upgrade and uninstall stop (exit 2) rather than guess
+/// which files are theirs.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallStateError {
+    #[error(transparent)]
+    Read(#[from] fs::ReadError),
+    #[error("{}: {source}; move it away to start over", .path.display())]
+    Parse { path: std::path::PathBuf, source: serde_json::Error },
+}
+
 impl InstallState {
     /// A missing file is a fresh machine; an unreadable one is reported, not ignored: it would
     /// make install treat the user's edited files as its own.
-    pub async fn load(root: &Path) -> Result<InstallState, String> {
+    pub async fn load(root: &Path) -> Result<InstallState, InstallStateError> {
         let p = path(root);
         match fs::read_capped(&p, fs::cap::STATE).await {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}; move it away to start over", p.display())),
+            Ok(b) => serde_json::from_slice(&b).map_err(|source| InstallStateError::Parse { path: p, source }),
             Err(e) if e.is_not_found() => Ok(InstallState::default()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -87,7 +87,7 @@ pub async fn gather<A: OllamaApi>(api: &A, settings: &Settings, model_conf: &Pat
     let mut warnings = Vec::new();
     let (configured, config_error) = match modelconf::read(model_conf).await {
         Ok(c) => (Some(c.model), None),
-        Err(e) => (None, Some(e)),
+        Err(e) => (None, Some(e.to_string())),
     };
     if let Some(e) = &config_error {
         warnings.push(format!("model.conf: {}", e.lines().next().unwrap_or("")));

@@ -224,10 +224,10 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         let path = &self.paths.model_conf;
         let (bytes, parsed) = match modelconf::read_bytes(path).await {
             Ok(b) => {
-                let parsed = modelconf::parse(&b).map(|c| c.model).map_err(|errs| modelconf::describe(path, &errs));
+                let parsed = modelconf::from_bytes(path, &b).map(|c| c.model).map_err(|e| e.to_string());
                 (Some(b), parsed)
             }
-            Err(e) => (None, Err(e)),
+            Err(e) => (None, Err(e.to_string())),
         };
         Event::Conf { bytes, parsed, force }
     }
