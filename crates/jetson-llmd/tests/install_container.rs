@@ -7,14 +7,11 @@
 
 mod common;
 
+use common::container::{fresh_copy, Nspawn};
 use common::{release, Release, E};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace")
-}
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_jetson-llmd"))
@@ -33,12 +30,7 @@ fn write(path: &Path, text: &str) {
 /// A fresh copy of the prepared rootfs, stripped of the ollama user, the render group and
 /// everything earlier tests installed.
 fn rootfs() -> PathBuf {
-    let base = std::env::var_os("JETSON_LLMD_ROOTFS").map(PathBuf::from).unwrap_or_else(|| workspace().join("target/systemd-rootfs/bookworm"));
-    assert!(base.join(".jetson-llmd-ready").exists(), "{} is not prepared: run scripts/container-rootfs", base.display());
-    let root = workspace().join("target/systemd-rootfs/install-test");
-    let _ = Command::new("rm").arg("-rf").arg(&root).status();
-    std::fs::create_dir_all(root.parent().expect("parent")).expect("mkdir");
-    sh(&format!("cp -a --reflink=auto {} {}", base.display(), root.display()));
+    let root = fresh_copy("install-test");
     let r = root.display();
     sh(&format!("userdel --root {r} ollama 2>/dev/null || true; groupdel --root {r} render 2>/dev/null || true"));
     sh(&format!(
@@ -51,59 +43,10 @@ fn rootfs() -> PathBuf {
     root
 }
 
-struct Booted {
-    nspawn: Child,
-    bus: tempfile::TempDir,
-}
-
-impl Drop for Booted {
-    fn drop(&mut self) {
-        if self.nspawn.try_wait().ok().flatten().is_none() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.nspawn.id() as i32), nix::sys::signal::Signal::SIGTERM);
-            let t = Instant::now();
-            while self.nspawn.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(10) {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = self.nspawn.kill();
-        }
-    }
-}
-
-fn boot(root: &Path) -> Booted {
-    use std::os::unix::process::CommandExt;
-    let bus = tempfile::tempdir().expect("tmp");
-    let log = std::fs::File::create(workspace().join("target/nspawn-install.log")).expect("log");
-    let nspawn = Command::new("systemd-nspawn")
-        .arg("-D")
-        .arg(root)
-        .args(["-b", "--register=no", "--keep-unit", "--console=read-only", "-M", "llmdinstall"])
-        .arg(format!("--bind={}:/run/dbus", bus.path().display()))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .expect("systemd-nspawn");
-    let b = Booted { nspawn, bus };
-    let t = Instant::now();
-    while !b.bus.path().join("system_bus_socket").exists() {
-        assert!(t.elapsed() < Duration::from_secs(30), "the container did not boot; see target/nspawn-install.log");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // systemd answers on the bus a moment after dbus-daemon creates its socket.
-    let t = Instant::now();
-    loop {
-        let o = Command::new("busctl")
-            .args(["get-property", "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "SystemState"])
-            .env("DBUS_SYSTEM_BUS_ADDRESS", format!("unix:path={}/system_bus_socket", b.bus.path().display()))
-            .output();
-        if o.as_ref().is_ok_and(|o| { let s = String::from_utf8_lossy(&o.stdout); s.contains("running") || s.contains("degraded") }) {
-            break;
-        }
-        assert!(t.elapsed() < Duration::from_secs(30), "systemd did not come up");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    b
+fn boot(root: &Path) -> Nspawn {
+    let n = Nspawn::boot(root, "llmdinstall", "nspawn-install.log");
+    n.wait_for_systemd(Duration::from_secs(60));
+    n
 }
 
 /// A release whose bin/ollama is fake-ollama; `knobs` go into lib/ollama/fake-ollama.env.
@@ -182,7 +125,7 @@ async fn install_upgrade_canary_and_rollback_under_real_systemd() {
     let slow = fake_release(&rel.path().join("slow"), "FAKE_OLLAMA_VERSION=0.32.1\nFAKE_OLLAMA_SPEED=0.3\n");
 
     let booted = boot(&root);
-    let h = Host { root: &root, bus: format!("unix:path={}/system_bus_socket", booted.bus.path().display()), port };
+    let h = Host { root: &root, bus: booted.address(), port };
 
     // 1. Install: the ollama user is created in the groups that exist, the units go in, the
     // supervisor starts and the model gets warm.

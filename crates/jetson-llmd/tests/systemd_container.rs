@@ -3,23 +3,15 @@
 //! from the host. Needs root and `scripts/container-rootfs`; `scripts/test` runs it with
 //! `--ignored`. Recipe: ../shared/notes/test-environment.md.
 
+mod common;
+
+use common::container::{base_rootfs, Nspawn};
 use jetson_llmd::host::systemd::{Systemd, Verb, KEEPALIVE, OLLAMA, PRELOAD, SUPERVISOR};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use zbus_systemd::systemd1::{ServiceProxy, UnitProxy};
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace")
-}
-
-fn rootfs() -> PathBuf {
-    let p = std::env::var_os("JETSON_LLMD_ROOTFS").map(PathBuf::from).unwrap_or_else(|| workspace().join("target/systemd-rootfs/bookworm"));
-    assert!(p.join(".jetson-llmd-ready").exists(), "{} is not prepared: run scripts/container-rootfs", p.display());
-    p
-}
 
 /// One container at a time: they share the rootfs, the machine name and ports.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -27,8 +19,7 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 struct Container {
     _turn: std::sync::MutexGuard<'static, ()>,
     root: PathBuf,
-    bus_dir: tempfile::TempDir,
-    nspawn: Child,
+    nspawn: Nspawn,
     port: u16,
 }
 
@@ -54,7 +45,7 @@ impl Container {
     /// model.conf naming `model`.
     fn boot_with(ollama: &Path, config: &str, model: &str) -> Container {
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-        let root = rootfs();
+        let root = base_rootfs();
         let bin = Path::new(env!("CARGO_BIN_EXE_jetson-llmd"));
         std::fs::create_dir_all(root.join("usr/local/bin")).expect("mkdir");
         std::fs::copy(bin, root.join("usr/local/bin/jetson-llmd")).expect("copy jetson-llmd");
@@ -98,30 +89,18 @@ impl Container {
         let ours: Vec<&str> = out.lines().filter(|l| l.contains("ollama") || l.contains("jetson-llmd")).collect();
         assert!(v.status.success() && ours.is_empty(), "systemd-analyze verify: {out}");
 
-        let bus_dir = tempfile::tempdir().expect("tmp");
-        let log = std::fs::File::create(workspace().join("target/nspawn.log")).expect("log");
-        let nspawn = Command::new("systemd-nspawn")
-            .arg("-D")
-            .arg(&root)
-            .args(["-b", "--register=no", "--keep-unit", "--console=read-only", "-M", "llmdtest"])
-            .arg(format!("--bind={}:/run/dbus", bus_dir.path().display()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .expect("systemd-nspawn");
-        Container { _turn: turn, root, bus_dir, nspawn, port }
+        let nspawn = Nspawn::boot(&root, "llmdtest", "nspawn.log");
+        Container { _turn: turn, root, nspawn, port }
     }
 
     fn address(&self) -> String {
-        format!("unix:path={}/system_bus_socket", self.bus_dir.path().display())
+        self.nspawn.address()
     }
 
     async fn connect(&self) -> Systemd {
         let t = Instant::now();
         loop {
-            if self.bus_dir.path().join("system_bus_socket").exists() {
+            if self.nspawn.bus_dir().join("system_bus_socket").exists() {
                 if let Ok(sd) = Systemd::at(&self.address()).await {
                     if let Ok(s) = sd.manager().system_state().await {
                         if s == "running" || s == "degraded" {
@@ -226,7 +205,7 @@ async fn boot_order_recovery_failures_and_stop_under_real_systemd() {
     assert!(units.contains(&(KEEPALIVE.into(), "active".into(), "running".into())), "{units:?}");
     assert!(st["units"][0]["since"].as_str().is_some_and(|s| s.starts_with("20")), "{st:#}");
     // And unprivileged: any user may read unit properties on the system bus.
-    std::fs::set_permissions(c.bus_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(c.nspawn.bus_dir(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
     let o = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(env!("CARGO_BIN_EXE_jetson-llmd"))
@@ -381,28 +360,7 @@ async fn boot_order_recovery_failures_and_stop_under_real_systemd() {
 
     // Shut the container down.
     let _ = sd.manager().power_off().await;
-    let t = Instant::now();
-    while c.nspawn.try_wait().expect("wait").is_none() {
-        if t.elapsed() > Duration::from_secs(15) {
-            let _ = c.nspawn.kill();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        if self.nspawn.try_wait().ok().flatten().is_none() {
-            // SIGTERM asks nspawn for a clean shutdown of the container.
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.nspawn.id() as i32), nix::sys::signal::Signal::SIGTERM);
-            let t = Instant::now();
-            while self.nspawn.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(10) {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = self.nspawn.kill();
-        }
-    }
+    c.nspawn.wait_exit(Duration::from_secs(15));
 }
 
 /// A real Ollama (v0.24.0 on the CPU, `scripts/real-ollama`) as /usr/local/bin/ollama under
@@ -415,7 +373,7 @@ impl Drop for Container {
 async fn a_real_ollama_under_real_systemd() {
     let var = |v: &str| std::env::var_os(v).map(PathBuf::from).filter(|p| p.exists()).unwrap_or_else(|| panic!("{v} is not set: run scripts/real-ollama and seed (scripts/test does)"));
     let (bin, store) = (var("REAL_OLLAMA_BIN"), var("REAL_OLLAMA_MODELS"));
-    let root = rootfs();
+    let root = base_rootfs();
     // OLLAMA_MODELS defaults to ~ollama/.ollama/models: the seeded store goes there, owned by
     // the ollama user as Ollama's own installer leaves it.
     let models = root.join("usr/share/ollama/.ollama/models");

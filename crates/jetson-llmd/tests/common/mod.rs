@@ -2,6 +2,8 @@
 //! names can be written too), and a sha256 helper.
 #![allow(dead_code)]
 
+pub mod container;
+
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
