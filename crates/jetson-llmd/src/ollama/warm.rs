@@ -18,6 +18,13 @@ pub const STILL_WAITING: Duration = Duration::from_secs(15);
 /// Polls /api/version until it answers or `timeout` passes (Ollama has no readiness signal).
 /// The caller says at once what is awaited; this says it again every [`STILL_WAITING`].
 pub async fn wait_for_api<A: OllamaApi>(api: &A, timeout: Duration, cancel: &CancellationToken) -> Result<String, Failure> {
+    wait_for_api_or(api, timeout, cancel, None).await
+}
+
+/// The same, also looking again whenever `activity` wakes (Ollama wrote a line: its
+/// "Listening on" comes the moment the API answers), so the wait ends within milliseconds of
+/// readiness instead of at the next poll of a doubling back-off.
+pub async fn wait_for_api_or<A: OllamaApi>(api: &A, timeout: Duration, cancel: &CancellationToken, activity: Option<&tokio::sync::Notify>) -> Result<String, Failure> {
     let t0 = Instant::now();
     let deadline = t0 + timeout;
     let mut delay = Duration::from_millis(100);
@@ -36,6 +43,10 @@ pub async fn wait_for_api<A: OllamaApi>(api: &A, timeout: Duration, cancel: &Can
         tokio::select! {
             _ = cancel.cancelled() => return Err(Failure::Cancelled),
             _ = tokio::time::sleep(delay) => {}
+            _ = async { match activity { Some(n) => n.notified().await, None => std::future::pending().await } } => {
+                // A burst of lines is one look, a few milliseconds after the first.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
         delay = (delay * 2).min(Duration::from_secs(2));
     }

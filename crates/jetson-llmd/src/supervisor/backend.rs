@@ -34,6 +34,13 @@ pub trait Backend {
     /// The next thing that happened to Ollama; pending while nothing does. Cancel-safe.
     async fn next_event(&mut self) -> OllamaEvent;
 
+    /// Woken whenever Ollama writes a line (process launcher): a wait for its API or its
+    /// discovery line looks again at once. None: those waits poll (the journal has no cheap
+    /// wake-up).
+    fn activity(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
+
     /// Ollama's log lines since its last start, oldest first (bounded).
     async fn ollama_log(&mut self) -> Result<Vec<String>, Failure>;
 

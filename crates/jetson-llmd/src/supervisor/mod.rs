@@ -385,7 +385,8 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         let timeout = self.settings.startup_timeout;
         self.set_stage(Stage::WaitingForApi, &format!("waiting for Ollama's API at {} (up to {})", self.api.url(), humantime::format_duration(timeout))).await;
         let version = {
-            let wait = warm::wait_for_api(&self.api, timeout, &signals.shutdown);
+            let activity = self.backend.activity();
+            let wait = warm::wait_for_api_or(&self.api, timeout, &signals.shutdown, activity.as_deref());
             tokio::pin!(wait);
             loop {
                 tokio::select! {
@@ -452,7 +453,13 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                     Ok(_) => Ok(r),
                 };
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // The next line Ollama writes may be the discovery line: look then, or in 200 ms.
+            match self.backend.activity() {
+                Some(n) => {
+                    let _ = tokio::time::timeout(Duration::from_millis(200), n.notified()).await;
+                }
+                None => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
         }
     }
 

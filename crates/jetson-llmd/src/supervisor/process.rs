@@ -33,15 +33,19 @@ pub struct ProcessBackend<R: MemoryRelief> {
     relief: R,
     child: Option<Child>,
     log: Arc<Mutex<VecDeque<String>>>,
+    /// Woken at every line Ollama writes: waits for its API and its discovery line look again
+    /// at once instead of at their next poll.
+    activity: Arc<tokio::sync::Notify>,
 }
 
 impl<R: MemoryRelief> ProcessBackend<R> {
     pub fn new(bin: PathBuf, env: Vec<(String, String)>, shim: Option<PathBuf>, connect: (String, u16), relief: R) -> Self {
-        ProcessBackend { bin, env, shim, connect, relief, child: None, log: Arc::new(Mutex::new(VecDeque::new())) }
+        ProcessBackend { bin, env, shim, connect, relief, child: None, log: Arc::new(Mutex::new(VecDeque::new())), activity: Arc::default() }
     }
 
     fn drain<S: tokio::io::AsyncRead + Unpin + Send + 'static>(&self, s: S) {
         let log = self.log.clone();
+        let activity = self.activity.clone();
         tokio::spawn(async move {
             let r = crate::host::journal::read_lines(s, usize::MAX, |line| {
                 tracing::debug!(target: "ollama", "{line}");
@@ -50,6 +54,7 @@ impl<R: MemoryRelief> ProcessBackend<R> {
                     l.pop_front();
                 }
                 l.push_back(line);
+                activity.notify_waiters();
             })
             .await;
             if let Err(e) = r {
@@ -81,6 +86,10 @@ impl<R: MemoryRelief> ProcessBackend<R> {
 }
 
 impl<R: MemoryRelief> Backend for ProcessBackend<R> {
+    fn activity(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.activity.clone())
+    }
+
     fn kind(&self) -> LauncherKind {
         LauncherKind::Process
     }
