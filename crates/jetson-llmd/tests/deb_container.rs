@@ -6,6 +6,7 @@
 //!   2. with Debian's systemd as PID 1, driven over D-Bus: systemd sees the package's units
 //!      (loaded, not enabled), a reinstall (upgrade path) succeeds, and a purge removes the
 //!      units, the conffiles, the enablement install made and install's state.
+//!
 //! The rootfs is x86_64, so dpkg runs with --force-architecture: the binary itself is not run
 //! here (tier 3 runs the aarch64 build under qemu-user). Run by scripts/test-deb DEB
 //! (JETSON_LLMD_DEB).
