@@ -51,8 +51,8 @@ pub struct Swap {
     pub on_emmc: bool,
 }
 
-async fn text(root: &Path, path: &str) -> Option<String> {
-    fs::read_text(&rooted(root, Path::new(path)), cap::PROC).await.ok()
+fn text(root: &Path, path: &str) -> Option<String> {
+    fs::read_capped_blocking(&rooted(root, Path::new(path)), cap::PROC).ok().map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
 fn exists(root: &Path, path: &str) -> bool {
@@ -109,11 +109,19 @@ pub fn temperature(text: &str) -> Option<f64> {
     (c > -200.0 && c < 200.0).then_some(c)
 }
 
+/// One sample of the board, read in one blocking task: a dozen small /proc and /sys files,
+/// one thread hop for all of them instead of one each (the monitor samples every 10 s for as
+/// long as the board runs).
 pub async fn gather(root: &Path) -> Probes {
+    let r = root.to_path_buf();
+    tokio::task::spawn_blocking(move || gather_blocking(&r)).await.unwrap_or_default()
+}
+
+fn gather_blocking(root: &Path) -> Probes {
     let mut p = Probes {
-        board: text(root, "/proc/device-tree/model").await.map(|t| crate::text::clip(t.trim_end_matches('\0').trim(), 200)).filter(|t| !t.is_empty()),
-        cmdline: text(root, "/proc/cmdline").await.map(|t| crate::text::clip(t.trim(), 4000)),
-        memory: text(root, "/proc/meminfo").await.map(|t| meminfo(&t)).unwrap_or_default(),
+        board: text(root, "/proc/device-tree/model").map(|t| crate::text::clip(t.trim_end_matches('\0').trim(), 200)).filter(|t| !t.is_empty()),
+        cmdline: text(root, "/proc/cmdline").map(|t| crate::text::clip(t.trim(), 4000)),
+        memory: text(root, "/proc/meminfo").map(|t| meminfo(&t)).unwrap_or_default(),
 
         ollama_jetpack6_libs: exists(root, "/usr/local/lib/ollama/cuda_jetpack6"),
         ollama_bin: exists(root, "/usr/local/bin/ollama"),
@@ -122,29 +130,29 @@ pub async fn gather(root: &Path) -> Probes {
         ..Default::default()
     };
     // Read once: an empty list then means no swap, a missing file no data.
-    if let Some(t) = text(root, "/proc/swaps").await {
+    if let Some(t) = text(root, "/proc/swaps") {
         p.swaps = swaps(&t);
         p.swaps_known = true;
     }
-    p.pswpin = text(root, "/proc/vmstat").await.as_deref().and_then(pswpin);
-    p.largest_free_block_kb = text(root, "/proc/buddyinfo").await.as_deref().and_then(largest_free_block_kb);
-    if let Some((r, rev)) = text(root, "/etc/nv_tegra_release").await.as_deref().and_then(l4t) {
+    p.pswpin = text(root, "/proc/vmstat").as_deref().and_then(pswpin);
+    p.largest_free_block_kb = text(root, "/proc/buddyinfo").as_deref().and_then(largest_free_block_kb);
+    if let Some((r, rev)) = text(root, "/etc/nv_tegra_release").as_deref().and_then(l4t) {
         p.l4t_release = Some(r);
         p.l4t_revision = rev;
     }
     for i in 0..32 {
-        let Some(kind) = text(root, &format!("/sys/class/thermal/thermal_zone{i}/type")).await else { break };
-        let t = text(root, &format!("/sys/class/thermal/thermal_zone{i}/temp")).await.as_deref().and_then(temperature);
+        let Some(kind) = text(root, &format!("/sys/class/thermal/thermal_zone{i}/type")) else { break };
+        let t = text(root, &format!("/sys/class/thermal/thermal_zone{i}/temp")).as_deref().and_then(temperature);
         p.thermal.push((crate::text::clip(kind.trim(), 40), t));
     }
     let gpu = "/sys/class/devfreq/17000000.gpu";
-    p.gpu_load_permille = text(root, &format!("{gpu}/device/load")).await.and_then(|t| t.trim().parse().ok());
-    p.gpu_cur_freq_hz = text(root, &format!("{gpu}/cur_freq")).await.and_then(|t| t.trim().parse().ok());
-    p.gpu_max_freq_hz = text(root, &format!("{gpu}/max_freq")).await.and_then(|t| t.trim().parse().ok());
-    p.gpu_min_freq_hz = text(root, &format!("{gpu}/min_freq")).await.and_then(|t| t.trim().parse().ok());
+    p.gpu_load_permille = text(root, &format!("{gpu}/device/load")).and_then(|t| t.trim().parse().ok());
+    p.gpu_cur_freq_hz = text(root, &format!("{gpu}/cur_freq")).and_then(|t| t.trim().parse().ok());
+    p.gpu_max_freq_hz = text(root, &format!("{gpu}/max_freq")).and_then(|t| t.trim().parse().ok());
+    p.gpu_min_freq_hz = text(root, &format!("{gpu}/min_freq")).and_then(|t| t.trim().parse().ok());
     // nvpmodel keeps its state as e.g. "pmode:0000 fmode:normal".
     p.power_mode = text(root, "/var/lib/nvpmodel/status")
-        .await
+        
         .and_then(|t| t.split_whitespace().find_map(|w| w.strip_prefix("pmode:").map(|m| crate::text::clip(m, 20))));
     p
 }
