@@ -33,7 +33,9 @@ pub async fn run(g: &Global, log: Option<PathBuf>) -> anyhow::Result<i32> {
             Err(e) => return Err(e).context("cannot read ollama.service's journal; pass a saved log with --log FILE"),
         },
     };
-    let mut r = discovery::analyze(&lines, &settings.expected_compute, cmdline(&g.root).await.as_deref());
+    let cl = cmdline(&g.root).await;
+    let host = discovery::HostFacts { cmdline: cl.as_deref(), jetpack6_libs: discovery::jetpack6_libs(&g.root, &settings.ollama_bin) };
+    let mut r = discovery::analyze_on(&lines, &settings.expected_compute, &host);
     let mut from_state = false;
     if !r.discovered && log.is_none() {
         if let Some(v) = supervisor_verdict(g, &settings).await {
@@ -47,6 +49,9 @@ pub async fn run(g: &Global, log: Option<PathBuf>) -> anyhow::Result<i32> {
         println!("{}", jetson_llmd::text::clean(&r.summary()));
         if from_state {
             println!("(the supervisor's last verdict from Ollama's output, state.json: ollama.service's journal has no discovery line)");
+        }
+        if let Some(e) = &r.evidence {
+            println!("evidence: {}", jetson_llmd::text::clean(e));
         }
         if r.oom {
             println!("out of memory seen: {}", jetson_llmd::text::clean(r.oom_line.as_deref().unwrap_or("")));

@@ -57,7 +57,7 @@ pub async fn run(g: &Global) -> anyhow::Result<i32> {
 
 async fn record(state_dir: &std::path::Path, model: &str, result: &Result<&warm::WarmReport, &Failure>) {
     let r = PreloadRecord {
-        at: jetson_llmd::records::state::now(),
+        at: jetson_llmd::records::Timestamp::now(),
         model: model.to_string(),
         report: result.ok().cloned(),
         failure: result.err().map(|f| f.reported()),

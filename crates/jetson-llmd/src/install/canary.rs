@@ -82,7 +82,7 @@ pub fn judge(e: &Evidence, last_good: Option<&LastGood>, min_speed: f64) -> Vec<
 /// Which supervisor wrote a state: pid and start time (pids alone repeat, and from outside a
 /// container they are another namespace's).
 pub fn identity(s: &State) -> (u32, String) {
-    (s.pid, s.started_at.clone())
+    (s.pid, s.started_at.to_string())
 }
 
 /// Waits for a supervisor other than `old` to reach a stage that decides the canary, or for

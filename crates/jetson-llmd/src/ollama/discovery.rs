@@ -83,8 +83,36 @@ pub use crate::records::gpu::GpuReport;
 use crate::conf::ExpectedCompute;
 use crate::text::clean as sanitize;
 
+/// What the host itself says, beside Ollama's log, for the cause of a CPU fallback.
+#[derive(Debug, Clone, Default)]
+pub struct HostFacts<'a> {
+    /// /proc/cmdline (for `cma=`).
+    pub cmdline: Option<&'a str>,
+    /// Whether Ollama's JetPack 6 libraries (lib/ollama/cuda_jetpack6) are on disk; None: not
+    /// looked at.
+    pub jetpack6_libs: Option<bool>,
+}
+
+/// Whether the JetPack 6 libraries sit where Ollama looks for them: lib/ollama beside the
+/// directory of its executable (ml.LibOllamaPath). None when the executable is not there
+/// (nothing to say about its libraries).
+pub fn jetpack6_libs(root: &std::path::Path, ollama_bin: &std::path::Path) -> Option<bool> {
+    let bin = crate::host::rooted(root, ollama_bin);
+    if std::fs::symlink_metadata(&bin).is_err() {
+        return None;
+    }
+    let libs = bin.parent()?.join("../lib/ollama/cuda_jetpack6");
+    Some(std::fs::read_dir(libs).is_ok_and(|mut d| d.next().is_some()))
+}
+
 /// Reads log lines (oldest first) and decides. `cmdline` is /proc/cmdline when known.
 pub fn analyze<S: AsRef<str>>(lines: &[S], expected: &ExpectedCompute, cmdline: Option<&str>) -> GpuReport {
+    analyze_on(lines, expected, &HostFacts { cmdline, jetpack6_libs: None })
+}
+
+/// The same, with what the host says (the cause of a CPU fallback, and what it rests on).
+pub fn analyze_on<S: AsRef<str>>(lines: &[S], expected: &ExpectedCompute, host: &HostFacts<'_>) -> GpuReport {
+    let cmdline = host.cmdline;
     let expected_compute = &expected.to_string();
     let lines: Vec<String> = lines.iter().map(|l| unframe(l.as_ref())).collect();
     // Only the latest start counts: an older start's discovery says nothing about now.
@@ -93,6 +121,12 @@ pub fn analyze<S: AsRef<str>>(lines: &[S], expected: &ExpectedCompute, cmdline: 
     let mut r = GpuReport { expected_compute: expected_compute.to_string(), ..Default::default() };
     let mut cuda_init_failure: Option<String> = None;
     let mut igpu_dropped = false;
+    // discover/runner.go bootstrapDevicesWithMetalRetry (v0.30+, INFO): discovery itself failed,
+    // with the captured error in `detail`.
+    let mut discovery_failed: Option<String> = None;
+    // The generic CUDA v12 build, tried when cuda_jetpack6 is absent (v0.31.2+), was not
+    // compiled for compute 8.7 (its arch list has no 87): INFO "skipping CUDA device".
+    let mut arch_skipped: Option<String> = None;
     // discover/cuda_compat.go (v0.30.11+ for the 550 floor): CUDA devices under a driver older
     // than the CUDA runtime in use needs are dropped, with this line; Orin on JetPack 6.2
     // reports driver 540.
@@ -109,6 +143,14 @@ pub fn analyze<S: AsRef<str>>(lines: &[S], expected: &ExpectedCompute, cmdline: 
         }
         if l.contains("dropping integrated GPU") {
             igpu_dropped = true;
+        }
+        if l.contains("msg=\"failure during llama-server GPU discovery\"") {
+            let kv = logfmt(l);
+            discovery_failed = Some(sanitize(&crate::text::clip(kv.get("detail").or(kv.get("error")).map(String::as_str).unwrap_or("no detail"), 200)));
+        }
+        if l.contains("skipping CUDA device") && l.contains("compute capability not in compiled architectures") {
+            let kv = logfmt(l);
+            arch_skipped = Some(format!("compute {} is not among {}", crate::text::clip(kv.get("cc").map(String::as_str).unwrap_or("?"), 10), crate::text::clip(kv.get("libDirs").map(String::as_str).unwrap_or("the generic CUDA build"), 60)));
         }
         if l.contains("msg=\"NVIDIA driver too old\"") {
             let kv = logfmt(l);
@@ -168,29 +210,64 @@ pub fn analyze<S: AsRef<str>>(lines: &[S], expected: &ExpectedCompute, cmdline: 
     }
     r.as_expected = r.gpu;
     if !r.gpu {
-        r.cpu_fallback_reason = Some(if let Some(c) = cuda_init_failure {
-            cuda_reason(&c, cmdline)
+        let libs_missing = host.jetpack6_libs == Some(false);
+        let (reason, evidence) = if let Some(c) = cuda_init_failure {
+            (cuda_reason(&c, cmdline), format!("log: {}", crate::text::clip(&c, 160)))
+        } else if let Some(d) = &discovery_failed {
+            (format!("Ollama's GPU discovery failed ({d}); check the JetPack/L4T driver install (nvidia-l4t-cuda) and that the ollama user is in the video and render groups"), "log: failure during llama-server GPU discovery".to_string())
         } else if let Some((driver, required)) = &driver_too_old {
-            format!(
-                "Ollama{} dropped the GPU: its CUDA runtime needs NVIDIA driver {required}, this board's is {driver} (JetPack 6.2 ships 540); install an Ollama release from before 0.30.11 (sudo jetson-llmd install --version 0.30.10) or a JetPack whose driver is new enough",
-                r.ollama_version.as_deref().map(|v| format!(" {v}")).unwrap_or_default()
+            // discover/cuda_compat.go filterOldCUDADriver runs only on the generic cuda_v12
+            // build, which an Orin reaches only when cuda_jetpack6 is absent (v0.31.2+
+            // fallback): the fix is the JetPack 6 libraries, not a newer driver.
+            (
+                format!(
+                    "Ollama{} dropped the GPU on its generic CUDA v12 libraries: they need NVIDIA driver {required}, this board's is {driver} (JetPack 6.2 ships 540). An Orin should run on the JetPack 6 libraries (cuda_jetpack6), which the driver floor does not apply to{}: install Ollama together with its JetPack 6 tarball (sudo jetson-llmd install)",
+                    r.ollama_version.as_deref().map(|v| format!(" {v}")).unwrap_or_default(),
+                    if libs_missing { "; they are missing on disk" } else { "" }
+                ),
+                "log: NVIDIA driver too old".to_string(),
+            )
+        } else if let Some(why) = &arch_skipped {
+            (
+                format!("Ollama tried its generic CUDA libraries, which were not built for this GPU ({why}): the JetPack 6 libraries (cuda_jetpack6) are missing; install Ollama together with its JetPack 6 tarball (sudo jetson-llmd install)"),
+                "log: skipping CUDA device (compute capability not in compiled architectures)".to_string(),
             )
         } else if igpu_dropped {
-            "Ollama dropped the integrated GPU; set OLLAMA_IGPU_ENABLE=1 in ollama.service's environment".into()
+            // discover/runner.go filterIntegratedGPUs keeps CUDA iGPUs by default: this only
+            // happens with OLLAMA_IGPU_ENABLE set to a false value.
+            ("Ollama dropped the integrated GPU because OLLAMA_IGPU_ENABLE is set to a false value in its environment: remove it (or set OLLAMA_IGPU_ENABLE=1) in ollama.service's environment".into(), "log: dropping integrated GPU".to_string())
         } else if is_cuda {
-            format!(
-                "Ollama found a CUDA device with compute {} but {} was expected: the CUDA libraries in use ({}) were not built for Orin; install Ollama together with its JetPack 6 tarball (ollama-linux-arm64-jetpack6.tar.zst)",
-                r.compute.as_deref().unwrap_or("?"),
-                expected_compute,
-                r.libdirs.as_deref().unwrap_or("unknown")
+            (
+                format!(
+                    "Ollama found a CUDA device with compute {} but {} was expected: the CUDA libraries in use ({}) were not built for Orin; install Ollama together with its JetPack 6 tarball (ollama-linux-arm64-jetpack6.tar.zst)",
+                    r.compute.as_deref().unwrap_or("?"),
+                    expected_compute,
+                    r.libdirs.as_deref().unwrap_or("unknown")
+                ),
+                "log: the inference compute line".to_string(),
             )
         } else if r.library.as_deref().is_some_and(|l| !l.eq_ignore_ascii_case("cpu")) {
-            format!("Ollama picked the {} library, not CUDA", r.library.as_deref().unwrap_or("?"))
+            (format!("Ollama picked the {} library, not CUDA", r.library.as_deref().unwrap_or("?")), "log: the inference compute line".to_string())
         } else if cmdline.is_some_and(has_cma) {
-            "no CUDA GPU was discovered and the kernel command line sets cma=: remove it (the JetPack 6 libraries do not need it and it breaks CUDA)".into()
+            ("no CUDA GPU was discovered and the kernel command line sets cma=: remove it (the JetPack 6 libraries do not need it and it breaks CUDA)".into(), "/proc/cmdline: cma=".to_string())
+        } else if libs_missing {
+            (
+                "no CUDA GPU was discovered: Ollama's JetPack 6 libraries (lib/ollama/cuda_jetpack6) are missing on disk; install Ollama together with its JetPack 6 tarball (sudo jetson-llmd install)".into(),
+                "disk: /usr/local/lib/ollama/cuda_jetpack6 is missing".to_string(),
+            )
         } else {
-            "no CUDA GPU was discovered: Ollama's JetPack 6 libraries (lib/ollama/cuda_jetpack6) are probably missing; install Ollama together with its JetPack 6 tarball (ollama-linux-arm64-jetpack6.tar.zst)".into()
-        });
+            // Ollama 0.30+ discards its discovery subprocess's output below trace level
+            // (discover/llama_server.go llamaServerDiscoveryOutput): the cause is not in the log.
+            (
+                format!(
+                    "no CUDA GPU was discovered and Ollama's log at its default level does not say why{}; to see it: sudo systemctl edit ollama (Environment=OLLAMA_DEBUG=2), restart it, then jetson-llmd gpu-check",
+                    if host.jetpack6_libs == Some(true) { " (its JetPack 6 libraries are on disk)" } else { "; the usual cause is missing JetPack 6 libraries (lib/ollama/cuda_jetpack6)" }
+                ),
+                "none: Ollama hides discovery's own output below OLLAMA_DEBUG=2".to_string(),
+            )
+        };
+        r.cpu_fallback_reason = Some(reason);
+        r.evidence = Some(evidence);
     }
     // v0.31.2+ falls back to the generic CUDA build when lib/ollama/cuda_jetpack6 is absent
     // (discover: "fall back to standard CUDA when the JetPack runner is absent"); libdirs in
@@ -306,13 +383,48 @@ mod tests {
         let r = analyze(&[listen, floor, CPU], ORIN, None);
         assert!(r.discovered && !r.gpu && !r.as_expected);
         let why = r.cpu_fallback_reason.expect("reason");
-        assert!(why.contains("driver 550 or newer") && why.contains("is 540") && why.contains("0.34.1") && why.contains("0.30.10"), "{why}");
+        assert!(why.contains("driver 550 or newer") && why.contains("is 540") && why.contains("0.34.1") && why.contains("cuda_jetpack6"), "{why}");
+        assert!(!why.contains("--version 0.30.10"), "the floor only applies to the generic cuda_v12 build: the fix is the JetPack 6 libraries, not an older Ollama: {why}");
+        assert_eq!(r.evidence.as_deref(), Some("log: NVIDIA driver too old"));
         let generic = NEW.replace("libdirs=ollama,cuda_jetpack6", "libdirs=ollama,cuda_v12");
         let r = analyze(&[generic.as_str()], ORIN, None);
         assert!(r.gpu && r.as_expected, "the GPU is found");
         assert!(r.warning.as_deref().is_some_and(|w| w.contains("cuda_v12") && w.contains("cuda_jetpack6")), "{:?}", r.warning);
         assert!(r.summary().contains("warning:"), "{}", r.summary());
         assert_eq!(analyze(&[NEW], ORIN, None).warning, None);
+    }
+
+    /// A CPU fallback on 0.30+ at Ollama's default log level: discovery's own output is
+    /// discarded (discover/llama_server.go llamaServerDiscoveryOutput), so the cause comes from
+    /// the lines Ollama does write at INFO, or from the disk, and says which.
+    #[test]
+    fn cpu_fallback_causes_rest_on_evidence() {
+        let host = |libs| HostFacts { cmdline: None, jetpack6_libs: libs };
+        // v0.31.2+ without cuda_jetpack6: the generic CUDA v12 build skips the Orin
+        // (discover/runner.go; its arch list has no 87).
+        let skip = r#"time=2026-09-20T10:00:01.000+02:00 level=INFO source=runner.go:210 msg="skipping CUDA device — compute capability not in compiled architectures" device=Orin cc=8.7 archs="50-virtual;52-virtual;60;61;70;75;80;86;89;90;90a;120" libDirs=cuda_v12"#;
+        let r = analyze_on(&[skip, CPU], ORIN, &host(Some(false)));
+        assert!(r.cpu_fallback_reason.as_deref().is_some_and(|w| w.contains("compute 8.7 is not among cuda_v12") && w.contains("JetPack 6 tarball")), "{r:?}");
+        assert!(r.evidence.as_deref().is_some_and(|e| e.starts_with("log: skipping CUDA device")), "{r:?}");
+        // discover/runner.go bootstrapDevicesWithMetalRetry: discovery itself failed.
+        let failed = r#"time=2026-09-20T10:00:01.000+02:00 level=INFO source=runner.go:120 msg="failure during llama-server GPU discovery" OLLAMA_LIBRARY_PATH="[/usr/local/lib/ollama /usr/local/lib/ollama/cuda_jetpack6]" extra_envs=map[] error="exit status 1" detail="CUDA error: no CUDA-capable device is detected""#;
+        let r = analyze_on(&[failed, CPU], ORIN, &host(Some(true)));
+        assert!(r.cpu_fallback_reason.as_deref().is_some_and(|w| w.contains("no CUDA-capable device")), "{r:?}");
+        // CUDA iGPUs are kept by default (filterIntegratedGPUs): only a false OLLAMA_IGPU_ENABLE drops one.
+        let dropped = r#"time=2026-09-20T10:00:01.000+02:00 level=INFO source=runner.go:300 msg="dropping integrated GPU; to enable, set OLLAMA_IGPU_ENABLE=1" id=GPU-2f6a library=CUDA compute=8.7 name=CUDA0 description=Orin pci_id=0000:00:00.0"#;
+        let r = analyze_on(&[dropped, CPU], ORIN, &host(Some(true)));
+        assert!(r.cpu_fallback_reason.as_deref().is_some_and(|w| w.contains("OLLAMA_IGPU_ENABLE is set to a false value")), "{r:?}");
+        // Nothing in the log: the disk says the libraries are missing...
+        let r = analyze_on(&[CPU], ORIN, &host(Some(false)));
+        assert!(r.cpu_fallback_reason.as_deref().is_some_and(|w| w.contains("missing on disk")), "{r:?}");
+        assert_eq!(r.evidence.as_deref(), Some("disk: /usr/local/lib/ollama/cuda_jetpack6 is missing"));
+        // ... or they are there, and the cause is not in the log at this level: said so, with the way to see it.
+        let r = analyze_on(&[CPU], ORIN, &host(Some(true)));
+        let why = r.cpu_fallback_reason.expect("reason");
+        assert!(why.contains("does not say why") && why.contains("OLLAMA_DEBUG=2") && why.contains("libraries are on disk"), "{why}");
+        assert!(r.evidence.as_deref().is_some_and(|e| e.starts_with("none:")));
+        // On the GPU: no cause, no evidence.
+        assert_eq!(analyze_on(&[NEW], ORIN, &host(Some(true))).evidence, None);
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub struct GpuReport {
     /// not the JetPack 6 ones).
     #[serde(default)]
     pub warning: Option<String>,
+    /// What the cause of a CPU fallback rests on: `log: <line>`, `disk: <path>`,
+    /// `/proc/cmdline: ...`, or `none: ...` when Ollama's log at its level does not say.
+    #[serde(default)]
+    pub evidence: Option<String>,
 }
 
 impl GpuReport {

@@ -7,8 +7,10 @@
 pub mod gpu;
 pub mod stage;
 pub mod state;
+pub mod time;
 pub mod warm;
 pub mod warning;
 
 pub use stage::Stage;
+pub use time::Timestamp;
 pub use warning::{Warning, WarningKind, Warnings};

@@ -8,14 +8,15 @@ use super::warm::{TickRecord, WarmReport};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// Now, as the records write it (RFC 3339, UTC).
 pub fn now() -> String {
-    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    super::Timestamp::now().to_string()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TimelineEvent {
     pub event: String,
-    pub at: String,
+    pub at: super::Timestamp,
     /// Milliseconds since the supervisor started this boot sequence.
     pub after_ms: u64,
 }
@@ -33,7 +34,7 @@ pub enum LauncherKind {
 #[serde(default)]
 pub struct State {
     pub pid: u32,
-    pub started_at: String,
+    pub started_at: super::Timestamp,
     pub launcher: LauncherKind,
     pub stage: Stage,
     /// The stage in words (also sent as STATUS=).
@@ -56,7 +57,7 @@ impl Default for State {
     fn default() -> Self {
         State {
             pid: 0,
-            started_at: String::new(),
+            started_at: super::Timestamp::default(),
             launcher: LauncherKind::default(),
             stage: Stage::Starting,
             status: String::new(),
@@ -96,7 +97,7 @@ pub enum StateError {
 impl StateFile {
     pub fn new(dir: Option<&Path>, launcher: LauncherKind) -> StateFile {
         let path = dir.map(|d| d.join("state.json"));
-        let state = State { pid: std::process::id(), started_at: now(), launcher, ..Default::default() };
+        let state = State { pid: std::process::id(), started_at: super::Timestamp::now(), launcher, ..Default::default() };
         let (published, _) = tokio::sync::watch::channel(state.clone());
         StateFile { path, state, t0: tokio::time::Instant::now(), failing: false, published }
     }
@@ -120,7 +121,7 @@ impl StateFile {
     pub async fn event(&mut self, event: &str) {
         let after_ms = self.t0.elapsed().as_millis() as u64;
         tracing::info!("timeline: {event} (+{after_ms} ms)");
-        self.state.timeline.push(TimelineEvent { event: event.to_string(), at: now(), after_ms });
+        self.state.timeline.push(TimelineEvent { event: event.to_string(), at: super::Timestamp::now(), after_ms });
         self.save().await;
     }
 
@@ -197,7 +198,7 @@ pub async fn read_keepalive(dir: &Path) -> Result<Option<TickRecord>, StateError
 /// code or its journal.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PreloadRecord {
-    pub at: String,
+    pub at: super::Timestamp,
     /// The model it loaded (or tried to).
     pub model: String,
     #[serde(default)]

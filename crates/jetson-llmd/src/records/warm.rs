@@ -27,7 +27,7 @@ pub struct WarmReport {
 /// Everything the keepalive loop reports after each tick.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TickRecord {
-    pub at: String,
+    pub at: super::Timestamp,
     pub model: String,
     pub ok: bool,
     pub detail: String,
@@ -61,7 +61,7 @@ impl TickRecord {
         };
         let failure = result.as_ref().err().map(Failure::reported);
         TickRecord {
-            at: super::state::now(),
+            at: super::Timestamp::now(),
             model: model.to_string(),
             ok,
             detail,

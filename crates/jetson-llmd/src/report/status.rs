@@ -288,9 +288,9 @@ pub fn render(r: &StatusReport) -> String {
         };
         row(&mut o, "stage", stage);
         // The supervisor pings itself in process mode; under systemd the keepalive unit does.
-        let newest = [s.last_ping.as_ref(), r.keepalive.as_ref()].into_iter().flatten().max_by_key(|p| p.at.clone());
+        let newest = [s.last_ping.as_ref(), r.keepalive.as_ref()].into_iter().flatten().max_by_key(|p| p.at);
         if let Some(p) = newest {
-            row(&mut o, "last ping", format!("{} {}", crate::text::clean(&p.at), crate::text::clean(&p.detail)));
+            row(&mut o, "last ping", format!("{} {}", p.at, crate::text::clean(&p.detail)));
         }
         row(&mut o, "re-warms", format!("{} (re-pins: {}, Ollama restarts: {})", s.rewarm_count, s.repin_count, s.ollama_restarts));
         if !s.timeline.is_empty() {
@@ -367,7 +367,7 @@ mod tests {
     fn report() -> StatusReport {
         let mut state = State { pid: 1, stage: Stage::Ready, status: "ready: gemma4:e2b-8k warm on the GPU, pinned".into(), rewarm_count: 2, ollama_restarts: 1, ..Default::default() };
         for (e, ms) in [("ollama active", 16), ("API ready", 121), ("GPU found", 129), ("model warm", 41433), ("keepalive running", 41470)] {
-            state.timeline.push(crate::records::state::TimelineEvent { event: e.into(), at: "2026-11-23T22:00:00Z".into(), after_ms: ms });
+            state.timeline.push(crate::records::state::TimelineEvent { event: e.into(), at: serde_json::from_value(serde_json::json!("2026-11-23T22:00:00Z")).expect("time"), after_ms: ms });
         }
         StatusReport {
             health: Health::Degraded,
@@ -388,7 +388,7 @@ mod tests {
             supervisor: Some(state),
             supervisor_running: Some(Liveness::Running),
             keepalive: Some(TickRecord {
-                at: "2026-11-23T22:04:00Z".into(),
+                at: serde_json::from_value(serde_json::json!("2026-11-23T22:04:00Z")).expect("time"),
                 model: "gemma4:e2b-8k".into(),
                 ok: true,
                 detail: "gemma4:e2b-8k warm, 100% GPU".into(),

@@ -440,7 +440,10 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         loop {
             let lines = self.backend.ollama_log().await;
             let r = match &lines {
-                Ok(l) => discovery::analyze(l, &self.settings.expected_compute, self.cmdline.as_deref()),
+                Ok(l) => {
+                    let libs = discovery::jetpack6_libs(&self.paths.root, &self.settings.ollama_bin);
+                    discovery::analyze_on(l, &self.settings.expected_compute, &discovery::HostFacts { cmdline: self.cmdline.as_deref(), jetpack6_libs: libs })
+                }
                 Err(_) => GpuReport::default(),
             };
             if r.discovered {

@@ -38,7 +38,7 @@ pub struct SystemdBackend {
     /// When we last started the keepalive: its reports from before are not news.
     keepalive_since: Option<time::OffsetDateTime>,
     /// The `at` of the last keepalive report passed on.
-    last_report: Option<String>,
+    last_report: Option<crate::records::Timestamp>,
 }
 
 fn sd_failure(e: SdError) -> Failure {
@@ -54,8 +54,7 @@ impl SystemdBackend {
     /// The keepalive's last report, if it was written since we started it.
     async fn keepalive_report(&self) -> Option<TickRecord> {
         let rec = read_keepalive(&self.state_dir).await.ok()??;
-        let at = time::OffsetDateTime::parse(&rec.at, &time::format_description::well_known::Rfc3339).ok()?;
-        (at >= self.keepalive_since?).then_some(rec)
+        (rec.at.0 >= self.keepalive_since?).then_some(rec)
     }
 
     async fn start_job(&self) -> Result<(), SdError> {
@@ -175,10 +174,10 @@ impl Backend for SystemdBackend {
 
     async fn last_tick(&mut self) -> Option<TickRecord> {
         let rec = self.keepalive_report().await?;
-        if self.last_report.as_deref() == Some(rec.at.as_str()) {
+        if self.last_report == Some(rec.at) {
             return None;
         }
-        self.last_report = Some(rec.at.clone());
+        self.last_report = Some(rec.at);
         Some(rec)
     }
 
