@@ -70,6 +70,9 @@ pub struct Config {
     pub drop_caches_file: Option<PathBuf>,
     /// Echo log lines to stderr (the binary does; tests read them from the handle).
     pub log_to_stderr: bool,
+    /// OLLAMA_DEBUG as envconfig.LogLevel reads it: 1 debug, 2 trace (discovery's own output
+    /// reaches the log only at 2, v0.30+).
+    pub debug_level: u8,
 }
 
 impl Config {
@@ -88,6 +91,7 @@ impl Config {
             reset_memory: false,
             drop_caches_file: None,
             log_to_stderr: false,
+            debug_level: 0,
         }
     }
 

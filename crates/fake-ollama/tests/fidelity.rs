@@ -192,9 +192,11 @@ async fn a_model_too_large_for_the_board_loads_partly() {
     assert!(v["error"].as_str().expect("e").starts_with("model requires more system memory"), "{v}");
 }
 
-/// server/sched.go load: a failed load is logged `msg="Load failed"` (INFO), retried once with a
-/// WARN line, and the error carries llama-server's exit status and captured lines
-/// (llm/llama_server.go WaitUntilRunning, llm/status.go StatusWriter).
+/// server/sched.go load: a failed load is logged `msg="Load failed"` (INFO) and the error carries
+/// llama-server's exit status and captured lines (llm/llama_server.go WaitUntilRunning,
+/// llm/status.go StatusWriter). The one retry: a smaller automatic context only from above 4096
+/// (nextLowerAutoNumCtx: to 32768 or to 4096), else evicting every other model when there are
+/// any, else none. On the Orin the automatic context is 4096: never stepped down.
 #[tokio::test]
 async fn an_out_of_memory_load_is_retried_once_and_reported_with_exit_status() {
     let mut c = Config::orin_nano(SCALE);
@@ -202,19 +204,39 @@ async fn an_out_of_memory_load_is_retried_once_and_reported_with_exit_status() {
     let h = start(c).await;
     post(&h, "/api/generate", json!({"model": "gemma3:4b", "keep_alive": -1})).await;
     h.emu.evict(None);
+    // The automatic 4096 alone: one attempt, no retry.
     let (s, v) = post(&h, "/api/generate", json!({"model": "gemma3:4b", "keep_alive": -1})).await;
     assert_eq!(s, 500);
     let e = v["error"].as_str().expect("e");
     assert!(e.starts_with("llama-server process has terminated: exit status 1: cudaMalloc failed: out of memory"), "{e}");
     let logs = h.emu.logs();
-    assert_eq!(logs.iter().filter(|l| l.contains("level=INFO") && l.contains("msg=\"Load failed\"")).count(), 2, "{logs:?}");
-    assert_eq!(logs.iter().filter(|l| l.contains("level=WARN") && l.contains("reducing automatic context and retrying once")).count(), 1);
-    // An explicit num_ctx with nothing else loaded: no retry, one "Load failed".
+    assert_eq!(logs.iter().filter(|l| l.contains("level=INFO") && l.contains("msg=\"Load failed\"")).count(), 1, "{logs:?}");
+    assert_eq!(logs.iter().filter(|l| l.contains("retrying once")).count(), 0, "4096 is not stepped down: {logs:?}");
+    // An explicit num_ctx is not automatic: no step-down either, whatever its size.
     let (s, _) = post(&h, "/api/generate", json!({"model": "gemma3:4b", "keep_alive": -1, "options": {"num_ctx": 8192}})).await;
     assert_eq!(s, 500);
     let logs = h.emu.logs();
-    assert_eq!(logs.iter().filter(|l| l.contains("msg=\"Load failed\"")).count(), 3, "{logs:?}");
-    assert_eq!(logs.iter().filter(|l| l.contains("retrying once")).count(), 1);
+    assert_eq!(logs.iter().filter(|l| l.contains("msg=\"Load failed\"")).count(), 2, "{logs:?}");
+    assert_eq!(logs.iter().filter(|l| l.contains("retrying once")).count(), 0);
+}
+
+/// nextLowerAutoNumCtx with an automatic context above 4096 (OLLAMA_CONTEXT_LENGTH on a board
+/// with more memory): 8192 steps down to 4096, once.
+#[tokio::test]
+async fn an_automatic_context_above_4096_steps_down_to_4096_once() {
+    let mut c = Config::orin_nano(SCALE);
+    c.fragile_memory = true;
+    c.context_length = 8192;
+    let h = start(c).await;
+    post(&h, "/api/generate", json!({"model": "gemma3:4b", "keep_alive": -1})).await;
+    h.emu.evict(None);
+    let (s, _) = post(&h, "/api/generate", json!({"model": "gemma3:4b", "keep_alive": -1})).await;
+    assert_eq!(s, 500);
+    let logs = h.emu.logs();
+    let step: Vec<&String> = logs.iter().filter(|l| l.contains("level=WARN") && l.contains("reducing automatic context and retrying once")).collect();
+    assert_eq!(step.len(), 1, "{logs:?}");
+    assert!(step[0].contains("old_num_ctx=8192 new_num_ctx=4096"), "{}", step[0]);
+    assert_eq!(logs.iter().filter(|l| l.contains("msg=\"Load failed\"")).count(), 2);
 }
 
 /// server/sched.go expireRunnersForRuntimeOOM (GenerateHandler on an OOM error): every runner's

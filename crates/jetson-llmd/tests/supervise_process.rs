@@ -204,6 +204,42 @@ fn boots_in_order_recovers_follows_model_conf_and_stops_cleanly() {
     assert_eq!(st["supervisor"]["stage"], "stopping", "the last stage it wrote: {st:#}");
 }
 
+/// The supervisor against more than one Ollama: the emulator's behaviours per version
+/// (FAKE_OLLAMA_VERSION, each citing Ollama's source). 0.32.15 on the GPU is ready; without the
+/// JetPack 6 libraries it tries the generic CUDA build, which skips compute 8.7 at INFO, and
+/// that line is the cause; 0.30.6 with CUDA failing to start hides discovery's output at its
+/// default level, so the cause says the log does not tell and how to see it, and with
+/// OLLAMA_DEBUG=2 the CUDA line is there and is the cause.
+#[test]
+fn gpu_verdicts_across_ollama_versions() {
+    let run = |env: &[(&str, &str)]| {
+        let mut rig = Rig::start(env);
+        let t = Instant::now();
+        loop {
+            if let Some(st) = rig.child.try_wait().expect("wait") {
+                return (st.code(), rig.state());
+            }
+            if rig.state()["stage"] == "ready" {
+                return (None, rig.state());
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "no verdict: {:#}", rig.state());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let (code, s) = run(&[("FAKE_OLLAMA_VERSION", "0.32.15")]);
+    assert_eq!((code, s["stage"].as_str(), s["ollama_version"].as_str()), (None, Some("ready"), Some("0.32.15")), "{s:#}");
+    let (code, s) = run(&[("FAKE_OLLAMA_VERSION", "0.32.15"), ("FAKE_OLLAMA_NO_GPU", "missing-libs")]);
+    assert_eq!(code, Some(5), "{s:#}");
+    assert!(s["gpu"]["cpu_fallback_reason"].as_str().is_some_and(|r| r.contains("compute 8.7 is not among cuda_v12") && r.contains("JetPack 6 tarball")), "{s:#}");
+    assert!(s["gpu"]["evidence"].as_str().is_some_and(|e| e.starts_with("log: skipping CUDA device")), "{s:#}");
+    let (code, s) = run(&[("FAKE_OLLAMA_VERSION", "0.30.6"), ("FAKE_OLLAMA_NO_GPU", "cuda-init")]);
+    assert_eq!(code, Some(5), "{s:#}");
+    assert!(s["gpu"]["cpu_fallback_reason"].as_str().is_some_and(|r| r.contains("does not say why") && r.contains("OLLAMA_DEBUG=2")), "{s:#}");
+    let (code, s) = run(&[("FAKE_OLLAMA_VERSION", "0.30.6"), ("FAKE_OLLAMA_NO_GPU", "cuda-init"), ("OLLAMA_DEBUG", "2")]);
+    assert_eq!(code, Some(5), "{s:#}");
+    assert!(s["gpu"]["cpu_fallback_reason"].as_str().is_some_and(|r| r.starts_with("CUDA failed to initialise")), "{s:#}");
+}
+
 #[test]
 fn cpu_fallback_is_terminal_exit_5_and_says_why() {
     // The same decision as under systemd: never ready, never a load onto the CPU, exit 5.

@@ -144,6 +144,12 @@ async fn serve() -> anyhow::Result<()> {
         Format::Current => LogFormat::Current,
         Format::Legacy => LogFormat::Legacy,
     };
+    // envconfig.LogLevel: OLLAMA_DEBUG=1 (or true) is debug, 2 is trace.
+    c.debug_level = match std::env::var("OLLAMA_DEBUG").unwrap_or_default().trim() {
+        "2" => 2,
+        "1" | "true" | "TRUE" | "True" => 1,
+        _ => 0,
+    };
     if let Ok(v) = std::env::var("OLLAMA_KEEP_ALIVE") {
         if let Some(k) = Keep::from_env(&v) {
             c.default_keep_alive = k;

@@ -1,7 +1,7 @@
 //! The log lines `ollama serve` prints at start: the server config and GPU discovery (follows
 //! server/routes.go Serve and discover/types.go LogDetails).
 
-use super::version_at_least;
+use super::{version_at_least, version_at_least_patch};
 use crate::golang::human_bytes2;
 use crate::{CpuReason, Emulator, LogFormat};
 use std::net::SocketAddr;
@@ -59,8 +59,23 @@ pub(super) fn discovery_log(emu: &Emulator) {
             ),
         ),
         (None, fmt) => {
-            if c.cpu_only == Some(CpuReason::CudaInit) {
+            // v0.30+ discards the discovery subprocess's output unless the log level is trace
+            // (discover/llama_server.go llamaServerDiscoveryOutput; OLLAMA_DEBUG=2): at the
+            // default level the cause of a CPU fallback is not in the log at all.
+            if c.cpu_only == Some(CpuReason::CudaInit) && (!version_at_least(&c.profile.version, 0, 30) || c.debug_level >= 2) {
                 emu.raw_log("ggml_cuda_init: failed to initialize CUDA: system has unsupported display driver / cuda driver combination".into());
+            }
+            // v0.31.2+ without cuda_jetpack6 tries the generic CUDA builds (discover/runner.go
+            // GPUDevices); cuda_v12's architectures have no 87, so it skips the Orin, at INFO.
+            if c.cpu_only == Some(CpuReason::MissingLibs) && version_at_least_patch(&c.profile.version, 0, 31, 2) && fmt == LogFormat::Current {
+                if let Some(g) = c.profile.gpu.as_ref() {
+                    emu.log(
+                        "INFO",
+                        "runner.go:210",
+                        "skipping CUDA device — compute capability not in compiled architectures",
+                        &format!("device={} cc={} archs=\"50-virtual;52-virtual;60;61;70;75;80;86;89;90;90a;120\" libDirs=cuda_v12", g.description, g.compute),
+                    );
+                }
             }
             if fmt == LogFormat::Legacy {
                 emu.log("INFO", "gpu.go:377", "no compatible GPUs were discovered", "");

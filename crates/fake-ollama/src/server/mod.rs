@@ -291,7 +291,13 @@ fn forever_from(t: OffsetDateTime) -> OffsetDateTime {
 }
 
 fn version_at_least(v: &str, major: u64, minor: u64) -> bool {
+    version_at_least_patch(v, major, minor, 0)
+}
+
+/// `v` (as "0.32.15" or "0.33.0-rc2") is at least major.minor.patch; a release candidate counts
+/// as its release (the behaviours cited landed in the rc's of the same version).
+fn version_at_least_patch(v: &str, major: u64, minor: u64, patch: u64) -> bool {
     let mut it = v.split(['.', '-']).map(|p| p.parse::<u64>().unwrap_or(0));
-    let (a, b) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
-    (a, b) >= (major, minor)
+    let (a, b, c) = (it.next().unwrap_or(0), it.next().unwrap_or(0), it.next().unwrap_or(0));
+    (a, b, c) >= (major, minor, patch)
 }

@@ -1,7 +1,7 @@
 //! The scheduler: runner reuse, loading, eviction, expiry and load failures (follows
 //! server/sched.go).
 
-use super::{err, forever_from, version_at_least};
+use super::{err, forever_from, version_at_least, version_at_least_patch};
 use crate::golang::{human_bytes2, Keep};
 use crate::{Emulator, Runner, RunnerOptions};
 use axum::http::StatusCode;
@@ -179,7 +179,15 @@ pub(super) async fn acquire(emu: &Arc<Emulator>, name: &str, opts: RunnerOptions
         "INFO",
         "llama_server.go:412",
         "starting llama-server",
-        &format!("cmd=\"/usr/local/lib/ollama/llama-server --model /usr/share/ollama/.ollama/models/blobs/sha256-{key} --ctx-size {} --batch-size {} --n-gpu-layers {} --port 40213\"", opts.num_ctx, opts.num_batch, if size_vram == 0 { 0 } else { spec.layers + 1 }),
+        &format!(
+            "cmd=\"/usr/local/lib/ollama/llama-server --model /usr/share/ollama/.ollama/models/blobs/sha256-{key} --ctx-size {} --batch-size {} --n-gpu-layers {} --port 40213{}\"",
+            opts.num_ctx,
+            opts.num_batch,
+            if size_vram == 0 { 0 } else { spec.layers + 1 },
+            // llm/llama_server.go appendLoadModeArgs (v0.32.6+; --direct-io from v0.32.2): a
+            // CUDA iGPU on Linux loads with direct I/O, bypassing the page cache.
+            if size_vram > 0 && version_at_least_patch(&cfg.profile.version, 0, 32, 6) && cfg.profile.gpu.as_ref().is_some_and(|g| g.kind == "iGPU") { " --load-mode dio" } else { "" }
+        ),
     );
     if size > cfg.profile.system_available {
         // It loads, mmap'ed and paged: the seed's llama3.1:8b "loads, partly, and swaps".
@@ -235,8 +243,15 @@ fn load_out_of_memory(emu: &Emulator, name: &str, opts: &RunnerOptions) -> Respo
     };
     let model_path = format!("/usr/share/ollama/.ollama/models/blobs/sha256-{}", st.key_of(name).unwrap_or_default());
     let others = !st.loaded.is_empty();
-    let retry = if opts.num_ctx_auto && opts.num_ctx > 2048 {
-        Some(("llama-server load failed; reducing automatic context and retrying once", format!("model={model_path} old_num_ctx={} new_num_ctx={}", opts.num_ctx, opts.num_ctx / 2)))
+    // server/sched.go nextLowerAutoNumCtx (v0.30.0+): an automatic context steps down only from
+    // above 32768 to 32768, or from above 4096 to 4096; the Orin's automatic 4096 never does.
+    let lower = |n: u64| match n {
+        n if n > 32768 => Some(32768),
+        n if n > 4096 => Some(4096),
+        _ => None,
+    };
+    let retry = if let Some(new) = lower(opts.num_ctx).filter(|_| opts.num_ctx_auto) {
+        Some(("llama-server load failed; reducing automatic context and retrying once", format!("model={model_path} old_num_ctx={} new_num_ctx={new}", opts.num_ctx)))
     } else if others {
         Some(("llama-server load failed; evicting all other models and retrying once", format!("model={model_path}")))
     } else {
