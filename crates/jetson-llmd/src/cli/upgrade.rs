@@ -117,8 +117,8 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
     };
     let mut evidence = match &s {
         Ok(Some(s)) => Evidence::from_state(s, &ctx.settings.expected_compute),
-        Ok(None) => Evidence { stage: Stage::Unknown, status: "no word from the supervisor".into(), gpu: false, compute: None, expected_compute: ctx.settings.expected_compute, libdirs: None, gpu_percent: None, tok_s: None, model: None },
-        Err(e) => Evidence { stage: Stage::SystemdError, status: e.to_string(), gpu: false, compute: None, expected_compute: ctx.settings.expected_compute, libdirs: None, gpu_percent: None, tok_s: None, model: None },
+        Ok(None) => Evidence { stage: Stage::Unknown, status: "no word from the supervisor".into(), gpu: false, compute: None, expected_compute: ctx.settings.expected_compute, libdirs: None, gpu_percent: None, tok_s: None, model: None, cpu_reason: None },
+        Err(e) => Evidence { stage: Stage::SystemdError, status: e.to_string(), gpu: false, compute: None, expected_compute: ctx.settings.expected_compute, libdirs: None, gpu_percent: None, tok_s: None, model: None, cpu_reason: None },
     };
     if evidence.stage == Stage::Ready {
         if let Some(m) = &evidence.model {

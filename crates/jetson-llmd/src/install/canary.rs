@@ -25,6 +25,9 @@ pub struct Evidence {
     pub gpu_percent: Option<u8>,
     pub tok_s: Option<f64>,
     pub model: Option<String>,
+    /// Why discovery ended on the CPU, and what that rests on (the GPU verdict's cause and
+    /// evidence), when it did.
+    pub cpu_reason: Option<String>,
 }
 
 impl Evidence {
@@ -39,6 +42,13 @@ impl Evidence {
             gpu_percent: s.warm.as_ref().map(|w| w.gpu_percent),
             tok_s: None,
             model: s.model.clone(),
+            cpu_reason: s.gpu.as_ref().and_then(|g| {
+                let why = g.cpu_fallback_reason.as_deref()?;
+                Some(match &g.evidence {
+                    Some(e) => format!("{why} [{e}]"),
+                    None => why.to_string(),
+                })
+            }),
         }
     }
 }
@@ -54,8 +64,9 @@ pub fn judge(e: &Evidence, last_good: Option<&LastGood>, min_speed: f64) -> Vec<
     } else if !e.gpu || e.compute.as_deref() != Some(e.expected_compute.to_string().as_str()) {
         failed.push(format!(
             "GPU discovery: {} (expected a CUDA GPU with compute {})",
-            match (&e.compute, e.gpu) {
-                (Some(c), true) => format!("compute {c}"),
+            match (&e.compute, e.gpu, &e.cpu_reason) {
+                (Some(c), true, _) => format!("compute {c}"),
+                (_, _, Some(why)) => format!("this Ollama would run on the CPU: {why}"),
                 _ => "no CUDA GPU; Ollama would run on the CPU".into(),
             },
             e.expected_compute
@@ -133,6 +144,7 @@ mod tests {
             gpu_percent: Some(100),
             tok_s: Some(20.0),
             model: Some("gemma4:e2b-8k".into()),
+            cpu_reason: None,
         }
     }
 
@@ -151,6 +163,10 @@ mod tests {
         let cpu = judge(&Evidence { stage: Stage::CpuFallback, gpu: false, compute: None, gpu_percent: None, tok_s: None, ..ready() }, Some(&good(21.0)), 0.8);
         assert_eq!(cpu.len(), 2, "{cpu:?}");
         assert!(cpu[1].contains("no CUDA GPU"), "{cpu:?}");
+        // A new Ollama that drops the board to the CPU is refused with its cause and evidence.
+        let why = "Ollama tried its generic CUDA libraries, which were not built for this GPU [log: skipping CUDA device]";
+        let cpu = judge(&Evidence { stage: Stage::CpuFallback, gpu: false, compute: None, gpu_percent: None, tok_s: None, cpu_reason: Some(why.into()), ..ready() }, None, 0.8);
+        assert!(cpu.iter().any(|f| f.contains("would run on the CPU: Ollama tried its generic CUDA libraries") && f.contains("[log: skipping CUDA device]")), "{cpu:?}");
         let v12 = judge(&Evidence { libdirs: Some("ollama,cuda_v12".into()), ..ready() }, None, 0.8);
         assert!(v12[0].contains("not the JetPack 6 libraries"), "{v12:?}");
         let partly = judge(&Evidence { gpu_percent: Some(72), ..ready() }, None, 0.8);
