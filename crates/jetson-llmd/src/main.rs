@@ -17,10 +17,7 @@ fn main() {
         sigpipe::reset();
     }
     cli::logging::init(&args.global);
-    // Blocking threads (file reads, the board's samples) end 2 s after their last task rather
-    // than tokio's 10 s: an idle supervisor keeps no parked thread (and its stack) between
-    // samples.
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_keep_alive(std::time::Duration::from_secs(2)).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -139,7 +139,8 @@ pub fn analyze_on<S: AsRef<str>>(lines: &[S], expected: &ExpectedCompute, host: 
             }
         }
         if let Some(p) = l.find("failed to initialize CUDA") {
-            cuda_init_failure = Some(sanitize(l[p..].trim_end_matches('"')));
+            // Clipped: it lands in the verdict, STATUS= and status (the line can be 16 KiB).
+            cuda_init_failure = Some(crate::text::clip(l[p..].trim_end_matches('"'), 300));
         }
         if l.contains("dropping integrated GPU") {
             igpu_dropped = true;
@@ -436,6 +437,15 @@ mod tests {
         assert_eq!(r.ollama_version.as_deref(), Some("0.30.6"));
         let r = analyze(&[start, listen, CPU, start, listen], ORIN, None);
         assert!(!r.discovered, "discovery of the current start has not happened yet");
+    }
+
+    /// Found by the ollama_log fuzz target: a `failed to initialize CUDA` line of any length went
+    /// whole into the verdict (and STATUS=, status); now clipped like every other value.
+    #[test]
+    fn a_huge_cuda_failure_line_is_clipped_in_the_verdict() {
+        let line = format!("ggml_cuda_init: failed to initialize CUDA: {}", "x".repeat(20_000));
+        let r = analyze(&[line.as_str(), CPU], ORIN, None);
+        assert!(r.cpu_fallback_reason.as_deref().is_some_and(|w| w.chars().count() < 1000 && w.contains("[truncated]")), "{:?}", r.cpu_fallback_reason.map(|w| w.len()));
     }
 
     #[test]
