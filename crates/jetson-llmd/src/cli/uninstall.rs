@@ -75,6 +75,16 @@ pub async fn run(g: &Global, purge: bool, dry_run: bool, no_systemd: bool) -> an
     }
 
     let sd = connect(no_systemd, false).await?;
+    // From here a signal no longer kills: the removal stops between two steps, and install.json
+    // (rewritten only at the end) still lists what is left, so running uninstall again finishes.
+    let signals = jetson_llmd::host::signals::Signals::install();
+    let interrupted = || {
+        let stop = signals.shutdown.is_cancelled();
+        if stop {
+            eprintln!("error: interrupted by a signal; what is left is still recorded: run `sudo jetson-llmd uninstall{}` again to finish", if purge { " --purge" } else { "" });
+        }
+        stop
+    };
     if let Some(sd) = &sd {
         let mut stop: Vec<&str> = units.to_vec();
         if ours_ollama_unit {
@@ -91,6 +101,9 @@ pub async fn run(g: &Global, purge: bool, dry_run: bool, no_systemd: bool) -> an
         if s.action != "remove" {
             continue;
         }
+        if interrupted() {
+            return Ok(code::FAILED);
+        }
         let p = rooted(&g.root, Path::new(&s.path));
         if s.path.starts_with('/') && !s.path.contains(' ') {
             let r = if p.is_dir() { tokio::fs::remove_dir_all(&p).await } else { tokio::fs::remove_file(&p).await };
@@ -102,9 +115,15 @@ pub async fn run(g: &Global, purge: bool, dry_run: bool, no_systemd: bool) -> an
         }
     }
     let _ = tokio::fs::remove_dir(rooted(&g.root, Path::new(&format!("{UNIT_DIR}/ollama.service.d")))).await;
+    if interrupted() {
+        return Ok(code::FAILED);
+    }
     if store.dir().exists() {
         store.remove_all().map_err(|e| anyhow::anyhow!("{e}"))?;
         println!("removed Ollama ({})", jetson_llmd::install::tree::STORE);
+    }
+    if interrupted() {
+        return Ok(code::FAILED);
     }
     if purge && st.created_user {
         match accounts::delete_user(&g.root, "ollama").await {
