@@ -338,8 +338,20 @@ impl<'t> Reader<'t> {
         }
     }
 
+    /// `key = value` typed by serde into `into`; left as it was (the default) on a problem.
+    fn set<T: serde::de::DeserializeOwned>(&mut self, key: &str, v: &Value<'t>, into: &mut T) {
+        if let Some(t) = self.get(key, v, "") {
+            *into = t;
+        }
+    }
+
     fn address(&mut self, key: &str, v: &Value<'t>, example: &str) -> Option<std::net::SocketAddr> {
         let a: String = self.get(key, v, "")?;
+        self.socket(key, v, &a, example)
+    }
+
+    /// An address already read as text (`a`), for the problem's line `v`.
+    fn socket(&mut self, key: &str, v: &Value<'t>, a: &str, example: &str) -> Option<std::net::SocketAddr> {
         match a.trim().parse() {
             Ok(addr) => Some(addr),
             Err(_) => {
@@ -374,7 +386,6 @@ pub fn from_text(path: &Path, text: &str) -> Result<Settings, ConfigError> {
     })?;
     let mut r = Reader { text, problems: Vec::new() };
     let mut s = Settings::default();
-    let mut metrics_listen = None;
     for (key, v) in doc.get_ref() {
         match key.get_ref().as_ref() {
             k @ ("keepalive_interval" | "residency_check" | "monitor_interval" | "startup_timeout" | "gpu_discovery_timeout" | "load_timeout" | "request_timeout" | "retry_max_backoff") => {
@@ -393,37 +404,17 @@ pub fn from_text(path: &Path, text: &str) -> Result<Settings, ConfigError> {
             "temperature_warn_c" => r.number("temperature_warn_c", v, 50..=110, " (C)", &mut s.temperature_warn_c),
             "min_gpu_percent" => r.number("min_gpu_percent", v, 0..=100, "", &mut s.min_gpu_percent),
             "memory_reserve_mib" => r.number("memory_reserve_mib", v, 0..=4096, " (MiB)", &mut s.memory_reserve_mib),
-            "metrics_listen" => metrics_listen = Some(v),
-            "expected_compute" => {
-                if let Some(e) = r.get("expected_compute", v, "") {
-                    s.expected_compute = e;
-                }
-            }
-            "on_reboot_required" => {
-                if let Some(o) = r.get("on_reboot_required", v, "") {
-                    s.on_reboot_required = o;
-                }
-            }
-            "ollama_bin" => {
-                if let Some(p) = r.get("ollama_bin", v, "") {
-                    s.ollama_bin = p;
-                }
-            }
-            "state_dir" => {
-                if let Some(p) = r.get("state_dir", v, "") {
-                    s.state_dir = p;
-                }
-            }
-            "allow_remote_ollama" => {
-                if let Some(b) = r.get("allow_remote_ollama", v, "") {
-                    s.allow_remote_ollama = b;
-                }
-            }
-            "allow_overcommit" => {
-                if let Some(b) = r.get("allow_overcommit", v, "") {
-                    s.allow_overcommit = b;
-                }
-            }
+            "metrics_listen" => match r.get::<String>("metrics_listen", v, "") {
+                None => {}
+                Some(a) if matches!(a.trim(), "off" | "") => s.metrics_listen = None,
+                Some(a) => s.metrics_listen = r.socket("metrics_listen", v, &a, "\"127.0.0.1:9464\", or \"off\""),
+            },
+            "expected_compute" => r.set("expected_compute", v, &mut s.expected_compute),
+            "on_reboot_required" => r.set("on_reboot_required", v, &mut s.on_reboot_required),
+            "ollama_bin" => r.set("ollama_bin", v, &mut s.ollama_bin),
+            "state_dir" => r.set("state_dir", v, &mut s.state_dir),
+            "allow_remote_ollama" => r.set("allow_remote_ollama", v, &mut s.allow_remote_ollama),
+            "allow_overcommit" => r.set("allow_overcommit", v, &mut s.allow_overcommit),
             "models" => {
                 if let Some(t) = r.table("models", v) {
                     read_models(&mut r, t, &mut s.models);
@@ -435,13 +426,6 @@ pub fn from_text(path: &Path, text: &str) -> Result<Settings, ConfigError> {
                 }
             }
             _ => r.unknown(key, ""),
-        }
-    }
-    if let Some(v) = metrics_listen {
-        match r.get::<String>("metrics_listen", v, "").as_deref().map(str::trim) {
-            None => {}
-            Some("off" | "") => s.metrics_listen = None,
-            Some(_) => s.metrics_listen = r.address("metrics_listen", v, "\"127.0.0.1:9464\", or \"off\""),
         }
     }
     if r.problems.is_empty() {
@@ -510,26 +494,14 @@ pub fn parse_net(s: &str) -> Option<ipnet::IpNet> {
 fn read_guard<'t>(r: &mut Reader<'t>, t: &'t toml::de::DeTable<'t>, g: &mut GuardSettings) {
     for (key, v) in t {
         match key.get_ref().as_ref() {
-            "enabled" => {
-                if let Some(b) = r.get("[guard] enabled", v, "") {
-                    g.enabled = b;
-                }
-            }
+            "enabled" => r.set("[guard] enabled", v, &mut g.enabled),
             "listen" => {
                 if let Some(a) = r.address("[guard] listen", v, "\"127.0.0.1:11434\" or \"0.0.0.0:11434\"") {
                     g.listen = a;
                 }
             }
-            "models" => {
-                if let Some(m) = r.get("[guard] models", v, "") {
-                    g.models = m;
-                }
-            }
-            "options" => {
-                if let Some(o) = r.get("[guard] options", v, "") {
-                    g.options = o;
-                }
-            }
+            "models" => r.set("[guard] models", v, &mut g.models),
+            "options" => r.set("[guard] options", v, &mut g.options),
             "allow" => {
                 let Some(list) = r.get::<Vec<String>>("[guard] allow", v, "; write a list of model names") else { continue };
                 let mut allow = Vec::new();

@@ -186,8 +186,6 @@ pub struct Machine {
     /// model.conf as it was when its model was refused or could not be made ready and the old
     /// model stayed: until the file changes, the old model is what boots.
     rejected_conf: Option<Vec<u8>>,
-    /// What model.conf named when a switch started (a fallback leaves `rejected_conf` set).
-    wanted: Option<ModelName>,
     /// Re-warms that keep happening (another client evicting ours) slow the ticks down.
     evictions: EvictionBackoff,
 }
@@ -205,7 +203,6 @@ impl Machine {
             conf_bytes,
             last_good: None,
             rejected_conf: None,
-            wanted: None,
             evictions: EvictionBackoff::default(),
         };
         (m, vec![Effect::Schedule(Some((Duration::ZERO, Due::Boot)))])
@@ -470,7 +467,6 @@ impl Machine {
                 out.push(Effect::Ready(current));
             }
             Phase::Warm(current) => {
-                self.wanted = Some(wanted.clone());
                 self.phase = Phase::Preparing { from: current.clone(), to: wanted.clone() };
                 out.push(Effect::Run(Step::Prepare { from: current, to: wanted }));
             }

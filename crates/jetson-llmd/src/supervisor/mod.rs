@@ -437,11 +437,12 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
     /// Polls Ollama's log for the discovery line until it appears or the deadline passes.
     async fn gpu_check(&mut self) -> Result<GpuReport, Failure> {
         let deadline = Instant::now() + self.settings.gpu_discovery_timeout;
+        // Looked at once per boot, not at every poll of the log.
+        let libs = discovery::jetpack6_libs(&self.paths.root, &self.settings.ollama_bin);
         loop {
             let lines = self.backend.ollama_log().await;
             let r = match &lines {
                 Ok(l) => {
-                    let libs = discovery::jetpack6_libs(&self.paths.root, &self.settings.ollama_bin);
                     discovery::analyze_on(l, &self.settings.expected_compute, &discovery::HostFacts { cmdline: self.cmdline.as_deref(), jetpack6_libs: libs })
                 }
                 Err(_) => GpuReport::default(),
