@@ -73,6 +73,9 @@ pub struct Config {
     /// OLLAMA_DEBUG as envconfig.LogLevel reads it: 1 debug, 2 trace (discovery's own output
     /// reaches the log only at 2, v0.30+).
     pub debug_level: u8,
+    /// OLLAMA_NUM_PARALLEL (envconfig NumParallel, default 1): generations a runner serves at
+    /// once; the rest wait for a slot (llm/llama_server.go Completion, s.sem.Acquire).
+    pub num_parallel: usize,
 }
 
 impl Config {
@@ -92,6 +95,7 @@ impl Config {
             drop_caches_file: None,
             log_to_stderr: false,
             debug_level: 0,
+            num_parallel: 1,
         }
     }
 
@@ -263,6 +267,8 @@ pub struct Emulator {
     pub(crate) state: Mutex<State>,
     /// Ollama's scheduler performs one load at a time (server/sched.go processPending).
     pub(crate) load_lock: tokio::sync::Mutex<()>,
+    /// The runner's parallel slots (Config::num_parallel).
+    pub(crate) slots: Arc<tokio::sync::Semaphore>,
     logs: Mutex<Vec<String>>,
 }
 
@@ -286,6 +292,7 @@ impl Emulator {
                 drop_caches_seen,
             }),
             load_lock: tokio::sync::Mutex::new(()),
+            slots: Arc::new(tokio::sync::Semaphore::new(config.num_parallel.max(1))),
             logs: Mutex::new(Vec::new()),
             config,
         };

@@ -317,3 +317,81 @@ async fn a_malformed_chunked_body_is_a_bad_request() {
         assert!(a.starts_with("HTTP/1.1 400"), "{bad:?}: {a}");
     }
 }
+
+/// Polls the guard's queues until `f` holds (at most 10 s).
+async fn until(stats: &Stats, what: &str, f: impl Fn(&[jetson_llmd::guard::admission::ClassStats]) -> bool) {
+    for _ in 0..2000 {
+        if f(&stats.queues()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{what}: {:?}", stats.queues());
+}
+
+fn class_of<'a>(q: &'a [jetson_llmd::guard::admission::ClassStats], name: &str) -> &'a jetson_llmd::guard::admission::ClassStats {
+    q.iter().find(|c| c.class == name).expect("class")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classes_put_a_chat_before_a_batch_backlog_and_bound_the_queue() {
+    use jetson_llmd::conf::config::ClassSettings;
+    let settings = GuardSettings {
+        parallel: 1,
+        class_header: Some("x-client-class".into()),
+        classes: vec![ClassSettings { priority: 10, ..ClassSettings::named("chat") }, ClassSettings { priority: -10, max_queue: 3, ..ClassSettings::named("batch") }],
+        ..GuardSettings::default()
+    };
+    let r = Arc::new(rig(settings, ready()).await);
+    let done = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let send = |label: &str, class: &'static str, num_predict: u32| {
+        let (r, done, label) = (r.clone(), done.clone(), label.to_string());
+        tokio::spawn(async move {
+            let resp = r.http.post(format!("{}/api/generate", r.url)).header("x-client-class", class).json(&json!({"model": PINNED, "prompt": "hi", "stream": false, "options": {"num_predict": num_predict}})).send().await.expect("send");
+            let status = resp.status().as_u16();
+            let queued = resp.headers().get("x-jetson-llmd-queued").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<f64>().ok());
+            let class = resp.headers().get("x-jetson-llmd-class").and_then(|v| v.to_str().ok()).map(str::to_string);
+            let _ = resp.bytes().await;
+            done.lock().expect("lock").push(label);
+            (status, queued, class)
+        })
+    };
+    // A long batch request holds Ollama's one slot; three more wait behind it.
+    let first = send("batch-0", "batch", 400);
+    until(&r.stats, "the first batch request runs", |q| class_of(q, "batch").running == 1).await;
+    let mut queued = Vec::new();
+    for i in 1..=3 {
+        queued.push(send(&format!("batch-{i}"), "batch", 20));
+        until(&r.stats, "one more batch request waits", |q| class_of(q, "batch").queued == i).await;
+    }
+    // The batch queue is full: the next one is told at once, in OpenAI's shape for /v1/.
+    let full = r.http.post(format!("{}/v1/chat/completions", r.url)).header("x-client-class", "batch").json(&json!({"model": PINNED, "messages": [{"role": "user", "content": "hi"}]})).send().await.expect("send");
+    assert_eq!(full.status(), 429);
+    assert_eq!(full.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("5"));
+    let e: Value = full.json().await.expect("json");
+    assert_eq!(e["error"]["code"], "rate_limit_exceeded", "{e}");
+    // A person's chat arrives last and goes next.
+    let chat = send("chat", "chat", 10);
+    until(&r.stats, "the chat waits", |q| class_of(q, "chat").queued == 1).await;
+    let (status, _, _) = first.await.expect("task");
+    assert_eq!(status, 200);
+    let (status, waited, class) = chat.await.expect("task");
+    assert_eq!(status, 200);
+    assert!(waited.is_some_and(|w| w > 0.0), "the time it waited is said: {waited:?}");
+    assert_eq!(class.as_deref(), Some("chat"));
+    for q in queued {
+        assert_eq!(q.await.expect("task").0, 200);
+    }
+    assert_eq!(*done.lock().expect("lock"), ["batch-0", "chat", "batch-1", "batch-2", "batch-3"], "the chat overtook the backlog; the batch kept its order");
+    let q = r.stats.queues();
+    assert_eq!((class_of(&q, "batch").admitted, class_of(&q, "batch").refused_full, class_of(&q, "chat").admitted), (4, 1, 1));
+
+    // A client that gives up while waiting leaves the queue at once.
+    let long = send("long", "batch", 400);
+    until(&r.stats, "a batch request runs", |q| class_of(q, "batch").running == 1).await;
+    let gone = r.http.post(format!("{}/api/generate", r.url)).header("x-client-class", "batch").timeout(Duration::from_millis(100)).json(&json!({"model": PINNED, "prompt": "hi", "stream": false})).send().await;
+    assert!(gone.is_err(), "gave up");
+    until(&r.stats, "the queue is empty again", |q| class_of(q, "batch").queued == 0 && class_of(q, "batch").left == 1).await;
+    assert_eq!(long.await.expect("task").0, 200);
+    assert_eq!(r.loads(), 1, "no reload through all of it");
+}

@@ -158,6 +158,9 @@ async fn serve() -> anyhow::Result<()> {
     if let Ok(v) = std::env::var("OLLAMA_MAX_LOADED_MODELS") {
         c.max_loaded = v.trim().parse().unwrap_or(0);
     }
+    if let Ok(v) = std::env::var("OLLAMA_NUM_PARALLEL") {
+        c.num_parallel = v.trim().parse().ok().filter(|n| *n > 0).unwrap_or(1);
+    }
     if let Ok(v) = std::env::var("OLLAMA_CONTEXT_LENGTH") {
         c.context_length = v.trim().parse().unwrap_or(4096);
         c.context_length_env = c.context_length;

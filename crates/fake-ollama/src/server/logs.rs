@@ -16,12 +16,13 @@ pub(super) fn startup_log(emu: &Arc<Emulator>, addr: SocketAddr) {
         "routes.go:1544",
         "server config",
         &format!(
-            "env=\"map[OLLAMA_CONTEXT_LENGTH:{} OLLAMA_HOST:http://{} OLLAMA_KEEP_ALIVE:{} OLLAMA_MAX_LOADED_MODELS:{} OLLAMA_NUM_PARALLEL:1]\"",
+            "env=\"map[OLLAMA_CONTEXT_LENGTH:{} OLLAMA_HOST:http://{} OLLAMA_KEEP_ALIVE:{} OLLAMA_MAX_LOADED_MODELS:{} OLLAMA_NUM_PARALLEL:{}]\"",
             // envconfig.ContextLength: 0 (unset) means "pick by VRAM" since v0.12; the dump shows 0.
             c.context_length_env,
             addr,
             c.default_keep_alive.go_string(),
-            c.max_loaded
+            c.max_loaded,
+            c.num_parallel
         ),
     );
     emu.log("INFO", "routes.go:1597", &format!("Listening on {addr} (version {})", c.profile.version), "");

@@ -220,6 +220,9 @@ pub(super) async fn complete(app: App, body: Bytes, shape: Shape) -> Response {
         drop(busy);
         return axum::Json(base("load")).into_response();
     }
+    // One of the runner's OLLAMA_NUM_PARALLEL slots, held until the answer is complete
+    // (llm/llama_server.go Completion: s.sem.Acquire ... defer s.sem.Release).
+    let Ok(slot) = emu.slots.clone().acquire_owned().await else { return err(StatusCode::INTERNAL_SERVER_ERROR, "runner closed") };
     let runtime_oom = {
         let mut st = emu.lock();
         let i = st.faults.iter().position(|f| f.kind == FaultKind::RuntimeOom);
@@ -275,7 +278,7 @@ pub(super) async fn complete(app: App, body: Bytes, shape: Shape) -> Response {
     if !stream {
         tokio::time::sleep((prompt_eval + per_token * num_predict as u32).mul_f64(scale)).await;
         let text: String = (0..num_predict).map(|i| words[i as usize % words.len()]).collect();
-        drop(busy);
+        drop((busy, slot));
         return axum::Json(final_line(&text)).into_response();
     }
     let model2 = model.clone();
@@ -318,7 +321,7 @@ pub(super) async fn complete(app: App, body: Bytes, shape: Shape) -> Response {
     });
     // Keep `busy` alive until the stream is dropped; `end` counts a stream dropped early.
     let st = futures_util::StreamExt::map(st, move |x| {
-        let _ = (&busy, &end);
+        let _ = (&busy, &end, &slot);
         x
     });
     Response::builder()

@@ -112,7 +112,49 @@ pub struct GuardSettings {
     /// API keys (hashed) that clients off this machine must present (guard/keys.rs); None:
     /// no keys asked.
     pub keys_file: Option<PathBuf>,
+    /// Ollama's parallel slots (OLLAMA_NUM_PARALLEL) that admission fills; 0: read
+    /// OLLAMA_NUM_PARALLEL from the environment (ollama.env), else Ollama's default 1.
+    pub parallel: u32,
+    /// A request header whose value names the client's class (`[[guard.class]]` name).
+    pub class_header: Option<String>,
+    /// Client classes (guard/admission.rs); none: admission is off and requests go straight on.
+    pub classes: Vec<ClassSettings>,
 }
+
+/// One `[[guard.class]]`: who belongs to it and how it is served.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ClassSettings {
+    pub name: String,
+    /// Higher goes first.
+    pub priority: i32,
+    /// Weight among classes of the same priority.
+    pub share: u32,
+    /// Most requests of this class in Ollama at once; 0: every slot.
+    pub limit: u32,
+    /// Most requests of this class waiting; past it 429.
+    pub max_queue: u32,
+    /// Longest a request waits for a slot; past it 503.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// Key names (keys_file) whose requests belong here.
+    pub keys: Vec<String>,
+    /// Client networks whose requests belong here.
+    pub from: Vec<ipnet::IpNet>,
+}
+
+impl ClassSettings {
+    /// The class of requests no class claims ("default" unless one of that name is written).
+    pub fn fallback() -> ClassSettings {
+        ClassSettings::named(DEFAULT_CLASS)
+    }
+
+    pub fn named(name: &str) -> ClassSettings {
+        ClassSettings { name: name.into(), priority: 0, share: 1, limit: 0, max_queue: 512, max_wait: Duration::from_secs(600), keys: Vec::new(), from: Vec::new() }
+    }
+}
+
+/// The class of requests that no `[[guard.class]]` claims.
+pub const DEFAULT_CLASS: &str = "default";
 
 impl Default for GuardSettings {
     fn default() -> Self {
@@ -128,6 +170,9 @@ impl Default for GuardSettings {
             body_budget_mib: 16,
             body_timeout: Duration::from_secs(30),
             keys_file: None,
+            parallel: 0,
+            class_header: None,
+            classes: Vec::new(),
         }
     }
 }
@@ -251,7 +296,8 @@ impl ConfigError {
 
 /// Sane bounds for every duration key: (key, least, most). Outside them a value is a typo or a
 /// misunderstanding (a 1 ns keepalive would hammer Ollama thousands of times a second).
-pub const DURATION_BOUNDS: [(&str, Duration, Duration); 11] = [
+pub const DURATION_BOUNDS: [(&str, Duration, Duration); 12] = [
+    ("max_wait", Duration::from_secs(0), Duration::from_secs(3600)),
     ("body_timeout", Duration::from_secs(1), Duration::from_secs(600)),
     ("keep_alive_max", Duration::from_secs(0), Duration::from_secs(86400)),
     ("ready_wait", Duration::from_secs(0), Duration::from_secs(1800)),
@@ -534,9 +580,75 @@ fn read_guard<'t>(r: &mut Reader<'t>, t: &'t toml::de::DeTable<'t>, g: &mut Guar
                 Some(p) => g.keys_file = Some(p),
                 None => {}
             },
+            "parallel" => r.number("[guard] parallel", v, 0..=64, " (0: OLLAMA_NUM_PARALLEL)", &mut g.parallel),
+            "class_header" => match r.get::<String>("[guard] class_header", v, "") {
+                Some(h) if h.trim().is_empty() => g.class_header = None,
+                Some(h) => match axum::http::HeaderName::from_bytes(h.trim().as_bytes()) {
+                    Ok(n) => g.class_header = Some(n.as_str().to_string()),
+                    Err(_) => r.problem(v.span(), format!("[guard] class_header = {:?}: write a header name like \"X-Client-Class\"", crate::text::clip(&h, 60))),
+                },
+                None => {}
+            },
+            "class" => {
+                let toml::de::DeValue::Array(list) = v.get_ref() else {
+                    r.problem(v.span(), "[guard] class must be written as [[guard.class]] tables".into());
+                    continue;
+                };
+                let mut classes: Vec<ClassSettings> = Vec::new();
+                for item in list {
+                    let Some(t) = r.table("guard.class", item) else { continue };
+                    if let Some(c) = read_class(r, item, t) {
+                        if classes.iter().any(|o| o.name == c.name) {
+                            r.problem(item.span(), format!("[[guard.class]] {:?} is written twice; give each class its own name", c.name));
+                            continue;
+                        }
+                        classes.push(c);
+                    }
+                }
+                g.classes = classes;
+            }
             _ => r.unknown(key, "[guard] "),
         }
     }
+}
+
+/// One `[[guard.class]]` table; None (with the problems said) when it is not usable.
+fn read_class<'t>(r: &mut Reader<'t>, at: &Value<'t>, t: &'t toml::de::DeTable<'t>) -> Option<ClassSettings> {
+    let mut c = ClassSettings::named("");
+    let before = r.problems.len();
+    for (key, v) in t {
+        match key.get_ref().as_ref() {
+            "name" => match r.get::<String>("[[guard.class]] name", v, "") {
+                Some(n) if !n.is_empty() && n.len() <= 40 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') => c.name = n,
+                Some(n) => r.problem(v.span(), format!("[[guard.class]] name = {:?}: use 1 to 40 letters, digits, '-' or '_'", crate::text::clip(&n, 60))),
+                None => {}
+            },
+            "priority" => r.number("[[guard.class]] priority", v, -100..=100, " (higher goes first)", &mut c.priority),
+            "share" => r.number("[[guard.class]] share", v, 1..=1000, "", &mut c.share),
+            "limit" => r.number("[[guard.class]] limit", v, 0..=64, " (0: every slot)", &mut c.limit),
+            "max_queue" => r.number("[[guard.class]] max_queue", v, 0..=100_000, "", &mut c.max_queue),
+            "max_wait" => r.duration("max_wait", v, &mut c.max_wait),
+            "keys" => {
+                if let Some(k) = r.get::<Vec<String>>("[[guard.class]] keys", v, "; write a list of key names from keys_file") {
+                    c.keys = k;
+                }
+            }
+            "from" => {
+                let Some(list) = r.get::<Vec<String>>("[[guard.class]] from", v, "; write a list of networks like [\"192.168.1.0/24\"]") else { continue };
+                for a in list {
+                    match parse_net(&a) {
+                        Some(n) => c.from.push(n),
+                        None => r.problem(v.span(), format!("[[guard.class]] from: {:?} is not an address or network like \"192.168.1.0/24\"", crate::text::clip(&a, 60))),
+                    }
+                }
+            }
+            _ => r.unknown(key, "[[guard.class]] "),
+        }
+    }
+    if c.name.is_empty() && r.problems.len() == before {
+        r.problem(at.span(), "[[guard.class]] needs name = \"...\"".into());
+    }
+    (r.problems.len() == before).then_some(c)
 }
 
 /// Reads config.toml (a regular file, at most 256 KiB); a missing file means all defaults.
@@ -658,9 +770,16 @@ mod tests {
         let d = Settings::default();
         assert_eq!(serde_json::to_value(&s).expect("json"), serde_json::to_value(&d).expect("json"), "{text}");
         for (key, ..) in DURATION_BOUNDS {
-            assert!(text.contains(&format!("{key} = ")), "{key} is not documented in etc/");
+            assert!(example.contains(&format!("{key} = ")), "{key} is not documented in etc/");
         }
         let keys = text.lines().filter(|l| !l.starts_with('[')).filter_map(|l| l.split_once(" = ")).count();
-        assert_eq!(keys, 18 + 2 + 11, "every top-level key, the seed model's from/num_ctx and the 11 [guard] keys: {text}");
+        assert_eq!(keys, 18 + 2 + 13, "every top-level key, the seed model's from/num_ctx and the 13 [guard] keys: {text}");
+        // The class example (indented, so not part of the defaults) parses as written.
+        let classes: String = example.lines().filter_map(|l| l.strip_prefix("#   ")).map(|l| format!("{}\n", l.split(" #").next().unwrap_or(l))).collect();
+        let s = p(&format!("[guard]\n{classes}")).expect("the class example parses");
+        assert_eq!(s.guard.classes.iter().map(|c| (c.name.as_str(), c.priority)).collect::<Vec<_>>(), [("chat", 10), ("batch", -10)]);
+        for key in ["name", "priority", "share", "limit", "max_queue", "max_wait", "keys", "from"] {
+            assert!(classes.contains(&format!("{key} = ")), "[[guard.class]] {key} is not documented in etc/");
+        }
     }
 }

@@ -12,6 +12,7 @@
 //! connection's buffers are then bounded, which keeps 100 concurrent streams within a few MiB,
 //! and the upstream connection is driven by the response body itself ([`relay`]).
 
+pub mod admission;
 pub mod gobody;
 pub mod keys;
 pub mod policy;
@@ -39,6 +40,9 @@ type Request = axum::http::Request<Body>;
 pub const MAX_REQUEST: usize = 64 << 20;
 const GUARD_HEADER: &str = "x-jetson-llmd-guard";
 const STAGE_HEADER: &str = "x-jetson-llmd-stage";
+/// Seconds an admitted request waited for its turn (`[[guard.class]]`), and its class.
+const QUEUED_HEADER: &str = "x-jetson-llmd-queued";
+const CLASS_HEADER: &str = "x-jetson-llmd-class";
 /// Most a client connection's read buffer grows to (it starts at 8 KiB); also the largest
 /// request head accepted.
 const CLIENT_BUF: usize = 64 << 10;
@@ -51,9 +55,17 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 const DRAIN: Duration = Duration::from_secs(5);
 
 /// Decisions by rule, for /metrics and `status`.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Stats {
     counts: Mutex<BTreeMap<Rule, u64>>,
+    /// The admission queue of the guard these are the stats of (set by [`Guard::new`]).
+    admission: Mutex<Option<Arc<admission::Admission>>>,
+}
+
+impl std::fmt::Debug for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stats").field("counts", &self.counts).finish_non_exhaustive()
+    }
 }
 
 impl Stats {
@@ -66,6 +78,11 @@ impl Stats {
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
         let c = self.counts.lock().map(|c| c.clone()).unwrap_or_default();
         Rule::ALL.iter().map(|r| (r.as_str(), c.get(r).copied().unwrap_or(0))).collect()
+    }
+
+    /// Admission per class; empty when no classes are written.
+    pub fn queues(&self) -> Vec<admission::ClassStats> {
+        self.admission.lock().ok().and_then(|a| a.clone()).map(|a| a.snapshot()).unwrap_or_default()
     }
 }
 
@@ -85,6 +102,8 @@ pub struct Guard {
     budget_bytes: usize,
     /// `[guard] keys_file`, as last read.
     keys: keys::KeyCache,
+    /// Which request reaches Ollama next (`[[guard.class]]`); off without classes.
+    admission: Arc<admission::Admission>,
 }
 
 impl Guard {
@@ -97,15 +116,28 @@ impl Guard {
         let authority = format!("{host}:{}", upstream.port_or_known_default().unwrap_or(11434));
         let budget_bytes = usize::try_from(settings.body_budget_mib << 20).unwrap_or(16 << 20);
         let budget = Arc::new(tokio::sync::Semaphore::new(budget_bytes));
+        let admission = admission::Admission::new(&settings, std::env::var("OLLAMA_NUM_PARALLEL").ok().as_deref());
+        if let Ok(mut a) = stats.admission.lock() {
+            *a = Some(admission.clone());
+        }
         // The sender is dropped: the policy stays as given unless `follow` connects a new one.
         let (_, settings) = watch::channel(settings);
-        Guard { upstream, settings, state, stats, authority, budget, budget_bytes, keys: keys::KeyCache::default() }
+        Guard { upstream, settings, state, stats, authority, budget, budget_bytes, keys: keys::KeyCache::default(), admission }
     }
 
     /// Takes its policy from `rx` from now on: the supervisor sends config.toml's `[guard]`
-    /// after each SIGHUP. The body budget keeps the size it started with (a restart changes it).
+    /// after each SIGHUP. The body budget keeps the size it started with (a restart changes it);
+    /// classes change in place, requests waiting keep their place.
     pub fn follow(&mut self, rx: watch::Receiver<GuardSettings>) {
-        self.settings = rx;
+        self.settings = rx.clone();
+        let adm = self.admission.clone();
+        let mut rx = rx;
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let s = rx.borrow_and_update().clone();
+                adm.configure(&s, std::env::var("OLLAMA_NUM_PARALLEL").ok().as_deref());
+            }
+        });
     }
 
     /// The policy in force for one request.
@@ -167,16 +199,21 @@ pub fn clashes_with_ollama(listen: SocketAddr, ollama: &url::Url) -> bool {
 }
 
 /// `[guard] keys_file`: a client off this machine presents a key, an admin call an admin key.
-/// None lets the request go on. Refusals are 401 (403 for a client key on an admin route) in
-/// the error shape the client's API uses; a keys file that cannot be read refuses (503).
-async fn check_key(g: &Guard, settings: &GuardSettings, client: SocketAddr, method: &str, path: &str, headers: &HeaderMap) -> Option<Response> {
-    let file = settings.keys_file.as_ref()?;
+/// Ok lets the request go on, with the name of the valid key it presented (a loopback client
+/// needs none, but the one it sends still places it in its class). Refusals are 401 (403 for a
+/// client key on an admin route) in the error shape the client's API uses; a keys file that
+/// cannot be read refuses (503).
+async fn check_key(g: &Guard, settings: &GuardSettings, client: SocketAddr, method: &str, path: &str, headers: &HeaderMap) -> Result<Option<String>, Response> {
+    let Some(file) = settings.keys_file.as_ref() else { return Ok(None) };
     let ip = match client.ip() {
         std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client.ip(), std::net::IpAddr::V4),
         v4 => v4,
     };
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
     if ip.is_loopback() {
-        return None;
+        let Some(presented) = keys::presented(auth) else { return Ok(None) };
+        let Ok(keys) = g.keys.keys(file).await else { return Ok(None) };
+        return Ok(keys::find(&keys, presented).map(|k| k.name.clone()));
     }
     let refuse = |status: StatusCode, message: String| {
         g.stats.count(Rule::KeyRefused);
@@ -196,17 +233,68 @@ async fn check_key(g: &Guard, settings: &GuardSettings, client: SocketAddr, meth
         Ok(k) => k,
         Err(e) => {
             tracing::warn!("guard: keys file: {e}; refusing clients off this machine");
-            return Some(refuse(StatusCode::SERVICE_UNAVAILABLE, format!("jetson-llmd guard cannot read its keys file ({}); requests from other machines are refused until it can", crate::text::one_line(&e))));
+            return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, format!("jetson-llmd guard cannot read its keys file ({}); requests from other machines are refused until it can", crate::text::one_line(&e))));
         }
     };
-    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
     let Some(key) = keys::presented(auth).and_then(|k| keys::find(&keys, k)) else {
-        return Some(refuse(StatusCode::UNAUTHORIZED, "jetson-llmd guard: send a valid API key (Authorization: Bearer KEY); ask whoever runs this Jetson for one".into()));
+        return Err(refuse(StatusCode::UNAUTHORIZED, "jetson-llmd guard: send a valid API key (Authorization: Bearer KEY); ask whoever runs this Jetson for one".into()));
     };
     if routes::classify(method, path) == routes::Route::Admin && key.role != keys::Role::Admin {
-        return Some(refuse(StatusCode::FORBIDDEN, format!("jetson-llmd guard: the key {:?} may run the model but not change models; an admin key may", key.name)));
+        return Err(refuse(StatusCode::FORBIDDEN, format!("jetson-llmd guard: the key {:?} may run the model but not change models; an admin key may", key.name)));
     }
-    None
+    Ok(Some(key.name.clone()))
+}
+
+/// A request the queue did not admit: 429 (its class's queue is full) or 503 (it waited its
+/// class's max_wait), with Retry-After, in the error shape of the client's API (Ollama's,
+/// OpenAI's for /v1/, Anthropic's for /v1/messages) so that official clients show the words and
+/// their retry logic applies.
+fn queue_refusal(path: &str, refusal: &admission::Refusal) -> Response {
+    let (status, message, retry) = match refusal {
+        admission::Refusal::QueueFull { class, max } => (StatusCode::TOO_MANY_REQUESTS, format!("jetson-llmd guard: {max} requests of class {class:?} are already waiting for the model; retry later"), "5"),
+        admission::Refusal::Waited { class, waited } => (StatusCode::SERVICE_UNAVAILABLE, format!("jetson-llmd guard: no turn for class {class:?} within {}; the board is busy, retry later", humantime::format_duration(Duration::from_secs(waited.as_secs()))), "10"),
+    };
+    let mut r = if path == "/v1/messages" {
+        let kind = if status == StatusCode::TOO_MANY_REQUESTS { "rate_limit_error" } else { "overloaded_error" };
+        (status, axum::Json(serde_json::json!({ "type": "error", "error": { "type": kind, "message": message } }))).into_response()
+    } else if path.starts_with("/v1/") {
+        let code = if status == StatusCode::TOO_MANY_REQUESTS { "rate_limit_exceeded" } else { "server_busy" };
+        (status, axum::Json(serde_json::json!({ "error": { "message": message, "type": "rate_limit_error", "param": null, "code": code } }))).into_response()
+    } else {
+        ollama_error(status, &message, &[])
+    };
+    r.headers_mut().insert("retry-after", HeaderValue::from_static(retry));
+    r.headers_mut().insert(GUARD_HEADER, HeaderValue::from_static("refused: queue"));
+    r
+}
+
+/// A response body that holds the request's slot in Ollama until the stream ends or the
+/// client goes away (then the next request is admitted). It passes frames on untouched.
+struct Holding<B> {
+    body: B,
+    slot: Option<admission::Slot>,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Holding<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let r = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let std::task::Poll::Ready(None | Some(Err(_))) = r {
+            // Ended: the slot is free now, not when hyper drops the body.
+            self.slot = None;
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 fn ollama_error(status: StatusCode, message: &str, headers: &[(&'static str, String)]) -> Response {
@@ -274,9 +362,10 @@ async fn handle(g: Arc<Guard>, client: SocketAddr, req: Request) -> Response {
         return healthz(&g).await;
     }
     let settings = g.settings();
-    if let Some(refused) = check_key(&g, &settings, client, &method, &path, &parts.headers).await {
-        return refused;
-    }
+    let key = match check_key(&g, &settings, client, &method, &path, &parts.headers).await {
+        Ok(k) => k,
+        Err(refused) => return refused,
+    };
     // The bodies of the endpoints that run a model are read (capped) and decoded as Ollama will;
     // everything else streams through untouched.
     let (bytes, decoded, stream_body, _held) = if policy::needs_body(&method, &path) {
@@ -306,6 +395,7 @@ async fn handle(g: Arc<Guard>, client: SocketAddr, req: Request) -> Response {
     };
     let pinned = g.pinned();
     let decision = policy::decide(&method, &path, decoded.as_ref(), client.ip(), pinned.as_ref(), &settings);
+    let runs_model = matches!(decision, Decision::Forward { .. }) && decoded.is_some();
     let (new_body, notes, for_pinned) = match decision {
         Decision::Refuse { status, message, rule } => {
             g.stats.count(rule);
@@ -333,6 +423,20 @@ async fn handle(g: Arc<Guard>, client: SocketAddr, req: Request) -> Response {
                 g.stats.count(Rule::NotWarm);
                 let msg = format!("{} is not warm yet ({}: {}); retry shortly", pinned.map(|p| p.to_string()).unwrap_or_default(), s.stage, crate::text::one_line(&s.status));
                 return ollama_error(StatusCode::SERVICE_UNAVAILABLE, &msg, &[(STAGE_HEADER, s.stage.to_string())]);
+            }
+        }
+    }
+
+    // Admission (`[[guard.class]]`): a request that runs a model waits here for its turn.
+    let mut slot = None;
+    if runs_model && g.admission.enabled() {
+        let header = settings.class_header.as_deref().and_then(|h| parts.headers.get(h)).and_then(|v| v.to_str().ok());
+        let class = admission::classify(&settings, &admission::Who { client: client.ip(), key: key.as_deref(), header }).to_string();
+        match g.admission.admit(&class).await {
+            Ok(s) => slot = Some(s),
+            Err(refusal) => {
+                tracing::debug!(client = %client, class = %class, "guard: not admitted: {refusal:?}");
+                return queue_refusal(&path, &refusal);
             }
         }
     }
@@ -379,10 +483,22 @@ async fn handle(g: Arc<Guard>, client: SocketAddr, req: Request) -> Response {
             headers.insert(STAGE_HEADER, v);
         }
     }
+    if let Some(s) = &slot {
+        if let Ok(v) = HeaderValue::from_str(&format!("{:.3}", s.waited.as_secs_f64())) {
+            headers.insert(QUEUED_HEADER, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(s.class()) {
+            headers.insert(CLASS_HEADER, v);
+        }
+    }
     let (up_parts, up_body) = resp.into_parts();
     // Frame by frame: nothing is buffered, and dropping this body (the client left) drops the
     // upstream response, which closes that connection and cancels Ollama's request.
-    let mut r = Response::new(Body::new(up_body));
+    let body = match slot {
+        Some(slot) => Body::new(Holding { body: up_body, slot: Some(slot) }),
+        None => Body::new(up_body),
+    };
+    let mut r = Response::new(body);
     *r.status_mut() = up_parts.status;
     *r.headers_mut() = headers;
     r
@@ -484,7 +600,7 @@ mod tests {
         };
         let check = |client, method: &'static str, path: &'static str, auth: Option<&'static str>| {
             let (g, settings) = (&g, &settings);
-            async move { status(check_key(g, settings, client, method, path, &h(auth)).await).await }
+            async move { status(check_key(g, settings, client, method, path, &h(auth)).await.err()).await }
         };
         assert_eq!(check(local, "POST", "/api/pull", None).await, None, "loopback needs no key");
         let (s, body) = check(lan, "POST", "/api/generate", None).await.expect("refused");

@@ -2,6 +2,7 @@
 //! 127.0.0.1:9464; "off" turns it off). Figures come from the supervisor's state as it saves it
 //! and from the host probes read at scrape time, so a scrape costs a few small file reads.
 
+use crate::guard::admission::ClassStats;
 use crate::host::probe::{self, Probes};
 use crate::records::Stage;
 use crate::records::state::State;
@@ -33,8 +34,9 @@ fn labelled(r: &mut Registry, name: &str, help: &str, rows: Vec<(Vec<(String, St
 }
 
 /// The exposition text for one scrape.
-/// `guard`: the guard's decisions by rule, when the guard runs.
-pub fn render(s: &State, host: Option<&Probes>, guard: Option<&[(&'static str, u64)]>) -> String {
+/// `guard`: the guard's decisions by rule, when the guard runs; `queues`: its admission per
+/// class, when `[[guard.class]]` is written.
+pub fn render(s: &State, host: Option<&Probes>, guard: Option<&[(&'static str, u64)]>, queues: &[ClassStats]) -> String {
     let mut r = Registry::with_prefix("jetson_llmd");
     let warm = s.warm.as_ref();
     gauge(&mut r, "ready", "1 when the configured model is warm on the GPU and pinned", f64::from(u8::from(s.stage == Stage::Ready)));
@@ -54,6 +56,21 @@ pub fn render(s: &State, host: Option<&Probes>, guard: Option<&[(&'static str, u
     if let Some(g) = guard {
         let rows = g.iter().map(|(rule, n)| (vec![("rule".to_string(), (*rule).to_string())], *n as f64)).collect();
         labelled(&mut r, "guard_decisions", "Requests the guard decided, by rule (passed, other-model, reload-option-dropped, keep-alive-removed...)", rows);
+    }
+    if !queues.is_empty() {
+        let by = |f: &dyn Fn(&ClassStats) -> f64| queues.iter().map(|q| (vec![("class".to_string(), q.class.clone())], f(q))).collect::<Vec<_>>();
+        labelled(&mut r, "guard_queue_depth", "Requests waiting for a turn in Ollama, by class ([[guard.class]])", by(&|q| q.queued as f64));
+        labelled(&mut r, "guard_running", "Requests of the class in Ollama now", by(&|q| q.running as f64));
+        labelled(&mut r, "guard_admitted", "Requests admitted to Ollama, by class, since the supervisor started", by(&|q| q.admitted as f64));
+        labelled(&mut r, "guard_wait_seconds_sum", "Seconds admitted requests waited for their turn, summed (divide by guard_admitted for the mean)", by(&|q| q.wait_seconds));
+        labelled(&mut r, "guard_wait_seconds_max", "The longest wait of an admitted request of the class", by(&|q| q.max_wait_seconds));
+        let mut rows = Vec::new();
+        for q in queues {
+            for (reason, n) in [("queue-full", q.refused_full), ("waited", q.refused_wait), ("left", q.left)] {
+                rows.push((vec![("class".to_string(), q.class.clone()), ("reason".to_string(), reason.to_string())], n as f64));
+            }
+        }
+        labelled(&mut r, "guard_not_admitted", "Requests that never reached Ollama, by class and reason: queue-full (429), waited past max_wait (503), left (the client went away while waiting)", rows);
     }
     if let Some(h) = host {
         let m = &h.memory;
@@ -96,7 +113,8 @@ async fn metrics(Extract(app): Extract<App>) -> impl IntoResponse {
     let s = app.state.borrow().clone();
     let host = probe::gather(&app.root).await;
     let guard = app.guard.as_ref().map(|g| g.snapshot());
-    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], render(&s, Some(&host), guard.as_deref()))
+    let queues = app.guard.as_ref().map(|g| g.queues()).unwrap_or_default();
+    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], render(&s, Some(&host), guard.as_deref(), &queues))
 }
 
 /// 200 only when the model is warm on the GPU; 503 with the reason otherwise.
@@ -133,9 +151,10 @@ mod tests {
     fn the_exposition_parses_and_says_what_matters() {
         let s = State { stage: Stage::Ready, rewarm_count: 2, ..Default::default() };
         let host = Probes { thermal: vec![("gpu-thermal".into(), Some(51.5)), ("cpu-thermal".into(), None)], pswpin: Some(7), ..Default::default() };
-        let text = render(&s, Some(&host), Some(&[("passed", 3), ("other-model", 1)]));
+        let queues = [ClassStats { class: "chat".into(), queued: 2, admitted: 5, refused_full: 1, ..Default::default() }];
+        let text = render(&s, Some(&host), Some(&[("passed", 3), ("other-model", 1)]), &queues);
         assert!(text.ends_with("# EOF\n"), "{text}");
-        for want in ["jetson_llmd_ready 1.0", "jetson_llmd_stage{stage=\"ready\"} 1.0", "jetson_llmd_rewarms 2.0", "jetson_llmd_temperature_celsius{zone=\"gpu-thermal\"} 51.5", "jetson_llmd_swap_in_pages 7.0", "jetson_llmd_reboot_required 0.0", "jetson_llmd_guard_decisions{rule=\"other-model\"} 1.0"] {
+        for want in ["jetson_llmd_ready 1.0", "jetson_llmd_stage{stage=\"ready\"} 1.0", "jetson_llmd_rewarms 2.0", "jetson_llmd_temperature_celsius{zone=\"gpu-thermal\"} 51.5", "jetson_llmd_swap_in_pages 7.0", "jetson_llmd_reboot_required 0.0", "jetson_llmd_guard_decisions{rule=\"other-model\"} 1.0", "jetson_llmd_guard_queue_depth{class=\"chat\"} 2.0", "jetson_llmd_guard_admitted{class=\"chat\"} 5.0", "jetson_llmd_guard_not_admitted{class=\"chat\",reason=\"queue-full\"} 1.0"] {
             assert!(text.contains(want), "{want} in\n{text}");
         }
         assert!(!text.contains("cpu-thermal"), "no reading, no sample");

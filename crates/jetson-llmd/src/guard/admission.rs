@@ -1,0 +1,424 @@
+//! Admission: which waiting request reaches Ollama next. Ollama serves OLLAMA_NUM_PARALLEL
+//! requests at a time and queues the rest first come, first served (server/sched.go,
+//! OLLAMA_MAX_QUEUE), so a batch client with 50 requests in flight makes a person at a chat UI
+//! wait for all of them. With `[[guard.class]]` written, the guard holds requests itself and
+//! lets at most `parallel` reach Ollama; when a slot frees, the next request is chosen by the
+//! class's priority, then its fair share (start-time fair queuing: each admission advances the
+//! class's virtual time by 1/share, and the class furthest behind goes first), then arrival.
+//!
+//! Bounded: a class's queue has a maximum (429 past it) and a request waits at most
+//! `max_wait` (503); a client that goes away while waiting leaves the queue at once (its future
+//! is dropped, which removes its place). A slot is held by the response body until the stream
+//! ends or the client leaves: an admitted stream is never slowed by the queue.
+//!
+//! No classes: admission is off and the guard forwards as before (Ollama's own queue).
+
+use crate::conf::config::{ClassSettings, GuardSettings, DEFAULT_CLASS};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// How a request was placed in a class, for the debug log and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Who<'a> {
+    pub client: std::net::IpAddr,
+    /// The name of the valid key the request presented, if any.
+    pub key: Option<&'a str>,
+    /// The value of `[guard] class_header`, if the request carries it.
+    pub header: Option<&'a str>,
+}
+
+/// The class a request belongs to: the one its `class_header` names, else the first whose
+/// `keys` hold its key, else the first whose `from` holds its address, else "default".
+pub fn classify<'s>(settings: &'s GuardSettings, who: &Who<'_>) -> &'s str {
+    let classes = &settings.classes;
+    if let Some(h) = who.header.map(str::trim) {
+        if let Some(c) = classes.iter().find(|c| c.name.eq_ignore_ascii_case(h)) {
+            return &c.name;
+        }
+    }
+    if let Some(k) = who.key {
+        if let Some(c) = classes.iter().find(|c| c.keys.iter().any(|n| n == k)) {
+            return &c.name;
+        }
+    }
+    let ip = match who.client {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(who.client, std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    if let Some(c) = classes.iter().find(|c| c.from.iter().any(|n| n.contains(&ip))) {
+        return &c.name;
+    }
+    DEFAULT_CLASS
+}
+
+/// Ollama's parallel slots: `[guard] parallel`, else OLLAMA_NUM_PARALLEL (ollama.env reaches
+/// jetson-llmd's units too), else Ollama's default of 1 (envconfig/config.go NumParallel).
+pub fn slots(settings: &GuardSettings, env: Option<&str>) -> usize {
+    if settings.parallel > 0 {
+        return settings.parallel as usize;
+    }
+    env.and_then(|v| v.trim().parse::<usize>().ok()).filter(|n| (1..=64).contains(n)).unwrap_or(1)
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The class's queue is full (429).
+    QueueFull { class: String, max: u32 },
+    /// No slot within the class's max_wait (503).
+    Waited { class: String, waited: Duration },
+}
+
+/// Counters and gauges of one class, for /metrics, `status` and the board endpoint.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ClassStats {
+    pub class: String,
+    pub priority: i32,
+    pub queued: usize,
+    pub running: usize,
+    pub admitted: u64,
+    pub refused_full: u64,
+    pub refused_wait: u64,
+    /// Left the queue because the client went away.
+    pub left: u64,
+    /// Seconds waited by admitted requests, summed (with `admitted`, the mean wait).
+    pub wait_seconds: f64,
+    /// The longest wait of an admitted request, in seconds.
+    pub max_wait_seconds: f64,
+}
+
+struct Waiter {
+    id: u64,
+    since: Instant,
+    tx: oneshot::Sender<Slot>,
+}
+
+struct Class {
+    cfg: ClassSettings,
+    queue: VecDeque<Waiter>,
+    running: usize,
+    /// Start-time fair queuing's virtual time: advanced 1/share per admission.
+    vtime: f64,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Off when no classes are written.
+    on: bool,
+    slots: usize,
+    busy: usize,
+    classes: Vec<Class>,
+    next_id: u64,
+    /// By class name; kept across reloads.
+    stats: BTreeMap<String, ClassStats>,
+}
+
+/// The admission queue, shared by all connections.
+#[derive(Default)]
+pub struct Admission {
+    inner: Mutex<Inner>,
+}
+
+/// A place in Ollama: given back (and the next request admitted) when dropped.
+pub struct Slot {
+    adm: Option<Arc<Admission>>,
+    class: String,
+    /// When the request arrived, for the wait it reports.
+    pub waited: Duration,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot").field("class", &self.class).field("waited", &self.waited).finish()
+    }
+}
+
+impl Slot {
+    pub fn class(&self) -> &str {
+        &self.class
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(adm) = self.adm.take() {
+            adm.release(&self.class);
+        }
+    }
+}
+
+impl Inner {
+    fn class_mut(&mut self, name: &str) -> Option<&mut Class> {
+        self.classes.iter_mut().find(|c| c.cfg.name == name)
+    }
+
+    fn limit(&self, c: &Class) -> usize {
+        match c.cfg.limit {
+            0 => self.slots,
+            n => n as usize,
+        }
+    }
+
+    /// The class whose head goes next: highest priority, then furthest behind its share, then
+    /// the earliest arrival; only classes with a slot free under their limit.
+    fn pick(&self) -> Option<usize> {
+        if self.busy >= self.slots {
+            return None;
+        }
+        use std::cmp::Reverse;
+        self.classes
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.running < self.limit(c))
+            .filter_map(|(i, c)| c.queue.front().map(|head| (i, (c.cfg.priority, Reverse(ordered(c.vtime)), Reverse(head.id)))))
+            .max_by_key(|(_, key)| *key)
+            .map(|(i, _)| i)
+    }
+
+    /// A class that starts waiting again does not bank the time it was idle: its virtual time
+    /// is brought up to the least of the classes already waiting or running at its priority.
+    fn catch_up(&mut self, i: usize) {
+        let p = self.classes[i].cfg.priority;
+        let floor = self
+            .classes
+            .iter()
+            .enumerate()
+            .filter(|(j, c)| *j != i && c.cfg.priority == p && (!c.queue.is_empty() || c.running > 0))
+            .map(|(_, c)| c.vtime)
+            .fold(f64::INFINITY, f64::min);
+        if floor.is_finite() && self.classes[i].vtime < floor {
+            self.classes[i].vtime = floor;
+        }
+    }
+
+    fn admit_one(&mut self, i: usize, since: Instant, adm: &Arc<Admission>) -> Slot {
+        let now = Instant::now();
+        let c = &mut self.classes[i];
+        c.running += 1;
+        c.vtime += 1.0 / f64::from(c.cfg.share.max(1));
+        let name = c.cfg.name.clone();
+        self.busy += 1;
+        let waited = now.saturating_duration_since(since);
+        let s = self.stats.entry(name.clone()).or_default();
+        s.admitted += 1;
+        s.wait_seconds += waited.as_secs_f64();
+        s.max_wait_seconds = s.max_wait_seconds.max(waited.as_secs_f64());
+        Slot { adm: Some(adm.clone()), class: name, waited }
+    }
+
+    /// Hands free slots to waiting requests, as many as fit.
+    fn dispatch(&mut self, adm: &Arc<Admission>) {
+        while let Some(i) = self.pick() {
+            let Some(w) = self.classes[i].queue.pop_front() else { break };
+            let slot = self.admit_one(i, w.since, adm);
+            if let Err(mut slot) = w.tx.send(slot) {
+                // The client left between its wake-up and now: undo, without Slot's drop (which
+                // would take this lock again).
+                slot.adm = None;
+                self.undo(&slot.class);
+                if let Some(s) = self.stats.get_mut(&slot.class) {
+                    s.admitted -= 1;
+                    s.left += 1;
+                }
+            }
+        }
+    }
+
+    fn undo(&mut self, class: &str) {
+        self.busy = self.busy.saturating_sub(1);
+        if let Some(c) = self.class_mut(class) {
+            c.running = c.running.saturating_sub(1);
+        }
+    }
+}
+
+/// Virtual time as an orderable integer, rounded to 1e-9 so that three thirds equal one (a
+/// tie is then decided by arrival, not by the last bit of a float sum).
+fn ordered(f: f64) -> u64 {
+    (f.max(0.0) * 1e9).round() as u64
+}
+
+impl Admission {
+    pub fn new(settings: &GuardSettings, env_parallel: Option<&str>) -> Arc<Admission> {
+        let a = Arc::new(Admission::default());
+        a.configure(settings, env_parallel);
+        a
+    }
+
+    /// Takes a new `[guard]` (SIGHUP): classes by name keep their queue, their running count
+    /// and their place; the waiters of a class no longer written move to "default".
+    pub fn configure(self: &Arc<Self>, settings: &GuardSettings, env_parallel: Option<&str>) {
+        let Ok(mut g) = self.inner.lock() else { return };
+        let mut old: Vec<Class> = std::mem::take(&mut g.classes);
+        let mut cfgs = settings.classes.clone();
+        if !cfgs.iter().any(|c| c.name == DEFAULT_CLASS) {
+            cfgs.push(ClassSettings::fallback());
+        }
+        let mut classes: Vec<Class> = cfgs
+            .into_iter()
+            .map(|cfg| match old.iter().position(|o| o.cfg.name == cfg.name) {
+                Some(p) => {
+                    let o = old.swap_remove(p);
+                    Class { cfg, queue: o.queue, running: o.running, vtime: o.vtime }
+                }
+                None => Class { cfg, queue: VecDeque::new(), running: 0, vtime: 0.0 },
+            })
+            .collect();
+        let mut orphans = 0;
+        if let Some(d) = classes.iter_mut().find(|c| c.cfg.name == DEFAULT_CLASS) {
+            for o in old {
+                orphans += o.running;
+                d.queue.extend(o.queue);
+            }
+            d.running += orphans;
+            d.queue.make_contiguous().sort_by_key(|w| w.since);
+        }
+        g.classes = classes;
+        g.slots = slots(settings, env_parallel);
+        g.on = !settings.classes.is_empty();
+        let names: Vec<(String, i32)> = g.classes.iter().map(|c| (c.cfg.name.clone(), c.cfg.priority)).collect();
+        for (n, p) in names {
+            let s = g.stats.entry(n.clone()).or_default();
+            s.class = n;
+            s.priority = p;
+        }
+        g.dispatch(self);
+    }
+
+    /// Whether requests are held here at all (classes are written).
+    pub fn enabled(&self) -> bool {
+        self.inner.lock().map(|g| g.on).unwrap_or(false)
+    }
+
+    /// A slot for a request of `class`, now or after waiting; refused when the class's queue
+    /// is full or its max_wait passes. Dropping the future leaves the queue.
+    pub async fn admit(self: &Arc<Self>, class: &str) -> Result<Slot, Refusal> {
+        let since = Instant::now();
+        let (id, rx, max_wait) = {
+            let Ok(mut g) = self.inner.lock() else { return Err(Refusal::QueueFull { class: class.into(), max: 0 }) };
+            let Some(i) = g.classes.iter().position(|c| c.cfg.name == class).or_else(|| g.classes.iter().position(|c| c.cfg.name == DEFAULT_CLASS)) else {
+                return Err(Refusal::QueueFull { class: class.into(), max: 0 });
+            };
+            let c = &g.classes[i];
+            let name = c.cfg.name.clone();
+            // The fast path keeps the invariant that no waiter could have run: every release
+            // dispatches, so a free slot with waiters means those waiters are at their limit.
+            if g.busy < g.slots && c.running < g.limit(c) && c.queue.is_empty() {
+                if c.running == 0 {
+                    g.catch_up(i);
+                }
+                return Ok(g.admit_one(i, since, self));
+            }
+            if c.queue.len() >= c.cfg.max_queue as usize {
+                let max = c.cfg.max_queue;
+                g.stats.entry(name.clone()).or_default().refused_full += 1;
+                return Err(Refusal::QueueFull { class: name, max });
+            }
+            if c.queue.is_empty() && c.running == 0 {
+                g.catch_up(i);
+            }
+            g.next_id += 1;
+            let id = g.next_id;
+            let (tx, rx) = oneshot::channel();
+            let max_wait = g.classes[i].cfg.max_wait;
+            g.classes[i].queue.push_back(Waiter { id, since, tx });
+            (id, rx, max_wait)
+        };
+        let mut place = Place { adm: self.clone(), id, armed: true };
+        let mut rx = rx;
+        match tokio::time::timeout(max_wait, &mut rx).await {
+            Ok(Ok(slot)) => {
+                place.armed = false;
+                Ok(slot)
+            }
+            _ => {
+                // Out of the queue, unless the slot was handed over in the same instant.
+                if place.leave(false) {
+                    let waited = since.elapsed();
+                    return Err(Refusal::Waited { class: class.into(), waited });
+                }
+                match rx.try_recv() {
+                    Ok(slot) => Ok(slot),
+                    Err(_) => Err(Refusal::Waited { class: class.into(), waited: since.elapsed() }),
+                }
+            }
+        }
+    }
+
+    fn release(self: &Arc<Self>, class: &str) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.undo(class);
+            g.dispatch(self);
+        }
+    }
+
+    /// Per class, in the order written ("default" last unless written).
+    pub fn snapshot(&self) -> Vec<ClassStats> {
+        let Ok(g) = self.inner.lock() else { return Vec::new() };
+        if !g.on {
+            return Vec::new();
+        }
+        g.classes
+            .iter()
+            .map(|c| {
+                let mut s = g.stats.get(&c.cfg.name).cloned().unwrap_or_default();
+                s.class = c.cfg.name.clone();
+                s.priority = c.cfg.priority;
+                s.queued = c.queue.len();
+                s.running = c.running;
+                s
+            })
+            .collect()
+    }
+
+    /// Slots in Ollama that admission fills.
+    pub fn slot_count(&self) -> usize {
+        self.inner.lock().map(|g| g.slots).unwrap_or(1)
+    }
+}
+
+/// A request's place in a queue: removed when the request stops waiting for any reason
+/// (the client left, the wait ran out).
+struct Place {
+    adm: Arc<Admission>,
+    id: u64,
+    armed: bool,
+}
+
+impl Place {
+    /// Leaves the queue; false when the place was no longer there (a slot was sent).
+    fn leave(&mut self, client_left: bool) -> bool {
+        self.armed = false;
+        let Ok(mut g) = self.adm.inner.lock() else { return false };
+        let mut found = None;
+        for c in g.classes.iter_mut() {
+            if let Some(p) = c.queue.iter().position(|w| w.id == self.id) {
+                c.queue.remove(p);
+                found = Some(c.cfg.name.clone());
+                break;
+            }
+        }
+        let Some(name) = found else { return false };
+        let s = g.stats.entry(name).or_default();
+        if client_left {
+            s.left += 1;
+        } else {
+            s.refused_wait += 1;
+        }
+        true
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if self.armed {
+            self.leave(true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
