@@ -394,4 +394,10 @@ async fn classes_put_a_chat_before_a_batch_backlog_and_bound_the_queue() {
     until(&r.stats, "the queue is empty again", |q| class_of(q, "batch").queued == 0 && class_of(q, "batch").left == 1).await;
     assert_eq!(long.await.expect("task").0, 200);
     assert_eq!(r.loads(), 1, "no reload through all of it");
+    // The board endpoint says the same, for `status` and fleet tools.
+    let b: Value = r.http.get(format!("{}/jetson-llmd/board", r.url)).send().await.expect("board").json().await.expect("json");
+    assert_eq!((&b["model"], &b["ready"], &b["slots"]), (&json!(PINNED), &json!(true), &json!(1)), "{b}");
+    let names: Vec<&str> = b["queues"].as_array().expect("queues").iter().filter_map(|q| q["class"].as_str()).collect();
+    assert_eq!(names, ["chat", "batch", "default"], "{b}");
+    assert_eq!(b["queues"][1]["left"], 1, "{b}");
 }

@@ -756,6 +756,25 @@ mod tests {
     }
 
     #[test]
+    fn classes_are_checked_each_on_its_line() {
+        let text = "[guard]\nparallel = 2\nclass_header = \"X-Client-Class\"\n[[guard.class]]\nname = \"chat\"\npriority = 10\nfrom = [\"192.168.1.0/24\"]\n[[guard.class]]\nname = \"batch\"\nmax_wait = \"1h\"\nlimit = 1\nkeys = [\"paperless\"]\n";
+        let s = p(text).expect("valid");
+        let g = &s.guard;
+        assert_eq!((g.parallel, g.class_header.as_deref()), (2, Some("x-client-class")));
+        assert_eq!(g.classes.len(), 2);
+        assert_eq!((g.classes[0].priority, g.classes[0].from.len(), g.classes[0].max_queue), (10, 1, 512), "defaults fill what is not written");
+        assert_eq!((g.classes[1].max_wait, g.classes[1].limit, g.classes[1].keys.as_slice()), (Duration::from_secs(3600), 1, &["paperless".to_string()][..]));
+        let bad = "[guard]\nclass_header = \"bad header\"\n[[guard.class]]\nname = \"a b\"\n[[guard.class]]\nname = \"x\"\npriority = 1000\n[[guard.class]]\nshare = 2\n[[guard.class]]\nname = \"y\"\nfrom = [\"nonsense\"]\nmax_wait = \"2h\"\nurgent = true\n[[guard.class]]\nname = \"z\"\n[[guard.class]]\nname = \"z\"\n";
+        let e = p(bad).expect_err("invalid");
+        let lines: Vec<usize> = e.problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, [2, 4, 7, 8, 12, 13, 14, 17], "{e}");
+        assert!(e.problems[3].message.contains("needs name"), "{e}");
+        assert!(e.problems[7].message.contains("written twice"), "{e}");
+        let e = p("[guard]\nclass = 1\n").expect_err("not tables");
+        assert!(e.problems[0].message.contains("[[guard.class]]"), "{e}");
+    }
+
+    #[test]
     fn the_documented_example_states_the_compiled_defaults() {
         // etc/jetson-llmd/config.toml shows every key commented out with its default: uncommented,
         // it must parse and mean exactly the defaults, and name every key RawConfig knows.

@@ -73,7 +73,8 @@ pub enum Refusal {
 }
 
 /// Counters and gauges of one class, for /metrics, `status` and the board endpoint.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ClassStats {
     pub class: String,
     pub priority: i32,

@@ -354,12 +354,51 @@ async fn healthz(g: &Guard) -> Response {
     }
 }
 
+/// The board as the guard sees it: `GET /jetson-llmd/board` (read-only, no key needed: it says
+/// nothing a client could not learn from /api/ps). For fleet tools (which model a board pins,
+/// whether it is ready) and for `jetson-llmd status` (the queues).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Board {
+    /// jetson-llmd's version.
+    pub version: String,
+    /// The pinned model, once known.
+    pub model: Option<String>,
+    /// Warm and pinned: what /healthz answers 200 for.
+    pub ready: bool,
+    pub stage: String,
+    pub status: String,
+    /// Ollama's parallel slots admission fills (OLLAMA_NUM_PARALLEL).
+    pub slots: usize,
+    /// Per class, when `[[guard.class]]` is written.
+    pub queues: Vec<admission::ClassStats>,
+}
+
+/// Where the board endpoint is served.
+pub const BOARD_PATH: &str = "/jetson-llmd/board";
+
+fn board(g: &Guard) -> Board {
+    let s = g.state.borrow().clone();
+    Board {
+        version: env!("CARGO_PKG_VERSION").into(),
+        ready: warm(&s, &g.pinned()),
+        model: s.model.clone(),
+        stage: s.stage.to_string(),
+        status: crate::text::one_line(&s.status),
+        slots: g.admission.slot_count(),
+        queues: g.admission.snapshot(),
+    }
+}
+
 async fn handle(g: Arc<Guard>, client: SocketAddr, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let method = parts.method.as_str().to_string();
     if path == "/healthz" && method == "GET" {
         return healthz(&g).await;
+    }
+    if path == BOARD_PATH && method == "GET" {
+        return axum::Json(board(&g)).into_response();
     }
     let settings = g.settings();
     let key = match check_key(&g, &settings, client, &method, &path, &parts.headers).await {

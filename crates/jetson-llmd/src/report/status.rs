@@ -70,6 +70,8 @@ pub struct StatusReport {
     pub install: Option<crate::install::state::InstallState>,
     /// Where clients connect and where Ollama listens, when the guard is on.
     pub guard: Option<String>,
+    /// The guard's admission per class (`[[guard.class]]`), from its board endpoint.
+    pub queues: Vec<crate::guard::admission::ClassStats>,
 }
 
 impl StatusReport {
@@ -207,7 +209,30 @@ pub async fn gather<A: OllamaApi>(api: &A, settings: &Settings, model_conf: &Pat
     };
     let install = crate::install::state::InstallState::load(root).await.ok().filter(|s| s.current.is_some());
     let guard = settings.guard.enabled.then(|| format!("clients on {} (policy: models {:?}, options {:?}); Ollama behind it at {}; this status talks to Ollama directly", settings.guard.listen, settings.guard.models, settings.guard.options, api.url()).to_lowercase());
-    StatusReport { health, warnings, ollama, model, gpu, supervisor, supervisor_running, keepalive, units: Vec::new(), memory, fit, host, bench, install, guard }
+    let queues = if settings.guard.enabled && !settings.guard.classes.is_empty() { guard_board(settings.guard.listen).await.map(|b| b.queues).unwrap_or_default() } else { Vec::new() };
+    StatusReport { health, warnings, ollama, model, gpu, supervisor, supervisor_running, keepalive, units: Vec::new(), memory, fit, host, bench, install, guard, queues }
+}
+
+/// The guard's `GET /jetson-llmd/board` on loopback (2 s, 256 KiB at most); None when it does
+/// not answer (the supervisor is not running).
+async fn guard_board(listen: std::net::SocketAddr) -> Option<crate::guard::Board> {
+    let mut addr = listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() { std::net::Ipv4Addr::LOCALHOST.into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+    }
+    let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(2)).no_proxy().build().ok()?;
+    let mut resp = http.get(format!("http://{addr}{}", crate::guard::BOARD_PATH)).send().await.ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let mut body = Vec::new();
+    while let Some(c) = resp.chunk().await.ok()? {
+        if body.len() + c.len() > 256 << 10 {
+            return None;
+        }
+        body.extend_from_slice(&c);
+    }
+    serde_json::from_slice(&body).ok()
 }
 
 /// Reads the units over the system bus (works unprivileged); quietly empty without one.
@@ -248,6 +273,17 @@ pub fn render(r: &StatusReport) -> String {
     });
     if let Some(g) = &r.guard {
         row(&mut o, "guard", g.clone());
+    }
+    for q in &r.queues {
+        let mean = if q.admitted > 0 { q.wait_seconds / q.admitted as f64 } else { 0.0 };
+        row(
+            &mut o,
+            "class",
+            crate::text::clean(&format!(
+                "{} (priority {}): {} waiting, {} in Ollama; {} admitted, mean wait {mean:.1} s, longest {:.1} s; refused {} queue full, {} waited too long; {} left while waiting",
+                q.class, q.priority, q.queued, q.running, q.admitted, q.max_wait_seconds, q.refused_full, q.refused_wait, q.left
+            )),
+        );
     }
     if let Some(c) = r.install.as_ref().and_then(|i| i.current.as_ref()) {
         let prev = r.install.as_ref().and_then(|i| i.previous.as_ref()).map(|p| format!("; rollback to {}", p.version)).unwrap_or_default();
@@ -415,6 +451,7 @@ mod tests {
             host: None,
             bench: Vec::new(),
             guard: None,
+            queues: Vec::new(),
             install: Some(crate::install::state::InstallState {
                 current: Some(crate::install::state::Release {
                     dir: "0.30.6-1a2b3c4d5e6f".into(),
@@ -454,6 +491,15 @@ mod tests {
         for want in ["cma           97 MiB free of 256 MiB", "temperature   cpu 51.2 C, gpu n/a", "gpu load      97.5% at 1020 MHz (max 1020 MHz)", "power mode    nvpmodel 0002, clocks pinned (jetson_clocks)", "! 1200 MiB swapped to eMMC (/dev/mmcblk0p15)"] {
             assert!(text.contains(want), "{want:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn queues_are_one_line_per_class() {
+        let mut r = report();
+        r.queues = vec![crate::guard::admission::ClassStats { class: "chat".into(), priority: 10, queued: 1, running: 1, admitted: 4, wait_seconds: 2.0, max_wait_seconds: 1.5, refused_full: 2, ..Default::default() }];
+        let text = render(&r);
+        let want = "class         chat (priority 10): 1 waiting, 1 in Ollama; 4 admitted, mean wait 0.5 s, longest 1.5 s; refused 2 queue full, 0 waited too long; 0 left while waiting";
+        assert!(text.contains(want), "{want:?} in\n{text}");
     }
 
     #[test]
