@@ -76,6 +76,9 @@ pub struct Config {
     /// OLLAMA_NUM_PARALLEL (envconfig NumParallel, default 1): generations a runner serves at
     /// once; the rest wait for a slot (llm/llama_server.go Completion, s.sem.Acquire).
     pub num_parallel: usize,
+    /// How often idle runners past their keep_alive are expired (the emulator's own resolution;
+    /// Ollama arms a timer per runner). Simulated weeks use seconds, not 20 ms.
+    pub sweep_every: Duration,
 }
 
 impl Config {
@@ -96,6 +99,7 @@ impl Config {
             log_to_stderr: false,
             debug_level: 0,
             num_parallel: 1,
+            sweep_every: Duration::from_millis(20),
         }
     }
 
@@ -218,6 +222,8 @@ pub struct Runner {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Counters {
     pub loads: u64,
+    /// Loads by the name that asked for them.
+    pub loads_by_model: BTreeMap<String, u64>,
     pub unloads: u64,
     pub expirations: u64,
     pub reloads_for_options: u64,
@@ -337,7 +343,12 @@ impl Emulator {
         if self.config.log_to_stderr {
             eprintln!("{line}");
         }
-        self.logs.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+        let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded like a journal: a simulated month must not grow the test process.
+        if logs.len() >= 20_000 {
+            logs.drain(..10_000);
+        }
+        logs.push(line);
     }
 
     /// Every log line written so far.

@@ -96,7 +96,7 @@ pub async fn spawn(config: crate::Config, addr: SocketAddr) -> std::io::Result<H
         let emu = emu.clone();
         let stop = ctl.shutdown.clone();
         async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            let mut tick = tokio::time::interval(emu.config.sweep_every.max(Duration::from_millis(1)));
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,

@@ -205,6 +205,7 @@ pub(super) async fn acquire(emu: &Arc<Emulator>, name: &str, opts: RunnerOptions
     emu.log("INFO", "server.go:1288", &format!("{} started in {:.2} seconds", runner_word(&cfg.profile.version), load.as_secs_f64()), "");
     let mut st = emu.lock();
     st.counters.loads += 1;
+    *st.counters.loads_by_model.entry(name.to_string()).or_default() += 1;
     st.loaded.insert(
         key.clone(),
         Runner {
