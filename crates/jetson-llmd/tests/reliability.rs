@@ -172,7 +172,7 @@ struct Tally {
 }
 
 fn request(kind: usize, turn: u64, rng: &mut Rng) -> (&'static str, serde_json::Value) {
-    let chat = |extra: serde_json::Value| {
+    let mut chat = |extra: serde_json::Value| {
         let mut v = json!({"model": PINNED, "messages": [{"role": "user", "content": "hello"}], "stream": rng.below(2) == 0, "options": {"num_predict": 24}});
         if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
             for (k, x) in e {
@@ -183,7 +183,10 @@ fn request(kind: usize, turn: u64, rng: &mut Rng) -> (&'static str, serde_json::
     };
     match kind {
         0 => ("/api/chat", chat(json!({"options": {"num_ctx": 2048 + 1024 * (turn % 12), "num_predict": 24}}))),
-        1 => ("/api/generate", json!({"model": PINNED, "prompt": "summarise this invoice", "stream": false, "options": {"num_ctx": [2048, 4096, 8192, 16384][rng.below(4) as usize], "num_predict": 24}})),
+        1 => {
+            let num_ctx = [2048, 4096, 8192, 16384][rng.below(4) as usize];
+            ("/api/generate", json!({"model": PINNED, "prompt": "summarise this invoice", "stream": false, "options": {"num_ctx": num_ctx, "num_predict": 24}}))
+        }
         2 => ("/api/chat", chat(json!({"keep_alive": "5m"}))),
         3 => ("/api/generate", json!({"model": PINNED, "prompt": "describe the image", "stream": false, "keep_alive": 0, "options": {"num_predict": 24}})),
         4 => ("/v1/chat/completions", json!({"model": PINNED, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 24, "stream": rng.below(2) == 0})),
@@ -299,7 +302,8 @@ impl World {
             guard: Some(policy_tx),
         };
         let sup_signals = signals.clone();
-        let supervisor = Some(tokio::spawn(async move { sup.run(sup_signals).await }));
+        // The loop is not Send (it holds the API client's progress callbacks): a LocalSet runs it.
+        let supervisor = Some(tokio::task::spawn_local(async move { sup.run(sup_signals).await }));
         World { dir, emu, down_tx, guard_url, signals, supervisor, state: watch, reboot, guard_stop }
     }
 
@@ -487,7 +491,10 @@ async fn world(days: u64, seed: u64, traffic: bool) -> Figures {
     }
 }
 
-fn days(var: &str, default: u64) -> u64 {
+/// The simulated span: the variable, else `full` days in a release build (scripts/test runs
+/// this file with --release) and `debug` days in a debug one (a quick pass of the same code).
+fn days(var: &str, full: u64, debug: u64) -> u64 {
+    let default = if cfg!(debug_assertions) { debug } else { full };
     std::env::var(var).ok().and_then(|v| v.parse().ok()).filter(|d| *d > 0).unwrap_or(default)
 }
 
@@ -532,7 +539,11 @@ fn longest(f: &Figures) -> String {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_simulated_week_of_real_clients_keeps_the_model_warm() {
-    let n = days("NORTH_STAR_DAYS", 7);
+    tokio::task::LocalSet::new().run_until(a_simulated_week_of_real_clients_keeps_the_model_warm_body()).await;
+}
+
+async fn a_simulated_week_of_real_clients_keeps_the_model_warm_body() {
+    let n = days("NORTH_STAR_DAYS", 7, 1);
     let f = world(n, 0x5eed_2026, true).await;
     let [sent, ok, other, not_warm, failed] = f.tally;
     // The goals that are ours: no reload a client caused, no reboot, every not-warm stretch
@@ -551,7 +562,7 @@ async fn a_simulated_week_of_real_clients_keeps_the_model_warm() {
     assert!(f.not_warm_s <= budget, "not warm {} s, more than 120 s for each of the {} faults that unloaded the model", f.not_warm_s, f.unloading_faults);
     let own = f.not_warm_s.saturating_sub(f.unloading_faults * 60);
     let mut md = format!(
-        "Written by `RELIABILITY_DOCS=1 cargo test --release -p jetson-llmd --test north_star` ({} simulated days, paused time; the real supervisor loop and guard, the emulator with the Orin Nano profile: a cold load of gemma4 takes 60 s).\n\n",
+        "Written by `RELIABILITY_DOCS=1 cargo test --release -p jetson-llmd --test reliability` ({} simulated days, paused time; the real supervisor loop and guard, the emulator with the Orin Nano profile: a cold load of gemma4 takes 60 s).\n\n",
         f.days
     );
     md.push_str("| figure | result | goal |\n|---|---|---|\n");
@@ -579,7 +590,11 @@ async fn a_simulated_week_of_real_clients_keeps_the_model_warm() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn thirty_days_with_faults_stay_flat() {
-    let n = days("SOAK_DAYS", 30);
+    tokio::task::LocalSet::new().run_until(thirty_days_with_faults_stay_flat_body()).await;
+}
+
+async fn thirty_days_with_faults_stay_flat_body() {
+    let n = days("SOAK_DAYS", 30, 2);
     let f = world(n, 0x50a4_2026, true).await;
     assert!(!f.reboot_required);
     assert_eq!((f.other_loads, f.reloads_for_options), (0, 0));
@@ -592,7 +607,7 @@ async fn thirty_days_with_faults_stay_flat() {
     assert!(last.2 <= day1.2 + 8, "tasks grew from {} to {}", day1.2, last.2);
     assert!(last.3 <= day1.3 + 8, "file descriptors grew from {} to {}", day1.3, last.3);
     let mut md = format!(
-        "Written by `RELIABILITY_DOCS=1 cargo test --release -p jetson-llmd --test north_star` ({} simulated days, the same clients and faults as the north star, another seed). Memory, tasks and file descriptors are those of the whole test process (supervisor, guard, emulator and clients).\n\n",
+        "Written by `RELIABILITY_DOCS=1 cargo test --release -p jetson-llmd --test reliability` ({} simulated days, the same clients and faults as the north star, another seed). Memory, tasks and file descriptors are those of the whole test process (supervisor, guard, emulator and clients).\n\n",
         f.days
     );
     md.push_str("| figure | day 1 | last day |\n|---|---|---|\n");
@@ -622,10 +637,13 @@ struct Row {
     lost: &'static str,
 }
 
-/// Watches for `window` after a fault: the longest stretch not warm, what was shown.
+/// Watches for `window` after a fault: the longest stretch not warm, what was shown (the
+/// first status other than ready, and the last one when it did not end ready), and for how
+/// long not ready was shown (what /healthz, `status` and the guard go by).
 async fn observe(w: &World, window: Duration) -> (Option<u64>, String) {
     let t = Instant::now();
     let (mut longest, mut run, mut sees) = (0u64, 0u64, String::new());
+    let (mut shown, mut shown_run) = (0u64, 0u64);
     while t.elapsed() < window {
         tokio::time::sleep(Duration::from_secs(1)).await;
         if w.warm() {
@@ -635,12 +653,23 @@ async fn observe(w: &World, window: Duration) -> (Option<u64>, String) {
             longest = longest.max(run);
         }
         let (stage, status) = w.status();
-        if sees.is_empty() && stage != Stage::Ready {
-            sees = format!("{stage}: {}", jetson_llmd::text::clip(&status, 140));
+        if stage != Stage::Ready {
+            shown_run += 1;
+            shown = shown.max(shown_run);
+            if sees.is_empty() {
+                sees = format!("{stage}: {}", jetson_llmd::text::clip(&status, 120));
+            }
+        } else {
+            shown_run = 0;
         }
     }
+    let (stage, status) = w.status();
     if sees.is_empty() {
         sees = "nothing: stays ready".into();
+    } else if stage != Stage::Ready {
+        sees = format!("{sees}; at the end: {stage}: {}", jetson_llmd::text::clip(&status, 120));
+    } else {
+        sees = format!("{sees} (shown for {})", hms(shown));
     }
     (if w.warm() { Some(longest) } else { None }, sees)
 }
@@ -694,6 +723,10 @@ const WINDOW: Duration = Duration::from_secs(600);
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn the_fault_matrix() {
+    tokio::task::LocalSet::new().run_until(the_fault_matrix_body()).await;
+}
+
+async fn the_fault_matrix_body() {
     let mut rows: Vec<Row> = Vec::new();
     let one = |k: FaultKind, p: &str| Fault { kind: k, path_prefix: Some(p.to_string()) };
 
@@ -722,7 +755,8 @@ async fn the_fault_matrix() {
     let warm_faults: Vec<(&'static str, Inject)> = vec![
         ("5xx: 20 answers of 500", |w, one| (0..20).for_each(|_| w.emu.emu.inject(one(FaultKind::Status500, "/api/")))),
         ("/api/ps never answers (3 times in a row)", |w, one| (0..3).for_each(|_| w.emu.emu.inject(one(FaultKind::Hang, "/api/ps")))),
-        ("Ollama stopped (SIGSTOP-like: the next 40 requests never answer)", |w, one| (0..40).for_each(|_| w.emu.emu.inject(one(FaultKind::Hang, "/api/")))),
+        ("Ollama stalled (SIGSTOP-like: the next 12 requests answer 2 min late)", |w, one| (0..12).for_each(|_| w.emu.emu.inject(one(FaultKind::Slow(Duration::from_secs(120)), "/api/")))),
+        ("requests lost: the next 5 never answer at all", |w, one| (0..5).for_each(|_| w.emu.emu.inject(one(FaultKind::Hang, "/api/")))),
         ("connections reset mid-answer (10 times)", |w, one| (0..10).for_each(|_| w.emu.emu.inject(one(FaultKind::Reset, "/api/")))),
         ("answers 30 s late (10 times)", |w, one| (0..10).for_each(|_| w.emu.emu.inject(one(FaultKind::Slow(Duration::from_secs(30)), "/api/")))),
         ("Ollama crashes once (back after 3 s)", |w, _| w.crash(Duration::from_secs(3), "ollama serve exited (signal: 9 (SIGKILL))")),
@@ -751,10 +785,14 @@ async fn the_fault_matrix() {
     {
         let mut w = warm_world(cfg(|_| {})).await;
         let before = pinned_loads(&w.emu);
-        for _ in 0..5 {
-            w.crash(Duration::from_secs(2), "ollama serve exited (exit status: 2)");
-            tokio::time::sleep(Duration::from_secs(10)).await;
-        }
+        let (emu, down) = (w.emu.clone(), w.down_tx.clone());
+        tokio::task::spawn_local(async move {
+            for _ in 0..5 {
+                emu.restart(Duration::from_secs(2));
+                let _ = down.send("ollama serve exited (exit status: 2)".into());
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        });
         let (nw, sees) = observe(&w, WINDOW).await;
         rows.push(Row { fault: "a crash loop (5 crashes 10 s apart)", sees, not_warm: nw, loads: pinned_loads(&w.emu) - before, lost: data_kept(&w, None) });
         w.stop().await;

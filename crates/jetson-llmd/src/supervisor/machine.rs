@@ -170,6 +170,10 @@ pub struct Rules {
 
 /// Restarts of a crashed child back off to at most this (systemd paces its own restarts).
 pub const RESTART_CAP: Duration = Duration::from_secs(30);
+/// A warm that failed because Ollama did not answer is tried again at most this far apart: a
+/// connection refused costs nothing, and every second of back-off after Ollama is back is a
+/// second the model is cold (the fault matrix found 60 s lost to a 1m20s back-off).
+pub const UNREACHABLE_CAP: Duration = Duration::from_secs(10);
 
 pub struct Machine {
     pub phase: Phase,
@@ -375,7 +379,11 @@ impl Machine {
             Action::RetryWarm => {
                 self.phase = Phase::Waiting(action);
                 self.warm_failures += 1;
-                let wait = warm::backoff(self.warm_failures, self.rules.retry_max_backoff.min(self.rules.keepalive_interval));
+                let mut cap = self.rules.retry_max_backoff.min(self.rules.keepalive_interval);
+                if matches!(f, Failure::Unreachable(_) | Failure::OllamaDown(_)) {
+                    cap = cap.min(UNREACHABLE_CAP);
+                }
+                let wait = warm::backoff(self.warm_failures, cap);
                 out.push(Effect::Schedule(Some((wait, Due::Warm))));
                 self.stage(out, stage, format!("NOT READY: {f}; retrying in {} or when model.conf changes", humantime::format_duration(wait)));
             }

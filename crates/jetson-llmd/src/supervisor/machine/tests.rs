@@ -187,6 +187,20 @@ fn failed_warms_back_off_capped_by_the_keepalive_interval_and_an_edit_retries_at
 }
 
 #[test]
+fn a_warm_that_failed_because_ollama_did_not_answer_is_retried_within_seconds() {
+    // An Ollama still starting (or restarting) refuses connections; polling it costs nothing,
+    // while a long back-off keeps the model cold after it is back.
+    let mut m = machine_in("Warming");
+    let mut waits = Vec::new();
+    for _ in 0..6 {
+        let e = m.on(Event::Failed(Failure::Unreachable(ollama_client::Error::Unreachable { url: "u".into(), detail: "refused".into() })));
+        waits.push(schedules(&e)[0].0);
+        m.on(Event::Due(Due::Warm));
+    }
+    assert_eq!(waits, [5, 10, 10, 10, 10, 10]);
+}
+
+#[test]
 fn a_timer_left_over_from_a_phase_since_left_does_nothing() {
     for (p, due) in [("Waiting", Due::Tick), ("Warm", Due::Warm), ("Down", Due::Tick), ("Preparing", Due::Tick)] {
         let mut m = machine_in(p);
