@@ -459,7 +459,7 @@ async fn world(days: u64, seed: u64, traffic: bool) -> Figures {
         } else if stretch.is_none() {
             stretch = Some(t);
         }
-        if t % DAY == 0 || footprint.is_empty() {
+        if t.is_multiple_of(DAY) || footprint.is_empty() {
             let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
             footprint.push((t / DAY, rss_kb(), tasks, fds()));
         }
