@@ -7,9 +7,9 @@
 
 mod common;
 
-use common::{free_port, stats, vm};
+use common::{free_port, stats, vm, Supervisor};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PINNED: &str = "gemma4:e2b-8k";
@@ -35,18 +35,6 @@ async fn stream(http: &reqwest::Client, port: u16, tokens: u64) -> (Duration, u6
     (first.unwrap_or_default(), lines, t0.elapsed())
 }
 
-struct Supervisor {
-    child: Child,
-    _root: tempfile::TempDir,
-}
-
-impl Drop for Supervisor {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
-}
-
 fn start(bin: &Path, ollama: u16, guard: u16) -> Supervisor {
     let root = tempfile::tempdir().expect("tmp");
     let r = root.path();
@@ -68,7 +56,7 @@ fn start(bin: &Path, ollama: u16, guard: u16) -> Supervisor {
         .stderr(Stdio::null())
         .spawn()
         .expect("start jetson-llmd supervise");
-    Supervisor { child, _root: root }
+    Supervisor { child, root }
 }
 
 #[tokio::main(flavor = "current_thread")]

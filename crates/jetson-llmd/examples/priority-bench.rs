@@ -11,9 +11,9 @@
 
 mod common;
 
-use common::free_port;
+use common::{free_port, Supervisor};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,18 +27,6 @@ const CHAT_TOKENS: u64 = 48;
 const IN_FLIGHT: usize = 50;
 /// "One chat every few seconds": 3 s on the board.
 const CHAT_GAP: Duration = Duration::from_millis(60);
-
-struct Supervisor {
-    child: Child,
-    root: tempfile::TempDir,
-}
-
-impl Drop for Supervisor {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
-}
 
 fn config(guard: u16, metrics: u16, classes: bool) -> String {
     let mut c = format!("metrics_listen = \"127.0.0.1:{metrics}\"\n[guard]\nenabled = true\nlisten = \"127.0.0.1:{guard}\"\n");

@@ -48,3 +48,17 @@ pub fn context_switches(pid: u32) -> u64 {
     }
     n
 }
+
+/// A `jetson-llmd supervise` started by a benchmark, with its --root; SIGTERM and reaped when
+/// dropped.
+pub struct Supervisor {
+    pub child: std::process::Child,
+    pub root: tempfile::TempDir,
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
