@@ -6,6 +6,7 @@ pub mod check;
 pub mod dist;
 pub mod doctor;
 pub mod exec_child;
+pub mod fleet;
 pub mod gpu_check;
 pub mod install;
 pub mod keepalive;
@@ -235,6 +236,14 @@ pub enum Cmd {
         #[arg(long)]
         no_systemd: bool,
     },
+    /// Configs for engines a homelab already runs, asked from the boards' guards (which model
+    /// each pins, whether it is ready): a LiteLLM proxy that routes each model to the boards
+    /// pinning it, or a Prometheus scrape config. docs/fleet.md.
+    #[command(after_help = "Examples:\n  jetson-llmd fleet litellm --board orin1=http://orin1.lan:11434 --board orin2=http://orin2.lan:11434 > litellm.yaml\n  jetson-llmd fleet prometheus --board orin1=http://orin1.lan:11434 -o /etc/prometheus/jetson-llmd.yml\nExit codes: 0 written; 1 a board answered something else; 2 usage; 3 a board did not answer (without --allow-missing).")]
+    Fleet {
+        #[command(subcommand)]
+        engine: FleetEngine,
+    },
     /// Print a shell completion script, e.g.
     /// `jetson-llmd completions bash | sudo tee /usr/share/bash-completion/completions/jetson-llmd`
     /// (the .deb installs them for bash, zsh and fish).
@@ -252,6 +261,45 @@ pub enum Cmd {
     /// (internal) Start PROGRAM so that it dies with the supervisor.
     #[command(hide = true)]
     ExecChild(ExecChildArgs),
+}
+
+#[derive(Args)]
+pub struct FleetBoards {
+    /// A board: NAME=URL of its guard (the address clients use), e.g. orin1=http://orin1.lan:11434. Repeat for each board.
+    #[arg(long = "board", value_name = "NAME=URL", required = true)]
+    pub boards: Vec<String>,
+    /// Leave out a board that does not answer, with a warning (and a comment in the config), instead of failing.
+    #[arg(long)]
+    pub allow_missing: bool,
+    /// Write the config to FILE (replaced whole) instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum FleetEngine {
+    /// A LiteLLM proxy config: one model_name per pinned model, balanced over the boards that pin it, with retries, cooldowns and fallbacks.
+    Litellm {
+        #[command(flatten)]
+        boards: FleetBoards,
+        /// Retries of a failed request (on another board of the same model).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
+        retries: u32,
+        /// No fallbacks from one model to another when every board of a model failed.
+        #[arg(long)]
+        no_fallbacks: bool,
+    },
+    /// A Prometheus scrape config for the boards' /metrics.
+    Prometheus {
+        #[command(flatten)]
+        boards: FleetBoards,
+        /// Where the boards serve /metrics when a board does not say (metrics_listen's port).
+        #[arg(long, default_value_t = 9464)]
+        metrics_port: u16,
+        /// Scrape interval in seconds.
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..=3600))]
+        interval: u32,
+    },
 }
 
 #[derive(Args)]
@@ -294,6 +342,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             upgrade::run(g, upgrade::Args { source, rollback, min_speed, timeout, force }).await
         }
         Cmd::Uninstall { purge, dry_run, no_systemd } => uninstall::run(g, purge, dry_run, no_systemd).await,
+        Cmd::Fleet { engine } => match engine {
+            FleetEngine::Litellm { boards, retries, no_fallbacks } => {
+                let o = jetson_llmd::fleet::LiteLlmOptions { retries, fallbacks: !no_fallbacks, ..Default::default() };
+                fleet::run(g, fleet::Engine::LiteLlm(o), &boards.boards, boards.allow_missing, boards.output).await
+            }
+            FleetEngine::Prometheus { boards, metrics_port, interval } => fleet::run(g, fleet::Engine::Prometheus { port: metrics_port, interval_s: interval }, &boards.boards, boards.allow_missing, boards.output).await,
+        },
         Cmd::Completions { shell } => dist::completions(shell),
         Cmd::DistAssets { out } => dist::assets(&out).await,
         Cmd::ExecChild(_) => Ok(code::USAGE),
@@ -319,6 +374,13 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
                 Some(f.exit_code())
             } else if c.is::<jetson_llmd::conf::config::ConfigError>() || c.is::<jetson_llmd::conf::modelconf::ModelConfError>() || c.is::<jetson_llmd::install::state::InstallStateError>() {
                 Some(code::USAGE)
+            } else if let Some(f) = c.downcast_ref::<jetson_llmd::fleet::FleetError>() {
+                use jetson_llmd::fleet::FleetError as E;
+                Some(match f {
+                    E::Shape(_) | E::Name { .. } | E::Url { .. } | E::Twice(_) => code::USAGE,
+                    E::Unreachable { .. } => code::UNREACHABLE,
+                    _ => code::FAILED,
+                })
             } else {
                 None
             }

@@ -35,6 +35,7 @@ async fn start_guard(ctx: &super::Ctx, state: &StateFile, signals: &Signals, pol
     let mut guard = jetson_llmd::guard::Guard::new(ctx.host.url.clone(), ctx.settings.guard.clone(), state.subscribe(), stats.clone());
     // SIGHUP's re-read [guard] reaches the running guard.
     guard.follow(policy);
+    guard.metrics_listen = ctx.settings.metrics_listen;
     let guard = std::sync::Arc::new(guard);
     tracing::info!("guard on {listen}, forwarding to Ollama at {}", ctx.host.url);
     let stop = signals.shutdown.clone();

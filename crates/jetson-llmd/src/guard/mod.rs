@@ -104,6 +104,8 @@ pub struct Guard {
     keys: keys::KeyCache,
     /// Which request reaches Ollama next (`[[guard.class]]`); off without classes.
     admission: Arc<admission::Admission>,
+    /// The supervisor's metrics_listen, said by the board endpoint.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Guard {
@@ -122,7 +124,7 @@ impl Guard {
         }
         // The sender is dropped: the policy stays as given unless `follow` connects a new one.
         let (_, settings) = watch::channel(settings);
-        Guard { upstream, settings, state, stats, authority, budget, budget_bytes, keys: keys::KeyCache::default(), admission }
+        Guard { upstream, settings, state, stats, authority, budget, budget_bytes, keys: keys::KeyCache::default(), admission, metrics_listen: None }
     }
 
     /// Takes its policy from `rx` from now on: the supervisor sends config.toml's `[guard]`
@@ -372,6 +374,8 @@ pub struct Board {
     pub slots: usize,
     /// Per class, when `[[guard.class]]` is written.
     pub queues: Vec<admission::ClassStats>,
+    /// Where the supervisor serves /metrics (config.toml metrics_listen), for scrape configs.
+    pub metrics: Option<String>,
 }
 
 /// Where the board endpoint is served.
@@ -387,6 +391,7 @@ fn board(g: &Guard) -> Board {
         status: crate::text::one_line(&s.status),
         slots: g.admission.slot_count(),
         queues: g.admission.snapshot(),
+        metrics: g.metrics_listen.map(|a| a.to_string()),
     }
 }
 

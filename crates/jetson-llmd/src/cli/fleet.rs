@@ -1,0 +1,76 @@
+//! `jetson-llmd fleet litellm|prometheus --board NAME=URL ...`: configs for engines a homelab
+//! already runs, asked from the boards themselves (docs/fleet.md).
+
+use super::{print_json, Global};
+use anyhow::Context;
+use jetson_llmd::failure::code;
+use jetson_llmd::fleet::{self, BoardArg, FleetError};
+use jetson_llmd::guard::Board;
+use std::path::PathBuf;
+
+pub enum Engine {
+    LiteLlm(fleet::LiteLlmOptions),
+    Prometheus { port: u16, interval_s: u32 },
+}
+
+/// Asks every board; a board that does not answer is an error, or with `allow_missing` a
+/// warning on stderr (and a comment in the config): never left out without a word.
+async fn ask_all(boards: &[BoardArg], allow_missing: bool) -> anyhow::Result<(Vec<(BoardArg, Board)>, Vec<String>)> {
+    fleet::distinct(boards)?;
+    let http = reqwest::Client::builder().no_proxy().build().context("cannot set up an HTTP client")?;
+    let answers = futures_util::future::join_all(boards.iter().map(|b| fleet::ask(&http, b))).await;
+    let (mut found, mut missing) = (Vec::new(), Vec::new());
+    for (b, a) in boards.iter().zip(answers) {
+        match a {
+            Ok(board) => found.push((b.clone(), board)),
+            Err(e @ (FleetError::Unreachable { .. } | FleetError::Status { .. } | FleetError::NoModel { .. })) if allow_missing => {
+                let line = jetson_llmd::text::one_line(&e.to_string());
+                eprintln!("warning: {line}; left out (--allow-missing)");
+                missing.push(line);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if found.is_empty() {
+        anyhow::bail!("no board answered; nothing to write");
+    }
+    for (b, board) in &found {
+        if !board.ready {
+            eprintln!("warning: board {} pins {} but is not ready ({}); it is in the config, and LiteLLM leaves it out while it answers 503", b.name, board.model.as_deref().unwrap_or("?"), jetson_llmd::text::one_line(&board.stage));
+        }
+        if let Some(m) = board.metrics.as_deref().and_then(|m| m.parse::<std::net::SocketAddr>().ok()) {
+            if m.ip().is_loopback() {
+                eprintln!("warning: board {} serves /metrics on {m} (loopback): set metrics_listen = \"0.0.0.0:{}\" in its config.toml for Prometheus to reach it", b.name, m.port());
+            }
+        }
+    }
+    Ok((found, missing))
+}
+
+pub async fn run(g: &Global, engine: Engine, boards: &[String], allow_missing: bool, output: Option<PathBuf>) -> anyhow::Result<i32> {
+    if boards.is_empty() {
+        anyhow::bail!(jetson_llmd::failure::Failure::Config("name at least one board: --board orin1=http://orin1.lan:11434 (its guard's address)".into()));
+    }
+    let boards: Vec<BoardArg> = boards.iter().map(|b| BoardArg::parse(b)).collect::<Result<_, _>>()?;
+    let (found, missing) = ask_all(&boards, allow_missing).await?;
+    let mut text = match &engine {
+        Engine::LiteLlm(o) => fleet::litellm(&found, o),
+        Engine::Prometheus { port, interval_s } => fleet::prometheus(&found, *port, *interval_s),
+    };
+    for m in &missing {
+        text.push_str(&format!("# left out (--allow-missing): {}\n", m.replace('\n', " ")));
+    }
+    if g.json {
+        let boards: Vec<serde_json::Value> = found.iter().map(|(b, board)| serde_json::json!({ "name": b.name, "url": b.base(), "board": board })).collect();
+        print_json(&serde_json::json!({ "boards": boards, "missing": missing, "config": text }))?;
+    } else if let Some(p) = output {
+        // Whole or not at all: the engine may be watching the file.
+        let tmp = p.with_extension("tmp-jetson-llmd");
+        std::fs::write(&tmp, &text).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &p).with_context(|| format!("cannot replace {}", p.display()))?;
+        eprintln!("wrote {} ({} boards)", p.display(), found.len());
+    } else {
+        print!("{text}");
+    }
+    Ok(code::OK)
+}

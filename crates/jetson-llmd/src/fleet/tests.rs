@@ -1,0 +1,48 @@
+use super::*;
+
+fn board(model: &str, ready: bool) -> Board {
+    Board { model: Some(model.into()), ready, stage: if ready { "ready".into() } else { "preloading".into() }, metrics: Some("0.0.0.0:9464".into()), ..Default::default() }
+}
+
+fn b(s: &str) -> BoardArg {
+    BoardArg::parse(s).expect("valid")
+}
+
+#[test]
+fn boards_are_name_equals_url() {
+    let a = b("orin1=http://orin1.lan:11434");
+    assert_eq!((a.name.as_str(), a.base().as_str(), a.host().as_str()), ("orin1", "http://orin1.lan:11434", "orin1.lan"));
+    assert_eq!(b("v6=http://[fd00::5]:11434").host(), "[fd00::5]");
+    for bad in ["orin1", "=http://x:1", "a b=http://x:1", "x=orin1:11434", "x=ftp://x/", "x=http://x:1/api", "x=http://x:1/?q=1"] {
+        let e = BoardArg::parse(bad).expect_err(bad).to_string();
+        assert!(e.starts_with("--board"), "{bad}: {e}");
+    }
+    assert!(matches!(distinct(&[b("a=http://x:1"), b("a=http://y:1")]), Err(FleetError::Twice(_))));
+}
+
+#[test]
+fn litellm_groups_boards_by_the_model_they_pin() {
+    let boards = vec![(b("orin1=http://orin1:11434"), board("gemma4:e2b-8k", true)), (b("orin2=http://orin2:11434"), board("gemma3:4b", false)), (b("orin3=http://orin3:11434"), board("gemma4:e2b-8k", true))];
+    let y = litellm(&boards, &LiteLlmOptions::default());
+    insta::assert_snapshot!(y);
+    let y = litellm(&boards[..1], &LiteLlmOptions::default());
+    assert!(!y.contains("fallbacks"), "one model: nothing to fall back to\n{y}");
+}
+
+#[test]
+fn names_cannot_become_yaml() {
+    // A hostile board could say any model name; names and URLs are quoted scalars.
+    let mut hostile = board("x", true);
+    hostile.model = Some("evil\"\n- model_name: x".into());
+    let y = litellm(&[(b("a=http://a:1"), hostile)], &LiteLlmOptions::default());
+    assert!(y.contains(r#"model_name: "evil\"\n- model_name: x""#), "{y}");
+    assert_eq!(y.lines().filter(|l| l.trim_start().starts_with("- model_name")).count(), 1, "{y}");
+}
+
+#[test]
+fn prometheus_uses_each_boards_metrics_port() {
+    let mut other = board("gemma3:4b", true);
+    other.metrics = Some("0.0.0.0:9500".into());
+    let boards = vec![(b("orin1=http://orin1:11434"), board("gemma4:e2b-8k", true)), (b("orin2=http://orin2:11434"), other)];
+    insta::assert_snapshot!(prometheus(&boards, 9464, 15));
+}
