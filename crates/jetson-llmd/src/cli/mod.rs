@@ -283,8 +283,11 @@ pub enum FleetEngine {
         #[command(flatten)]
         boards: FleetBoards,
         /// Retries of a failed request (on another board of the same model).
-        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=10))]
         retries: u32,
+        /// Seconds between LiteLLM's health checks of each board (one-token chats); a board that failed its last one is left out.
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..=3600))]
+        health_interval: u32,
         /// No fallbacks from one model to another when every board of a model failed.
         #[arg(long)]
         no_fallbacks: bool,
@@ -343,8 +346,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Uninstall { purge, dry_run, no_systemd } => uninstall::run(g, purge, dry_run, no_systemd).await,
         Cmd::Fleet { engine } => match engine {
-            FleetEngine::Litellm { boards, retries, no_fallbacks } => {
-                let o = jetson_llmd::fleet::LiteLlmOptions { retries, fallbacks: !no_fallbacks, ..Default::default() };
+            FleetEngine::Litellm { boards, retries, health_interval, no_fallbacks } => {
+                let o = jetson_llmd::fleet::LiteLlmOptions { retries, fallbacks: !no_fallbacks, health_interval_s: health_interval, ..Default::default() };
                 fleet::run(g, fleet::Engine::LiteLlm(o), &boards.boards, boards.allow_missing, boards.output).await
             }
             FleetEngine::Prometheus { boards, metrics_port, interval } => fleet::run(g, fleet::Engine::Prometheus { port: metrics_port, interval_s: interval }, &boards.boards, boards.allow_missing, boards.output).await,

@@ -18,11 +18,14 @@ pub struct LiteLlmOptions {
     pub fallbacks: bool,
     /// Seconds a failing board is left out (LiteLLM cooldown_time).
     pub cooldown_s: u32,
+    /// Seconds between LiteLLM's health checks of each board (a one-token request through the
+    /// guard); a board that failed its last check is left out of routing.
+    pub health_interval_s: u32,
 }
 
 impl Default for LiteLlmOptions {
     fn default() -> Self {
-        LiteLlmOptions { retries: 2, fallbacks: true, cooldown_s: 30 }
+        LiteLlmOptions { retries: 3, fallbacks: true, cooldown_s: 30, health_interval_s: 15 }
     }
 }
 
@@ -48,7 +51,9 @@ pub fn litellm(boards: &[(BoardArg, Board)], o: &LiteLlmOptions) -> String {
     y.push_str(&format!("# LiteLLM proxy config written by `jetson-llmd fleet litellm` (jetson-llmd {}) from {} boards.\n", env!("CARGO_PKG_VERSION"), boards.len()));
     y.push_str("# One model_name per model a board pins; boards pinning the same model share its requests.\n");
     y.push_str("# A board that is not warm answers 503 with Retry-After: LiteLLM retries another board and\n");
-    y.push_str("# leaves that one out for cooldown_time. Write it again when a board switches models.\n");
+    y.push_str("# leaves that one out for cooldown_time. A board that is down refuses connections, which\n");
+    y.push_str("# LiteLLM does not cool down: its health checks (a one-token chat every health_check_interval)\n");
+    y.push_str("# leave it out of routing instead. Write this again when a board switches models.\n");
     y.push_str("model_list:\n");
     for (model, bs) in &g {
         for (arg, board) in bs {
@@ -65,6 +70,7 @@ pub fn litellm(boards: &[(BoardArg, Board)], o: &LiteLlmOptions) -> String {
     }
     y.push_str("router_settings:\n");
     y.push_str("  routing_strategy: \"simple-shuffle\"\n");
+    y.push_str("  enable_health_check_routing: true\n");
     y.push_str(&format!("  num_retries: {}\n", o.retries));
     y.push_str("  allowed_fails: 1\n");
     y.push_str(&format!("  cooldown_time: {}\n", o.cooldown_s));
@@ -80,6 +86,9 @@ pub fn litellm(boards: &[(BoardArg, Board)], o: &LiteLlmOptions) -> String {
     y.push_str("litellm_settings:\n");
     y.push_str("  request_timeout: 600\n");
     y.push_str("  drop_params: true\n");
+    y.push_str("general_settings:\n");
+    y.push_str("  background_health_checks: true\n");
+    y.push_str(&format!("  health_check_interval: {}\n", o.health_interval_s));
     y
 }
 

@@ -1,0 +1,184 @@
+//! Three boards behind a real LiteLLM proxy (`--ignored`; scripts/test runs it with LITELLM_BIN
+//! from PyPI's litellm[proxy]): each board is `jetson-llmd supervise --launcher process` with the
+//! guard on and fake-ollama as its Ollama; two pin gemma4:e2b-8k, one pins gemma3:4b. The proxy
+//! is configured by `jetson-llmd fleet litellm`, nothing by hand. Requests reach the boards that
+//! pin their model, no board is asked for a model it does not pin (the guards count it), and a
+//! board that goes down is routed around.
+
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let t = Instant::now();
+        while self.0.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Board {
+    name: &'static str,
+    guard: u16,
+    metrics: u16,
+    proc: Option<Proc>,
+    _root: tempfile::TempDir,
+}
+
+fn fake_ollama() -> PathBuf {
+    // Built beside this test's jetson-llmd (scripts/test builds every binary first).
+    PathBuf::from(env!("CARGO_BIN_EXE_jetson-llmd")).with_file_name("fake-ollama")
+}
+
+fn board(name: &'static str, model: &str) -> Board {
+    let root = tempfile::tempdir().expect("tmp");
+    let r = root.path();
+    for d in ["etc/ollama", "etc/jetson-llmd", "proc/sys/vm"] {
+        std::fs::create_dir_all(r.join(d)).expect("mkdir");
+    }
+    let (ollama, guard, metrics) = (free_port(), free_port(), free_port());
+    std::fs::write(r.join("etc/ollama/model.conf"), format!("OLLAMA_MODEL={model}\n")).expect("w");
+    std::fs::write(r.join("proc/sys/vm/drop_caches"), "").expect("w");
+    std::fs::write(r.join("etc/jetson-llmd/config.toml"), format!("metrics_listen = \"127.0.0.1:{metrics}\"\n[guard]\nenabled = true\nlisten = \"127.0.0.1:{guard}\"\n")).expect("w");
+    let child = Command::new(env!("CARGO_BIN_EXE_jetson-llmd"))
+        .arg("--root")
+        .arg(r)
+        .args(["supervise", "--launcher", "process", "--ollama-bin"])
+        .arg(fake_ollama())
+        .env("OLLAMA_HOST", format!("127.0.0.1:{ollama}"))
+        .env("FAKE_OLLAMA_TIME_SCALE", "0.01")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start a board");
+    Board { name, guard, metrics, proc: Some(Proc(child)), _root: root }
+}
+
+async fn wait_until(what: &str, secs: u64, mut f: impl AsyncFnMut() -> bool) {
+    let t = Instant::now();
+    while !f().await {
+        assert!(t.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The guard's decisions on one board, by rule (none for a board that is down).
+async fn decisions(http: &reqwest::Client, b: &Board) -> std::collections::BTreeMap<String, f64> {
+    let Ok(r) = http.get(format!("http://127.0.0.1:{}/metrics", b.metrics)).send().await else { return Default::default() };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("jetson_llmd_guard_decisions{rule=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .map(|(rule, v)| (rule.to_string(), v.trim().parse().unwrap_or(0.0)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a LiteLLM proxy: LITELLM_BIN (scripts/test installs litellm[proxy] from PyPI)"]
+async fn litellm_routes_each_model_to_the_boards_that_pin_it() {
+    let litellm = std::env::var_os("LITELLM_BIN").map(PathBuf::from).filter(|p| p.exists()).expect("LITELLM_BIN: the litellm command (scripts/test installs it)");
+    let mut boards = vec![board("orin1", "gemma4:e2b-8k"), board("orin2", "gemma3:4b"), board("orin3", "gemma4:e2b-8k")];
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(120)).build().expect("client");
+    for b in &boards {
+        let url = format!("http://127.0.0.1:{}/healthz", b.guard);
+        wait_until(&format!("{} warm", b.name), 120, async || http.get(&url).send().await.is_ok_and(|r| r.status() == 200)).await;
+    }
+    // The proxy's config, from the boards themselves.
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("litellm.yaml");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_jetson-llmd"));
+    cmd.args(["fleet", "litellm", "--health-interval", "2", "-o"]).arg(&cfg);
+    for b in &boards {
+        cmd.arg("--board").arg(format!("{}=http://127.0.0.1:{}", b.name, b.guard));
+    }
+    let out = cmd.output().expect("fleet litellm");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let yaml = std::fs::read_to_string(&cfg).expect("written");
+    assert_eq!(yaml.matches("model_name: \"gemma4:e2b-8k\"").count(), 2, "{yaml}");
+    assert_eq!(yaml.matches("model_name: \"gemma3:4b\"").count(), 1, "{yaml}");
+
+    // The scrape config for the same boards, checked by Prometheus' own tool when it is here.
+    let prom = dir.path().join("prometheus.yml");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_jetson-llmd"));
+    cmd.args(["fleet", "prometheus", "-o"]).arg(&prom);
+    for b in &boards {
+        cmd.arg("--board").arg(format!("{}=http://127.0.0.1:{}", b.name, b.guard));
+    }
+    let out = cmd.output().expect("fleet prometheus");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&prom).expect("written");
+    for b in &boards {
+        assert!(text.contains(&format!("\"127.0.0.1:{}\"", b.metrics)), "each board's own metrics port: {text}");
+    }
+    if let Ok(check) = Command::new("promtool").arg("check").arg("config").arg(&prom).output() {
+        assert!(check.status.success(), "promtool check config: {}{}\n{text}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    }
+
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("litellm.log")).expect("log");
+    let _proxy = Proc(
+        Command::new(&litellm)
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            .env("NO_PROXY", "*")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start litellm"),
+    );
+    let live = format!("http://127.0.0.1:{port}/health/liveliness");
+    wait_until("the LiteLLM proxy", 180, async || http.get(&live).send().await.is_ok_and(|r| r.status() == 200)).await;
+    let logs = || std::fs::read_to_string(dir.path().join("litellm.log")).unwrap_or_default();
+    let chat = |model: &'static str| {
+        let (http, url) = (http.clone(), format!("http://127.0.0.1:{port}/v1/chat/completions"));
+        async move {
+            let r = http.post(url).json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8})).send().await.expect("send");
+            let status = r.status().as_u16();
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            (status, v)
+        }
+    };
+    for model in ["gemma4:e2b-8k", "gemma3:4b", "gemma4:e2b-8k", "gemma4:e2b-8k", "gemma3:4b", "gemma4:e2b-8k", "gemma4:e2b-8k", "gemma4:e2b-8k"] {
+        let (status, v) = chat(model).await;
+        assert_eq!(status, 200, "{model}: {v}\n{}", logs());
+        assert!(v["choices"][0]["message"]["content"].as_str().is_some_and(|c| !c.is_empty()), "{v}");
+    }
+    let d: Vec<_> = futures_util::future::join_all(boards.iter().map(|b| decisions(&http, b))).await;
+    let passed = |i: usize| d[i].get("passed").copied().unwrap_or(0.0) + d[i].get("reload-option-dropped").copied().unwrap_or(0.0) + d[i].get("keep-alive-removed").copied().unwrap_or(0.0);
+    for (i, b) in boards.iter().enumerate() {
+        assert_eq!(d[i].get("other-model").copied().unwrap_or(0.0), 0.0, "{} was asked for a model it does not pin: {:?}", b.name, d[i]);
+    }
+    assert!(passed(1) >= 2.0, "orin2 served the gemma3:4b requests: {d:?}");
+    assert!(passed(0) + passed(2) >= 6.0, "orin1 and orin3 served the gemma4 requests: {d:?}");
+
+    // orin1 goes down (its supervisor and guard stop): its model is still served, by orin3, once
+    // LiteLLM's health check has seen it gone (a refused connection is not cooled down).
+    boards[0].proc.take();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let d: Vec<_> = futures_util::future::join_all(boards.iter().map(|b| decisions(&http, b))).await;
+    for _ in 0..5 {
+        let (status, v) = chat("gemma4:e2b-8k").await;
+        assert_eq!(status, 200, "routed around the board that is down: {v}\n{}", logs());
+    }
+    let after = decisions(&http, &boards[2]).await;
+    let served = |m: &std::collections::BTreeMap<String, f64>| m.values().sum::<f64>();
+    assert!(served(&after) >= served(&d[2]) + 5.0, "orin3 took orin1's share: before {:?}, after {after:?}", d[2]);
+    assert_eq!(after.get("other-model").copied().unwrap_or(0.0), 0.0);
+    // Not by falling back to another model: orin2 saw only its health checks.
+    let orin2 = decisions(&http, &boards[1]).await;
+    assert!(served(&orin2) <= served(&d[1]) + 4.0, "gemma4 requests fell back to orin2's gemma3: before {:?}, after {orin2:?}", d[1]);
+}
