@@ -30,7 +30,7 @@ impl Default for LiteLlmOptions {
 }
 
 /// The models pinned, in the order the boards were given, each with its boards.
-fn groups<'a>(boards: &'a [(BoardArg, Board)]) -> Vec<(&'a str, Vec<&'a (BoardArg, Board)>)> {
+fn groups(boards: &[(BoardArg, Board)]) -> Vec<(&str, Vec<&(BoardArg, Board)>)> {
     let mut out: Vec<(&str, Vec<&(BoardArg, Board)>)> = Vec::new();
     for b in boards {
         let Some(m) = b.1.model.as_deref() else { continue };
