@@ -149,7 +149,7 @@ impl ClassSettings {
     }
 
     pub fn named(name: &str) -> ClassSettings {
-        ClassSettings { name: name.into(), priority: 0, share: 1, limit: 0, max_queue: 512, max_wait: Duration::from_secs(600), keys: Vec::new(), from: Vec::new() }
+        ClassSettings { name: name.into(), priority: 0, share: 1, limit: 0, max_queue: 128, max_wait: Duration::from_secs(600), keys: Vec::new(), from: Vec::new() }
     }
 }
 
@@ -762,7 +762,7 @@ mod tests {
         let g = &s.guard;
         assert_eq!((g.parallel, g.class_header.as_deref()), (2, Some("x-client-class")));
         assert_eq!(g.classes.len(), 2);
-        assert_eq!((g.classes[0].priority, g.classes[0].from.len(), g.classes[0].max_queue), (10, 1, 512), "defaults fill what is not written");
+        assert_eq!((g.classes[0].priority, g.classes[0].from.len(), g.classes[0].max_queue), (10, 1, 128), "defaults fill what is not written");
         assert_eq!((g.classes[1].max_wait, g.classes[1].limit, g.classes[1].keys.as_slice()), (Duration::from_secs(3600), 1, &["paperless".to_string()][..]));
         let bad = "[guard]\nclass_header = \"bad header\"\n[[guard.class]]\nname = \"a b\"\n[[guard.class]]\nname = \"x\"\npriority = 1000\n[[guard.class]]\nshare = 2\n[[guard.class]]\nname = \"y\"\nfrom = [\"nonsense\"]\nmax_wait = \"2h\"\nurgent = true\n[[guard.class]]\nname = \"z\"\n[[guard.class]]\nname = \"z\"\n";
         let e = p(bad).expect_err("invalid");
