@@ -230,7 +230,10 @@ impl Inner {
 
     fn undo(&mut self, class: &str) {
         self.busy = self.busy.saturating_sub(1);
-        if let Some(c) = self.class_mut(class) {
+        // A class removed by a reload while its request ran: `configure` counted that request
+        // under "default", so it is given back there.
+        let name = if self.classes.iter().any(|c| c.cfg.name == class) { class } else { DEFAULT_CLASS };
+        if let Some(c) = self.class_mut(name) {
             c.running = c.running.saturating_sub(1);
         }
     }

@@ -211,6 +211,17 @@ async fn reload_keeps_the_queue_and_applies_new_priorities() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_request_of_a_class_removed_while_it_ran_is_given_back_to_default() {
+    let a = Admission::new(&settings(1, vec![class("old", 0, 1)]), None);
+    let running = a.admit("old").await.expect("free");
+    a.configure(&settings(1, vec![class("new", 0, 1)]), None);
+    assert_eq!(stats(&a, "default").running, 1, "counted under default while it runs");
+    drop(running);
+    assert_eq!(stats(&a, "default").running, 0, "and given back there");
+    assert!(a.admit("default").await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
 async fn no_classes_means_off() {
     let a = Admission::new(&GuardSettings::default(), Some("4"));
     assert!(!a.enabled());
