@@ -15,16 +15,16 @@ pub enum Engine {
 
 /// Asks every board; a board that does not answer is an error, or with `allow_missing` a
 /// warning on stderr (and a comment in the config): never left out without a word.
-async fn ask_all(boards: &[BoardArg], allow_missing: bool) -> anyhow::Result<(Vec<(BoardArg, Board)>, Vec<String>)> {
+async fn ask_all(boards: &[BoardArg], allow_missing: bool, key: Option<&str>) -> anyhow::Result<(Vec<(BoardArg, Board)>, Vec<String>)> {
     fleet::distinct(boards)?;
     let http = reqwest::Client::builder().no_proxy().build().context("cannot set up an HTTP client")?;
-    let answers = futures_util::future::join_all(boards.iter().map(|b| fleet::ask(&http, b))).await;
+    let answers = futures_util::future::join_all(boards.iter().map(|b| fleet::ask(&http, b, key))).await;
     let (mut found, mut missing) = (Vec::new(), Vec::new());
     for (b, a) in boards.iter().zip(answers) {
         match a {
             Ok(board) => found.push((b.clone(), board)),
             Err(e @ (FleetError::Unreachable { .. } | FleetError::Status { .. } | FleetError::NoModel { .. })) if allow_missing => {
-                let line = jetson_llmd::text::one_line(&e.to_string());
+                let line = fleet::comment(&e.to_string());
                 eprintln!("warning: {line}; left out (--allow-missing)");
                 missing.push(line);
             }
@@ -36,7 +36,7 @@ async fn ask_all(boards: &[BoardArg], allow_missing: bool) -> anyhow::Result<(Ve
     }
     for (b, board) in &found {
         if !board.ready {
-            eprintln!("warning: board {} pins {} but is not ready ({}); it is in the config, and LiteLLM leaves it out while it answers 503", b.name, board.model.as_deref().unwrap_or("?"), jetson_llmd::text::one_line(&board.stage));
+            eprintln!("warning: board {} pins {} but is not ready ({}); it is in the config, and LiteLLM leaves it out while it answers 503", b.name, board.model.as_deref().unwrap_or("?"), fleet::comment(&board.stage));
         }
         if let Some(m) = board.metrics.as_deref().and_then(|m| m.parse::<std::net::SocketAddr>().ok()) {
             if m.ip().is_loopback() {
@@ -47,12 +47,12 @@ async fn ask_all(boards: &[BoardArg], allow_missing: bool) -> anyhow::Result<(Ve
     Ok((found, missing))
 }
 
-pub async fn run(g: &Global, engine: Engine, boards: &[String], allow_missing: bool, output: Option<PathBuf>) -> anyhow::Result<i32> {
+pub async fn run(g: &Global, engine: Engine, boards: &[String], allow_missing: bool, output: Option<PathBuf>, key: Option<String>) -> anyhow::Result<i32> {
     if boards.is_empty() {
         anyhow::bail!(jetson_llmd::failure::Failure::Config("name at least one board: --board orin1=http://orin1.lan:11434 (its guard's address)".into()));
     }
     let boards: Vec<BoardArg> = boards.iter().map(|b| BoardArg::parse(b)).collect::<Result<_, _>>()?;
-    let (found, missing) = ask_all(&boards, allow_missing).await?;
+    let (found, missing) = ask_all(&boards, allow_missing, key.as_deref().map(str::trim).filter(|k| !k.is_empty())).await?;
     let mut text = match &engine {
         Engine::LiteLlm(o) => fleet::litellm(&found, o),
         Engine::Prometheus { port, interval_s } => fleet::prometheus(&found, *port, *interval_s),
@@ -60,17 +60,36 @@ pub async fn run(g: &Global, engine: Engine, boards: &[String], allow_missing: b
     for m in &missing {
         text.push_str(&format!("# left out (--allow-missing): {}\n", m.replace('\n', " ")));
     }
+    if let Some(p) = &output {
+        write_whole(p, &text)?;
+        if !g.json {
+            eprintln!("wrote {} ({} boards)", p.display(), found.len());
+        }
+    }
     if g.json {
         let boards: Vec<serde_json::Value> = found.iter().map(|(b, board)| serde_json::json!({ "name": b.name, "url": b.base(), "board": board })).collect();
-        print_json(&serde_json::json!({ "boards": boards, "missing": missing, "config": text }))?;
-    } else if let Some(p) = output {
-        // Whole or not at all: the engine may be watching the file.
-        let tmp = p.with_extension("tmp-jetson-llmd");
-        std::fs::write(&tmp, &text).with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &p).with_context(|| format!("cannot replace {}", p.display()))?;
-        eprintln!("wrote {} ({} boards)", p.display(), found.len());
-    } else {
+        print_json(&serde_json::json!({ "boards": boards, "missing": missing, "config": text, "written": output }))?;
+    } else if output.is_none() {
         print!("{text}");
     }
     Ok(code::OK)
+}
+
+/// Whole or not at all (the engine may be watching the file): a temporary file of its own in the
+/// same directory, synced, then renamed over; removed if anything fails.
+fn write_whole(p: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "config".into());
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| -> anyhow::Result<()> {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        f.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.sync_all().with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, p).with_context(|| format!("cannot replace {}", p.display()))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }

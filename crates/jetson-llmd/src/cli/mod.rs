@@ -274,6 +274,9 @@ pub struct FleetBoards {
     /// Write the config to FILE (replaced whole) instead of stdout.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// An API key for boards whose guard asks one of clients off the machine ([guard] keys_file).
+    #[arg(long, env = "JETSON_LLMD_KEY", hide_env_values = true, value_name = "KEY")]
+    pub key: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -348,9 +351,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Fleet { engine } => match engine {
             FleetEngine::Litellm { boards, retries, health_interval, no_fallbacks } => {
                 let o = jetson_llmd::fleet::LiteLlmOptions { retries, fallbacks: !no_fallbacks, health_interval_s: health_interval, ..Default::default() };
-                fleet::run(g, fleet::Engine::LiteLlm(o), &boards.boards, boards.allow_missing, boards.output).await
+                fleet::run(g, fleet::Engine::LiteLlm(o), &boards.boards, boards.allow_missing, boards.output, boards.key).await
             }
-            FleetEngine::Prometheus { boards, metrics_port, interval } => fleet::run(g, fleet::Engine::Prometheus { port: metrics_port, interval_s: interval }, &boards.boards, boards.allow_missing, boards.output).await,
+            FleetEngine::Prometheus { boards, metrics_port, interval } => fleet::run(g, fleet::Engine::Prometheus { port: metrics_port, interval_s: interval }, &boards.boards, boards.allow_missing, boards.output, boards.key).await,
         },
         Cmd::Completions { shell } => dist::completions(shell),
         Cmd::DistAssets { out } => dist::assets(&out).await,

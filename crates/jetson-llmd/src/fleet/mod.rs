@@ -5,7 +5,7 @@
 
 mod render;
 
-pub use render::{litellm, prometheus, LiteLlmOptions};
+pub use render::{comment, litellm, prometheus, LiteLlmOptions};
 
 use crate::guard::{Board, BOARD_PATH};
 use std::time::Duration;
@@ -34,7 +34,7 @@ pub enum FleetError {
     Twice(String),
     #[error("board {name} ({url}) did not answer: {source}; is jetson-llmd running there with the guard on ([guard] enabled), and reachable from here?")]
     Unreachable { name: String, url: String, source: reqwest::Error },
-    #[error("board {name} ({url}) answered {status} on {BOARD_PATH}: is it a jetson-llmd guard (0.1+), not Ollama itself?")]
+    #[error("board {name} ({url}) answered {status} on {BOARD_PATH}: {}", if *status == 401 || *status == 403 { "it asks for an API key: give one with --key or JETSON_LLMD_KEY" } else { "is it a jetson-llmd guard (0.1+), not Ollama itself?" })]
     Status { name: String, url: String, status: u16 },
     #[error("board {name} ({url}) sent an answer that is not a board description: {why}")]
     Garbled { name: String, url: String, why: String },
@@ -85,11 +85,15 @@ pub fn distinct(boards: &[BoardArg]) -> Result<(), FleetError> {
     Ok(())
 }
 
-/// Asks one board's guard what it pins.
-pub async fn ask(http: &reqwest::Client, b: &BoardArg) -> Result<Board, FleetError> {
+/// Asks one board's guard what it pins (with `key` as a Bearer key when the board asks for one).
+pub async fn ask(http: &reqwest::Client, b: &BoardArg, key: Option<&str>) -> Result<Board, FleetError> {
     let url = format!("{}{BOARD_PATH}", b.base());
     let shown = b.base();
-    let mut resp = http.get(&url).timeout(ASK_TIMEOUT).send().await.map_err(|source| FleetError::Unreachable { name: b.name.clone(), url: shown.clone(), source })?;
+    let mut req = http.get(&url).timeout(ASK_TIMEOUT);
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let mut resp = req.send().await.map_err(|source| FleetError::Unreachable { name: b.name.clone(), url: shown.clone(), source })?;
     if !resp.status().is_success() {
         return Err(FleetError::Status { name: b.name.clone(), url: shown, status: resp.status().as_u16() });
     }

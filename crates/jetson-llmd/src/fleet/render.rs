@@ -9,6 +9,13 @@ fn q(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
 
+/// Text from a board for a `#` comment: printable ASCII only, one line, clipped. YAML parsers
+/// take U+2028/U+2029 and other breaks as line ends, which would end the comment.
+pub fn comment(s: &str) -> String {
+    let t: String = s.chars().map(|c| if c == ' ' || c.is_ascii_graphic() { c } else { '?' }).collect();
+    crate::text::clip(&t, 200)
+}
+
 /// How LiteLLM routes between boards.
 #[derive(Debug, Clone)]
 pub struct LiteLlmOptions {
@@ -64,7 +71,7 @@ pub fn litellm(boards: &[(BoardArg, Board)], o: &LiteLlmOptions) -> String {
             y.push_str("    model_info:\n");
             y.push_str(&format!("      id: {}\n", q(&arg.name)));
             if !board.ready {
-                y.push_str(&format!("      # not ready when this was written: {}\n", crate::text::one_line(&board.stage).replace('\n', " ")));
+                y.push_str(&format!("      # not ready when this was written: {}\n", comment(&board.stage)));
             }
         }
     }

@@ -40,6 +40,18 @@ fn names_cannot_become_yaml() {
 }
 
 #[test]
+fn board_text_in_comments_stays_one_comment_line() {
+    // U+2028 and U+2029 end a line for YAML parsers (PyYAML, go-yaml), though not for us.
+    let mut b = board("gemma4:e2b-8k", false);
+    b.stage = "x\u{2028}general_settings:\u{2029}  master_key: sk-evil\u{85}y".into();
+    let y = litellm(&[(BoardArg::parse("a=http://a:1").expect("ok"), b)], &LiteLlmOptions::default());
+    let line = y.lines().find(|l| l.contains("not ready")).expect("comment");
+    assert!(line.chars().all(|c| c == ' ' || c.is_ascii_graphic()), "{line:?}");
+    assert_eq!(y.lines().filter(|l| l.starts_with("general_settings:")).count(), 1, "{y}");
+    assert!(!y.lines().any(|l| l.trim_start().starts_with("master_key")), "{y}");
+}
+
+#[test]
 fn prometheus_uses_each_boards_metrics_port() {
     let mut other = board("gemma3:4b", true);
     other.metrics = Some("0.0.0.0:9500".into());

@@ -70,6 +70,8 @@ pub enum Refusal {
     QueueFull { class: String, max: u32 },
     /// No slot within the class's max_wait (503).
     Waited { class: String, waited: Duration },
+    /// Waiting requests already hold their share of the body budget (429).
+    BodiesFull { class: String, max_mib: usize },
 }
 
 /// Counters and gauges of one class, for /metrics, `status` and the board endpoint.
@@ -94,6 +96,7 @@ pub struct ClassStats {
 struct Waiter {
     id: u64,
     since: Instant,
+    bytes: usize,
     tx: oneshot::Sender<Slot>,
 }
 
@@ -115,6 +118,17 @@ struct Inner {
     next_id: u64,
     /// By class name; kept across reloads.
     stats: BTreeMap<String, ClassStats>,
+    /// The class each slot in use is counted under, by slot id: a reload that removes a class
+    /// moves its slots to "default", and the slot is given back where it is counted.
+    charged: BTreeMap<u64, String>,
+    /// Per priority, the virtual start time of the last admission (start-time fair queuing's
+    /// system virtual time): a class that was idle starts from here, not from where it left.
+    vclock: BTreeMap<i32, f64>,
+    /// Bytes of request bodies held by waiting requests, and the most they may hold: the rest of
+    /// the guard's body budget stays free for requests that go on at once (a chat must not be
+    /// refused for a budget that queued batch bodies took).
+    queued_bytes: usize,
+    queued_bytes_max: usize,
 }
 
 /// The admission queue, shared by all connections.
@@ -126,6 +140,7 @@ pub struct Admission {
 /// A place in Ollama: given back (and the next request admitted) when dropped.
 pub struct Slot {
     adm: Option<Arc<Admission>>,
+    id: u64,
     class: String,
     /// When the request arrived, for the wait it reports.
     pub waited: Duration,
@@ -146,7 +161,7 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(adm) = self.adm.take() {
-            adm.release(&self.class);
+            adm.release(self.id);
         }
     }
 }
@@ -180,18 +195,12 @@ impl Inner {
     }
 
     /// A class that starts waiting again does not bank the time it was idle: its virtual time
-    /// is brought up to the least of the classes already waiting or running at its priority.
+    /// is brought up to its priority's virtual clock (the start of the last admission there).
     fn catch_up(&mut self, i: usize) {
         let p = self.classes[i].cfg.priority;
-        let floor = self
-            .classes
-            .iter()
-            .enumerate()
-            .filter(|(j, c)| *j != i && c.cfg.priority == p && (!c.queue.is_empty() || c.running > 0))
-            .map(|(_, c)| c.vtime)
-            .fold(f64::INFINITY, f64::min);
-        if floor.is_finite() && self.classes[i].vtime < floor {
-            self.classes[i].vtime = floor;
+        let clock = self.vclock.get(&p).copied().unwrap_or(0.0);
+        if self.classes[i].vtime < clock {
+            self.classes[i].vtime = clock;
         }
     }
 
@@ -199,27 +208,34 @@ impl Inner {
         let now = Instant::now();
         let c = &mut self.classes[i];
         c.running += 1;
+        let start = c.vtime;
         c.vtime += 1.0 / f64::from(c.cfg.share.max(1));
-        let name = c.cfg.name.clone();
+        let (name, p) = (c.cfg.name.clone(), c.cfg.priority);
+        let clock = self.vclock.entry(p).or_insert(0.0);
+        *clock = clock.max(start);
         self.busy += 1;
+        self.next_id += 1;
+        let id = self.next_id;
+        self.charged.insert(id, name.clone());
         let waited = now.saturating_duration_since(since);
         let s = self.stats.entry(name.clone()).or_default();
         s.admitted += 1;
         s.wait_seconds += waited.as_secs_f64();
         s.max_wait_seconds = s.max_wait_seconds.max(waited.as_secs_f64());
-        Slot { adm: Some(adm.clone()), class: name, waited }
+        Slot { adm: Some(adm.clone()), id, class: name, waited }
     }
 
     /// Hands free slots to waiting requests, as many as fit.
     fn dispatch(&mut self, adm: &Arc<Admission>) {
         while let Some(i) = self.pick() {
             let Some(w) = self.classes[i].queue.pop_front() else { break };
+            self.queued_bytes = self.queued_bytes.saturating_sub(w.bytes);
             let slot = self.admit_one(i, w.since, adm);
             if let Err(mut slot) = w.tx.send(slot) {
                 // The client left between its wake-up and now: undo, without Slot's drop (which
                 // would take this lock again).
                 slot.adm = None;
-                self.undo(&slot.class);
+                self.undo(slot.id);
                 if let Some(s) = self.stats.get_mut(&slot.class) {
                     s.admitted -= 1;
                     s.left += 1;
@@ -228,12 +244,10 @@ impl Inner {
         }
     }
 
-    fn undo(&mut self, class: &str) {
+    fn undo(&mut self, slot: u64) {
         self.busy = self.busy.saturating_sub(1);
-        // A class removed by a reload while its request ran: `configure` counted that request
-        // under "default", so it is given back there.
-        let name = if self.classes.iter().any(|c| c.cfg.name == class) { class } else { DEFAULT_CLASS };
-        if let Some(c) = self.class_mut(name) {
+        let Some(name) = self.charged.remove(&slot) else { return };
+        if let Some(c) = self.class_mut(&name) {
             c.running = c.running.saturating_sub(1);
         }
     }
@@ -246,8 +260,13 @@ fn ordered(f: f64) -> u64 {
 }
 
 impl Admission {
-    pub fn new(settings: &GuardSettings, env_parallel: Option<&str>) -> Arc<Admission> {
+    /// `queued_bytes_max`: the most bytes of bodies waiting requests may hold together (the
+    /// guard gives them half of its body budget).
+    pub fn new(settings: &GuardSettings, env_parallel: Option<&str>, queued_bytes_max: usize) -> Arc<Admission> {
         let a = Arc::new(Admission::default());
+        if let Ok(mut g) = a.inner.lock() {
+            g.queued_bytes_max = queued_bytes_max;
+        }
         a.configure(settings, env_parallel);
         a
     }
@@ -281,6 +300,12 @@ impl Admission {
             d.queue.make_contiguous().sort_by_key(|w| w.since);
         }
         g.classes = classes;
+        let names: Vec<String> = g.classes.iter().map(|c| c.cfg.name.clone()).collect();
+        for charge in g.charged.values_mut() {
+            if !names.contains(charge) {
+                *charge = DEFAULT_CLASS.to_string();
+            }
+        }
         g.slots = slots(settings, env_parallel);
         g.on = !settings.classes.is_empty();
         let names: Vec<(String, i32)> = g.classes.iter().map(|c| (c.cfg.name.clone(), c.cfg.priority)).collect();
@@ -297,9 +322,10 @@ impl Admission {
         self.inner.lock().map(|g| g.on).unwrap_or(false)
     }
 
-    /// A slot for a request of `class`, now or after waiting; refused when the class's queue
-    /// is full or its max_wait passes. Dropping the future leaves the queue.
-    pub async fn admit(self: &Arc<Self>, class: &str) -> Result<Slot, Refusal> {
+    /// A slot for a request of `class` holding `bytes` of body, now or after waiting; refused
+    /// when the class's queue is full, when waiting bodies would take more than their share of
+    /// the body budget, or when its max_wait passes. Dropping the future leaves the queue.
+    pub async fn admit(self: &Arc<Self>, class: &str, bytes: usize) -> Result<Slot, Refusal> {
         let since = Instant::now();
         let (id, rx, max_wait) = {
             let Ok(mut g) = self.inner.lock() else { return Err(Refusal::QueueFull { class: class.into(), max: 0 }) };
@@ -321,6 +347,11 @@ impl Admission {
                 g.stats.entry(name.clone()).or_default().refused_full += 1;
                 return Err(Refusal::QueueFull { class: name, max });
             }
+            if g.queued_bytes + bytes > g.queued_bytes_max {
+                let max_mib = g.queued_bytes_max >> 20;
+                g.stats.entry(name.clone()).or_default().refused_full += 1;
+                return Err(Refusal::BodiesFull { class: name, max_mib });
+            }
             if c.queue.is_empty() && c.running == 0 {
                 g.catch_up(i);
             }
@@ -328,7 +359,8 @@ impl Admission {
             let id = g.next_id;
             let (tx, rx) = oneshot::channel();
             let max_wait = g.classes[i].cfg.max_wait;
-            g.classes[i].queue.push_back(Waiter { id, since, tx });
+            g.queued_bytes += bytes;
+            g.classes[i].queue.push_back(Waiter { id, since, bytes, tx });
             (id, rx, max_wait)
         };
         let mut place = Place { adm: self.clone(), id, armed: true };
@@ -352,9 +384,9 @@ impl Admission {
         }
     }
 
-    fn release(self: &Arc<Self>, class: &str) {
+    fn release(self: &Arc<Self>, slot: u64) {
         if let Ok(mut g) = self.inner.lock() {
-            g.undo(class);
+            g.undo(slot);
             g.dispatch(self);
         }
     }
@@ -400,12 +432,13 @@ impl Place {
         let mut found = None;
         for c in g.classes.iter_mut() {
             if let Some(p) = c.queue.iter().position(|w| w.id == self.id) {
-                c.queue.remove(p);
-                found = Some(c.cfg.name.clone());
+                let bytes = c.queue.remove(p).map_or(0, |w| w.bytes);
+                found = Some((c.cfg.name.clone(), bytes));
                 break;
             }
         }
-        let Some(name) = found else { return false };
+        let Some((name, bytes)) = found else { return false };
+        g.queued_bytes = g.queued_bytes.saturating_sub(bytes);
         let s = g.stats.entry(name).or_default();
         if client_left {
             s.left += 1;

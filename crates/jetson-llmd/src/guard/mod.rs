@@ -118,7 +118,9 @@ impl Guard {
         let authority = format!("{host}:{}", upstream.port_or_known_default().unwrap_or(11434));
         let budget_bytes = usize::try_from(settings.body_budget_mib << 20).unwrap_or(16 << 20);
         let budget = Arc::new(tokio::sync::Semaphore::new(budget_bytes));
-        let admission = admission::Admission::new(&settings, std::env::var("OLLAMA_NUM_PARALLEL").ok().as_deref());
+        // Waiting requests may hold half of the body budget; the other half stays for requests
+        // that go on at once (a chat is never refused for bodies queued behind it).
+        let admission = admission::Admission::new(&settings, std::env::var("OLLAMA_NUM_PARALLEL").ok().as_deref(), budget_bytes / 2);
         if let Ok(mut a) = stats.admission.lock() {
             *a = Some(admission.clone());
         }
@@ -255,6 +257,7 @@ fn queue_refusal(path: &str, refusal: &admission::Refusal) -> Response {
     let (status, message, retry) = match refusal {
         admission::Refusal::QueueFull { class, max } => (StatusCode::TOO_MANY_REQUESTS, format!("jetson-llmd guard: {max} requests of class {class:?} are already waiting for the model; retry later"), "5"),
         admission::Refusal::Waited { class, waited } => (StatusCode::SERVICE_UNAVAILABLE, format!("jetson-llmd guard: no turn for class {class:?} within {}; the board is busy, retry later", humantime::format_duration(Duration::from_secs(waited.as_secs()))), "10"),
+        admission::Refusal::BodiesFull { class, max_mib } => (StatusCode::TOO_MANY_REQUESTS, format!("jetson-llmd guard: waiting requests already hold {max_mib} MiB of bodies (class {class:?}); retry later"), "5"),
     };
     let mut r = if path == "/v1/messages" {
         let kind = if status == StatusCode::TOO_MANY_REQUESTS { "rate_limit_error" } else { "overloaded_error" };
@@ -356,9 +359,9 @@ async fn healthz(g: &Guard) -> Response {
     }
 }
 
-/// The board as the guard sees it: `GET /jetson-llmd/board` (read-only, no key needed: it says
-/// nothing a client could not learn from /api/ps). For fleet tools (which model a board pins,
-/// whether it is ready) and for `jetson-llmd status` (the queues).
+/// The board as the guard sees it: `GET /jetson-llmd/board` (read-only; with keys_file set, a
+/// client off this machine presents a key, as for every other route). For fleet tools (which
+/// model a board pins, whether it is ready) and for `jetson-llmd status` (the queues).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct Board {
@@ -402,14 +405,16 @@ async fn handle(g: Arc<Guard>, client: SocketAddr, req: Request) -> Response {
     if path == "/healthz" && method == "GET" {
         return healthz(&g).await;
     }
-    if path == BOARD_PATH && method == "GET" {
-        return axum::Json(board(&g)).into_response();
-    }
     let settings = g.settings();
     let key = match check_key(&g, &settings, client, &method, &path, &parts.headers).await {
         Ok(k) => k,
         Err(refused) => return refused,
     };
+    // After the key check: with keys_file set, a client off this machine needs a key to read
+    // what the board pins and its traffic, as it does for /api/ps.
+    if path == BOARD_PATH && method == "GET" {
+        return axum::Json(board(&g)).into_response();
+    }
     // The bodies of the endpoints that run a model are read (capped) and decoded as Ollama will;
     // everything else streams through untouched.
     let (bytes, decoded, stream_body, _held) = if policy::needs_body(&method, &path) {
@@ -476,7 +481,8 @@ async fn handle(g: Arc<Guard>, client: SocketAddr, req: Request) -> Response {
     if runs_model && g.admission.enabled() {
         let header = settings.class_header.as_deref().and_then(|h| parts.headers.get(h)).and_then(|v| v.to_str().ok());
         let class = admission::classify(&settings, &admission::Who { client: client.ip(), key: key.as_deref(), header }).to_string();
-        match g.admission.admit(&class).await {
+        let bytes = bytes.as_ref().map_or(0, |b| b.len());
+        match g.admission.admit(&class, bytes).await {
             Ok(s) => slot = Some(s),
             Err(refusal) => {
                 tracing::debug!(client = %client, class = %class, "guard: not admitted: {refusal:?}");

@@ -380,7 +380,9 @@ impl Machine {
                 self.phase = Phase::Waiting(action);
                 self.warm_failures += 1;
                 let mut cap = self.rules.retry_max_backoff.min(self.rules.keepalive_interval);
-                if matches!(f, Failure::Unreachable(_) | Failure::OllamaDown(_)) {
+                // Only a refused connection: a load that timed out or stalled is the board
+                // struggling, and keeps the full back-off.
+                if matches!(f, Failure::Unreachable(ollama_client::Error::Unreachable { .. })) {
                     cap = cap.min(UNREACHABLE_CAP);
                 }
                 let wait = warm::backoff(self.warm_failures, cap);

@@ -17,8 +17,12 @@ fn settings(parallel: u32, classes: Vec<ClassSettings>) -> GuardSettings {
 type Waiting = Pin<Box<dyn Future<Output = Result<Slot, Refusal>> + Send>>;
 
 fn wait(a: &Arc<Admission>, class: &str) -> Waiting {
+    wait_bytes(a, class, 0)
+}
+
+fn wait_bytes(a: &Arc<Admission>, class: &str, bytes: usize) -> Waiting {
     let (a, class) = (a.clone(), class.to_string());
-    Box::pin(async move { a.admit(&class).await })
+    Box::pin(async move { a.admit(&class, bytes).await })
 }
 
 /// Polls once: the slot if it was given.
@@ -36,8 +40,8 @@ fn stats(a: &Admission, class: &str) -> ClassStats {
 
 #[tokio::test(start_paused = true)]
 async fn a_waiting_chat_goes_before_a_batch_backlog() {
-    let a = Admission::new(&settings(1, vec![class("chat", 10, 1), class("batch", 0, 1)]), None);
-    let running = a.admit("batch").await.expect("a free slot");
+    let a = Admission::new(&settings(1, vec![class("chat", 10, 1), class("batch", 0, 1)]), None, usize::MAX);
+    let running = a.admit("batch", 0).await.expect("a free slot");
     let mut batch: Vec<Waiting> = (0..5).map(|_| wait(&a, "batch")).collect();
     for b in &mut batch {
         assert!(poll_now(b).is_none(), "one slot, taken");
@@ -61,8 +65,8 @@ async fn a_waiting_chat_goes_before_a_batch_backlog() {
 
 #[tokio::test(start_paused = true)]
 async fn equal_priorities_share_by_weight() {
-    let a = Admission::new(&settings(1, vec![class("a", 0, 3), class("b", 0, 1)]), None);
-    let first = a.admit("a").await.expect("free");
+    let a = Admission::new(&settings(1, vec![class("a", 0, 3), class("b", 0, 1)]), None, usize::MAX);
+    let first = a.admit("a", 0).await.expect("free");
     let mut qa: VecDeque<Waiting> = (0..40).map(|_| wait(&a, "a")).collect();
     let mut qb: VecDeque<Waiting> = (0..40).map(|_| wait(&a, "b")).collect();
     for f in qa.iter_mut().chain(qb.iter_mut()) {
@@ -97,11 +101,11 @@ async fn equal_priorities_share_by_weight() {
 
 #[tokio::test(start_paused = true)]
 async fn a_class_limit_leaves_slots_to_others() {
-    let a = Admission::new(&settings(2, vec![ClassSettings { limit: 1, ..class("batch", 0, 1) }, class("chat", 0, 1)]), None);
-    let _b1 = a.admit("batch").await.expect("free");
+    let a = Admission::new(&settings(2, vec![ClassSettings { limit: 1, ..class("batch", 0, 1) }, class("chat", 0, 1)]), None, usize::MAX);
+    let _b1 = a.admit("batch", 0).await.expect("free");
     let mut b2 = wait(&a, "batch");
     assert!(poll_now(&mut b2).is_none(), "batch is at its limit of 1 with a slot still free");
-    let c = a.admit("chat").await.expect("the second slot is the chat's");
+    let c = a.admit("chat", 0).await.expect("the second slot is the chat's");
     assert_eq!(stats(&a, "batch").running, 1);
     assert_eq!(stats(&a, "chat").running, 1);
     drop(c);
@@ -110,13 +114,13 @@ async fn a_class_limit_leaves_slots_to_others() {
 
 #[tokio::test(start_paused = true)]
 async fn waiting_is_bounded() {
-    let a = Admission::new(&settings(1, vec![ClassSettings { max_queue: 2, max_wait: Duration::from_secs(30), ..class("batch", 0, 1) }]), None);
-    let _running = a.admit("batch").await.expect("free");
+    let a = Admission::new(&settings(1, vec![ClassSettings { max_queue: 2, max_wait: Duration::from_secs(30), ..class("batch", 0, 1) }]), None, usize::MAX);
+    let _running = a.admit("batch", 0).await.expect("free");
     let mut q: Vec<Waiting> = (0..2).map(|_| wait(&a, "batch")).collect();
     for f in &mut q {
         assert!(poll_now(f).is_none());
     }
-    match a.admit("batch").await {
+    match a.admit("batch", 0).await {
         Err(Refusal::QueueFull { class, max }) => assert_eq!((class.as_str(), max), ("batch", 2)),
         other => panic!("a full queue refuses at once: {other:?}"),
     }
@@ -133,8 +137,8 @@ async fn waiting_is_bounded() {
 
 #[tokio::test(start_paused = true)]
 async fn a_client_that_leaves_frees_its_place_at_once() {
-    let a = Admission::new(&settings(1, vec![class("chat", 1, 1)]), None);
-    let running = a.admit("default").await.expect("free");
+    let a = Admission::new(&settings(1, vec![class("chat", 1, 1)]), None, usize::MAX);
+    let running = a.admit("default", 0).await.expect("free");
     let mut gone = wait(&a, "default");
     let mut next = wait(&a, "default");
     assert!(poll_now(&mut gone).is_none() && poll_now(&mut next).is_none());
@@ -147,8 +151,8 @@ async fn a_client_that_leaves_frees_its_place_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_slot_sent_to_a_client_already_gone_is_given_back() {
-    let a = Admission::new(&settings(1, vec![class("x", 0, 1)]), None);
-    let running = a.admit("x").await.expect("free");
+    let a = Admission::new(&settings(1, vec![class("x", 0, 1)]), None, usize::MAX);
+    let running = a.admit("x", 0).await.expect("free");
     let mut w = wait(&a, "x");
     assert!(poll_now(&mut w).is_none());
     // The slot is sent while the waiter is still queued; the waiter is then dropped unread.
@@ -156,18 +160,18 @@ async fn a_slot_sent_to_a_client_already_gone_is_given_back() {
     drop(w);
     let s = stats(&a, "x");
     assert_eq!((s.running, s.queued), (0, 0), "the slot came back with the dropped future");
-    assert!(a.admit("x").await.is_ok(), "and is free for the next request");
+    assert!(a.admit("x", 0).await.is_ok(), "and is free for the next request");
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_idle_class_does_not_bank_its_share() {
     // "b" was idle while "a" ran 20 requests; when b comes back it gets its share from now on,
     // not 20 requests in a row.
-    let a = Admission::new(&settings(1, vec![class("a", 0, 1), class("b", 0, 1)]), None);
+    let a = Admission::new(&settings(1, vec![class("a", 0, 1), class("b", 0, 1)]), None, usize::MAX);
     for _ in 0..20 {
-        drop(a.admit("a").await.expect("free"));
+        drop(a.admit("a", 0).await.expect("free"));
     }
-    let first = a.admit("a").await.expect("free");
+    let first = a.admit("a", 0).await.expect("free");
     let mut qa: Vec<Waiting> = (0..3).map(|_| wait(&a, "a")).collect();
     let mut qb: Vec<Waiting> = (0..3).map(|_| wait(&a, "b")).collect();
     for f in qa.iter_mut().chain(qb.iter_mut()) {
@@ -188,14 +192,16 @@ async fn an_idle_class_does_not_bank_its_share() {
             }
         }
     }
-    assert_eq!(order, "ababab", "turns from now on: b's idle time was not banked");
+    // b starts from the clock (the start of a's request in Ollama), so it goes first once, then
+    // the two take turns.
+    assert_eq!(order, "bababa", "turns from now on: b's idle time was not banked");
 }
 
 #[tokio::test(start_paused = true)]
 async fn reload_keeps_the_queue_and_applies_new_priorities() {
     let s1 = settings(1, vec![class("chat", 0, 1), class("batch", 10, 1)]);
-    let a = Admission::new(&s1, None);
-    let running = a.admit("batch").await.expect("free");
+    let a = Admission::new(&s1, None, usize::MAX);
+    let running = a.admit("batch", 0).await.expect("free");
     let mut b = wait(&a, "batch");
     let mut c = wait(&a, "chat");
     let mut gone = wait(&a, "old");
@@ -212,18 +218,76 @@ async fn reload_keeps_the_queue_and_applies_new_priorities() {
 
 #[tokio::test(start_paused = true)]
 async fn a_request_of_a_class_removed_while_it_ran_is_given_back_to_default() {
-    let a = Admission::new(&settings(1, vec![class("old", 0, 1)]), None);
-    let running = a.admit("old").await.expect("free");
+    let a = Admission::new(&settings(1, vec![class("old", 0, 1)]), None, usize::MAX);
+    let running = a.admit("old", 0).await.expect("free");
     a.configure(&settings(1, vec![class("new", 0, 1)]), None);
     assert_eq!(stats(&a, "default").running, 1, "counted under default while it runs");
     drop(running);
     assert_eq!(stats(&a, "default").running, 0, "and given back there");
-    assert!(a.admit("default").await.is_ok());
+    assert!(a.admit("default", 0).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_class_idle_while_the_board_was_idle_does_not_bank_either() {
+    // a ran 20 alone, then nothing ran at all; b arrives alone, then both queue.
+    let a = Admission::new(&settings(1, vec![class("a", 0, 1), class("b", 0, 1)]), None, usize::MAX);
+    for _ in 0..20 {
+        drop(a.admit("a", 0).await.expect("free"));
+    }
+    let b0 = a.admit("b", 0).await.expect("free");
+    let mut qa: Vec<Waiting> = (0..4).map(|_| wait(&a, "a")).collect();
+    let mut qb: Vec<Waiting> = (0..4).map(|_| wait(&a, "b")).collect();
+    for f in qa.iter_mut().chain(qb.iter_mut()) {
+        assert!(poll_now(f).is_none());
+    }
+    let mut held = Some(b0);
+    let mut order = String::new();
+    for _ in 0..6 {
+        drop(held.take());
+        for (name, q) in [("a", &mut qa), ("b", &mut qb)] {
+            if let Some(i) = (0..q.len()).find(|&i| poll_now(&mut q[i]).is_some_and(|r| r.is_ok_and(|s| {
+                held = Some(s);
+                true
+            }))) {
+                drop(q.remove(i));
+                order.push_str(name);
+                break;
+            }
+        }
+    }
+    assert!(!order.contains("bbb"), "b did not take a's 20 turns back: {order}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_class_removed_and_written_again_while_its_request_ran_keeps_the_counts_right() {
+    let a = Admission::new(&settings(1, vec![class("batch", 0, 1)]), None, usize::MAX);
+    let running = a.admit("batch", 0).await.expect("free");
+    a.configure(&settings(1, vec![]), None);
+    a.configure(&settings(1, vec![class("batch", 0, 1)]), None);
+    drop(running);
+    let s = a.snapshot();
+    assert!(s.iter().all(|c| c.running == 0), "{s:?}");
+    assert!(a.admit("default", 0).await.is_ok(), "default has its slot");
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_bodies_keep_to_their_share_of_the_budget() {
+    let a = Admission::new(&settings(1, vec![class("batch", 0, 1)]), None, 1000);
+    let _running = a.admit("batch", 900).await.expect("free: a request that goes on at once is not counted");
+    let mut w = wait_bytes(&a, "batch", 600);
+    assert!(poll_now(&mut w).is_none());
+    match a.admit("batch", 600).await {
+        Err(Refusal::BodiesFull { class, .. }) => assert_eq!(class, "batch"),
+        other => panic!("over the waiting share: {other:?}"),
+    }
+    drop(w);
+    let mut w = wait_bytes(&a, "batch", 600);
+    assert!(poll_now(&mut w).is_none(), "the share came back with the request that left");
 }
 
 #[tokio::test(start_paused = true)]
 async fn no_classes_means_off() {
-    let a = Admission::new(&GuardSettings::default(), Some("4"));
+    let a = Admission::new(&GuardSettings::default(), Some("4"), usize::MAX);
     assert!(!a.enabled());
     assert_eq!(a.slot_count(), 4, "OLLAMA_NUM_PARALLEL from the environment");
     assert!(a.snapshot().is_empty());
