@@ -231,7 +231,11 @@ fn fds() -> usize {
 }
 
 fn warm_now(emu: &Handle) -> bool {
-    emu.emu.runner(PINNED).is_some_and(|r| r.keep == Keep::Forever)
+    warm_with(emu, PINNED)
+}
+
+fn warm_with(emu: &Handle, model: &str) -> bool {
+    emu.emu.runner(model).is_some_and(|r| r.keep == Keep::Forever)
 }
 
 /// The supervisor, the guard and the emulator, running.
@@ -245,6 +249,8 @@ struct World {
     state: tokio::sync::watch::Receiver<jetson_llmd::records::state::State>,
     reboot: Arc<std::sync::atomic::AtomicBool>,
     guard_stop: tokio_util::sync::CancellationToken,
+    /// The model that counts as warm (model.conf's).
+    model: String,
 }
 
 impl World {
@@ -304,11 +310,11 @@ impl World {
         let sup_signals = signals.clone();
         // The loop is not Send (it holds the API client's progress callbacks): a LocalSet runs it.
         let supervisor = Some(tokio::task::spawn_local(async move { sup.run(sup_signals).await }));
-        World { dir, emu, down_tx, guard_url, signals, supervisor, state: watch, reboot, guard_stop }
+        World { dir, emu, down_tx, guard_url, signals, supervisor, state: watch, reboot, guard_stop, model: PINNED.into() }
     }
 
     fn warm(&self) -> bool {
-        warm_now(&self.emu)
+        warm_with(&self.emu, &self.model)
     }
 
     /// Simulated seconds until the pinned model is warm (None: not within `limit`).
@@ -894,6 +900,37 @@ async fn the_fault_matrix_body() {
             assert_eq!(loads, 0, "{fault}: a warm model is not reloaded by a new supervisor");
         }
         rows.push(Row { fault, sees, not_warm: nw, loads, lost: data_kept(&again, None) });
+        again.stop().await;
+    }
+
+    // ...and during a switch (model.conf edited to gemma3:4b; stopped 10 s into it): the new
+    // supervisor finishes the switch without loading anything twice.
+    for (fault, kill) in [("SIGTERM of jetson-llmd during a switch, started again", false), ("SIGKILL of jetson-llmd during a switch, started again", true)] {
+        const NEXT: &str = "gemma3:4b";
+        let mut w = warm_world(cfg(|_| {})).await;
+        std::fs::write(w.dir.path().join("model.conf"), format!("OLLAMA_MODEL={NEXT}\n")).expect("edit");
+        // The switch has begun once the old model is unloaded (the new one loads next).
+        let t = Instant::now();
+        while w.emu.emu.runner(PINNED).is_some() && t.elapsed() < Duration::from_secs(120) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(w.emu.emu.runner(PINNED).is_none(), "{fault}: the switch began");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(!warm_with(&w.emu, NEXT), "{fault}: stopped mid-load");
+        let before = w.emu.emu.counters().loads_by_model.get(NEXT).copied().unwrap_or(0);
+        if kill {
+            w.kill();
+        } else {
+            w.stop().await;
+        }
+        let (emu, dir) = (w.emu.clone(), std::mem::replace(&mut w.dir, tempfile::tempdir().expect("tmp")));
+        let mut again = World::around(emu, dir).await;
+        again.model = NEXT.into();
+        let (nw, sees) = observe(&again, WINDOW).await;
+        let loads = again.emu.emu.counters().loads_by_model.get(NEXT).copied().unwrap_or(0) - before;
+        assert!(loads <= 1, "{fault}: {loads} loads of {NEXT}");
+        assert!(again.emu.emu.runner(PINNED).is_none(), "{fault}: the old model is not left loaded beside the new one");
+        rows.push(Row { fault, sees, not_warm: nw, loads, lost: data_kept(&again, Some(format!("OLLAMA_MODEL={NEXT}\n").as_bytes())) });
         again.stop().await;
     }
 
