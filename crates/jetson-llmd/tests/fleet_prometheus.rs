@@ -4,28 +4,13 @@
 //! scraped with the config `jetson-llmd fleet prometheus` writes, and every query of every
 //! panel in etc/grafana/jetson-llmd-dashboard.json must return data.
 
+mod common;
+
+use common::procs::{free_port, Proc};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGTERM);
-        let t = Instant::now();
-        while self.0.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn write(root: &Path, path: &str, text: &str) {
     let p = root.join(path.trim_start_matches('/'));

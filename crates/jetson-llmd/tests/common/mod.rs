@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod container;
+pub mod procs;
 
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};

@@ -34,6 +34,29 @@ fn poll_now(f: &mut Waiting) -> Option<Result<Slot, Refusal>> {
     }
 }
 
+/// Frees the slot `held`, then `n` times: which of the two queues ("a" or "b") got the slot
+/// (each admitted request holds it until the next round).
+fn turns(held: Slot, qa: &mut Vec<Waiting>, qb: &mut Vec<Waiting>, n: usize) -> String {
+    let mut held = Some(held);
+    let mut order = String::new();
+    for _ in 0..n {
+        drop(held.take());
+        for (name, q) in [("a", &mut *qa), ("b", &mut *qb)] {
+            let got = (0..q.len()).find_map(|i| match poll_now(&mut q[i]) {
+                Some(Ok(s)) => Some((i, s)),
+                _ => None,
+            });
+            if let Some((i, s)) = got {
+                held = Some(s);
+                drop(q.remove(i));
+                order.push_str(name);
+                break;
+            }
+        }
+    }
+    order
+}
+
 fn stats(a: &Admission, class: &str) -> ClassStats {
     a.snapshot().into_iter().find(|s| s.class == class).expect("class listed")
 }
@@ -177,21 +200,7 @@ async fn an_idle_class_does_not_bank_its_share() {
     for f in qa.iter_mut().chain(qb.iter_mut()) {
         assert!(poll_now(f).is_none());
     }
-    let mut held = Some(first);
-    let mut order = String::new();
-    for _ in 0..6 {
-        drop(held.take());
-        for (name, q) in [("a", &mut qa), ("b", &mut qb)] {
-            if let Some(i) = (0..q.len()).find(|&i| poll_now(&mut q[i]).is_some_and(|r| r.is_ok_and(|s| {
-                held = Some(s);
-                true
-            }))) {
-                drop(q.remove(i));
-                order.push_str(name);
-                break;
-            }
-        }
-    }
+    let order = turns(first, &mut qa, &mut qb, 6);
     // b starts from the clock (the start of a's request in Ollama), so it goes first once, then
     // the two take turns.
     assert_eq!(order, "bababa", "turns from now on: b's idle time was not banked");
@@ -240,21 +249,7 @@ async fn a_class_idle_while_the_board_was_idle_does_not_bank_either() {
     for f in qa.iter_mut().chain(qb.iter_mut()) {
         assert!(poll_now(f).is_none());
     }
-    let mut held = Some(b0);
-    let mut order = String::new();
-    for _ in 0..6 {
-        drop(held.take());
-        for (name, q) in [("a", &mut qa), ("b", &mut qb)] {
-            if let Some(i) = (0..q.len()).find(|&i| poll_now(&mut q[i]).is_some_and(|r| r.is_ok_and(|s| {
-                held = Some(s);
-                true
-            }))) {
-                drop(q.remove(i));
-                order.push_str(name);
-                break;
-            }
-        }
-    }
+    let order = turns(b0, &mut qa, &mut qb, 6);
     assert!(!order.contains("bbb"), "b did not take a's 20 turns back: {order}");
 }
 
