@@ -568,7 +568,7 @@ async fn a_simulated_week_of_real_clients_keeps_the_model_warm_body() {
     assert!(f.not_warm_s <= budget, "not warm {} s, more than 120 s for each of the {} faults that unloaded the model", f.not_warm_s, f.unloading_faults);
     let own = f.not_warm_s.saturating_sub(f.unloading_faults * 60);
     let mut md = format!(
-        "Written by `RELIABILITY_DOCS=1 cargo test --release -p jetson-llmd --test reliability` ({} simulated days, paused time; the real supervisor loop and guard, the emulator with the Orin Nano profile: a cold load of gemma4 takes 60 s).\n\n",
+        "Written by `RELIABILITY_DOCS=1 cargo test --release -p jetson-llmd --test reliability -- --test-threads=1` ({} simulated days, paused time; the real supervisor loop and guard, the emulator with the Orin Nano profile: a cold load of gemma4 takes 60 s).\n\n",
         f.days
     );
     md.push_str("| figure | result | goal |\n|---|---|---|\n");
@@ -613,7 +613,7 @@ async fn thirty_days_with_faults_stay_flat_body() {
     assert!(last.2 <= day1.2 + 8, "tasks grew from {} to {}", day1.2, last.2);
     assert!(last.3 <= day1.3 + 8, "file descriptors grew from {} to {}", day1.3, last.3);
     let mut md = format!(
-        "Written by `RELIABILITY_DOCS=1 cargo test --release -p jetson-llmd --test reliability` ({} simulated days, the same clients and faults as the north star, another seed). Memory, tasks and file descriptors are those of the whole test process (supervisor, guard, emulator and clients).\n\n",
+        "Written by `RELIABILITY_DOCS=1 cargo test --release -p jetson-llmd --test reliability -- --test-threads=1` ({} simulated days, the same clients and faults as the north star, another seed). Memory, tasks and file descriptors are those of the whole test process (supervisor, guard, emulator and clients; one test at a time, so nothing else's).\n\n",
         f.days
     );
     md.push_str("| figure | day 1 | last day |\n|---|---|---|\n");
