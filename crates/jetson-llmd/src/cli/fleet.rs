@@ -48,9 +48,6 @@ async fn ask_all(boards: &[BoardArg], allow_missing: bool, key: Option<&str>) ->
 }
 
 pub async fn run(g: &Global, engine: Engine, boards: &[String], allow_missing: bool, output: Option<PathBuf>, key: Option<String>) -> anyhow::Result<i32> {
-    if boards.is_empty() {
-        anyhow::bail!(jetson_llmd::failure::Failure::Config("name at least one board: --board orin1=http://orin1.lan:11434 (its guard's address)".into()));
-    }
     let boards: Vec<BoardArg> = boards.iter().map(|b| BoardArg::parse(b)).collect::<Result<_, _>>()?;
     let (found, missing) = ask_all(&boards, allow_missing, key.as_deref().map(str::trim).filter(|k| !k.is_empty())).await?;
     let mut text = match &engine {

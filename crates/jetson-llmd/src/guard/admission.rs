@@ -103,7 +103,6 @@ struct Waiter {
 struct Class {
     cfg: ClassSettings,
     queue: VecDeque<Waiter>,
-    running: usize,
     /// Start-time fair queuing's virtual time: advanced 1/share per admission.
     vtime: f64,
 }
@@ -113,13 +112,13 @@ struct Inner {
     /// Off when no classes are written.
     on: bool,
     slots: usize,
-    busy: usize,
     classes: Vec<Class>,
     next_id: u64,
     /// By class name; kept across reloads.
     stats: BTreeMap<String, ClassStats>,
-    /// The class each slot in use is counted under, by slot id: a reload that removes a class
-    /// moves its slots to "default", and the slot is given back where it is counted.
+    /// The slots in use, by id, with the class each is counted under: the slots busy and each
+    /// class's running count are read from here. A reload that removes a class moves its slots
+    /// to "default", and a slot is given back where it is counted.
     charged: BTreeMap<u64, String>,
     /// Per priority, the virtual start time of the last admission (start-time fair queuing's
     /// system virtual time): a class that was idle starts from here, not from where it left.
@@ -142,7 +141,7 @@ pub struct Slot {
     adm: Option<Arc<Admission>>,
     id: u64,
     class: String,
-    /// When the request arrived, for the wait it reports.
+    /// How long the request waited for it.
     pub waited: Duration,
 }
 
@@ -167,8 +166,13 @@ impl Drop for Slot {
 }
 
 impl Inner {
-    fn class_mut(&mut self, name: &str) -> Option<&mut Class> {
-        self.classes.iter_mut().find(|c| c.cfg.name == name)
+    fn busy(&self) -> usize {
+        self.charged.len()
+    }
+
+    /// Requests of the class named in Ollama now.
+    fn running(&self, class: &str) -> usize {
+        self.charged.values().filter(|c| *c == class).count()
     }
 
     fn limit(&self, c: &Class) -> usize {
@@ -181,14 +185,14 @@ impl Inner {
     /// The class whose head goes next: highest priority, then furthest behind its share, then
     /// the earliest arrival; only classes with a slot free under their limit.
     fn pick(&self) -> Option<usize> {
-        if self.busy >= self.slots {
+        if self.busy() >= self.slots {
             return None;
         }
         use std::cmp::Reverse;
         self.classes
             .iter()
             .enumerate()
-            .filter(|(_, c)| c.running < self.limit(c))
+            .filter(|(_, c)| self.running(&c.cfg.name) < self.limit(c))
             .filter_map(|(i, c)| c.queue.front().map(|head| (i, (c.cfg.priority, Reverse(ordered(c.vtime)), Reverse(head.id)))))
             .max_by_key(|(_, key)| *key)
             .map(|(i, _)| i)
@@ -207,13 +211,11 @@ impl Inner {
     fn admit_one(&mut self, i: usize, since: Instant, adm: &Arc<Admission>) -> Slot {
         let now = Instant::now();
         let c = &mut self.classes[i];
-        c.running += 1;
         let start = c.vtime;
         c.vtime += 1.0 / f64::from(c.cfg.share.max(1));
         let (name, p) = (c.cfg.name.clone(), c.cfg.priority);
         let clock = self.vclock.entry(p).or_insert(0.0);
         *clock = clock.max(start);
-        self.busy += 1;
         self.next_id += 1;
         let id = self.next_id;
         self.charged.insert(id, name.clone());
@@ -245,11 +247,7 @@ impl Inner {
     }
 
     fn undo(&mut self, slot: u64) {
-        self.busy = self.busy.saturating_sub(1);
-        let Some(name) = self.charged.remove(&slot) else { return };
-        if let Some(c) = self.class_mut(&name) {
-            c.running = c.running.saturating_sub(1);
-        }
+        self.charged.remove(&slot);
     }
 }
 
@@ -271,8 +269,9 @@ impl Admission {
         a
     }
 
-    /// Takes a new `[guard]` (SIGHUP): classes by name keep their queue, their running count
-    /// and their place; the waiters of a class no longer written move to "default".
+    /// Takes a new `[guard]` (SIGHUP): classes by name keep their queue, their running requests
+    /// and their place; the waiters and running requests of a class no longer written move to
+    /// "default".
     pub fn configure(self: &Arc<Self>, settings: &GuardSettings, env_parallel: Option<&str>) {
         let Ok(mut g) = self.inner.lock() else { return };
         let mut old: Vec<Class> = std::mem::take(&mut g.classes);
@@ -285,18 +284,15 @@ impl Admission {
             .map(|cfg| match old.iter().position(|o| o.cfg.name == cfg.name) {
                 Some(p) => {
                     let o = old.swap_remove(p);
-                    Class { cfg, queue: o.queue, running: o.running, vtime: o.vtime }
+                    Class { cfg, queue: o.queue, vtime: o.vtime }
                 }
-                None => Class { cfg, queue: VecDeque::new(), running: 0, vtime: 0.0 },
+                None => Class { cfg, queue: VecDeque::new(), vtime: 0.0 },
             })
             .collect();
-        let mut orphans = 0;
         if let Some(d) = classes.iter_mut().find(|c| c.cfg.name == DEFAULT_CLASS) {
             for o in old {
-                orphans += o.running;
                 d.queue.extend(o.queue);
             }
-            d.running += orphans;
             d.queue.make_contiguous().sort_by_key(|w| w.since);
         }
         g.classes = classes;
@@ -308,12 +304,6 @@ impl Admission {
         }
         g.slots = slots(settings, env_parallel);
         g.on = !settings.classes.is_empty();
-        let names: Vec<(String, i32)> = g.classes.iter().map(|c| (c.cfg.name.clone(), c.cfg.priority)).collect();
-        for (n, p) in names {
-            let s = g.stats.entry(n.clone()).or_default();
-            s.class = n;
-            s.priority = p;
-        }
         g.dispatch(self);
     }
 
@@ -334,10 +324,11 @@ impl Admission {
             };
             let c = &g.classes[i];
             let name = c.cfg.name.clone();
+            let running = g.running(&name);
             // The fast path keeps the invariant that no waiter could have run: every release
             // dispatches, so a free slot with waiters means those waiters are at their limit.
-            if g.busy < g.slots && c.running < g.limit(c) && c.queue.is_empty() {
-                if c.running == 0 {
+            if g.busy() < g.slots && running < g.limit(c) && c.queue.is_empty() {
+                if running == 0 {
                     g.catch_up(i);
                 }
                 return Ok(g.admit_one(i, since, self));
@@ -352,7 +343,7 @@ impl Admission {
                 g.stats.entry(name.clone()).or_default().refused_full += 1;
                 return Err(Refusal::BodiesFull { class: name, max_mib });
             }
-            if c.queue.is_empty() && c.running == 0 {
+            if c.queue.is_empty() && running == 0 {
                 g.catch_up(i);
             }
             g.next_id += 1;
@@ -404,7 +395,7 @@ impl Admission {
                 s.class = c.cfg.name.clone();
                 s.priority = c.cfg.priority;
                 s.queued = c.queue.len();
-                s.running = c.running;
+                s.running = g.running(&c.cfg.name);
                 s
             })
             .collect()

@@ -104,6 +104,8 @@ pub struct Guard {
     keys: keys::KeyCache,
     /// Which request reaches Ollama next (`[[guard.class]]`); off without classes.
     admission: Arc<admission::Admission>,
+    /// OLLAMA_NUM_PARALLEL as this process was started with (ollama.env), read once.
+    env_parallel: Option<String>,
     /// The supervisor's metrics_listen, said by the board endpoint.
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -120,13 +122,14 @@ impl Guard {
         let budget = Arc::new(tokio::sync::Semaphore::new(budget_bytes));
         // Waiting requests may hold half of the body budget; the other half stays for requests
         // that go on at once (a chat is never refused for bodies queued behind it).
-        let admission = admission::Admission::new(&settings, std::env::var("OLLAMA_NUM_PARALLEL").ok().as_deref(), budget_bytes / 2);
+        let env_parallel = std::env::var("OLLAMA_NUM_PARALLEL").ok();
+        let admission = admission::Admission::new(&settings, env_parallel.as_deref(), budget_bytes / 2);
         if let Ok(mut a) = stats.admission.lock() {
             *a = Some(admission.clone());
         }
         // The sender is dropped: the policy stays as given unless `follow` connects a new one.
         let (_, settings) = watch::channel(settings);
-        Guard { upstream, settings, state, stats, authority, budget, budget_bytes, keys: keys::KeyCache::default(), admission, metrics_listen: None }
+        Guard { upstream, settings, state, stats, authority, budget, budget_bytes, keys: keys::KeyCache::default(), admission, env_parallel, metrics_listen: None }
     }
 
     /// Takes its policy from `rx` from now on: the supervisor sends config.toml's `[guard]`
@@ -134,12 +137,12 @@ impl Guard {
     /// classes change in place, requests waiting keep their place.
     pub fn follow(&mut self, rx: watch::Receiver<GuardSettings>) {
         self.settings = rx.clone();
-        let adm = self.admission.clone();
+        let (adm, env) = (self.admission.clone(), self.env_parallel.clone());
         let mut rx = rx;
         tokio::spawn(async move {
             while rx.changed().await.is_ok() {
                 let s = rx.borrow_and_update().clone();
-                adm.configure(&s, std::env::var("OLLAMA_NUM_PARALLEL").ok().as_deref());
+                adm.configure(&s, env.as_deref());
             }
         });
     }
