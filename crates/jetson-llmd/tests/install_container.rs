@@ -7,8 +7,8 @@
 
 mod common;
 
-use common::container::{fresh_copy, Nspawn};
-use common::{release, Release, E};
+use common::container::{clean_copy, write, Nspawn};
+use common::{fake_release, Release};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -17,29 +17,10 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_jetson-llmd"))
 }
 
-fn sh(cmd: &str) {
-    let s = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
-    assert!(s.success(), "{cmd}");
-}
-
-fn write(path: &Path, text: &str) {
-    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-    std::fs::write(path, text).expect("write");
-}
-
-/// A fresh copy of the prepared rootfs, stripped of the ollama user, the render group and
-/// everything earlier tests installed.
+/// A fresh copy of the prepared rootfs, stripped of the ollama user and the render group.
 fn rootfs() -> PathBuf {
-    let root = fresh_copy("install-test");
-    let r = root.display();
-    sh(&format!("userdel --root {r} ollama 2>/dev/null || true; groupdel --root {r} render 2>/dev/null || true"));
-    sh(&format!(
-        "cd {r} && rm -rf usr/share/ollama usr/local/bin/* usr/local/lib/ollama usr/local/lib/jetson-llmd etc/jetson-llmd etc/ollama var/lib/jetson-llmd var/cache/jetson-llmd \
-         etc/systemd/system/jetson-llmd.service* etc/systemd/system/ollama* etc/systemd/system/multi-user.target.wants/jetson-llmd.service \
-         etc/systemd/system/reboot.target etc/systemd/system/llmd-test-reboot.service"
-    ));
+    let root = clean_copy("install-test");
     assert!(!std::fs::read_to_string(root.join("etc/group")).expect("group").contains("render:"));
-    write(&root.join("etc/nv_tegra_release"), "# R36 (release), REVISION: 4.7, GCID: 42132812, BOARD: generic, EABI: aarch64, DATE: Thu Sep 18 22:54:44 UTC 2025\n");
     root
 }
 
@@ -47,23 +28,6 @@ fn boot(root: &Path) -> Nspawn {
     let n = Nspawn::boot(root, "llmdinstall", "nspawn-install.log");
     n.wait_for_systemd(Duration::from_secs(60));
     n
-}
-
-/// A release whose bin/ollama is fake-ollama; `knobs` go into lib/ollama/fake-ollama.env.
-fn fake_release(dir: &Path, knobs: &str) -> Release {
-    let fake = std::fs::read(bin().with_file_name("fake-ollama")).expect("build fake-ollama first (cargo build --workspace --bins)");
-    let base = vec![
-        E::Dir("./"),
-        E::Dir("./bin/"),
-        E::File("./bin/ollama", &fake, 0o755),
-        E::Dir("./lib/"),
-        E::Dir("./lib/ollama/"),
-        E::File("./lib/ollama/fake-ollama.env", knobs.as_bytes(), 0o644),
-        E::File("./lib/ollama/libggml-base.so.0.0.0", b"ggml", 0o644),
-        E::Link("./lib/ollama/libggml-base.so.0", "libggml-base.so.0.0.0"),
-    ];
-    let jp = vec![E::Dir("./lib/ollama/cuda_jetpack6/"), E::File("./lib/ollama/cuda_jetpack6/libggml-cuda.so", b"cuda", 0o644)];
-    release(dir, &base, &jp)
 }
 
 struct Host<'a> {

@@ -519,6 +519,12 @@ fn switch_writes_model_conf_keeping_comments_and_waits_for_the_outcome() {
     assert!(out.starts_with("switched to gemma3:4b in "), "{out}");
     assert_eq!(std::fs::read_to_string(&conf).expect("r"), "# the one model this board keeps warm\nOLLAMA_MODEL=gemma3:4b\n");
     assert_eq!(rig.state()["model"], "gemma3:4b");
+    // Again: nothing to write, said as such; scripts (Ansible's changed_when) read "changed".
+    let o = sw(&["--json", "switch", "gemma3:4b"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!((v["switched"].as_bool(), v["changed"].as_bool()), (Some(true), Some(false)), "{v}");
+    assert!(v["message"].as_str().is_some_and(|m| m.starts_with("gemma3:4b is already the model kept warm; nothing to do")), "{v}");
     let o = sw(&["switch", "no such; model"]);
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).starts_with("error: "), "one clear line");

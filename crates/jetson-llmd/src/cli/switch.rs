@@ -17,6 +17,9 @@ use tokio::time::Instant;
 struct Outcome {
     model: String,
     switched: bool,
+    /// This run wrote model.conf (false when it already named the model): for scripts and
+    /// Ansible's changed_when.
+    changed: bool,
     stage: Option<Stage>,
     message: String,
 }
@@ -34,7 +37,7 @@ pub async fn run(g: &Global, model: &str, no_wait: bool, timeout: Option<Duratio
         if *cur != new {
             // Refuse before touching the file: the supervisor would refuse too, later and quieter.
             if let Some(why) = fit::admission(&ctx.client, &ctx.settings, &ctx.root, cur, &new).await {
-                return finish(&ctx, Outcome { model: new.to_string(), switched: false, stage: None, message: why }, code::FAILED);
+                return finish(&ctx, Outcome { model: new.to_string(), switched: false, changed: false, stage: None, message: why }, code::FAILED);
             }
         }
     }
@@ -44,12 +47,13 @@ pub async fn run(g: &Global, model: &str, no_wait: bool, timeout: Option<Duratio
         Err(e) => return Err(Failure::Config(e.to_string()).into()),
     };
     let after = modelconf::with_model(&before, &new);
-    if after != before {
+    let changed = after != before;
+    if changed {
         fs::write_atomic(path, after.clone(), 0o644).await.with_context(|| format!("cannot write {} (run with sudo?)", path.display()))?;
         eprintln!("{}: OLLAMA_MODEL={new}", path.display());
     }
     if no_wait {
-        return finish(&ctx, Outcome { model: new.to_string(), switched: false, stage: None, message: "model.conf written; not waiting".into() }, code::OK);
+        return finish(&ctx, Outcome { model: new.to_string(), switched: false, changed, stage: None, message: "model.conf written; not waiting".into() }, code::OK);
     }
     let limit = timeout.unwrap_or(ctx.settings.load_timeout + Duration::from_secs(120));
     let t0 = Instant::now();
@@ -57,12 +61,27 @@ pub async fn run(g: &Global, model: &str, no_wait: bool, timeout: Option<Duratio
     loop {
         let state = StateFile::read(&state_dir).await.ok().flatten();
         let Some(s) = state.filter(|s| liveness(s.pid) == Liveness::Running) else {
-            let msg = "model.conf is written, but no jetson-llmd supervisor is running to switch (sudo systemctl start jetson-llmd)".to_string();
-            return finish(&ctx, Outcome { model: new.to_string(), switched: false, stage: None, message: msg }, code::FAILED);
+            // Just started (install queues the start and returns): the supervisor writes its
+            // state within a second or two of systemd starting it. Not a unit waiting to be
+            // restarted after a crash: that is said now, not after the whole timeout.
+            if t0.elapsed() < limit.min(Duration::from_secs(60)) && starting().await {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                continue;
+            }
+            let msg = if changed {
+                "model.conf is written, but no jetson-llmd supervisor is running to switch (sudo systemctl start jetson-llmd)".to_string()
+            } else {
+                format!("model.conf names {new}, but no jetson-llmd supervisor is running to keep it warm (sudo systemctl start jetson-llmd; journalctl -u jetson-llmd says why it stopped)")
+            };
+            return finish(&ctx, Outcome { model: new.to_string(), switched: false, changed, stage: None, message: msg }, code::FAILED);
         };
         if s.model.as_deref() == Some(new.as_str()) && s.stage == Stage::Ready {
-            let msg = format!("switched to {new} in {:.1} s: {}", t0.elapsed().as_secs_f64(), jetson_llmd::text::clean(&s.status));
-            return finish(&ctx, Outcome { model: new.to_string(), switched: true, stage: Some(s.stage), message: msg }, code::OK);
+            let msg = if changed || current.as_ref() != Some(&new) {
+                format!("switched to {new} in {:.1} s: {}", t0.elapsed().as_secs_f64(), jetson_llmd::text::clean(&s.status))
+            } else {
+                format!("{new} is already the model kept warm; nothing to do: {}", jetson_llmd::text::clean(&s.status))
+            };
+            return finish(&ctx, Outcome { model: new.to_string(), switched: true, changed, stage: Some(s.stage), message: msg }, code::OK);
         }
         if let Some(w) = s.warnings.iter().find(|w| w.kind == WarningKind::ModelRefused && w.model.as_deref() == Some(new.as_str())) {
             // The supervisor kept (or went back to) the model it has loaded: model.conf goes back
@@ -78,7 +97,7 @@ pub async fn run(g: &Global, model: &str, no_wait: bool, timeout: Option<Duratio
                     _ => message = format!("{message}; {} changed since this command wrote it, so it is left as it is", path.display()),
                 }
             }
-            return finish(&ctx, Outcome { model: new.to_string(), switched: false, stage: Some(s.stage), message }, code::FAILED);
+            return finish(&ctx, Outcome { model: new.to_string(), switched: false, changed, stage: Some(s.stage), message }, code::FAILED);
         }
         if matches!(s.stage, Stage::RebootRequired | Stage::CpuFallback | Stage::DoesNotFit | Stage::PartlyOnGpu) {
             let c = match s.stage {
@@ -86,17 +105,26 @@ pub async fn run(g: &Global, model: &str, no_wait: bool, timeout: Option<Duratio
                 Stage::CpuFallback => code::ON_CPU,
                 _ => code::FAILED,
             };
-            return finish(&ctx, Outcome { model: new.to_string(), switched: false, stage: Some(s.stage), message: jetson_llmd::text::clean(&s.status) }, c);
+            return finish(&ctx, Outcome { model: new.to_string(), switched: false, changed, stage: Some(s.stage), message: jetson_llmd::text::clean(&s.status) }, c);
         }
         if t0.elapsed() > limit {
             let msg = format!("no outcome within {}; the supervisor says: {}", humantime::format_duration(limit), jetson_llmd::text::clean(&s.status));
-            return finish(&ctx, Outcome { model: new.to_string(), switched: false, stage: Some(s.stage), message: msg }, code::FAILED);
+            return finish(&ctx, Outcome { model: new.to_string(), switched: false, changed, stage: Some(s.stage), message: msg }, code::FAILED);
         }
         if said.elapsed() >= Duration::from_secs(15) {
             said = Instant::now();
             eprintln!("still switching ({}s): {} {}", t0.elapsed().as_secs(), s.stage, jetson_llmd::text::clean(&s.status));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// jetson-llmd.service is being started (activating, not in auto-restart after a crash); false
+/// without a system bus.
+async fn starting() -> bool {
+    match jetson_llmd::host::systemd::Systemd::system().await {
+        Ok(sd) => sd.info("jetson-llmd.service").await.is_ok_and(|i| i.active_state == "activating" && i.sub_state != "auto-restart"),
+        Err(_) => false,
     }
 }
 

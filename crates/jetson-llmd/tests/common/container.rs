@@ -29,6 +29,31 @@ pub fn fresh_copy(name: &str) -> PathBuf {
     root
 }
 
+fn sh(cmd: &str) {
+    let s = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
+    assert!(s.success(), "{cmd}");
+}
+
+pub fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, text).expect("write");
+}
+
+/// A fresh copy (see [`fresh_copy`]) as a board before `jetson-llmd install`: no ollama user,
+/// no render group, nothing earlier tests installed; a JetPack 6 nv_tegra_release.
+pub fn clean_copy(name: &str) -> PathBuf {
+    let root = fresh_copy(name);
+    let r = root.display();
+    sh(&format!("userdel --root {r} ollama 2>/dev/null || true; groupdel --root {r} render 2>/dev/null || true"));
+    sh(&format!(
+        "cd {r} && rm -rf usr/share/ollama usr/local/bin/* usr/local/lib/ollama usr/local/lib/jetson-llmd etc/jetson-llmd etc/ollama var/lib/jetson-llmd var/cache/jetson-llmd \
+         etc/systemd/system/jetson-llmd.service* etc/systemd/system/ollama* etc/systemd/system/multi-user.target.wants/jetson-llmd.service \
+         etc/systemd/system/reboot.target etc/systemd/system/llmd-test-reboot.service"
+    ));
+    write(&root.join("etc/nv_tegra_release"), "# R36 (release), REVISION: 4.7, GCID: 42132812, BOARD: generic, EABI: aarch64, DATE: Thu Sep 18 22:54:44 UTC 2025\n");
+    root
+}
+
 /// A booted container; shut down (SIGTERM, then SIGKILL after 10 s) when dropped.
 pub struct Nspawn {
     child: Child,

@@ -72,3 +72,21 @@ pub fn release(dir: &Path, base: &[E], jetpack: &[E]) -> Release {
     r
 }
 
+
+/// A release whose bin/ollama is fake-ollama (built beside jetson-llmd); `knobs` go into
+/// lib/ollama/fake-ollama.env (FAKE_OLLAMA_VERSION=..., FAKE_OLLAMA_NO_GPU=...).
+pub fn fake_release(dir: &Path, knobs: &str) -> Release {
+    let fake = std::fs::read(Path::new(env!("CARGO_BIN_EXE_jetson-llmd")).with_file_name("fake-ollama")).expect("build fake-ollama first (cargo build --workspace --bins)");
+    let base = vec![
+        E::Dir("./"),
+        E::Dir("./bin/"),
+        E::File("./bin/ollama", &fake, 0o755),
+        E::Dir("./lib/"),
+        E::Dir("./lib/ollama/"),
+        E::File("./lib/ollama/fake-ollama.env", knobs.as_bytes(), 0o644),
+        E::File("./lib/ollama/libggml-base.so.0.0.0", b"ggml", 0o644),
+        E::Link("./lib/ollama/libggml-base.so.0", "libggml-base.so.0.0.0"),
+    ];
+    let jp = vec![E::Dir("./lib/ollama/cuda_jetpack6/"), E::File("./lib/ollama/cuda_jetpack6/libggml-cuda.so", b"cuda", 0o644)];
+    release(dir, &base, &jp)
+}
