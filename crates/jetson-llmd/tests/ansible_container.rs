@@ -98,7 +98,9 @@ fn changed_tasks(out: &str) -> Vec<String> {
     let mut v = Vec::new();
     for l in out.lines() {
         if let Some(t) = l.strip_prefix("TASK [") {
-            task = t.split(']').next().unwrap_or_default().to_string();
+            // "jetson_llmd : Copy the package" (the role's tasks are named with the role).
+            let t = t.split(']').next().unwrap_or_default();
+            task = t.strip_prefix("jetson_llmd : ").unwrap_or(t).to_string();
         } else if l.starts_with("changed:") {
             v.push(task.clone());
         }

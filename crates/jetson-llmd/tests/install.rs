@@ -165,6 +165,12 @@ fn clean_install_then_a_second_install_changes_nothing_then_uninstall_and_purge(
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("nothing to do"), "{}", text(&o));
     assert_eq!(snapshot(p), before);
+    // Another --model on an installed board (Ansible runs install with each host's model every
+    // time): no switch behind `switch`'s back; said, nothing touched.
+    let o = install(p, &r, &["--model", "llama3.2:3b"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("nothing to do") && text(&o).contains("model.conf names gemma3:1b, which stays") && text(&o).contains("switch llama3.2:3b"), "{}", text(&o));
+    assert_eq!(snapshot(p), before);
 
     // An edited model.conf survives a re-install with new defaults.
     std::fs::write(p.join("etc/ollama/model.conf"), "OLLAMA_MODEL=qwen3:4b\n").expect("edit");

@@ -418,10 +418,16 @@ pub async fn compute(req: &Request, state: &InstallState, active: Option<bool>) 
     for path in [OLLAMA_ENV, config::DEFAULT_CONFIG, config::DEFAULT_MODEL_CONF] {
         have_etc.insert(path, existing(root, path, 256 << 10).await?);
     }
-    // Without --model, a re-install keeps the model model.conf names (a switch is not undone).
-    let named = match &req.model {
-        Some(m) => Some(m.clone()),
-        None => have_etc[config::DEFAULT_MODEL_CONF].as_deref().and_then(|b| modelconf::parse(b).ok()).map(|c| c.model),
+    // A re-install keeps the model model.conf names: a switch is not undone, and `--model`
+    // (for a new board) does not switch a board that has one: `switch` does, with admission.
+    let have_model = have_etc[config::DEFAULT_MODEL_CONF].as_deref().and_then(|b| modelconf::parse(b).ok()).map(|c| c.model);
+    let named = match (&req.model, have_model) {
+        (Some(m), Some(h)) if *m != h => {
+            notes.push(format!("model.conf names {h}, which stays (install does not switch models); to keep {m} warm instead run: sudo jetson-llmd switch {m}"));
+            Some(h)
+        }
+        (Some(m), _) => Some(m.clone()),
+        (None, h) => h,
     };
     let model_conf = model_conf_text(named.as_ref());
     let lan = lan_ollama_host(root).await;
@@ -437,7 +443,7 @@ pub async fn compute(req: &Request, state: &InstallState, active: Option<bool>) 
         }
         if change == Change::KeepYours && path == config::DEFAULT_MODEL_CONF {
             if let (Some(m), Some(h)) = (&req.model, have) {
-                if modelconf::parse(h).map(|c| c.model != *m).unwrap_or(true) {
+                if modelconf::parse(h).is_err() {
                     notes.push(format!("model.conf is yours and stays; to keep {m} warm instead run: sudo jetson-llmd switch {m}"));
                 }
             }
