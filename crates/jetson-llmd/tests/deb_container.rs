@@ -87,6 +87,9 @@ fn the_deb_installs_and_purges_under_dpkg_and_real_systemd() {
         "./usr/share/zsh/vendor-completions/_jetson-llmd",
         "./usr/share/fish/vendor_completions.d/jetson-llmd.fish",
         "./usr/share/doc/jetson-llmd/copyright",
+        "./usr/share/doc/jetson-llmd/examples/prometheus/jetson-llmd.yml",
+        "./usr/share/doc/jetson-llmd/examples/prometheus/jetson-llmd-rules.yml",
+        "./usr/share/doc/jetson-llmd/examples/grafana/jetson-llmd-dashboard.json",
     ] {
         assert!(contents.contains(&f), "the .deb lacks {f}");
     }

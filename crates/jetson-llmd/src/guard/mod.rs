@@ -212,12 +212,8 @@ pub fn clashes_with_ollama(listen: SocketAddr, ollama: &url::Url) -> bool {
 /// cannot be read refuses (503).
 async fn check_key(g: &Guard, settings: &GuardSettings, client: SocketAddr, method: &str, path: &str, headers: &HeaderMap) -> Result<Option<String>, Response> {
     let Some(file) = settings.keys_file.as_ref() else { return Ok(None) };
-    let ip = match client.ip() {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client.ip(), std::net::IpAddr::V4),
-        v4 => v4,
-    };
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
-    if ip.is_loopback() {
+    if policy::from_this_machine(client.ip(), settings.listen) {
         let Some(presented) = keys::presented(auth) else { return Ok(None) };
         let Ok(keys) = g.keys.keys(file).await else { return Ok(None) };
         return Ok(keys::find(&keys, presented).map(|k| k.name.clone()));

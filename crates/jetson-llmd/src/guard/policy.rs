@@ -104,7 +104,19 @@ pub fn may_administer(client: IpAddr, g: &GuardSettings) -> bool {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client, IpAddr::V4),
         v4 => v4,
     };
-    client.is_loopback() || g.admin_from.iter().any(|n| in_net(client, n))
+    from_this_machine(client, g.listen) || g.admin_from.iter().any(|n| in_net(client, n))
+}
+
+/// A client on this machine: loopback, or (with `listen` on one address of the LAN) that very
+/// address, which is where a local `jetson-llmd status` or `curl` to the listen address comes
+/// from. No other host can complete a TCP handshake from our own address: the answers to it
+/// never leave the machine.
+pub fn from_this_machine(client: IpAddr, listen: std::net::SocketAddr) -> bool {
+    let client = match client {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client, IpAddr::V4),
+        v4 => v4,
+    };
+    client.is_loopback() || (!listen.ip().is_unspecified() && client == listen.ip())
 }
 
 /// Go's time.ParseDuration, in seconds (negative allowed); None where Go says no.
@@ -376,6 +388,12 @@ mod tests {
         assert!(matches!(d("POST", "/api/pull", json!({"model": "x"}), lan(), &admins), Decision::Forward { .. }));
         assert!(!may_administer("192.168.2.1".parse().expect("ip"), &admins));
         assert!(may_administer("::ffff:127.0.0.1".parse().expect("ip"), &g), "v4-mapped loopback");
+        // The guard's own LAN address is this machine; its neighbours are not.
+        let on_lan = GuardSettings { listen: "192.168.2.20:11434".parse().expect("addr"), ..g.clone() };
+        assert!(may_administer("192.168.2.20".parse().expect("ip"), &on_lan));
+        assert!(!may_administer("192.168.2.21".parse().expect("ip"), &on_lan));
+        let any = GuardSettings { listen: "0.0.0.0:11434".parse().expect("addr"), ..g.clone() };
+        assert!(!may_administer("192.168.2.20".parse().expect("ip"), &any), "listening on every address: loopback only");
         // Reads pass.
         for (m, path) in [("GET", "/api/tags"), ("GET", "/api/ps"), ("GET", "/api/version"), ("POST", "/api/show"), ("GET", "/v1/models")] {
             assert!(matches!(d(m, path, json!({"model": "llama3.2"}), lan(), &g), Decision::Forward { body: None, .. }), "{path}");

@@ -308,13 +308,25 @@ async fn residency_repairs_at_once_twice_then_says_not_resident_and_waits_for_th
 }
 
 #[test]
-fn an_unanswering_ollama_is_not_ready_until_it_answers() {
+fn an_unanswering_ollama_is_not_ready_from_the_second_check_in_a_row_until_it_answers() {
     let mut m = machine_in("Warm");
-    let e = m.on(Event::Residency(Err("Ollama at u did not answer".into())));
+    let miss = |m: &mut Machine, e: &str| m.on(Event::Residency(Err(e.into())));
+    // One unanswered check is a blip: said, still ready.
+    let e = miss(&mut m, "Ollama at u did not answer");
+    assert!(matches!(e.as_slice(), [Effect::Warn(t)] if t.starts_with("Ollama at u did not answer; still ready")), "{e:?}");
+    // An answer in between starts the count again.
+    assert!(m.on(Event::Residency(Ok(Residency::Pinned))).is_empty(), "nothing to say: it was still ready");
+    assert!(matches!(miss(&mut m, "once more").as_slice(), [Effect::Warn(_)]));
+    // Two in a row: not ready.
+    let e = miss(&mut m, "Ollama at u did not answer");
     assert!(matches!(e.as_slice(), [Effect::Stage(Stage::OllamaUnreachable, t)] if t == "NOT READY: Ollama at u did not answer"), "{e:?}");
-    assert!(m.on(Event::Residency(Err("again".into()))).is_empty(), "said once");
+    assert!(miss(&mut m, "again").is_empty(), "said once");
     assert!(matches!(m.on(Event::Residency(Ok(Residency::Pinned))).as_slice(), [Effect::Info(_), Effect::Ready(_)]));
     assert_eq!(m.phase, Phase::Warm(a()), "nothing reloaded");
+    // And after a re-warm the count starts from nothing.
+    assert!(matches!(miss(&mut m, "x").as_slice(), [Effect::Warn(_)]));
+    m.on(Event::Warmed(a()));
+    assert!(matches!(miss(&mut m, "y").as_slice(), [Effect::Warn(_)]), "one miss after a warm is a blip again");
 }
 
 #[tokio::test(start_paused = true)]
