@@ -374,3 +374,36 @@ async fn openai_completions_and_embeddings_in_their_shapes() {
     assert_eq!(post(&h, "/v1/embeddings", json!({"model": m, "input": []})).await.0, 400);
     assert_eq!(post(&h, "/v1/embeddings", json!({"model": m})).await.0, 400);
 }
+
+/// OLLAMA_NUM_PARALLEL slots are shared by generations and embeddings
+/// (llm/llama_server.go: Completion and Embedding both s.sem.Acquire): with one slot an
+/// embedding waits for the generation running; with two it does not.
+#[tokio::test]
+async fn embeddings_wait_for_a_parallel_slot_like_generations() {
+    for parallel in [1usize, 2] {
+        let h = start(Config { num_parallel: parallel, ..Config::orin_nano(SCALE) }).await;
+        let m = "gemma4:e2b-it-qat";
+        let (s, _) = post(&h, "/api/generate", json!({"model": m, "keep_alive": -1})).await;
+        assert_eq!(s, 200);
+        // ~1000 tokens at 25.7 tok/s board time x100: about 0.4 s here.
+        let gen = async {
+            post_lines(&h, "/api/generate", json!({"model": m, "prompt": "long", "options": {"num_predict": 1000}})).await;
+            Instant::now()
+        };
+        let emb = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let (s, v) = post(&h, "/api/embed", json!({"model": m, "input": ["a", "b"]})).await;
+            assert_eq!(s, 200, "{v}");
+            Instant::now()
+        };
+        let t0 = Instant::now();
+        let (gen_end, emb_end) = tokio::join!(gen, emb);
+        // The slot frees as the last line is written, a moment before the client has read it.
+        let (g, e) = ((gen_end - t0).as_secs_f64(), (emb_end - t0).as_secs_f64());
+        if parallel == 1 {
+            assert!(e > 0.8 * g, "one slot: the embedding waited for the generation ({e:.2} s vs {g:.2} s)");
+        } else {
+            assert!(e < 0.5 * g, "two slots: the embedding ran beside the generation ({e:.2} s vs {g:.2} s)");
+        }
+    }
+}

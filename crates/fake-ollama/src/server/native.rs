@@ -368,6 +368,13 @@ pub(super) async fn embed(State(app): State<App>, body: Bytes) -> Response {
         Err(r) => return r,
     };
     let _busy = Busy { emu: app.emu.clone(), key };
+    // Each input is its own Embedding call (server/routes.go EmbedHandler: errgroup, one
+    // g.Go per input), and each takes one of the runner's parallel slots
+    // (llm/llama_server.go llamaServerRunner.Embedding: s.sem.Acquire). The emulator computes
+    // them at once, so one slot stands for them: behind busy generations an embedding waits.
+    let Ok(_slot) = app.emu.slots.clone().acquire_owned().await else {
+        return err(StatusCode::INTERNAL_SERVER_ERROR, "runner closed");
+    };
     let embeddings: Vec<Vec<f64>> = inputs.iter().map(|t| (0..8).map(|i| ((t.len() + i) % 7) as f64 / 7.0).collect()).collect();
     let tokens: usize = inputs.iter().map(|t| t.split_whitespace().count() + 1).sum();
     axum::Json(json!({
