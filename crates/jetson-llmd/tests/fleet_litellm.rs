@@ -3,12 +3,15 @@
 //! guard on and fake-ollama as its Ollama; two pin gemma4:e2b-8k, one pins gemma3:4b. The proxy
 //! is configured by `jetson-llmd fleet litellm`, nothing by hand. Requests reach the boards that
 //! pin their model, no board is asked for a model it does not pin (the guards count it), and a
-//! board that goes down is routed around.
+//! board that goes down is routed around. A second test puts a board that asks for API keys in
+//! a network namespace of its own (so that LiteLLM reaches it off the machine, as on a LAN):
+//! `fleet litellm --key` writes a config in which LiteLLM sends the key from its environment.
 
 mod common;
 
 use common::procs::{free_port, Proc};
 use serde_json::{json, Value};
+use sha2::Digest;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -166,4 +169,131 @@ async fn litellm_routes_each_model_to_the_boards_that_pin_it() {
     // Not by falling back to another model: orin2 saw only its health checks.
     let orin2 = decisions(&http, &boards[1]).await;
     assert!(served(&orin2) <= served(&d[1]) + 4.0, "gemma4 requests fell back to orin2's gemma3: before {:?}, after {orin2:?}", d[1]);
+}
+
+/// A network namespace joined to this one by a veth pair: `host` here, `board` in there, as two
+/// machines on a LAN. Removed on drop.
+struct Netns {
+    name: String,
+    host: String,
+    board: String,
+}
+
+impl Netns {
+    fn new() -> Netns {
+        let id = std::process::id() % 100_000;
+        let (name, a, b) = (format!("llmdk{id}"), format!("vk{id}a"), format!("vk{id}b"));
+        let net = 10 + id % 200;
+        let (host, board) = (format!("10.213.{net}.1"), format!("10.213.{net}.2"));
+        let ip = |args: &str| {
+            let o = Command::new("ip").args(args.split_whitespace()).output().expect("ip (iproute2)");
+            assert!(o.status.success(), "ip {args}: {} (needs root and iproute2)", String::from_utf8_lossy(&o.stderr));
+        };
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&format!("netns add {name}"));
+        let n = Netns { name: name.clone(), host: host.clone(), board: board.clone() };
+        ip(&format!("link add {a} type veth peer name {b}"));
+        ip(&format!("link set {b} netns {name}"));
+        ip(&format!("addr add {host}/30 dev {a}"));
+        ip(&format!("link set {a} up"));
+        ip(&format!("-n {name} addr add {board}/30 dev {b}"));
+        ip(&format!("-n {name} link set {b} up"));
+        ip(&format!("-n {name} link set lo up"));
+        n
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its end of the pair, and with it ours.
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a LiteLLM proxy (LITELLM_BIN), root and iproute2 (a network namespace)"]
+async fn litellm_reaches_a_board_that_asks_for_keys_with_the_key_from_its_environment() {
+    let litellm = std::env::var_os("LITELLM_BIN").map(PathBuf::from).filter(|p| p.exists()).expect("LITELLM_BIN: the litellm command (scripts/test installs it)");
+    let ns = Netns::new();
+    let root = tempfile::tempdir().expect("tmp");
+    let r = root.path();
+    for d in ["etc/ollama", "etc/jetson-llmd", "proc/sys/vm"] {
+        std::fs::create_dir_all(r.join(d)).expect("mkdir");
+    }
+    let key = "sk-board-test-0123456789";
+    let digest: String = sha2::Sha256::digest(key.as_bytes()).iter().map(|x| format!("{x:02x}")).collect();
+    std::fs::write(r.join("etc/jetson-llmd/guard-keys"), format!("litellm client sha256:{digest}\n")).expect("w");
+    std::fs::write(r.join("etc/ollama/model.conf"), "OLLAMA_MODEL=gemma4:e2b-8k\n").expect("w");
+    std::fs::write(r.join("proc/sys/vm/drop_caches"), "").expect("w");
+    let guard = format!("{}:11434", ns.board);
+    std::fs::write(
+        r.join("etc/jetson-llmd/config.toml"),
+        format!("[guard]\nenabled = true\nlisten = \"{guard}\"\nkeys_file = \"{}\"\n", r.join("etc/jetson-llmd/guard-keys").display()),
+    )
+    .expect("w");
+    let _board = Proc(
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(env!("CARGO_BIN_EXE_jetson-llmd"))
+            .arg("--root")
+            .arg(r)
+            .args(["supervise", "--launcher", "process", "--ollama-bin"])
+            .arg(fake_ollama())
+            .env("OLLAMA_HOST", "127.0.0.1:11435")
+            .env("FAKE_OLLAMA_TIME_SCALE", "0.01")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the board"),
+    );
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(120)).build().expect("client");
+    let base = format!("http://{guard}");
+    wait_until("the board warm", 120, async || http.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status() == 200)).await;
+    // From this side of the "LAN" the board asks for a key: without one, 401.
+    let r = http.post(format!("{base}/v1/chat/completions")).json(&json!({"model": "gemma4:e2b-8k", "messages": [{"role": "user", "content": "hi"}]})).send().await.expect("send");
+    assert_eq!(r.status(), 401);
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("litellm.yaml");
+    let fleet = |with_key: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_jetson-llmd"));
+        c.args(["fleet", "litellm", "--health-interval", "2", "--board", &format!("orin1={base}"), "-o"]).arg(&cfg).env_remove("JETSON_LLMD_KEY");
+        if with_key {
+            c.env("JETSON_LLMD_KEY", key);
+        }
+        c.output().expect("fleet litellm")
+    };
+    let o = fleet(false);
+    assert_eq!(o.status.code(), Some(1), "a board that asks for a key refuses to say what it pins without one: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--key or JETSON_LLMD_KEY"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = fleet(true);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let yaml = std::fs::read_to_string(&cfg).expect("written");
+    assert!(yaml.contains("api_key: \"os.environ/JETSON_LLMD_KEY\"") && !yaml.contains(key), "the key is referenced, never written: {yaml}");
+
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("litellm.log")).expect("log");
+    let _proxy = Proc(
+        Command::new(&litellm)
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            .env("NO_PROXY", "*")
+            .env("JETSON_LLMD_KEY", key)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start litellm"),
+    );
+    let live = format!("http://127.0.0.1:{port}/health/liveliness");
+    wait_until("the LiteLLM proxy", 180, async || http.get(&live).send().await.is_ok_and(|r| r.status() == 200)).await;
+    for _ in 0..3 {
+        let r = http.post(format!("http://127.0.0.1:{port}/v1/chat/completions")).json(&json!({"model": "gemma4:e2b-8k", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8})).send().await.expect("send");
+        let status = r.status().as_u16();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 200, "through LiteLLM with the key: {v}\n{}", std::fs::read_to_string(dir.path().join("litellm.log")).unwrap_or_default());
+        assert!(v["choices"][0]["message"]["content"].as_str().is_some_and(|c| !c.is_empty()), "{v}");
+    }
 }

@@ -49,8 +49,12 @@ async fn ask_all(boards: &[BoardArg], allow_missing: bool, key: Option<&str>) ->
 
 pub async fn run(g: &Global, engine: Engine, boards: &[String], allow_missing: bool, output: Option<PathBuf>, key: Option<String>) -> anyhow::Result<i32> {
     let boards: Vec<BoardArg> = boards.iter().map(|b| BoardArg::parse(b)).collect::<Result<_, _>>()?;
-    let (found, missing) = ask_all(&boards, allow_missing, key.as_deref().map(str::trim).filter(|k| !k.is_empty())).await?;
+    let key = key.as_deref().map(str::trim).filter(|k| !k.is_empty());
+    let (found, missing) = ask_all(&boards, allow_missing, key).await?;
     let mut text = match &engine {
+        // Boards that needed a key to be asked need one from LiteLLM too: it reads it from the
+        // same variable this command does.
+        Engine::LiteLlm(o) if key.is_some() => fleet::litellm(&found, &fleet::LiteLlmOptions { key_env: Some("JETSON_LLMD_KEY".into()), ..o.clone() }),
         Engine::LiteLlm(o) => fleet::litellm(&found, o),
         Engine::Prometheus { port, interval_s } => fleet::prometheus(&found, *port, *interval_s),
     };

@@ -275,6 +275,8 @@ pub struct FleetBoards {
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// An API key for boards whose guard asks one of clients off the machine ([guard] keys_file).
+    /// With `fleet litellm` the config then has LiteLLM send the key from its own
+    /// JETSON_LLMD_KEY (api_key: os.environ/JETSON_LLMD_KEY); the key is not written.
     #[arg(long, env = "JETSON_LLMD_KEY", hide_env_values = true, value_name = "KEY")]
     pub key: Option<String>,
 }

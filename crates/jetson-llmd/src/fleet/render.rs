@@ -28,11 +28,15 @@ pub struct LiteLlmOptions {
     /// Seconds between LiteLLM's health checks of each board (a one-token request through the
     /// guard); a board that failed its last check is left out of routing.
     pub health_interval_s: u32,
+    /// The boards ask clients for a key (`[guard] keys_file`): each deployment gets
+    /// `api_key: "os.environ/<this>"`, which LiteLLM reads from its own environment and sends as
+    /// `Authorization: Bearer` (ollama_chat). The key itself is never written into the file.
+    pub key_env: Option<String>,
 }
 
 impl Default for LiteLlmOptions {
     fn default() -> Self {
-        LiteLlmOptions { retries: 3, fallbacks: true, cooldown_s: 30, health_interval_s: 15 }
+        LiteLlmOptions { retries: 3, fallbacks: true, cooldown_s: 30, health_interval_s: 15, key_env: None }
     }
 }
 
@@ -61,6 +65,9 @@ pub fn litellm(boards: &[(BoardArg, Board)], o: &LiteLlmOptions) -> String {
     y.push_str("# leaves that one out for cooldown_time. A board that is down refuses connections, which\n");
     y.push_str("# LiteLLM does not cool down: its health checks (a one-token chat every health_check_interval)\n");
     y.push_str("# leave it out of routing instead. Write this again when a board switches models.\n");
+    if let Some(env) = &o.key_env {
+        y.push_str(&format!("# The boards ask for a client key: start LiteLLM with {} set to it (not written here).\n", comment(env)));
+    }
     y.push_str("model_list:\n");
     for (model, bs) in &g {
         for (arg, board) in bs {
@@ -68,6 +75,9 @@ pub fn litellm(boards: &[(BoardArg, Board)], o: &LiteLlmOptions) -> String {
             y.push_str("    litellm_params:\n");
             y.push_str(&format!("      model: {}\n", q(&format!("ollama_chat/{model}"))));
             y.push_str(&format!("      api_base: {}\n", q(&arg.base())));
+            if let Some(env) = &o.key_env {
+                y.push_str(&format!("      api_key: {}\n", q(&format!("os.environ/{env}"))));
+            }
             y.push_str("    model_info:\n");
             y.push_str(&format!("      id: {}\n", q(&arg.name)));
             if !board.ready {

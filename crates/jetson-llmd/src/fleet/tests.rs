@@ -58,3 +58,12 @@ fn prometheus_uses_each_boards_metrics_port() {
     let boards = vec![(b("orin1=http://orin1:11434"), board("gemma4:e2b-8k", true)), (b("orin2=http://orin2:11434"), other)];
     insta::assert_snapshot!(prometheus(&boards, 9464, 15));
 }
+
+#[test]
+fn keyed_boards_get_the_key_from_litellms_environment_never_in_the_file() {
+    let boards = vec![(b("orin1=http://orin1.lan:11434"), board("gemma4:e2b-8k", true))];
+    let y = litellm(&boards, &LiteLlmOptions { key_env: Some("JETSON_LLMD_KEY".into()), ..Default::default() });
+    assert!(y.contains("      api_key: \"os.environ/JETSON_LLMD_KEY\"\n"), "{y}");
+    assert!(y.contains("# The boards ask for a client key: start LiteLLM with JETSON_LLMD_KEY set"), "{y}");
+    assert!(!litellm(&boards, &LiteLlmOptions::default()).contains("api_key"));
+}
