@@ -171,11 +171,10 @@ async fn litellm_routes_each_model_to_the_boards_that_pin_it() {
     assert!(served(&orin2) <= served(&d[1]) + 4.0, "gemma4 requests fell back to orin2's gemma3: before {:?}, after {orin2:?}", d[1]);
 }
 
-/// A network namespace joined to this one by a veth pair: `host` here, `board` in there, as two
-/// machines on a LAN. Removed on drop.
+/// A network namespace joined to this one by a veth pair (10.213.N.1 here, `board` = .2 in
+/// there), as two machines on a LAN. Removed on drop.
 struct Netns {
     name: String,
-    host: String,
     board: String,
 }
 
@@ -191,7 +190,7 @@ impl Netns {
         };
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         ip(&format!("netns add {name}"));
-        let n = Netns { name: name.clone(), host: host.clone(), board: board.clone() };
+        let n = Netns { name: name.clone(), board: board.clone() };
         ip(&format!("link add {a} type veth peer name {b}"));
         ip(&format!("link set {b} netns {name}"));
         ip(&format!("addr add {host}/30 dev {a}"));

@@ -53,18 +53,20 @@ pub async fn run(g: &Global, model: &str, no_wait: bool, timeout: Option<Duratio
         eprintln!("{}: OLLAMA_MODEL={new}", path.display());
     }
     if no_wait {
-        return finish(&ctx, Outcome { model: new.to_string(), switched: false, changed, stage: None, message: "model.conf written; not waiting".into() }, code::OK);
+        return finish(&ctx, Outcome { model: new.to_string(), switched: false, changed, stage: None, message: if changed { "model.conf written; not waiting".into() } else { format!("model.conf already names {new}; not waiting") } }, code::OK);
     }
     let limit = timeout.unwrap_or(ctx.settings.load_timeout + Duration::from_secs(120));
     let t0 = Instant::now();
     let mut said = t0;
+    // The system bus, connected the first time the unit's state is asked (None: not tried yet).
+    let mut bus = None;
     loop {
         let state = StateFile::read(&state_dir).await.ok().flatten();
         let Some(s) = state.filter(|s| liveness(s.pid) == Liveness::Running) else {
             // Just started (install queues the start and returns): the supervisor writes its
             // state within a second or two of systemd starting it. Not a unit waiting to be
             // restarted after a crash: that is said now, not after the whole timeout.
-            if t0.elapsed() < limit.min(Duration::from_secs(60)) && starting().await {
+            if t0.elapsed() < limit.min(Duration::from_secs(60)) && starting(&mut bus).await {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 continue;
             }
@@ -120,11 +122,14 @@ pub async fn run(g: &Global, model: &str, no_wait: bool, timeout: Option<Duratio
 }
 
 /// jetson-llmd.service is being started (activating, not in auto-restart after a crash); false
-/// without a system bus.
-async fn starting() -> bool {
-    match jetson_llmd::host::systemd::Systemd::system().await {
-        Ok(sd) => sd.info("jetson-llmd.service").await.is_ok_and(|i| i.active_state == "activating" && i.sub_state != "auto-restart"),
-        Err(_) => false,
+/// without a system bus. `bus` keeps the connection between calls.
+async fn starting(bus: &mut Option<Option<jetson_llmd::host::systemd::Systemd>>) -> bool {
+    if bus.is_none() {
+        *bus = Some(jetson_llmd::host::systemd::Systemd::system().await.ok());
+    }
+    match bus.as_ref().and_then(Option::as_ref) {
+        Some(sd) => sd.info("jetson-llmd.service").await.is_ok_and(|i| i.active_state == "activating" && i.sub_state != "auto-restart"),
+        None => false,
     }
 }
 
