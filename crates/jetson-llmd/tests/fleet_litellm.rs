@@ -3,9 +3,11 @@
 //! guard on and fake-ollama as its Ollama; two pin gemma4:e2b-8k, one pins gemma3:4b. The proxy
 //! is configured by `jetson-llmd fleet litellm`, nothing by hand. Requests reach the boards that
 //! pin their model, no board is asked for a model it does not pin (the guards count it), and a
-//! board that goes down is routed around. A second test puts a board that asks for API keys in
-//! a network namespace of its own (so that LiteLLM reaches it off the machine, as on a LAN):
-//! `fleet litellm --key` writes a config in which LiteLLM sends the key from its environment.
+//! board that goes down is routed around. Each board runs in a network namespace of its own
+//! (its own address, Ollama's usual ports, reached over a veth pair as a board on a LAN) when
+//! the machine allows it (root and iproute2), on loopback ports otherwise. A second test gives a
+//! board API keys: `fleet litellm --key` writes a config in which LiteLLM sends the key from
+//! its environment.
 
 mod common;
 
@@ -18,10 +20,12 @@ use std::time::{Duration, Instant};
 
 struct Board {
     name: &'static str,
-    guard: u16,
-    metrics: u16,
+    /// host:port of its guard and of its /metrics, as seen from here.
+    guard: String,
+    metrics: String,
     proc: Option<Proc>,
     _root: tempfile::TempDir,
+    _ns: Option<Netns>,
 }
 
 fn fake_ollama() -> PathBuf {
@@ -29,29 +33,42 @@ fn fake_ollama() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_jetson-llmd")).with_file_name("fake-ollama")
 }
 
-fn board(name: &'static str, model: &str) -> Board {
+/// Board `i` pinning `model`: in its own network namespace when it can have one.
+fn board(name: &'static str, model: &str, i: u32) -> Board {
     let root = tempfile::tempdir().expect("tmp");
     let r = root.path();
     for d in ["etc/ollama", "etc/jetson-llmd", "proc/sys/vm"] {
         std::fs::create_dir_all(r.join(d)).expect("mkdir");
     }
-    let (ollama, guard, metrics) = (free_port(), free_port(), free_port());
+    let ns = Netns::try_new(i);
+    let (ollama, guard, metrics) = match &ns {
+        Some(n) => ("127.0.0.1:11435".to_string(), format!("{}:11434", n.board), format!("{}:9464", n.board)),
+        None => (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port())),
+    };
     std::fs::write(r.join("etc/ollama/model.conf"), format!("OLLAMA_MODEL={model}\n")).expect("w");
     std::fs::write(r.join("proc/sys/vm/drop_caches"), "").expect("w");
-    std::fs::write(r.join("etc/jetson-llmd/config.toml"), format!("metrics_listen = \"127.0.0.1:{metrics}\"\n[guard]\nenabled = true\nlisten = \"127.0.0.1:{guard}\"\n")).expect("w");
-    let child = Command::new(env!("CARGO_BIN_EXE_jetson-llmd"))
+    std::fs::write(r.join("etc/jetson-llmd/config.toml"), format!("metrics_listen = \"{metrics}\"\n[guard]\nenabled = true\nlisten = \"{guard}\"\n")).expect("w");
+    let mut cmd = match &ns {
+        Some(n) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &n.name]).arg(env!("CARGO_BIN_EXE_jetson-llmd"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_jetson-llmd")),
+    };
+    let child = cmd
         .arg("--root")
         .arg(r)
         .args(["supervise", "--launcher", "process", "--ollama-bin"])
         .arg(fake_ollama())
-        .env("OLLAMA_HOST", format!("127.0.0.1:{ollama}"))
+        .env("OLLAMA_HOST", &ollama)
         .env("FAKE_OLLAMA_TIME_SCALE", "0.01")
         .env_remove("NOTIFY_SOCKET")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start a board");
-    Board { name, guard, metrics, proc: Some(Proc(child)), _root: root }
+    Board { name, guard, metrics, proc: Some(Proc(child)), _root: root, _ns: ns }
 }
 
 async fn wait_until(what: &str, secs: u64, mut f: impl AsyncFnMut() -> bool) {
@@ -64,7 +81,7 @@ async fn wait_until(what: &str, secs: u64, mut f: impl AsyncFnMut() -> bool) {
 
 /// The guard's decisions on one board, by rule (none for a board that is down).
 async fn decisions(http: &reqwest::Client, b: &Board) -> std::collections::BTreeMap<String, f64> {
-    let Ok(r) = http.get(format!("http://127.0.0.1:{}/metrics", b.metrics)).send().await else { return Default::default() };
+    let Ok(r) = http.get(format!("http://{}/metrics", b.metrics)).send().await else { return Default::default() };
     let text = r.text().await.unwrap_or_default();
     text.lines()
         .filter_map(|l| l.strip_prefix("jetson_llmd_guard_decisions{rule=\""))
@@ -77,10 +94,13 @@ async fn decisions(http: &reqwest::Client, b: &Board) -> std::collections::BTree
 #[ignore = "needs a LiteLLM proxy: LITELLM_BIN (scripts/test installs litellm[proxy] from PyPI)"]
 async fn litellm_routes_each_model_to_the_boards_that_pin_it() {
     let litellm = std::env::var_os("LITELLM_BIN").map(PathBuf::from).filter(|p| p.exists()).expect("LITELLM_BIN: the litellm command (scripts/test installs it)");
-    let mut boards = vec![board("orin1", "gemma4:e2b-8k"), board("orin2", "gemma3:4b"), board("orin3", "gemma4:e2b-8k")];
+    let mut boards = vec![board("orin1", "gemma4:e2b-8k", 1), board("orin2", "gemma3:4b", 2), board("orin3", "gemma4:e2b-8k", 3)];
+    if boards[0]._ns.is_none() {
+        eprintln!("network namespaces unavailable (not root, or no iproute2): the boards are on loopback ports");
+    }
     let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(120)).build().expect("client");
     for b in &boards {
-        let url = format!("http://127.0.0.1:{}/healthz", b.guard);
+        let url = format!("http://{}/healthz", b.guard);
         wait_until(&format!("{} warm", b.name), 120, async || http.get(&url).send().await.is_ok_and(|r| r.status() == 200)).await;
     }
     // The proxy's config, from the boards themselves.
@@ -89,7 +109,7 @@ async fn litellm_routes_each_model_to_the_boards_that_pin_it() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_jetson-llmd"));
     cmd.args(["fleet", "litellm", "--health-interval", "2", "-o"]).arg(&cfg);
     for b in &boards {
-        cmd.arg("--board").arg(format!("{}=http://127.0.0.1:{}", b.name, b.guard));
+        cmd.arg("--board").arg(format!("{}=http://{}", b.name, b.guard));
     }
     let out = cmd.output().expect("fleet litellm");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
@@ -102,13 +122,13 @@ async fn litellm_routes_each_model_to_the_boards_that_pin_it() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_jetson-llmd"));
     cmd.args(["fleet", "prometheus", "-o"]).arg(&prom);
     for b in &boards {
-        cmd.arg("--board").arg(format!("{}=http://127.0.0.1:{}", b.name, b.guard));
+        cmd.arg("--board").arg(format!("{}=http://{}", b.name, b.guard));
     }
     let out = cmd.output().expect("fleet prometheus");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let text = std::fs::read_to_string(&prom).expect("written");
     for b in &boards {
-        assert!(text.contains(&format!("\"127.0.0.1:{}\"", b.metrics)), "each board's own metrics port: {text}");
+        assert!(text.contains(&format!("\"{}\"", b.metrics)), "each board's own metrics address: {text}");
     }
     if let Ok(check) = Command::new("promtool").arg("check").arg("config").arg(&prom).output() {
         assert!(check.status.success(), "promtool check config: {}{}\n{text}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
@@ -172,33 +192,37 @@ async fn litellm_routes_each_model_to_the_boards_that_pin_it() {
 }
 
 /// A network namespace joined to this one by a veth pair (10.213.N.1 here, `board` = .2 in
-/// there), as two machines on a LAN. Removed on drop.
+/// there), as two machines on a LAN. Removed on drop (with it, both ends of the pair).
 struct Netns {
     name: String,
     board: String,
 }
 
 impl Netns {
-    fn new() -> Netns {
+    /// Namespace `i` of this test process, or None where the machine does not allow one.
+    fn try_new(i: u32) -> Option<Netns> {
         let id = std::process::id() % 100_000;
-        let (name, a, b) = (format!("llmdk{id}"), format!("vk{id}a"), format!("vk{id}b"));
-        let net = 10 + id % 200;
+        let (name, a, b) = (format!("llmdk{id}n{i}"), format!("vk{id}{i}a"), format!("vk{id}{i}b"));
+        let net = (id % 40) * 6 + i;
         let (host, board) = (format!("10.213.{net}.1"), format!("10.213.{net}.2"));
-        let ip = |args: &str| {
-            let o = Command::new("ip").args(args.split_whitespace()).output().expect("ip (iproute2)");
-            assert!(o.status.success(), "ip {args}: {} (needs root and iproute2)", String::from_utf8_lossy(&o.stderr));
-        };
+        let ip = |args: &str| Command::new("ip").args(args.split_whitespace()).output().is_ok_and(|o| o.status.success());
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        ip(&format!("netns add {name}"));
+        if !ip(&format!("netns add {name}")) {
+            return None;
+        }
         let n = Netns { name: name.clone(), board: board.clone() };
-        ip(&format!("link add {a} type veth peer name {b}"));
-        ip(&format!("link set {b} netns {name}"));
-        ip(&format!("addr add {host}/30 dev {a}"));
-        ip(&format!("link set {a} up"));
-        ip(&format!("-n {name} addr add {board}/30 dev {b}"));
-        ip(&format!("-n {name} link set {b} up"));
-        ip(&format!("-n {name} link set lo up"));
-        n
+        let ok = ip(&format!("link add {a} type veth peer name {b}"))
+            && ip(&format!("link set {b} netns {name}"))
+            && ip(&format!("addr add {host}/30 dev {a}"))
+            && ip(&format!("link set {a} up"))
+            && ip(&format!("-n {name} addr add {board}/30 dev {b}"))
+            && ip(&format!("-n {name} link set {b} up"))
+            && ip(&format!("-n {name} link set lo up"));
+        ok.then_some(n)
+    }
+
+    fn new(i: u32) -> Netns {
+        Netns::try_new(i).expect("a network namespace with a veth pair (needs root and iproute2)")
     }
 }
 
@@ -213,7 +237,7 @@ impl Drop for Netns {
 #[ignore = "needs a LiteLLM proxy (LITELLM_BIN), root and iproute2 (a network namespace)"]
 async fn litellm_reaches_a_board_that_asks_for_keys_with_the_key_from_its_environment() {
     let litellm = std::env::var_os("LITELLM_BIN").map(PathBuf::from).filter(|p| p.exists()).expect("LITELLM_BIN: the litellm command (scripts/test installs it)");
-    let ns = Netns::new();
+    let ns = Netns::new(4);
     let root = tempfile::tempdir().expect("tmp");
     let r = root.path();
     for d in ["etc/ollama", "etc/jetson-llmd", "proc/sys/vm"] {
