@@ -15,13 +15,10 @@ mod common;
 
 use common::container::{clean_copy, workspace, write, Nspawn};
 use common::fake_release;
+use common::procs::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
 
 fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
@@ -210,8 +207,8 @@ async fn the_playbook_installs_a_board_over_ssh_and_switches_it() {
     assert_eq!(warm_models(ollama).await, vec!["gemma4:e2b-8k".to_string()]);
     let (code, body) = get(guard, "/healthz").await;
     assert_eq!(code, 200, "{body}");
-    let arch = std::fs::read_to_string(root.join("var/lib/dpkg/status")).expect("dpkg status");
-    let pkg = arch.split("\n\n").find(|p| p.starts_with("Package: jetson-llmd\n")).expect("jetson-llmd in dpkg's status");
+    let status = std::fs::read_to_string(root.join("var/lib/dpkg/status")).expect("dpkg status");
+    let pkg = status.split("\n\n").find(|p| p.starts_with("Package: jetson-llmd\n")).expect("jetson-llmd in dpkg's status");
     assert!(pkg.contains("Status: install ok installed") && pkg.contains("Architecture: arm64"), "{pkg}");
     let pid = std::fs::read_to_string(root.join("var/lib/jetson-llmd/state.json")).expect("state");
     let pid = serde_json::from_str::<serde_json::Value>(&pid).expect("json")["pid"].clone();

@@ -11,11 +11,11 @@
 
 mod common;
 
-use common::procs::{free_port, Proc};
+use common::procs::{free_port, supervise, Proc};
 use serde_json::{json, Value};
 use sha2::Digest;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 struct Board {
@@ -28,47 +28,57 @@ struct Board {
     _ns: Option<Netns>,
 }
 
-fn fake_ollama() -> PathBuf {
-    // Built beside this test's jetson-llmd (scripts/test builds every binary first).
-    PathBuf::from(env!("CARGO_BIN_EXE_jetson-llmd")).with_file_name("fake-ollama")
-}
-
 /// Board `i` pinning `model`: in its own network namespace when it can have one.
 fn board(name: &'static str, model: &str, i: u32) -> Board {
+    board_in(name, model, Netns::try_new(i), None)
+}
+
+/// A board pinning `model`, in `ns` (else on loopback ports); `keys`, when given, are the lines
+/// of its guard's keys_file.
+fn board_in(name: &'static str, model: &str, ns: Option<Netns>, keys: Option<&str>) -> Board {
     let root = tempfile::tempdir().expect("tmp");
     let r = root.path();
     for d in ["etc/ollama", "etc/jetson-llmd", "proc/sys/vm"] {
         std::fs::create_dir_all(r.join(d)).expect("mkdir");
     }
-    let ns = Netns::try_new(i);
     let (ollama, guard, metrics) = match &ns {
         Some(n) => ("127.0.0.1:11435".to_string(), format!("{}:11434", n.board), format!("{}:9464", n.board)),
         None => (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port())),
     };
     std::fs::write(r.join("etc/ollama/model.conf"), format!("OLLAMA_MODEL={model}\n")).expect("w");
     std::fs::write(r.join("proc/sys/vm/drop_caches"), "").expect("w");
-    std::fs::write(r.join("etc/jetson-llmd/config.toml"), format!("metrics_listen = \"{metrics}\"\n[guard]\nenabled = true\nlisten = \"{guard}\"\n")).expect("w");
-    let mut cmd = match &ns {
-        Some(n) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", &n.name]).arg(env!("CARGO_BIN_EXE_jetson-llmd"));
-            c
-        }
-        None => Command::new(env!("CARGO_BIN_EXE_jetson-llmd")),
-    };
-    let child = cmd
-        .arg("--root")
-        .arg(r)
-        .args(["supervise", "--launcher", "process", "--ollama-bin"])
-        .arg(fake_ollama())
-        .env("OLLAMA_HOST", &ollama)
-        .env("FAKE_OLLAMA_TIME_SCALE", "0.01")
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start a board");
-    Board { name, guard, metrics, proc: Some(Proc(child)), _root: root, _ns: ns }
+    let mut config = format!("metrics_listen = \"{metrics}\"\n[guard]\nenabled = true\nlisten = \"{guard}\"\n");
+    if let Some(keys) = keys {
+        let file = r.join("etc/jetson-llmd/guard-keys");
+        std::fs::write(&file, keys).expect("w");
+        config.push_str(&format!("keys_file = \"{}\"\n", file.display()));
+    }
+    std::fs::write(r.join("etc/jetson-llmd/config.toml"), config).expect("w");
+    let proc = supervise(r, &ollama, ns.as_ref().map(|n| n.name.as_str()));
+    Board { name, guard, metrics, proc: Some(proc), _root: root, _ns: ns }
+}
+
+/// The LiteLLM proxy on `cfg`, its log in `dir`, JETSON_LLMD_KEY set to `key` when given;
+/// returned once it says it is alive, with its port.
+async fn litellm_proxy(bin: &Path, cfg: &Path, dir: &Path, key: Option<&str>, http: &reqwest::Client) -> (Proc, u16) {
+    let port = free_port();
+    let log = std::fs::File::create(dir.join("litellm.log")).expect("log");
+    let mut cmd = Command::new(bin);
+    cmd.arg("--config")
+        .arg(cfg)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        .env("NO_PROXY", "*")
+        .env_remove("JETSON_LLMD_KEY")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
+    if let Some(k) = key {
+        cmd.env("JETSON_LLMD_KEY", k);
+    }
+    let proxy = Proc(cmd.spawn().expect("start litellm"));
+    let live = format!("http://127.0.0.1:{port}/health/liveliness");
+    wait_until("the LiteLLM proxy", 180, async || http.get(&live).send().await.is_ok_and(|r| r.status() == 200)).await;
+    (proxy, port)
 }
 
 async fn wait_until(what: &str, secs: u64, mut f: impl AsyncFnMut() -> bool) {
@@ -134,22 +144,7 @@ async fn litellm_routes_each_model_to_the_boards_that_pin_it() {
         assert!(check.status.success(), "promtool check config: {}{}\n{text}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
     }
 
-    let port = free_port();
-    let log = std::fs::File::create(dir.path().join("litellm.log")).expect("log");
-    let _proxy = Proc(
-        Command::new(&litellm)
-            .arg("--config")
-            .arg(&cfg)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-            .env("NO_PROXY", "*")
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start litellm"),
-    );
-    let live = format!("http://127.0.0.1:{port}/health/liveliness");
-    wait_until("the LiteLLM proxy", 180, async || http.get(&live).send().await.is_ok_and(|r| r.status() == 200)).await;
+    let (_proxy, port) = litellm_proxy(&litellm, &cfg, dir.path(), None, &http).await;
     let logs = || std::fs::read_to_string(dir.path().join("litellm.log")).unwrap_or_default();
     let chat = |model: &'static str| {
         let (http, url) = (http.clone(), format!("http://127.0.0.1:{port}/v1/chat/completions"));
@@ -237,39 +232,10 @@ impl Drop for Netns {
 #[ignore = "needs a LiteLLM proxy (LITELLM_BIN), root and iproute2 (a network namespace)"]
 async fn litellm_reaches_a_board_that_asks_for_keys_with_the_key_from_its_environment() {
     let litellm = std::env::var_os("LITELLM_BIN").map(PathBuf::from).filter(|p| p.exists()).expect("LITELLM_BIN: the litellm command (scripts/test installs it)");
-    let ns = Netns::new(4);
-    let root = tempfile::tempdir().expect("tmp");
-    let r = root.path();
-    for d in ["etc/ollama", "etc/jetson-llmd", "proc/sys/vm"] {
-        std::fs::create_dir_all(r.join(d)).expect("mkdir");
-    }
     let key = "sk-board-test-0123456789";
     let digest: String = sha2::Sha256::digest(key.as_bytes()).iter().map(|x| format!("{x:02x}")).collect();
-    std::fs::write(r.join("etc/jetson-llmd/guard-keys"), format!("litellm client sha256:{digest}\n")).expect("w");
-    std::fs::write(r.join("etc/ollama/model.conf"), "OLLAMA_MODEL=gemma4:e2b-8k\n").expect("w");
-    std::fs::write(r.join("proc/sys/vm/drop_caches"), "").expect("w");
-    let guard = format!("{}:11434", ns.board);
-    std::fs::write(
-        r.join("etc/jetson-llmd/config.toml"),
-        format!("[guard]\nenabled = true\nlisten = \"{guard}\"\nkeys_file = \"{}\"\n", r.join("etc/jetson-llmd/guard-keys").display()),
-    )
-    .expect("w");
-    let _board = Proc(
-        Command::new("ip")
-            .args(["netns", "exec", &ns.name])
-            .arg(env!("CARGO_BIN_EXE_jetson-llmd"))
-            .arg("--root")
-            .arg(r)
-            .args(["supervise", "--launcher", "process", "--ollama-bin"])
-            .arg(fake_ollama())
-            .env("OLLAMA_HOST", "127.0.0.1:11435")
-            .env("FAKE_OLLAMA_TIME_SCALE", "0.01")
-            .env_remove("NOTIFY_SOCKET")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the board"),
-    );
+    let board = board_in("orin1", "gemma4:e2b-8k", Some(Netns::new(4)), Some(&format!("litellm client sha256:{digest}\n")));
+    let guard = &board.guard;
     let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(120)).build().expect("client");
     let base = format!("http://{guard}");
     wait_until("the board warm", 120, async || http.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status() == 200)).await;
@@ -295,23 +261,7 @@ async fn litellm_reaches_a_board_that_asks_for_keys_with_the_key_from_its_enviro
     let yaml = std::fs::read_to_string(&cfg).expect("written");
     assert!(yaml.contains("api_key: \"os.environ/JETSON_LLMD_KEY\"") && !yaml.contains(key), "the key is referenced, never written: {yaml}");
 
-    let port = free_port();
-    let log = std::fs::File::create(dir.path().join("litellm.log")).expect("log");
-    let _proxy = Proc(
-        Command::new(&litellm)
-            .arg("--config")
-            .arg(&cfg)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-            .env("NO_PROXY", "*")
-            .env("JETSON_LLMD_KEY", key)
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start litellm"),
-    );
-    let live = format!("http://127.0.0.1:{port}/health/liveliness");
-    wait_until("the LiteLLM proxy", 180, async || http.get(&live).send().await.is_ok_and(|r| r.status() == 200)).await;
+    let (_proxy, port) = litellm_proxy(&litellm, &cfg, dir.path(), Some(key), &http).await;
     for _ in 0..3 {
         let r = http.post(format!("http://127.0.0.1:{port}/v1/chat/completions")).json(&json!({"model": "gemma4:e2b-8k", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8})).send().await.expect("send");
         let status = r.status().as_u16();

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::procs::{free_port, Proc};
+use common::procs::{free_port, supervise, Proc};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -50,20 +50,7 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
         "/etc/jetson-llmd/config.toml",
         &format!("metrics_listen = \"127.0.0.1:{metrics}\"\n[guard]\nenabled = true\nlisten = \"127.0.0.1:{guard}\"\nclass_header = \"X-Client-Class\"\n[[guard.class]]\nname = \"chat\"\npriority = 10\n"),
     );
-    let _board = Proc(
-        Command::new(env!("CARGO_BIN_EXE_jetson-llmd"))
-            .arg("--root")
-            .arg(r)
-            .args(["supervise", "--launcher", "process", "--ollama-bin"])
-            .arg(PathBuf::from(env!("CARGO_BIN_EXE_jetson-llmd")).with_file_name("fake-ollama"))
-            .env("OLLAMA_HOST", format!("127.0.0.1:{ollama}"))
-            .env("FAKE_OLLAMA_TIME_SCALE", "0.01")
-            .env_remove("NOTIFY_SOCKET")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the board"),
-    );
+    let _board = supervise(r, &format!("127.0.0.1:{ollama}"), None);
     let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().expect("client");
     let healthz = format!("http://127.0.0.1:{guard}/healthz");
     until("the board warm", 120, async || http.get(&healthz).send().await.is_ok_and(|r| r.status() == 200)).await;
