@@ -289,14 +289,7 @@ impl Emulator {
         let fragmented = config.fragile_memory && !config.reset_memory && read_memory_state(&config) != MemState::Clean;
         let drop_caches_seen = config.drop_caches_file.as_ref().and_then(|p| std::fs::metadata(p).ok()).and_then(|m| m.modified().ok());
         let emu = Emulator {
-            state: Mutex::new(State {
-                local,
-                loaded: BTreeMap::new(),
-                faults: VecDeque::new(),
-                counters: Counters::default(),
-                fragmented,
-                drop_caches_seen,
-            }),
+            state: Mutex::new(State { local, loaded: BTreeMap::new(), faults: VecDeque::new(), counters: Counters::default(), fragmented, drop_caches_seen }),
             load_lock: tokio::sync::Mutex::new(()),
             slots: Arc::new(tokio::sync::Semaphore::new(config.num_parallel.max(1))),
             logs: Mutex::new(Vec::new()),
@@ -319,16 +312,7 @@ impl Emulator {
     /// Appends a server log line (slog text format, as `ollama serve` writes to stderr).
     pub fn log(&self, level: &str, source: &str, msg: &str, attrs: &str) {
         let now = OffsetDateTime::now_utc();
-        let ts = format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-            now.year(),
-            now.month() as u8,
-            now.day(),
-            now.hour(),
-            now.minute(),
-            now.second(),
-            now.millisecond()
-        );
+        let ts = format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", now.year(), now.month() as u8, now.day(), now.hour(), now.minute(), now.second(), now.millisecond());
         let msg = if msg.contains(' ') || msg.contains('"') || msg.is_empty() { format!("{msg:?}") } else { msg.to_string() };
         let mut line = format!("time={ts} level={level} source={source} msg={msg}");
         if !attrs.is_empty() {

@@ -145,8 +145,7 @@ async fn ps(url: &str) -> String {
         Ok(r) => r.json().await.unwrap_or(Value::Null),
         Err(e) => return format!("ps failed: {e}"),
     };
-    let mut models: Vec<String> =
-        v["models"].as_array().map(|a| a.iter().map(|m| format!("{} ({})", m["name"].as_str().unwrap_or("?"), expiry_class(m["expires_at"].as_str().unwrap_or("")))).collect()).unwrap_or_default();
+    let mut models: Vec<String> = v["models"].as_array().map(|a| a.iter().map(|m| format!("{} ({})", m["name"].as_str().unwrap_or("?"), expiry_class(m["expires_at"].as_str().unwrap_or("")))).collect()).unwrap_or_default();
     models.sort();
     if models.is_empty() {
         "-".into()

@@ -17,12 +17,7 @@ const PINNED: &str = "gemma4:e2b-8k";
 /// One streamed generation: (time to the first line, lines, total time).
 async fn stream(http: &reqwest::Client, port: u16, tokens: u64) -> (Duration, u64, Duration) {
     let t0 = Instant::now();
-    let mut resp = http
-        .post(format!("http://127.0.0.1:{port}/api/generate"))
-        .json(&serde_json::json!({"model": PINNED, "prompt": "bench", "options": {"num_predict": tokens}}))
-        .send()
-        .await
-        .expect("send");
+    let mut resp = http.post(format!("http://127.0.0.1:{port}/api/generate")).json(&serde_json::json!({"model": PINNED, "prompt": "bench", "options": {"num_predict": tokens}})).send().await.expect("send");
     assert!(resp.status().is_success(), "HTTP {}", resp.status());
     let mut first = None;
     let mut lines = 0;
@@ -87,7 +82,11 @@ async fn main() {
         let order = if i % 2 == 0 { [ollama, guard] } else { [guard, ollama] };
         for p in order {
             let (first, ..) = stream(&http, p, 1).await;
-            if p == ollama { d1.push(first.as_secs_f64() * 1e3) } else { g1.push(first.as_secs_f64() * 1e3) }
+            if p == ollama {
+                d1.push(first.as_secs_f64() * 1e3)
+            } else {
+                g1.push(first.as_secs_f64() * 1e3)
+            }
         }
     }
     // 2. Per streamed line: total time of a stream over its lines.
@@ -97,7 +96,11 @@ async fn main() {
         for p in order {
             let (_, lines, total) = stream(&http, p, stream_tokens).await;
             let per = total.as_secs_f64() * 1e6 / lines.max(1) as f64;
-            if p == ollama { d2.push(per) } else { g2.push(per) }
+            if p == ollama {
+                d2.push(per)
+            } else {
+                g2.push(per)
+            }
         }
     }
     // 3. Throughput of one long stream.
@@ -108,7 +111,11 @@ async fn main() {
         for p in order {
             let (_, lines, total) = stream(&http, p, big).await;
             let rate = lines as f64 / total.as_secs_f64();
-            if p == ollama { d3.push(rate) } else { g3.push(rate) }
+            if p == ollama {
+                d3.push(rate)
+            } else {
+                g3.push(rate)
+            }
         }
     }
     // 4. The supervisor's memory with `conc` streams through the guard at once.
@@ -177,17 +184,17 @@ async fn main() {
         if quick { "quick (harness check only)" } else { "full" }
     ));
     md.push_str("| figure | direct to Ollama (median, min-max) | through the guard (median, min-max) | guard adds (median) | goal |\n|---|---|---|---|---|\n");
-    md.push_str(&format!(
-        "| time to first byte, 1-token generation ({n_ttfb} runs) | {:.3} ms ({:.3}-{:.3}) | {:.3} ms ({:.3}-{:.3}) | {:+.3} ms | < 1 ms |\n",
-        a.median, a.min, a.max, b.median, b.min, b.max, b.median - a.median
-    ));
-    md.push_str(&format!(
-        "| time per streamed line, {stream_tokens}-token streams ({n_stream} runs) | {:.1} µs ({:.1}-{:.1}) | {:.1} µs ({:.1}-{:.1}) | {:+.1} µs | < 100 µs |\n",
-        c.median, c.min, c.max, d.median, d.min, d.max, d.median - c.median
-    ));
+    md.push_str(&format!("| time to first byte, 1-token generation ({n_ttfb} runs) | {:.3} ms ({:.3}-{:.3}) | {:.3} ms ({:.3}-{:.3}) | {:+.3} ms | < 1 ms |\n", a.median, a.min, a.max, b.median, b.min, b.max, b.median - a.median));
+    md.push_str(&format!("| time per streamed line, {stream_tokens}-token streams ({n_stream} runs) | {:.1} µs ({:.1}-{:.1}) | {:.1} µs ({:.1}-{:.1}) | {:+.1} µs | < 100 µs |\n", c.median, c.min, c.max, d.median, d.min, d.max, d.median - c.median));
     md.push_str(&format!(
         "| throughput, one {big}-line stream ({n_big} runs) | {:.0} lines/s ({:.0}-{:.0}) | {:.0} lines/s ({:.0}-{:.0}) | {:.1}% of direct | within 5% |\n",
-        e.median, e.min, e.max, f.median, f.min, f.max, f.median / e.median.max(1.0) * 100.0
+        e.median,
+        e.min,
+        e.max,
+        f.median,
+        f.min,
+        f.max,
+        f.median / e.median.max(1.0) * 100.0
     ));
     md.push_str(&format!(
         "| supervisor + guard RSS, {conc} concurrent streams | - | idle {:.1} MiB, peak {:.1} MiB (VmHWM {:.1} MiB) | {:+.1} MiB | < 30 MiB |\n",

@@ -216,12 +216,7 @@ async fn main() {
 
     // One generation's time on this scale: a batch request alone, end to end.
     let t = Instant::now();
-    let r = http
-        .post(format!("http://127.0.0.1:{ollama}/api/generate"))
-        .json(&serde_json::json!({"model": PINNED, "prompt": "summarise document 0", "stream": false, "options": {"num_predict": BATCH_TOKENS}}))
-        .send()
-        .await
-        .expect("send");
+    let r = http.post(format!("http://127.0.0.1:{ollama}/api/generate")).json(&serde_json::json!({"model": PINNED, "prompt": "summarise document 0", "stream": false, "options": {"num_predict": BATCH_TOKENS}})).send().await.expect("send");
     let _ = r.bytes().await;
     let generation_ms = t.elapsed().as_secs_f64() * 1e3;
 

@@ -44,23 +44,11 @@ struct Rig {
 
 impl Rig {
     fn ollama(&self, port: u16) -> Proc {
-        Proc(
-            Command::new(self.bin.join("fake-ollama"))
-                .arg("serve")
-                .env("OLLAMA_HOST", format!("127.0.0.1:{port}"))
-                .envs(self.env())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("fake-ollama"),
-        )
+        Proc(Command::new(self.bin.join("fake-ollama")).arg("serve").env("OLLAMA_HOST", format!("127.0.0.1:{port}")).envs(self.env()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("fake-ollama"))
     }
 
     fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("FAKE_OLLAMA_TIME_SCALE", SCALE.into()),
-            ("FAKE_OLLAMA_START_DELAY_MS", START_DELAY_MS.into()),
-        ]
+        vec![("FAKE_OLLAMA_TIME_SCALE", SCALE.into()), ("FAKE_OLLAMA_START_DELAY_MS", START_DELAY_MS.into())]
     }
 
     fn supervisor(&self, root: &Path, port: u16) -> Proc {
@@ -207,14 +195,7 @@ async fn main() {
             // 6. What one keepalive ping costs Ollama.
             let before = rig.counters(port).await;
             let t = Instant::now();
-            let o = Command::new(rig.bin.join("jetson-llmd"))
-                .arg("--root")
-                .arg(root.path())
-                .args(["keepalive", "--once"])
-                .env("OLLAMA_HOST", format!("127.0.0.1:{port}"))
-                .env_remove("NOTIFY_SOCKET")
-                .output()
-                .expect("keepalive --once");
+            let o = Command::new(rig.bin.join("jetson-llmd")).arg("--root").arg(root.path()).args(["keepalive", "--once"]).env("OLLAMA_HOST", format!("127.0.0.1:{port}")).env_remove("NOTIFY_SOCKET").output().expect("keepalive --once");
             let took = t.elapsed();
             assert!(o.status.success(), "keepalive --once: {}", String::from_utf8_lossy(&o.stderr));
             let after = rig.counters(port).await;
@@ -253,37 +234,12 @@ async fn main() {
         if quick { "quick (harness check only)" } else { "full" },
         runs.min(3)
     ));
-    md.push_str(&format!(
-        "Physics, measured directly in the same run: Ollama start-up {}, cold load of {PINNED} {}, of {OTHER} {}.\n\n",
-        ms(up),
-        ms(load),
-        ms(load_other)
-    ));
+    md.push_str(&format!("Physics, measured directly in the same run: Ollama start-up {}, cold load of {PINNED} {}, of {OTHER} {}.\n\n", ms(up), ms(load), ms(load_other)));
     md.push_str("| figure | baseline: the seed's units (median, min-max) | jetson-llmd (median, min-max) | jetson-llmd overhead (median) | goal |\n|---|---|---|---|---|\n");
-    md.push_str(&format!(
-        "| boot to warm | {} (sleep {} s + load) | {} | {:+.0} ms over start-up + load | < 50 ms |\n",
-        ms(bb),
-        baseline_sleep.as_secs(),
-        ms(b),
-        (b.median - physics) * 1e3
-    ));
-    md.push_str(&format!(
-        "| recovery: Ollama killed -> warm | waits for its next ping: up to 240 s (120 s on average), plus load | {} | {:+.0} ms over start-up + load | < 1 s |\n",
-        ms(r),
-        (r.median - physics) * 1e3
-    ));
-    md.push_str(&format!(
-        "| eviction repair: another client unloads -> warm | up to 240 s, plus load | {} | {:+.0} ms over load | within residency_check ({} s) + load |\n",
-        ms(e),
-        (e.median - load.median) * 1e3,
-        RESIDENCY.as_secs()
-    ));
-    md.push_str(&format!(
-        "| switch: model.conf saved -> new model warm | (by hand) | {} | {:+.0} ms over the new model's load | debounce ({} ms) + < 100 ms |\n",
-        ms(s),
-        (s.median - load_other.median) * 1e3,
-        jetson_llmd_debounce_ms()
-    ));
+    md.push_str(&format!("| boot to warm | {} (sleep {} s + load) | {} | {:+.0} ms over start-up + load | < 50 ms |\n", ms(bb), baseline_sleep.as_secs(), ms(b), (b.median - physics) * 1e3));
+    md.push_str(&format!("| recovery: Ollama killed -> warm | waits for its next ping: up to 240 s (120 s on average), plus load | {} | {:+.0} ms over start-up + load | < 1 s |\n", ms(r), (r.median - physics) * 1e3));
+    md.push_str(&format!("| eviction repair: another client unloads -> warm | up to 240 s, plus load | {} | {:+.0} ms over load | within residency_check ({} s) + load |\n", ms(e), (e.median - load.median) * 1e3, RESIDENCY.as_secs()));
+    md.push_str(&format!("| switch: model.conf saved -> new model warm | (by hand) | {} | {:+.0} ms over the new model's load | debounce ({} ms) + < 100 ms |\n", ms(s), (s.median - load_other.median) * 1e3, jetson_llmd_debounce_ms()));
     if let Some((rss, hwm, per_h, per_min, idle)) = footprint {
         md.push_str(&format!(
             "| idle supervisor, model warm ({} s) | - | RSS {:.1} MiB (peak {:.1}); CPU {:.2} s/h; {:.0} wake-ups/min | - | RSS < 8 MiB; CPU < 0.5 s/h; no busy polling |\n",

@@ -81,17 +81,44 @@ impl Failure {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Reported {
-    RebootRequired { detail: String },
-    OnCpu { model: String, hint: String },
-    PartlyOnGpu { model: String, percent: u8, min: u8 },
-    DoesNotFit { model: String, detail: String },
-    Missing { model: String, detail: String },
-    LoadFailed { model: String, detail: String },
-    NotResident { model: String },
-    Unreachable { url: String, detail: String },
-    Config { detail: String },
+    RebootRequired {
+        detail: String,
+    },
+    OnCpu {
+        model: String,
+        hint: String,
+    },
+    PartlyOnGpu {
+        model: String,
+        percent: u8,
+        min: u8,
+    },
+    DoesNotFit {
+        model: String,
+        detail: String,
+    },
+    Missing {
+        model: String,
+        detail: String,
+    },
+    LoadFailed {
+        model: String,
+        detail: String,
+    },
+    NotResident {
+        model: String,
+    },
+    Unreachable {
+        url: String,
+        detail: String,
+    },
+    Config {
+        detail: String,
+    },
     /// Anything else, in words (it is retried like a failed preload).
-    Other { detail: String },
+    Other {
+        detail: String,
+    },
 }
 
 impl Failure {

@@ -16,6 +16,6 @@ pub mod ollama;
 pub mod records;
 pub mod report;
 pub mod supervisor;
-pub mod text;
 #[cfg(test)]
 mod testing;
+pub mod text;

@@ -8,8 +8,8 @@ use crate::host::memory::MemoryRelief;
 use crate::host::notify::Notifier;
 use crate::ollama::warm::{self, WarmReport};
 use crate::ollama::OllamaApi;
-use crate::supervisor::backend::{Backend, OllamaEvent};
 use crate::records::state::LauncherKind;
+use crate::supervisor::backend::{Backend, OllamaEvent};
 use ollama_client::{CreateRequest, Error, KeepAlive, ProgressLine, PsResponse, RunningModel, ShowResponse, TagsResponse, VersionResponse};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -213,7 +213,8 @@ impl FakeNotify {
 }
 
 pub const GPU_LOG: &str = r#"time=2026-05-01T10:00:02.100+02:00 level=INFO source=types.go:60 msg="inference compute" id=0 filter_id="" library=CUDA compute=8.7 name=CUDA0 description=Orin libdirs=ollama,cuda_jetpack6 driver=12.6 pci_id=0000:00:00.0 type=iGPU total="7.4 GiB" available="5.1 GiB""#;
-pub const CPU_LOG: &str = r#"time=2026-05-01T10:00:02.100+02:00 level=INFO source=types.go:60 msg="inference compute" id=cpu library=cpu compute="" name=cpu description=cpu libdirs=ollama driver="" pci_id="" type="" total="7.4 GiB" available="5.6 GiB""#;
+pub const CPU_LOG: &str =
+    r#"time=2026-05-01T10:00:02.100+02:00 level=INFO source=types.go:60 msg="inference compute" id=cpu library=cpu compute="" name=cpu description=cpu libdirs=ollama driver="" pci_id="" type="" total="7.4 GiB" available="5.6 GiB""#;
 
 /// A backend whose Ollama is the [`FakeApi`]; every call is recorded.
 pub struct FakeBackend {
@@ -230,15 +231,7 @@ pub struct FakeBackend {
 impl FakeBackend {
     pub fn new(kind: LauncherKind) -> (FakeBackend, tokio::sync::mpsc::UnboundedSender<OllamaEvent>) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let b = FakeBackend {
-            kind,
-            calls: Rc::default(),
-            events: rx,
-            log: Rc::new(RefCell::new(vec![GPU_LOG.to_string()])),
-            start_errors: RefCell::default(),
-            relief: FakeRelief::default(),
-            reports: Rc::default(),
-        };
+        let b = FakeBackend { kind, calls: Rc::default(), events: rx, log: Rc::new(RefCell::new(vec![GPU_LOG.to_string()])), start_errors: RefCell::default(), relief: FakeRelief::default(), reports: Rc::default() };
         (b, tx)
     }
 

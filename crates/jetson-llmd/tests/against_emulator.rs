@@ -246,12 +246,7 @@ async fn our_base_loaded_at_our_context_by_another_client_is_our_runner() {
     let h = emu(Config::orin_nano(SCALE)).await;
     let cl = client(&h);
     let s = Settings::default();
-    let created = reqwest::Client::new()
-        .post(format!("{}/api/create", h.url()))
-        .json(&serde_json::json!({"model": "gemma4:e2b-8k", "from": "gemma4:e2b-it-qat", "parameters": {"num_ctx": 8192}, "stream": false}))
-        .send()
-        .await
-        .expect("create");
+    let created = reqwest::Client::new().post(format!("{}/api/create", h.url())).json(&serde_json::json!({"model": "gemma4:e2b-8k", "from": "gemma4:e2b-it-qat", "parameters": {"num_ctx": 8192}, "stream": false})).send().await.expect("create");
     assert_eq!(created.status().as_u16(), 200);
     assert_eq!(other_client(&h, serde_json::json!({"model": "gemma4:e2b-it-qat", "keep_alive": -1, "options": {"num_ctx": 8192}})).await, 200);
     let loads = h.emu.counters().loads;

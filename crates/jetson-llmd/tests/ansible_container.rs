@@ -83,9 +83,7 @@ fn play(inventory: &Path, extra: &[String], log: &str) -> (bool, String) {
 /// The PLAY RECAP numbers for the host: (ok, changed, failed).
 fn recap(out: &str, host: &str) -> (u32, u32, u32) {
     let line = out.lines().skip_while(|l| !l.starts_with("PLAY RECAP")).find(|l| l.starts_with(host)).unwrap_or_else(|| panic!("no recap for {host}: {out}"));
-    let n = |k: &str| -> u32 {
-        line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{k}="))).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{k}= in {line}"))
-    };
+    let n = |k: &str| -> u32 { line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{k}="))).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{k}= in {line}")) };
     (n("ok"), n("changed"), n("failed"))
 }
 

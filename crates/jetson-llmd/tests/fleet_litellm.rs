@@ -64,14 +64,7 @@ async fn litellm_proxy(bin: &Path, cfg: &Path, dir: &Path, key: Option<&str>, ht
     let port = free_port();
     let log = std::fs::File::create(dir.join("litellm.log")).expect("log");
     let mut cmd = Command::new(bin);
-    cmd.arg("--config")
-        .arg(cfg)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        .env("NO_PROXY", "*")
-        .env_remove("JETSON_LLMD_KEY")
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log);
+    cmd.arg("--config").arg(cfg).args(["--host", "127.0.0.1", "--port", &port.to_string()]).env("LITELLM_LOCAL_MODEL_COST_MAP", "True").env("NO_PROXY", "*").env_remove("JETSON_LLMD_KEY").stdout(log.try_clone().expect("log")).stderr(log);
     if let Some(k) = key {
         cmd.env("JETSON_LLMD_KEY", k);
     }
@@ -93,11 +86,7 @@ async fn wait_until(what: &str, secs: u64, mut f: impl AsyncFnMut() -> bool) {
 async fn decisions(http: &reqwest::Client, b: &Board) -> std::collections::BTreeMap<String, f64> {
     let Ok(r) = http.get(format!("http://{}/metrics", b.metrics)).send().await else { return Default::default() };
     let text = r.text().await.unwrap_or_default();
-    text.lines()
-        .filter_map(|l| l.strip_prefix("jetson_llmd_guard_decisions{rule=\""))
-        .filter_map(|l| l.split_once("\"} "))
-        .map(|(rule, v)| (rule.to_string(), v.trim().parse().unwrap_or(0.0)))
-        .collect()
+    text.lines().filter_map(|l| l.strip_prefix("jetson_llmd_guard_decisions{rule=\"")).filter_map(|l| l.split_once("\"} ")).map(|(rule, v)| (rule.to_string(), v.trim().parse().unwrap_or(0.0))).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,11 +45,7 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
     write(r, "/sys/class/devfreq/17000000.gpu/device/load", "870\n");
     write(r, "/sys/class/devfreq/17000000.gpu/cur_freq", "1020000000\n");
     write(r, "/sys/class/devfreq/17000000.gpu/max_freq", "1020000000\n");
-    write(
-        r,
-        "/etc/jetson-llmd/config.toml",
-        &format!("metrics_listen = \"127.0.0.1:{metrics}\"\n[guard]\nenabled = true\nlisten = \"127.0.0.1:{guard}\"\nclass_header = \"X-Client-Class\"\n[[guard.class]]\nname = \"chat\"\npriority = 10\n"),
-    );
+    write(r, "/etc/jetson-llmd/config.toml", &format!("metrics_listen = \"127.0.0.1:{metrics}\"\n[guard]\nenabled = true\nlisten = \"127.0.0.1:{guard}\"\nclass_header = \"X-Client-Class\"\n[[guard.class]]\nname = \"chat\"\npriority = 10\n"));
     let _board = supervise(r, &format!("127.0.0.1:{ollama}"), None);
     let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().expect("client");
     let healthz = format!("http://127.0.0.1:{guard}/healthz");
@@ -58,12 +54,7 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
     // Prometheus with the scrape config the fleet command writes (scraping every second).
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = dir.path().join("prometheus.yml");
-    let out = Command::new(env!("CARGO_BIN_EXE_jetson-llmd"))
-        .args(["fleet", "prometheus", "--interval", "1", "-o"])
-        .arg(&cfg)
-        .args(["--board", &format!("orin1=http://127.0.0.1:{guard}")])
-        .output()
-        .expect("fleet prometheus");
+    let out = Command::new(env!("CARGO_BIN_EXE_jetson-llmd")).args(["fleet", "prometheus", "--interval", "1", "-o"]).arg(&cfg).args(["--board", &format!("orin1=http://127.0.0.1:{guard}")]).output().expect("fleet prometheus");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let port = free_port();
     let _prom = Proc(

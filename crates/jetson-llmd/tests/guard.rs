@@ -6,8 +6,8 @@
 use fake_ollama::{spawn, Config, Handle};
 use jetson_llmd::conf::config::{GuardSettings, OptionsPolicy};
 use jetson_llmd::guard::{self, Guard, Stats};
-use jetson_llmd::records::Stage;
 use jetson_llmd::records::state::State;
+use jetson_llmd::records::Stage;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;

@@ -56,11 +56,7 @@ fn cmd(port: u16, d: &tempfile::TempDir, args: &[&str]) -> Command {
 
 #[test]
 fn sigterm_ends_a_pull_that_never_finishes() {
-    static ROUTES: [Route; 3] = [
-        ("/api/version", OK_JSON, b"{\"version\":\"0.30.6\"}", false),
-        ("/api/tags", OK_JSON, b"{\"models\":[]}", false),
-        ("/api/pull", NDJSON, b"{\"status\":\"pulling manifest\"}\n", true),
-    ];
+    static ROUTES: [Route; 3] = [("/api/version", OK_JSON, b"{\"version\":\"0.30.6\"}", false), ("/api/tags", OK_JSON, b"{\"models\":[]}", false), ("/api/pull", NDJSON, b"{\"status\":\"pulling manifest\"}\n", true)];
     let port = peer(&ROUTES);
     let d = model_conf();
     let mut child = cmd(port, &d, &["preload"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");

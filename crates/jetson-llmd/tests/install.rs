@@ -7,9 +7,9 @@ mod common;
 
 use common::{release, sha, Release, E};
 use std::collections::BTreeMap;
-use std::time::Duration;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_jetson-llmd"))
@@ -255,12 +255,7 @@ fn hostile_archives_and_bad_downloads_leave_the_old_install_intact() {
         ("outside the allow-list", with_base(vec![E::File("./etc/systemd/system/evil.service", b"x", 0o644)]), jetpack_entries(), "outside what this tarball may install"),
         ("symlink out", with_base(vec![E::Link("./lib/ollama/evil", "../../../../etc/passwd")]), jetpack_entries(), "points outside the install"),
         ("absolute symlink", with_base(vec![E::Link("./lib/ollama/evil", "/etc/shadow")]), jetpack_entries(), "absolute path"),
-        (
-            "write through a symlink",
-            with_base(vec![E::Link("./lib/ollama/d", "libggml-base.so.0.0.0"), E::File("./lib/ollama/d/x", b"x", 0o644)]),
-            jetpack_entries(),
-            "through the symlink",
-        ),
+        ("write through a symlink", with_base(vec![E::Link("./lib/ollama/d", "libggml-base.so.0.0.0"), E::File("./lib/ollama/d/x", b"x", 0o644)]), jetpack_entries(), "through the symlink"),
         ("symlink then directory", with_base(vec![E::Link("./lib/ollama/sub", "."), E::Dir("./lib/ollama/sub/")]), jetpack_entries(), "a directory where"),
         ("hard link", with_base(vec![E::Hard("./lib/ollama/h", "/etc/shadow")]), jetpack_entries(), "a hard link"),
         ("fifo", with_base(vec![E::Fifo("./lib/ollama/f")]), jetpack_entries(), "a FIFO"),
@@ -474,9 +469,7 @@ async fn downloads_resume_a_partial_file_and_refuse_a_tampered_one() {
     let (url, sent) = mirror(rel.path().to_path_buf()).await;
     let run = |version: &'static str| {
         let (root, url) = (root.path().to_path_buf(), url.clone());
-        async move {
-            tokio::process::Command::new(bin()).arg("--root").arg(&root).args(["install", "--no-systemd", "--force", "--version", version, "--mirror", &url]).output().await.expect("run")
-        }
+        async move { tokio::process::Command::new(bin()).arg("--root").arg(&root).args(["install", "--no-systemd", "--force", "--version", version, "--mirror", &url]).output().await.expect("run") }
     };
     let o = run("0.30.6").await;
     assert!(o.status.success(), "{}", text(&o));

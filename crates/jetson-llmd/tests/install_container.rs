@@ -105,12 +105,7 @@ async fn install_upgrade_canary_and_rollback_under_real_systemd() {
     // The guard, inside jetson-llmd.service: clients on its port reach Ollama only through it.
     let via = Host { root: &root, bus: h.bus.clone(), port: gport };
     assert_eq!(via.get("/api/version").await["version"], "0.30.6");
-    let r = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{gport}/api/generate"))
-        .json(&serde_json::json!({"model": "llama3.2:3b", "prompt": "hi"}))
-        .send()
-        .await
-        .expect("guard");
+    let r = reqwest::Client::new().post(format!("http://127.0.0.1:{gport}/api/generate")).json(&serde_json::json!({"model": "llama3.2:3b", "prompt": "hi"})).send().await.expect("guard");
     assert_eq!(r.status(), 409, "another model is refused at the door");
     assert!(h.warm("gemma4:e2b-8k").await);
 
@@ -151,11 +146,6 @@ async fn install_upgrade_canary_and_rollback_under_real_systemd() {
     assert_eq!(h.get("/api/version").await["version"], "0.30.6");
     assert!(h.warm("gemma4:e2b-8k").await);
 
-    println!(
-        "install wall times in the container: install {:.1} s (includes warm-up), no-op re-install {:.1} s, upgrade with canary {:.1} s",
-        t_install.as_secs_f64(),
-        t_noop.as_secs_f64(),
-        t_upgrade.as_secs_f64()
-    );
+    println!("install wall times in the container: install {:.1} s (includes warm-up), no-op re-install {:.1} s, upgrade with canary {:.1} s", t_install.as_secs_f64(), t_noop.as_secs_f64(), t_upgrade.as_secs_f64());
     drop(booted);
 }

@@ -573,11 +573,15 @@ async fn a_simulated_week_of_real_clients_keeps_the_model_warm_body() {
     );
     md.push_str("| figure | result | goal |\n|---|---|---|\n");
     md.push_str(&format!("| time the pinned model was warm | {:.4}% ({} not warm) | ≥ 99.99% |\n", f.warm_share * 100.0, hms(f.not_warm_s)));
+    md.push_str(&format!("| not warm beyond the cold loads Ollama's own faults force (60 s each) | {} | - |\n", hms(own)));
     md.push_str(&format!(
-        "| not warm beyond the cold loads Ollama's own faults force (60 s each) | {} | - |\n",
-        hms(own)
+        "| reloads a client caused | {} (other models loaded: {}, reloads for options: {}; the pinned model loaded {} times: at boot and once per fault that unloaded it, {}) | 0 |\n",
+        f.other_loads + f.reloads_for_options + f.pinned_loads.saturating_sub(1 + f.unloading_faults),
+        f.other_loads,
+        f.reloads_for_options,
+        f.pinned_loads,
+        f.unloading_faults
     ));
-    md.push_str(&format!("| reloads a client caused | {} (other models loaded: {}, reloads for options: {}; the pinned model loaded {} times: at boot and once per fault that unloaded it, {}) | 0 |\n", f.other_loads + f.reloads_for_options + f.pinned_loads.saturating_sub(1 + f.unloading_faults), f.other_loads, f.reloads_for_options, f.pinned_loads, f.unloading_faults));
     md.push_str(&format!("| reboots needed | {} | 0 |\n", u8::from(f.reboot_required)));
     md.push_str(&format!("| longest stretch not warm | {} | - |\n", longest(&f)));
     md.push_str(&format!("| re-warms by the supervisor; Ollama restarts seen | {}; {} | - |\n", f.rewarms, f.ollama_restarts));
@@ -859,11 +863,7 @@ async fn the_fault_matrix_body() {
         w.stop().await;
     }
     // model.conf deleted, garbage, not a regular file: the model stays, the user is told.
-    for (fault, make) in [
-        ("model.conf deleted", 0u8),
-        ("model.conf garbage (binary, no OLLAMA_MODEL)", 1),
-        ("model.conf replaced by a FIFO (not a regular file)", 2),
-    ] {
+    for (fault, make) in [("model.conf deleted", 0u8), ("model.conf garbage (binary, no OLLAMA_MODEL)", 1), ("model.conf replaced by a FIFO (not a regular file)", 2)] {
         let mut w = warm_world(cfg(|_| {})).await;
         let before = pinned_loads(&w.emu);
         let p = w.dir.path().join("model.conf");

@@ -76,13 +76,7 @@ impl Rig {
     }
 
     fn status_json(&self) -> (i32, Value) {
-        let o = Command::new(env!("CARGO_BIN_EXE_jetson-llmd"))
-            .args(["--root"])
-            .arg(self.root.path())
-            .args(["--json", "status"])
-            .env("OLLAMA_HOST", format!("127.0.0.1:{}", self.port))
-            .output()
-            .expect("status");
+        let o = Command::new(env!("CARGO_BIN_EXE_jetson-llmd")).args(["--root"]).arg(self.root.path()).args(["--json", "status"]).env("OLLAMA_HOST", format!("127.0.0.1:{}", self.port)).output().expect("status");
         (o.status.code().unwrap_or(-1), serde_json::from_slice(&o.stdout).unwrap_or(Value::Null))
     }
 
@@ -278,13 +272,7 @@ fn systemd_launcher_without_a_bus_fails_with_one_clear_line() {
     let root = tempfile::tempdir().expect("tmp");
     std::fs::create_dir_all(root.path().join("etc/ollama")).expect("mkdir");
     std::fs::write(root.path().join("etc/ollama/model.conf"), "OLLAMA_MODEL=gemma4:e2b-8k\n").expect("w");
-    let o = Command::new(env!("CARGO_BIN_EXE_jetson-llmd"))
-        .arg("--root")
-        .arg(root.path())
-        .args(["supervise", "--launcher", "systemd"])
-        .env("DBUS_SYSTEM_BUS_ADDRESS", format!("unix:path={}/no-bus", root.path().display()))
-        .output()
-        .expect("runs");
+    let o = Command::new(env!("CARGO_BIN_EXE_jetson-llmd")).arg("--root").arg(root.path()).args(["supervise", "--launcher", "systemd"]).env("DBUS_SYSTEM_BUS_ADDRESS", format!("unix:path={}/no-bus", root.path().display())).output().expect("runs");
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.starts_with("error: supervise needs systemd's D-Bus API (use --launcher process"), "{err}");
@@ -337,13 +325,7 @@ fn a_child_that_writes_invalid_utf8_keeps_running() {
 fn ollama_host_0000_serves_the_lan_and_is_reached_on_loopback() {
     let rig = Rig::custom(&[], &fake_ollama_bin(), "0.0.0.0");
     rig.wait_stage("ready", 30);
-    let o = Command::new(env!("CARGO_BIN_EXE_jetson-llmd"))
-        .arg("--root")
-        .arg(rig.root.path())
-        .args(["--json", "status"])
-        .env("OLLAMA_HOST", format!("0.0.0.0:{}", rig.port))
-        .output()
-        .expect("status");
+    let o = Command::new(env!("CARGO_BIN_EXE_jetson-llmd")).arg("--root").arg(rig.root.path()).args(["--json", "status"]).env("OLLAMA_HOST", format!("0.0.0.0:{}", rig.port)).output().expect("status");
     let st: Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(o.status.code(), Some(0), "{st:#} {}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(st["ollama"]["url"], format!("http://127.0.0.1:{}/", rig.port));
@@ -504,15 +486,7 @@ fn switch_writes_model_conf_keeping_comments_and_waits_for_the_outcome() {
     rig.wait_stage("ready", 30);
     let conf = rig.root.path().join("etc/ollama/model.conf");
     std::fs::write(&conf, "# the one model this board keeps warm\nOLLAMA_MODEL=gemma4:e2b-8k\n").expect("w");
-    let sw = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_jetson-llmd"))
-            .arg("--root")
-            .arg(rig.root.path())
-            .args(args)
-            .env("OLLAMA_HOST", format!("127.0.0.1:{}", rig.port))
-            .output()
-            .expect("runs")
-    };
+    let sw = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_jetson-llmd")).arg("--root").arg(rig.root.path()).args(args).env("OLLAMA_HOST", format!("127.0.0.1:{}", rig.port)).output().expect("runs");
     let o = sw(&["switch", "gemma3:4b"]);
     let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert_eq!(o.status.code(), Some(0), "{out}{err}");
@@ -549,9 +523,7 @@ fn a_switch_on_fragile_memory_drops_caches_once_and_never_loops() {
     // The emulator's "unallocatable after unload" memory: the switch's own unload fragments it.
     // 1. drop_caches reaches the emulator (its stand-in file is the one the supervisor writes):
     //    the one retry after it loads the new model.
-    let rig = Rig::start_in(tempfile::tempdir().expect("tmp"), &[("FAKE_OLLAMA_FRAGILE_MEMORY", "true")], |root| {
-        vec![("FAKE_OLLAMA_DROP_CACHES_FILE".into(), root.join("proc/sys/vm/drop_caches").display().to_string())]
-    });
+    let rig = Rig::start_in(tempfile::tempdir().expect("tmp"), &[("FAKE_OLLAMA_FRAGILE_MEMORY", "true")], |root| vec![("FAKE_OLLAMA_DROP_CACHES_FILE".into(), root.join("proc/sys/vm/drop_caches").display().to_string())]);
     rig.wait_stage("ready", 30);
     std::thread::sleep(Duration::from_millis(50)); // a distinct mtime for the drop_caches write
     std::fs::write(rig.root.path().join("etc/ollama/model.conf"), "OLLAMA_MODEL=gemma3:4b\n").expect("w");
@@ -587,13 +559,7 @@ fn doctor_on_a_fixture_root_names_each_problem_and_exits_1() {
     w("proc/cmdline", "root=/dev/mmcblk0p1 cma=800M\n");
     w("etc/nv_tegra_release", "# R36 (release), REVISION: 4.7\n");
     w("etc/jetson-llmd/ollama.env", "OLLAMA_HOST=0.0.0.0:11434\n");
-    let o = Command::new(env!("CARGO_BIN_EXE_jetson-llmd"))
-        .arg("--root")
-        .arg(root.path())
-        .args(["--json", "doctor"])
-        .env("OLLAMA_HOST", format!("127.0.0.1:{}", free_port()))
-        .output()
-        .expect("runs");
+    let o = Command::new(env!("CARGO_BIN_EXE_jetson-llmd")).arg("--root").arg(root.path()).args(["--json", "doctor"]).env("OLLAMA_HOST", format!("127.0.0.1:{}", free_port())).output().expect("runs");
     assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
     let v: Value = serde_json::from_slice(&o.stdout).expect("json");
     let verdict = |name: &str| v["checks"].as_array().expect("checks").iter().find(|c| c["name"] == name).map(|c| c["verdict"].as_str().unwrap_or("").to_string());
@@ -607,16 +573,7 @@ fn doctor_on_a_fixture_root_names_each_problem_and_exits_1() {
 fn bench_prints_the_seed_table_and_asks_before_unloading_the_model() {
     let rig = Rig::start(&[]);
     rig.wait_stage("ready", 30);
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_jetson-llmd"))
-            .arg("--root")
-            .arg(rig.root.path())
-            .args(args)
-            .env("OLLAMA_HOST", format!("127.0.0.1:{}", rig.port))
-            .stdin(Stdio::null())
-            .output()
-            .expect("runs")
-    };
+    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_jetson-llmd")).arg("--root").arg(rig.root.path()).args(args).env("OLLAMA_HOST", format!("127.0.0.1:{}", rig.port)).stdin(Stdio::null()).output().expect("runs");
     let o = run(&["bench", "--runs", "2", "--tokens", "16"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(0), "{out}{}", String::from_utf8_lossy(&o.stderr));
@@ -676,11 +633,7 @@ fn the_guard_runs_inside_supervise_and_keeps_the_model_pinned() {
     let root = tempfile::tempdir().expect("tmp");
     let (guard, metrics) = (free_port(), free_port());
     std::fs::create_dir_all(root.path().join("etc/jetson-llmd")).expect("mkdir");
-    std::fs::write(
-        root.path().join("etc/jetson-llmd/config.toml"),
-        format!("metrics_listen = \"127.0.0.1:{metrics}\"\n[guard]\nenabled = true\nlisten = \"127.0.0.1:{guard}\"\n"),
-    )
-    .expect("w");
+    std::fs::write(root.path().join("etc/jetson-llmd/config.toml"), format!("metrics_listen = \"127.0.0.1:{metrics}\"\n[guard]\nenabled = true\nlisten = \"127.0.0.1:{guard}\"\n")).expect("w");
     let rig = Rig::start_in(root, &[], |_| vec![]);
     rig.wait_stage("ready", 30);
     assert_eq!(http_get(guard, "/healthz").0, 200);
@@ -788,7 +741,11 @@ fn check_and_gpu_check_say_what_they_found() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("/nonexistent/config.toml: not present: every setting has its default"), "{out}");
     let log = d.path().join("ollama.log");
-    std::fs::write(&log, "time=2026-05-01T10:00:02.100+02:00 level=INFO source=types.go:60 msg=\"inference compute\" id=cpu library=cpu compute=\"\" name=cpu description=cpu libdirs=ollama driver=\"\" pci_id=\"\" type=\"\" total=\"7.4 GiB\" available=\"5.6 GiB\"\n").expect("w");
+    std::fs::write(
+        &log,
+        "time=2026-05-01T10:00:02.100+02:00 level=INFO source=types.go:60 msg=\"inference compute\" id=cpu library=cpu compute=\"\" name=cpu description=cpu libdirs=ollama driver=\"\" pci_id=\"\" type=\"\" total=\"7.4 GiB\" available=\"5.6 GiB\"\n",
+    )
+    .expect("w");
     let cfg = d.path().join("config.toml");
     std::fs::write(&cfg, "").expect("w");
     let (code, out, err) = run_cli(&["--config", cfg.to_str().expect("p"), "gpu-check", "--log", log.to_str().expect("p")], &[]);

@@ -55,10 +55,7 @@ impl Container {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("b").local_addr().expect("a").port();
         write(&root.join("etc/jetson-llmd/ollama.env"), &env_file(port, ""));
-        write(
-            &root.join("etc/jetson-llmd/config.toml"),
-            &format!("keepalive_interval = \"10s\"\nstate_dir = \"/var/lib/jetson-llmd\"\ngpu_discovery_timeout = \"10s\"\nretry_max_backoff = \"3s\"\nstartup_timeout = \"20s\"\n{config}"),
-        );
+        write(&root.join("etc/jetson-llmd/config.toml"), &format!("keepalive_interval = \"10s\"\nstate_dir = \"/var/lib/jetson-llmd\"\ngpu_discovery_timeout = \"10s\"\nretry_max_backoff = \"3s\"\nstartup_timeout = \"20s\"\n{config}"));
         write(&root.join("etc/ollama/model.conf"), &format!("OLLAMA_MODEL={model}\n"));
         // The state goes where the host can read it; the production unit keeps it in /run.
         let _ = std::fs::remove_dir_all(root.join("var/lib/jetson-llmd"));
@@ -69,14 +66,8 @@ impl Container {
         let _ = std::fs::remove_file(root.join("etc/systemd/system/ollama.service.d/60-test.conf"));
         let _ = std::fs::remove_file(root.join("var/lib/jetson-llmd/reboot-requested"));
         // A reboot request is recorded, not carried out: this reboot.target shadows Debian's.
-        write(
-            &root.join("etc/systemd/system/reboot.target"),
-            "[Unit]\nDescription=Reboot (recorded by the jetson-llmd test)\nDefaultDependencies=no\nRequires=llmd-test-reboot.service\nAfter=llmd-test-reboot.service\nAllowIsolate=yes\n",
-        );
-        write(
-            &root.join("etc/systemd/system/llmd-test-reboot.service"),
-            "[Unit]\nDefaultDependencies=no\n[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo requested > /var/lib/jetson-llmd/reboot-requested'\n",
-        );
+        write(&root.join("etc/systemd/system/reboot.target"), "[Unit]\nDescription=Reboot (recorded by the jetson-llmd test)\nDefaultDependencies=no\nRequires=llmd-test-reboot.service\nAfter=llmd-test-reboot.service\nAllowIsolate=yes\n");
+        write(&root.join("etc/systemd/system/llmd-test-reboot.service"), "[Unit]\nDefaultDependencies=no\n[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo requested > /var/lib/jetson-llmd/reboot-requested'\n");
 
         // The units must be clean for systemd itself.
         let v = Command::new("systemd-analyze")
@@ -193,12 +184,7 @@ async fn boot_order_recovery_failures_and_stop_under_real_systemd() {
         .output()
         .expect("status");
     let st: Value = serde_json::from_slice(&o.stdout).expect("status json");
-    let units: Vec<(String, String, String)> = st["units"]
-        .as_array()
-        .expect("units")
-        .iter()
-        .map(|u| (u["unit"].as_str().unwrap_or("").into(), u["active_state"].as_str().unwrap_or("").into(), u["sub_state"].as_str().unwrap_or("").into()))
-        .collect();
+    let units: Vec<(String, String, String)> = st["units"].as_array().expect("units").iter().map(|u| (u["unit"].as_str().unwrap_or("").into(), u["active_state"].as_str().unwrap_or("").into(), u["sub_state"].as_str().unwrap_or("").into())).collect();
     assert!(units.contains(&(SUPERVISOR.into(), "active".into(), "running".into())), "{units:?}");
     assert!(units.contains(&(OLLAMA.into(), "active".into(), "running".into())), "{units:?}");
     assert!(units.contains(&(PRELOAD.into(), "active".into(), "exited".into())), "{units:?}");
@@ -240,10 +226,7 @@ async fn boot_order_recovery_failures_and_stop_under_real_systemd() {
 
     // 2. Ollama is killed: Restart=always brings it back; the supervisor re-runs GPU check + preload.
     sd.manager().kill_unit(OLLAMA.to_string(), "all".into(), 9).await.expect("kill");
-    eventually("re-warm after systemctl kill ollama.service", 40, || async {
-        c.state()["ollama_restarts"].as_u64().unwrap_or(0) >= 1 && c.state()["stage"] == "ready" && model_loaded(&c, "gemma4:e2b-8k").await
-    })
-    .await;
+    eventually("re-warm after systemctl kill ollama.service", 40, || async { c.state()["ollama_restarts"].as_u64().unwrap_or(0) >= 1 && c.state()["stage"] == "ready" && model_loaded(&c, "gemma4:e2b-8k").await }).await;
 
     // 3. The emulator evicts the model: the keepalive (10 s interval here, the least allowed) re-warms it, and its
     //    last ping (with the re-warm count) is where `status` finds it.

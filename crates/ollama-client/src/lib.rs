@@ -53,8 +53,7 @@ fn humanize(d: Duration) -> String {
 impl Error {
     /// Connection refused/reset or a timeout: the server may come back, retrying helps.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Unreachable { .. } | Error::Timeout { .. } | Error::Stalled { .. })
-            || matches!(self, Error::Api { status, .. } if *status == 503 || *status >= 502 && *status <= 504)
+        matches!(self, Error::Unreachable { .. } | Error::Timeout { .. } | Error::Stalled { .. }) || matches!(self, Error::Api { status, .. } if *status == 503 || *status >= 502 && *status <= 504)
     }
 
     pub fn is_unreachable(&self) -> bool {
@@ -65,9 +64,7 @@ impl Error {
     pub fn is_model_not_found(&self) -> bool {
         match self {
             Error::Api { status: 404, .. } => true,
-            Error::Api { message, .. } | Error::Stream { message, .. } => {
-                message.contains("not found") && message.contains("model")
-            }
+            Error::Api { message, .. } | Error::Stream { message, .. } => message.contains("not found") && message.contains("model"),
             _ => false,
         }
     }
@@ -129,12 +126,7 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts {
-            connect: Duration::from_secs(3),
-            request: Duration::from_secs(10),
-            load: Duration::from_secs(360),
-            stream_idle: Duration::from_secs(120),
-        }
+        Timeouts { connect: Duration::from_secs(3), request: Duration::from_secs(10), load: Duration::from_secs(360), stream_idle: Duration::from_secs(120) }
     }
 }
 
@@ -224,10 +216,7 @@ impl Client {
             Err(Capped::TooLarge(_)) => return Err(Error::TooLarge { url: url.to_string(), what: "an answer", cap: MAX_BODY }),
             Err(Capped::Io(e)) => return Err(self.map_err(url, e, timeout)),
         };
-        serde_json::from_slice(&bytes).map_err(|e| Error::Protocol {
-            url: url.to_string(),
-            detail: format!("{e} in {:?}", text::clip(&String::from_utf8_lossy(&bytes[..bytes.len().min(200)]), 200)),
-        })
+        serde_json::from_slice(&bytes).map_err(|e| Error::Protocol { url: url.to_string(), detail: format!("{e} in {:?}", text::clip(&String::from_utf8_lossy(&bytes[..bytes.len().min(200)]), 200)) })
     }
 
     /// Reads an NDJSON stream, calling `on_line` for each decoded line; returns the last one.
@@ -235,13 +224,7 @@ impl Client {
     /// ([`MAX_LINE`]); `progress` says whether a line moved things forward, and a stream that goes
     /// `stream_idle` without progress is cut ([`Error::Stalled`]): a peer that repeats itself
     /// forever is as stuck as one that says nothing.
-    async fn post_stream<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-        mut progress: impl FnMut(&T) -> bool,
-        mut on_line: impl FnMut(&T),
-    ) -> Result<T, Error> {
+    async fn post_stream<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B, mut progress: impl FnMut(&T) -> bool, mut on_line: impl FnMut(&T)) -> Result<T, Error> {
         let url = self.url(path);
         let resp = self.send(self.http.post(url.clone()).json(body), &url, None).await?;
         let mut stream = resp.bytes_stream();
@@ -354,9 +337,7 @@ impl Client {
     /// DELETE /api/delete.
     pub async fn delete(&self, model: &str) -> Result<(), Error> {
         let url = self.url("api/delete");
-        self.send(self.http.delete(url.clone()).json(&serde_json::json!({ "model": model })), &url, Some(self.timeouts.request))
-            .await
-            .map(|_| ())
+        self.send(self.http.delete(url.clone()).json(&serde_json::json!({ "model": model })), &url, Some(self.timeouts.request)).await.map(|_| ())
     }
 }
 

@@ -277,23 +277,13 @@ mod tests {
 
     #[test]
     fn load_only_request_has_no_prompt_and_no_options() {
-        let r = GenerateRequest {
-            model: "gemma4:e2b-8k".into(),
-            keep_alive: Some(KeepAlive::Forever),
-            ..Default::default()
-        };
-        assert_eq!(
-            serde_json::to_string(&r).expect("serializes"),
-            r#"{"model":"gemma4:e2b-8k","keep_alive":-1}"#
-        );
+        let r = GenerateRequest { model: "gemma4:e2b-8k".into(), keep_alive: Some(KeepAlive::Forever), ..Default::default() };
+        assert_eq!(serde_json::to_string(&r).expect("serializes"), r#"{"model":"gemma4:e2b-8k","keep_alive":-1}"#);
     }
 
     #[test]
     fn ps_percent_and_pin() {
-        let mut m: RunningModel = serde_json::from_str(
-            r#"{"name":"a","size":1000,"size_vram":730,"expires_at":"2318-02-01T10:00:00.123456789+01:00"}"#,
-        )
-        .expect("decodes");
+        let mut m: RunningModel = serde_json::from_str(r#"{"name":"a","size":1000,"size_vram":730,"expires_at":"2318-02-01T10:00:00.123456789+01:00"}"#).expect("decodes");
         assert_eq!(m.gpu_percent(), 73);
         assert!(m.pinned_forever());
         m.expires_at = "2026-11-23T21:45:00Z".into();

@@ -107,14 +107,15 @@ fn bind_addr() -> anyhow::Result<SocketAddr> {
     let hostport = if s.is_empty() {
         "127.0.0.1:11434".to_string()
     } else if s.starts_with('[') && s.contains("]:") || (!s.starts_with('[') && s.matches(':').count() == 1) {
-        if s.starts_with(':') { format!("127.0.0.1{s}") } else { s.to_string() }
+        if s.starts_with(':') {
+            format!("127.0.0.1{s}")
+        } else {
+            s.to_string()
+        }
     } else {
         format!("{}:11434", if s.contains(':') && !s.starts_with('[') { format!("[{s}]") } else { s.to_string() })
     };
-    hostport
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("OLLAMA_HOST {raw:?} resolves to no address"))
+    hostport.to_socket_addrs()?.next().ok_or_else(|| anyhow::anyhow!("OLLAMA_HOST {raw:?} resolves to no address"))
 }
 
 async fn serve() -> anyhow::Result<()> {

@@ -47,17 +47,22 @@ pub(super) fn discovery_log(emu: &Emulator) {
             &format!(
                 "id={} filter_id=\"\" library=CUDA compute={} name={} description={} libdirs={} driver={} pci_id={} type={} total=\"{}\" available=\"{}\"",
                 if version_at_least(&c.profile.version, 0, 30) { "0" } else { g.id.as_str() },
-                g.compute, g.name, g.description, g.libdirs, g.driver, g.pci_id, g.kind, total, human_bytes2(c.profile.gpu_available)
+                g.compute,
+                g.name,
+                g.description,
+                g.libdirs,
+                g.driver,
+                g.pci_id,
+                g.kind,
+                total,
+                human_bytes2(c.profile.gpu_available)
             ),
         ),
         (Some(g), LogFormat::Legacy) => emu.log(
             "INFO",
             "types.go:107",
             "inference compute",
-            &format!(
-                "id={} library=cuda variant=jetpack6 compute={} driver={} name={} total=\"{}\" available=\"{}\"",
-                g.id, g.compute, g.driver, g.description, total, human_bytes2(c.profile.gpu_available)
-            ),
+            &format!("id={} library=cuda variant=jetpack6 compute={} driver={} name={} total=\"{}\" available=\"{}\"", g.id, g.compute, g.driver, g.description, total, human_bytes2(c.profile.gpu_available)),
         ),
         (None, fmt) => {
             // v0.30+ discards the discovery subprocess's output unless the log level is trace
@@ -80,21 +85,13 @@ pub(super) fn discovery_log(emu: &Emulator) {
             }
             if fmt == LogFormat::Legacy {
                 emu.log("INFO", "gpu.go:377", "no compatible GPUs were discovered", "");
-                emu.log(
-                    "INFO",
-                    "types.go:130",
-                    "inference compute",
-                    &format!("id=0 library=cpu variant=\"\" compute=\"\" driver=0.0 name=\"\" total=\"{total}\" available=\"{}\"", human_bytes2(c.profile.system_available)),
-                );
+                emu.log("INFO", "types.go:130", "inference compute", &format!("id=0 library=cpu variant=\"\" compute=\"\" driver=0.0 name=\"\" total=\"{total}\" available=\"{}\"", human_bytes2(c.profile.system_available)));
             } else {
                 emu.log(
                     "INFO",
                     "types.go:60",
                     "inference compute",
-                    &format!(
-                        "id=cpu library=cpu compute=\"\" name=cpu description=cpu libdirs=ollama driver=\"\" pci_id=\"\" type=\"\" total=\"{total}\" available=\"{}\"",
-                        human_bytes2(c.profile.system_available)
-                    ),
+                    &format!("id=cpu library=cpu compute=\"\" name=cpu description=cpu libdirs=ollama driver=\"\" pci_id=\"\" type=\"\" total=\"{total}\" available=\"{}\"", human_bytes2(c.profile.system_available)),
                 );
             }
         }

@@ -162,7 +162,28 @@ async fn run(first: TcpListener, addr: SocketAddr, app: App) {
 }
 
 /// Every route, for gin's trailing-slash redirect.
-const ROUTES: &[&str] = &["/", "/api/version", "/api/tags", "/api/ps", "/api/show", "/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/api/embed", "/api/pull", "/api/create", "/api/delete", "/_fake/fault", "/_fake/evict", "/_fake/restart", "/_fake/reset-memory", "/_fake/state"];
+const ROUTES: &[&str] = &[
+    "/",
+    "/api/version",
+    "/api/tags",
+    "/api/ps",
+    "/api/show",
+    "/api/generate",
+    "/api/chat",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/models",
+    "/api/embed",
+    "/api/pull",
+    "/api/create",
+    "/api/delete",
+    "/_fake/fault",
+    "/_fake/evict",
+    "/_fake/restart",
+    "/_fake/reset-memory",
+    "/_fake/state",
+];
 
 fn router(app: App) -> Router {
     let inner = Router::new()
@@ -206,9 +227,7 @@ async fn faults(State(app): State<App>, req: Request, next: Next) -> Response {
     let fault = {
         let mut st = app.emu.lock();
         *st.counters.requests.entry(path.clone()).or_default() += 1;
-        let idx = st.faults.iter().position(|f| {
-            !matches!(f.kind, FaultKind::PullFailure | FaultKind::RuntimeOom) && f.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
-        });
+        let idx = st.faults.iter().position(|f| !matches!(f.kind, FaultKind::PullFailure | FaultKind::RuntimeOom) && f.path_prefix.as_deref().is_none_or(|p| path.starts_with(p)));
         idx.and_then(|i| st.faults.remove(i))
     };
     match fault.map(|f| f.kind) {

@@ -25,11 +25,7 @@ fn progress_response(lines: Vec<Value>, stream: bool, delay: Duration) -> Respon
         tokio::time::sleep(delay).await;
         Some((Ok::<Bytes, std::io::Error>(Bytes::from(format!("{v}\n"))), it))
     });
-    Response::builder()
-        .status(200)
-        .header("content-type", "application/x-ndjson")
-        .body(Body::from_stream(s))
-        .unwrap_or_else(|_| unreachable_response())
+    Response::builder().status(200).header("content-type", "application/x-ndjson").body(Body::from_stream(s)).unwrap_or_else(|_| unreachable_response())
 }
 
 /// The lines of a pull (server/images.go PullModel), and whether it succeeds.

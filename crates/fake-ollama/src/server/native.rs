@@ -168,11 +168,7 @@ pub(super) async fn complete(app: App, body: Bytes, shape: Shape) -> Response {
     };
     let prompt: String = match shape {
         Shape::Generate => v.get("prompt").and_then(Value::as_str).unwrap_or("").to_string(),
-        Shape::Chat => v
-            .get("messages")
-            .and_then(Value::as_array)
-            .map(|m| m.iter().filter_map(|x| x.get("content").and_then(Value::as_str)).collect::<Vec<_>>().join(" "))
-            .unwrap_or_default(),
+        Shape::Chat => v.get("messages").and_then(Value::as_array).map(|m| m.iter().filter_map(|x| x.get("content").and_then(Value::as_str)).collect::<Vec<_>>().join(" ")).unwrap_or_default(),
     };
     let empty = match shape {
         Shape::Generate => prompt.is_empty(),
@@ -324,11 +320,7 @@ pub(super) async fn complete(app: App, body: Bytes, shape: Shape) -> Response {
         let _ = (&busy, &end, &slot);
         x
     });
-    Response::builder()
-        .status(200)
-        .header("content-type", "application/x-ndjson")
-        .body(Body::from_stream(st))
-        .unwrap_or_else(|_| unreachable_response())
+    Response::builder().status(200).header("content-type", "application/x-ndjson").body(Body::from_stream(st)).unwrap_or_else(|_| unreachable_response())
 }
 
 /// POST /api/embed (server/routes.go EmbedHandler): loads the model through the scheduler like a

@@ -64,9 +64,7 @@ pub(super) async fn v1_chat(State(app): State<App>, body: Bytes) -> Response {
         return axum::Json(openai_chat_json(&id, &line, false)).into_response();
     }
     let include_usage = req["stream_options"]["include_usage"].as_bool().unwrap_or(false);
-    sse(resp, id, include_usage, openai_chat_json, |id, line, usage| {
-        json!({ "id": id, "object": "chat.completion.chunk", "model": line["model"], "system_fingerprint": "fp_ollama", "choices": [], "usage": usage })
-    })
+    sse(resp, id, include_usage, openai_chat_json, |id, line, usage| json!({ "id": id, "object": "chat.completion.chunk", "model": line["model"], "system_fingerprint": "fp_ollama", "choices": [], "usage": usage }))
 }
 
 fn openai_usage(line: &Value) -> Value {

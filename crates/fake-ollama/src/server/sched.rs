@@ -129,7 +129,11 @@ fn schedule(emu: &Arc<Emulator>, name: &str, opts: &RunnerOptions, keep: Option<
         // A second model must fit beside the others (load with requireFull); the first one
         // is always tried (v0.30+: llama-server fits what it can).
         let over_mem = !st.loaded.is_empty() && used_sys + size > cfg.profile.system_available;
-        if over_count || over_mem { find_runner_to_unload(&st) } else { None }
+        if over_count || over_mem {
+            find_runner_to_unload(&st)
+        } else {
+            None
+        }
     };
     let Some(victim) = victim else {
         let gpu_ok = cfg.profile.gpu.is_some() && cfg.cpu_only.is_none() && opts.num_gpu != 0;
@@ -206,20 +210,7 @@ pub(super) async fn acquire(emu: &Arc<Emulator>, name: &str, opts: RunnerOptions
     let mut st = emu.lock();
     st.counters.loads += 1;
     *st.counters.loads_by_model.entry(name.to_string()).or_default() += 1;
-    st.loaded.insert(
-        key.clone(),
-        Runner {
-            name: name.to_string(),
-            spec,
-            size,
-            size_vram,
-            options: opts,
-            keep: keep.unwrap_or(cfg.default_keep_alive),
-            expires_at: None,
-            timer: None,
-            refcount: 1,
-        },
-    );
+    st.loaded.insert(key.clone(), Runner { name: name.to_string(), spec, size, size_vram, options: opts, keep: keep.unwrap_or(cfg.default_keep_alive), expires_at: None, timer: None, refcount: 1 });
     if cfg.fragile_memory {
         emu.write_memory_state(crate::MemState::Loaded);
     }
@@ -237,11 +228,7 @@ fn load_out_of_memory(emu: &Emulator, name: &str, opts: &RunnerOptions) -> Respo
     let mut st = emu.lock();
     st.counters.oom_failures += 1;
     let captured = "cudaMalloc failed: out of memory\nalloc_tensor_range: failed to allocate CUDA0 buffer of size 188743680";
-    let text = if version_at_least(&cfg.profile.version, 0, 30) {
-        format!("{}: exit status 1: {captured}", terminated_prefix(&cfg.profile.version))
-    } else {
-        format!("{}: cudaMalloc failed: out of memory", terminated_prefix(&cfg.profile.version))
-    };
+    let text = if version_at_least(&cfg.profile.version, 0, 30) { format!("{}: exit status 1: {captured}", terminated_prefix(&cfg.profile.version)) } else { format!("{}: cudaMalloc failed: out of memory", terminated_prefix(&cfg.profile.version)) };
     let model_path = format!("/usr/share/ollama/.ollama/models/blobs/sha256-{}", st.key_of(name).unwrap_or_default());
     let others = !st.loaded.is_empty();
     // server/sched.go nextLowerAutoNumCtx (v0.30.0+): an automatic context steps down only from

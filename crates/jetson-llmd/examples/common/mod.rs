@@ -20,10 +20,7 @@ pub fn stats(mut v: Vec<f64>) -> Stats {
 
 /// A line of /proc/PID/status in kB (VmRSS:, VmHWM:).
 pub fn vm(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|n| n.parse().ok()))
-        .unwrap_or(0)
+    std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|n| n.parse().ok())).unwrap_or(0)
 }
 
 /// User + system CPU time of a process, in seconds (/proc/PID/stat fields 14 and 15).

@@ -33,10 +33,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
     }
     let others: Vec<String> = models.iter().filter(|m| **m != configured).map(ToString::to_string).collect();
     if !others.is_empty() && !a.yes {
-        let question = format!(
-            "benchmarking {} unloads {configured} and loads it again afterwards: on this board every unload/reload risks GPU memory that cannot be allocated until a reboot",
-            others.join(", ")
-        );
+        let question = format!("benchmarking {} unloads {configured} and loads it again afterwards: on this board every unload/reload risks GPU memory that cannot be allocated until a reboot", others.join(", "));
         if !std::io::stdin().is_terminal() {
             return Err(Failure::Config(format!("{question}; pass --yes to go ahead")).into());
         }

@@ -20,11 +20,8 @@ pub async fn run(g: &Global) -> anyhow::Result<i32> {
     let p = paths(g);
     let host = probe::gather(&g.root).await;
     // The address Ollama serves: ollama.env's OLLAMA_HOST (what ollama.service gets), else ours.
-    let env_host = fs::read_capped(&rooted(&g.root, Path::new("/etc/jetson-llmd/ollama.env")), fs::cap::MODEL_CONF)
-        .await
-        .ok()
-        .and_then(|b| modelconf::parse_env(&b).ok())
-        .and_then(|e| e.into_iter().rev().find(|e| e.key == "OLLAMA_HOST").map(|e| e.value));
+    let env_host =
+        fs::read_capped(&rooted(&g.root, Path::new("/etc/jetson-llmd/ollama.env")), fs::cap::MODEL_CONF).await.ok().and_then(|b| modelconf::parse_env(&b).ok()).and_then(|e| e.into_iter().rev().find(|e| e.key == "OLLAMA_HOST").map(|e| e.value));
     let address = super::ollama_address(g).await;
     // Without ollama.env, an OLLAMA_HOST in ollama.service or a drop-in (the seed's
     // `Environment="OLLAMA_HOST=0.0.0.0:11434"`) is what Ollama serves; ollama.env, an

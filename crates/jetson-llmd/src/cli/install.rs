@@ -13,8 +13,8 @@ use jetson_llmd::install::plan::{self, Request, Wanted};
 use jetson_llmd::install::release::{self, Version};
 use jetson_llmd::install::services::Services;
 use jetson_llmd::install::state::InstallState;
-use jetson_llmd::records::Stage;
 use jetson_llmd::records::state::StateFile;
+use jetson_llmd::records::Stage;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -147,14 +147,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
     let state = InstallState::load(&g.root).await?;
     let sd = connect(a.no_systemd, a.dry_run).await?;
     let active = is_active(sd.as_ref(), "jetson-llmd.service").await;
-    let req = Request {
-        root: g.root.clone(),
-        ollama: Some(wanted),
-        model,
-        self_exe: std::env::current_exe().ok(),
-        systemd: !a.no_systemd && (sd.is_some() || a.dry_run),
-        start: !a.no_start,
-    };
+    let req = Request { root: g.root.clone(), ollama: Some(wanted), model, self_exe: std::env::current_exe().ok(), systemd: !a.no_systemd && (sd.is_some() || a.dry_run), start: !a.no_start };
     let plan = plan::compute(&req, &state, active).await?;
     if a.dry_run || !plan.changes_anything() {
         if g.json {

@@ -85,7 +85,9 @@ pub enum LauncherArg {
 pub enum Cmd {
     /// Run the daemon: start Ollama, check its GPU, preload the model, keep it warm, recover.
     /// SIGHUP (systemctl reload) re-reads config.toml and model.conf.
-    #[command(after_help = "Exit codes: 0 stopped by SIGTERM/SIGINT; 1 D-Bus unavailable at start; 2 bad config.toml, OLLAMA_HOST, or model.conf with nothing loaded yet; 4 reboot required; 5 Ollama on the CPU. Everything else is retried, never an exit.")]
+    #[command(
+        after_help = "Exit codes: 0 stopped by SIGTERM/SIGINT; 1 D-Bus unavailable at start; 2 bad config.toml, OLLAMA_HOST, or model.conf with nothing loaded yet; 4 reboot required; 5 Ollama on the CPU. Everything else is retried, never an exit."
+    )]
     Supervise {
         /// How Ollama is started.
         #[arg(long, value_enum, default_value = "systemd")]
@@ -180,7 +182,9 @@ pub enum Cmd {
     /// Install Ollama (arm64 + JetPack 6 tarballs, sha256-verified, unpacked with every entry
     /// checked, switched in atomically), the ollama user, the units, /etc files, then start.
     /// Re-running changes only what differs; --dry-run prints the plan.
-    #[command(after_help = "Examples:\n  sudo jetson-llmd install                      # the pinned Ollama release from GitHub\n  sudo jetson-llmd install --dry-run            # what would change\n  sudo jetson-llmd install --tarball ollama-linux-arm64.tar.zst \\\n       --jetpack-tarball ollama-linux-arm64-jetpack6.tar.zst --sha256sums sha256sum.txt   # offline\nSee docs/install.md.")]
+    #[command(
+        after_help = "Examples:\n  sudo jetson-llmd install                      # the pinned Ollama release from GitHub\n  sudo jetson-llmd install --dry-run            # what would change\n  sudo jetson-llmd install --tarball ollama-linux-arm64.tar.zst \\\n       --jetpack-tarball ollama-linux-arm64-jetpack6.tar.zst --sha256sums sha256sum.txt   # offline\nSee docs/install.md."
+    )]
     #[command(after_help = "Exit codes: 0 done or nothing to do; 1 refused or failed (rolled back); 2 usage; 4 reboot required; 5 on the CPU after start.")]
     Install {
         #[command(flatten)]
@@ -239,7 +243,9 @@ pub enum Cmd {
     /// Configs for engines a homelab already runs, asked from the boards' guards (which model
     /// each pins, whether it is ready): a LiteLLM proxy that routes each model to the boards
     /// pinning it, or a Prometheus scrape config. docs/fleet.md.
-    #[command(after_help = "Examples:\n  jetson-llmd fleet litellm --board orin1=http://orin1.lan:11434 --board orin2=http://orin2.lan:11434 > litellm.yaml\n  jetson-llmd fleet prometheus --board orin1=http://orin1.lan:11434 -o /etc/prometheus/jetson-llmd.yml\nExit codes: 0 written; 1 a board answered something else; 2 usage; 3 a board did not answer (without --allow-missing).")]
+    #[command(
+        after_help = "Examples:\n  jetson-llmd fleet litellm --board orin1=http://orin1.lan:11434 --board orin2=http://orin2.lan:11434 > litellm.yaml\n  jetson-llmd fleet prometheus --board orin1=http://orin1.lan:11434 -o /etc/prometheus/jetson-llmd.yml\nExit codes: 0 written; 1 a board answered something else; 2 usage; 3 a board did not answer (without --allow-missing)."
+    )]
     Fleet {
         #[command(subcommand)]
         engine: FleetEngine,
@@ -340,9 +346,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Preload => preload::run(g).await,
         Cmd::Keepalive { interval, once } => keepalive::run(g, interval, once).await,
         Cmd::Supervise { launcher, ollama_bin } => supervise::run(g, launcher, ollama_bin).await,
-        Cmd::Install { source, model, dry_run, no_start, no_systemd, force, wait } => {
-            install::run(g, install::Args { source, model, dry_run, no_start, no_systemd, force, wait }).await
-        }
+        Cmd::Install { source, model, dry_run, no_start, no_systemd, force, wait } => install::run(g, install::Args { source, model, dry_run, no_start, no_systemd, force, wait }).await,
         Cmd::Upgrade { source, rollback, min_speed, timeout, force } => {
             if !(0.0..=1.0).contains(&min_speed) {
                 return Err(Failure::Config(format!("--min-speed {min_speed} must be between 0 and 1 (0.8 = at least 80% of the last good tok/s)")).into());
@@ -437,11 +441,7 @@ pub async fn context(g: &Global) -> anyhow::Result<Ctx> {
     let address = ollama_address(g).await;
     let host = ollama_client::parse_host(&address).map_err(|e| Failure::Config(format!("{e}; set OLLAMA_HOST (or --ollama) to host:port, e.g. 127.0.0.1:11434")))?;
     if !host.is_local() && !settings.allow_remote_ollama {
-        return Err(Failure::Config(format!(
-            "Ollama address {} is not on this machine; jetson-llmd supervises a local Ollama (set allow_remote_ollama = true in config.toml to override)",
-            host.url
-        ))
-        .into());
+        return Err(Failure::Config(format!("Ollama address {} is not on this machine; jetson-llmd supervises a local Ollama (set allow_remote_ollama = true in config.toml to override)", host.url)).into());
     }
     let timeouts = ollama_client::Timeouts { request: settings.request_timeout, load: settings.load_timeout, ..Default::default() };
     let client = ollama_client::Client::new(host.url.clone(), timeouts);

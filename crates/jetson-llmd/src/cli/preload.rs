@@ -56,11 +56,6 @@ pub async fn run(g: &Global) -> anyhow::Result<i32> {
 }
 
 async fn record(state_dir: &std::path::Path, model: &str, result: &Result<&warm::WarmReport, &Failure>) {
-    let r = PreloadRecord {
-        at: jetson_llmd::records::Timestamp::now(),
-        model: model.to_string(),
-        report: result.ok().cloned(),
-        failure: result.err().map(|f| f.reported()),
-    };
+    let r = PreloadRecord { at: jetson_llmd::records::Timestamp::now(), model: model.to_string(), report: result.ok().cloned(), failure: result.err().map(|f| f.reported()) };
     write_preload(state_dir, &r).await;
 }

@@ -8,8 +8,8 @@ use jetson_llmd::host::notify::{watchdog_period, SdNotify};
 use jetson_llmd::host::rooted;
 use jetson_llmd::host::signals::Signals;
 use jetson_llmd::host::systemd::Systemd;
-use jetson_llmd::supervisor::process::ProcessBackend;
 use jetson_llmd::records::state::{LauncherKind, StateFile};
+use jetson_llmd::supervisor::process::ProcessBackend;
 use jetson_llmd::supervisor::systemd::SystemdBackend;
 use jetson_llmd::supervisor::Supervisor;
 use std::path::PathBuf;
@@ -22,15 +22,9 @@ async fn start_guard(ctx: &super::Ctx, state: &StateFile, signals: &Signals, pol
     use jetson_llmd::failure::Failure;
     let listen = ctx.settings.guard.listen;
     if jetson_llmd::guard::clashes_with_ollama(listen, &ctx.host.url) {
-        return Err(Failure::Config(format!(
-            "[guard] listen = {listen} is where Ollama itself listens ({}): give Ollama a private address, e.g. OLLAMA_HOST=127.0.0.1:11435 in /etc/jetson-llmd/ollama.env",
-            ctx.host.url
-        ))
-        .into());
+        return Err(Failure::Config(format!("[guard] listen = {listen} is where Ollama itself listens ({}): give Ollama a private address, e.g. OLLAMA_HOST=127.0.0.1:11435 in /etc/jetson-llmd/ollama.env", ctx.host.url)).into());
     }
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| Failure::Config(format!("[guard] cannot listen on {listen}: {e}; is something (an Ollama started by hand?) already there?")))?;
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| Failure::Config(format!("[guard] cannot listen on {listen}: {e}; is something (an Ollama started by hand?) already there?")))?;
     let stats = std::sync::Arc::new(jetson_llmd::guard::Stats::default());
     let mut guard = jetson_llmd::guard::Guard::new(ctx.host.url.clone(), ctx.settings.guard.clone(), state.subscribe(), stats.clone());
     // SIGHUP's re-read [guard] reaches the running guard.
@@ -57,12 +51,7 @@ fn one_supervisor(dir: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std
         Ok(lock) => Ok(lock),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
             let pid = std::fs::read_to_string(dir.join("state.json")).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).and_then(|v| v["pid"].as_u64());
-            Err(Failure::Config(format!(
-                "another jetson-llmd supervise{} already runs with the state directory {}; stop it first (sudo systemctl stop jetson-llmd)",
-                pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
-                dir.display()
-            ))
-            .into())
+            Err(Failure::Config(format!("another jetson-llmd supervise{} already runs with the state directory {}; stop it first (sudo systemctl stop jetson-llmd)", pid.map(|p| format!(" (pid {p})")).unwrap_or_default(), dir.display())).into())
         }
         Err((_, e)) => Err(anyhow::anyhow!("cannot lock {}: {e}", path.display())),
     }
@@ -99,7 +88,8 @@ pub async fn run(g: &Global, launcher: LauncherArg, ollama_bin: Option<PathBuf>)
             let preload_deadline = ctx.settings.load_timeout + Duration::from_secs(3600);
             let backend = SystemdBackend::new(sd, ctx.settings.startup_timeout, preload_deadline, jetson_llmd::host::rooted(&ctx.root, &ctx.settings.state_dir)).await?;
             metrics(&state);
-            let sup = Supervisor { api: ctx.client.clone(), backend, notify: SdNotify, settings: ctx.settings.clone(), paths: ctx.paths.clone(), cmdline, state, conf_poll: CONF_POLL, conf_watch: true, watchdog: watchdog_period(), guard: policy.clone() };
+            let sup =
+                Supervisor { api: ctx.client.clone(), backend, notify: SdNotify, settings: ctx.settings.clone(), paths: ctx.paths.clone(), cmdline, state, conf_poll: CONF_POLL, conf_watch: true, watchdog: watchdog_period(), guard: policy.clone() };
             sup.run(signals).await
         }
         LauncherArg::Process => {
@@ -116,7 +106,8 @@ pub async fn run(g: &Global, launcher: LauncherArg, ollama_bin: Option<PathBuf>)
             let shim = std::env::current_exe().ok();
             let backend = ProcessBackend::new(bin, env, shim, connect, DropCaches::under(&ctx.root));
             metrics(&state);
-            let sup = Supervisor { api: ctx.client.clone(), backend, notify: SdNotify, settings: ctx.settings.clone(), paths: ctx.paths.clone(), cmdline, state, conf_poll: CONF_POLL, conf_watch: true, watchdog: watchdog_period(), guard: policy.clone() };
+            let sup =
+                Supervisor { api: ctx.client.clone(), backend, notify: SdNotify, settings: ctx.settings.clone(), paths: ctx.paths.clone(), cmdline, state, conf_poll: CONF_POLL, conf_watch: true, watchdog: watchdog_period(), guard: policy.clone() };
             sup.run(signals).await
         }
     };

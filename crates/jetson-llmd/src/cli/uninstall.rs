@@ -141,7 +141,11 @@ pub async fn run(g: &Global, purge: bool, dry_run: bool, no_systemd: bool) -> an
     if !purge {
         // Remember only what stays: whether install made the ollama user (a later --purge
         // removes it) and the hashes of the kept files (a re-install still knows they are yours).
-        let kept = InstallState { created_user: st.created_user, files: st.files.iter().filter(|(p, _)| rooted(&g.root, Path::new(p.as_str())).exists() && !p.starts_with(UNIT_DIR) && p.as_str() != JETSON_LLMD_BIN).map(|(p, h)| (p.clone(), h.clone())).collect(), ..Default::default() };
+        let kept = InstallState {
+            created_user: st.created_user,
+            files: st.files.iter().filter(|(p, _)| rooted(&g.root, Path::new(p.as_str())).exists() && !p.starts_with(UNIT_DIR) && p.as_str() != JETSON_LLMD_BIN).map(|(p, h)| (p.clone(), h.clone())).collect(),
+            ..Default::default()
+        };
         if let Err(e) = kept.save(&g.root).await {
             eprintln!("warning: {}: {e}", state::path(&g.root).display());
         }

@@ -12,8 +12,8 @@ use jetson_llmd::install::plan::Request;
 use jetson_llmd::install::services::Services;
 use jetson_llmd::install::state::{InstallState, LastGood, Release};
 use jetson_llmd::install::tree::Store;
-use jetson_llmd::records::Stage;
 use jetson_llmd::records::state::{State, StateFile};
+use jetson_llmd::records::Stage;
 use std::path::Path;
 use std::time::Duration;
 
@@ -117,7 +117,9 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
     };
     let mut evidence = match &s {
         Ok(Some(s)) => Evidence::from_state(s, &ctx.settings.expected_compute),
-        Ok(None) => Evidence { stage: Stage::Unknown, status: "no word from the supervisor".into(), gpu: false, compute: None, expected_compute: ctx.settings.expected_compute, libdirs: None, gpu_percent: None, tok_s: None, model: None, cpu_reason: None },
+        Ok(None) => {
+            Evidence { stage: Stage::Unknown, status: "no word from the supervisor".into(), gpu: false, compute: None, expected_compute: ctx.settings.expected_compute, libdirs: None, gpu_percent: None, tok_s: None, model: None, cpu_reason: None }
+        }
         Err(e) => Evidence { stage: Stage::SystemdError, status: e.to_string(), gpu: false, compute: None, expected_compute: ctx.settings.expected_compute, libdirs: None, gpu_percent: None, tok_s: None, model: None, cpu_reason: None },
     };
     if evidence.stage == Stage::Ready {

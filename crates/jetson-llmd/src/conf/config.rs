@@ -315,12 +315,7 @@ pub const DURATION_BOUNDS: [(&str, Duration, Duration); 12] = [
 pub fn check_bounds(key: &str, d: Duration) -> Result<Duration, String> {
     let Some((_, lo, hi)) = DURATION_BOUNDS.iter().find(|(k, ..)| *k == key) else { return Ok(d) };
     if d < *lo || d > *hi {
-        return Err(format!(
-            "{key} = {:?} is out of bounds: use {} to {}",
-            humantime::format_duration(d).to_string(),
-            humantime::format_duration(*lo),
-            humantime::format_duration(*hi)
-        ));
+        return Err(format!("{key} = {:?} is out of bounds: use {} to {}", humantime::format_duration(d).to_string(), humantime::format_duration(*lo), humantime::format_duration(*hi)));
     }
     Ok(d)
 }
@@ -779,12 +774,7 @@ mod tests {
         // etc/jetson-llmd/config.toml shows every key commented out with its default: uncommented,
         // it must parse and mean exactly the defaults, and name every key RawConfig knows.
         let example = include_str!("../../../../etc/jetson-llmd/config.toml");
-        let text: String = example
-            .lines()
-            .filter_map(|l| l.strip_prefix("# "))
-            .filter(|l| l.starts_with('[') || l.split_once(" = ").is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_')))
-            .map(|l| format!("{l}\n"))
-            .collect();
+        let text: String = example.lines().filter_map(|l| l.strip_prefix("# ")).filter(|l| l.starts_with('[') || l.split_once(" = ").is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))).map(|l| format!("{l}\n")).collect();
         let s = p(&text).expect("the example parses");
         let d = Settings::default();
         assert_eq!(serde_json::to_value(&s).expect("json"), serde_json::to_value(&d).expect("json"), "{text}");

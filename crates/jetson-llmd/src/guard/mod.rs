@@ -21,8 +21,8 @@ pub mod routes;
 
 use crate::conf::config::GuardSettings;
 use crate::conf::ModelName;
-use crate::records::Stage;
 use crate::records::state::State;
+use crate::records::Stage;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -255,7 +255,9 @@ async fn check_key(g: &Guard, settings: &GuardSettings, client: SocketAddr, meth
 fn queue_refusal(path: &str, refusal: &admission::Refusal) -> Response {
     let (status, message, retry) = match refusal {
         admission::Refusal::QueueFull { class, max } => (StatusCode::TOO_MANY_REQUESTS, format!("jetson-llmd guard: {max} requests of class {class:?} are already waiting for the model; retry later"), "5"),
-        admission::Refusal::Waited { class, waited } => (StatusCode::SERVICE_UNAVAILABLE, format!("jetson-llmd guard: no turn for class {class:?} within {}; the board is busy, retry later", humantime::format_duration(Duration::from_secs(waited.as_secs()))), "10"),
+        admission::Refusal::Waited { class, waited } => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("jetson-llmd guard: no turn for class {class:?} within {}; the board is busy, retry later", humantime::format_duration(Duration::from_secs(waited.as_secs()))), "10")
+        }
         admission::Refusal::BodiesFull { class, max_mib } => (StatusCode::TOO_MANY_REQUESTS, format!("jetson-llmd guard: waiting requests already hold {max_mib} MiB of bodies (class {class:?}); retry later"), "5"),
     };
     let mut r = if path == "/v1/messages" {

@@ -82,7 +82,11 @@ pub enum Decision {
         /// The request is for the pinned model: wait while it is not warm.
         for_pinned: bool,
     },
-    Refuse { status: u16, message: String, rule: Rule },
+    Refuse {
+        status: u16,
+        message: String,
+        rule: Rule,
+    },
 }
 
 /// Whether the request's body must be read (and decoded as Ollama will) before deciding.
@@ -255,11 +259,7 @@ pub fn decide(method: &str, path: &str, body: Option<&Result<GoBody, BodyError>>
         };
         if !allowed && pinned.is_some() {
             let p = pinned.map(ModelName::to_string).unwrap_or_default();
-            return err(
-                409,
-                Rule::OtherModel,
-                format!("model {name:?} is not served here: this Jetson keeps {p} loaded on the GPU (loading another would evict it); use {p}, or switch with `sudo jetson-llmd switch {name}`"),
-            );
+            return err(409, Rule::OtherModel, format!("model {name:?} is not served here: this Jetson keeps {p} loaded on the GPU (loading another would evict it); use {p}, or switch with `sudo jetson-llmd switch {name}`"));
         }
     }
     let mut out = body.fields.clone();

@@ -52,8 +52,7 @@ pub async fn exchange(addr: &str, req: axum::http::Request<Body>) -> Result<axum
         Err(_) => return Err(RelayError::ConnectTimeout(CONNECT_TIMEOUT)),
     };
     let _ = tcp.set_nodelay(true);
-    let (mut sender, conn): (SendRequest<Body>, Conn) =
-        hyper::client::conn::http1::Builder::new().read_buf_exact_size(Some(READ_BUF)).handshake(TokioIo::new(tcp)).await?;
+    let (mut sender, conn): (SendRequest<Body>, Conn) = hyper::client::conn::http1::Builder::new().read_buf_exact_size(Some(READ_BUF)).handshake(TokioIo::new(tcp)).await?;
     let mut conn = Some(Box::pin(conn));
     let mut response = std::pin::pin!(sender.send_request(req));
     let resp = std::future::poll_fn(|cx| {

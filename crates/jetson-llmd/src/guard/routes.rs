@@ -20,20 +20,8 @@ pub enum Route {
 }
 
 /// POST routes that run a model (native, OpenAI, Anthropic, image and audio compatibility).
-const INFERENCE: &[&str] = &[
-    "/api/generate",
-    "/api/chat",
-    "/api/embed",
-    "/api/embeddings",
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/embeddings",
-    "/v1/responses",
-    "/v1/messages",
-    "/v1/images/generations",
-    "/v1/images/edits",
-    "/v1/audio/transcriptions",
-];
+const INFERENCE: &[&str] =
+    &["/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages", "/v1/images/generations", "/v1/images/edits", "/v1/audio/transcriptions"];
 
 /// POST routes that change models or act for the machine's ollama.com account.
 const ADMIN_POST: &[&str] = &["/api/pull", "/api/push", "/api/create", "/api/copy", "/api/me", "/api/signout", "/api/experimental/web_search", "/api/experimental/web_fetch"];

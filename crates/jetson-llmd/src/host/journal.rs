@@ -62,14 +62,7 @@ pub async fn read_lines<R: tokio::io::AsyncRead + Unpin>(r: R, max_total: usize,
 }
 
 async fn journalctl(args: &[String]) -> Result<Vec<String>, JournalError> {
-    let mut child = tokio::process::Command::new("journalctl")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(JournalError::Spawn)?;
+    let mut child = tokio::process::Command::new("journalctl").args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true).spawn().map_err(JournalError::Spawn)?;
     let (Some(out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
         return Err(JournalError::Failed("no pipes".into()));
     };

@@ -69,14 +69,7 @@ pub fn meminfo(text: &str) -> MemoryInfo {
             (key.trim() == k).then(|| rest.split_whitespace().next()?.parse().ok()).flatten()
         })
     };
-    MemoryInfo {
-        mem_total_kb: get("MemTotal"),
-        mem_available_kb: get("MemAvailable"),
-        swap_total_kb: get("SwapTotal"),
-        swap_free_kb: get("SwapFree"),
-        cma_total_kb: get("CmaTotal"),
-        cma_free_kb: get("CmaFree"),
-    }
+    MemoryInfo { mem_total_kb: get("MemTotal"), mem_available_kb: get("MemAvailable"), swap_total_kb: get("SwapTotal"), swap_free_kb: get("SwapFree"), cma_total_kb: get("CmaTotal"), cma_free_kb: get("CmaFree") }
 }
 
 /// MemAvailable in bytes from `<root>/proc/meminfo` (bounded read), if the kernel says.

@@ -32,13 +32,7 @@ pub fn watchdog_period() -> Option<std::time::Duration> {
 /// For long steps (a cold load takes 30-70 s, a pull much longer): each has its own deadline,
 /// so a hang is still caught, just not by the watchdog. Says every `still.0` what it is still
 /// doing (`still.1`), so a long wait is never silent.
-pub async fn guarded<F: std::future::Future, N: Notifier>(
-    fut: F,
-    notify: &N,
-    period: Option<std::time::Duration>,
-    cancel: &tokio_util::sync::CancellationToken,
-    still: Option<(std::time::Duration, &str)>,
-) -> Option<F::Output> {
+pub async fn guarded<F: std::future::Future, N: Notifier>(fut: F, notify: &N, period: Option<std::time::Duration>, cancel: &tokio_util::sync::CancellationToken, still: Option<(std::time::Duration, &str)>) -> Option<F::Output> {
     use tokio::time::{sleep_until, Instant};
     tokio::pin!(fut);
     let t0 = Instant::now();

@@ -151,9 +151,7 @@ fn gather_blocking(root: &Path) -> Probes {
     p.gpu_max_freq_hz = text(root, &format!("{gpu}/max_freq")).and_then(|t| t.trim().parse().ok());
     p.gpu_min_freq_hz = text(root, &format!("{gpu}/min_freq")).and_then(|t| t.trim().parse().ok());
     // nvpmodel keeps its state as e.g. "pmode:0000 fmode:normal".
-    p.power_mode = text(root, "/var/lib/nvpmodel/status")
-        
-        .and_then(|t| t.split_whitespace().find_map(|w| w.strip_prefix("pmode:").map(|m| crate::text::clip(m, 20))));
+    p.power_mode = text(root, "/var/lib/nvpmodel/status").and_then(|t| t.split_whitespace().find_map(|w| w.strip_prefix("pmode:").map(|m| crate::text::clip(m, 20))));
     p
 }
 

@@ -128,10 +128,7 @@ impl Systemd {
             }
             None
         };
-        let result = tokio::time::timeout(deadline, wait)
-            .await
-            .map_err(|_| SdError::Deadline { unit: unit.into(), after: deadline })?
-            .ok_or_else(|| SdError::Bus("the signal stream ended".into()))?;
+        let result = tokio::time::timeout(deadline, wait).await.map_err(|_| SdError::Deadline { unit: unit.into(), after: deadline })?.ok_or_else(|| SdError::Bus("the signal stream ended".into()))?;
         if result == "done" {
             return Ok(());
         }
@@ -185,11 +182,7 @@ impl Systemd {
 
     /// What `systemctl reboot` does: start reboot.target, replacing every other job.
     pub async fn request_reboot(&self) -> Result<(), SdError> {
-        self.manager
-            .start_unit("reboot.target".into(), "replace-irreversibly".into())
-            .await
-            .map(|_| ())
-            .map_err(|e| SdError::Job { unit: "reboot.target".into(), result: "refused".into(), message: format!("systemd refused the reboot: {e}") })
+        self.manager.start_unit("reboot.target".into(), "replace-irreversibly".into()).await.map(|_| ()).map_err(|e| SdError::Job { unit: "reboot.target".into(), result: "refused".into(), message: format!("systemd refused the reboot: {e}") })
     }
 
     /// The unit's ActiveState as last seen by this connection (fresh after each signal).

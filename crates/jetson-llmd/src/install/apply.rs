@@ -55,7 +55,10 @@ pub struct Failed {
 }
 
 enum Undo {
-    File { path: PathBuf, old: Option<(Vec<u8>, u32)> },
+    File {
+        path: PathBuf,
+        old: Option<(Vec<u8>, u32)>,
+    },
     /// Directories a file's write created (deepest first), removed again when empty.
     Dirs(Vec<PathBuf>),
     Activation(Activation),
@@ -166,14 +169,7 @@ pub async fn stage_release(req: &Request, state: &InstallState, opts: &Options) 
         }
     };
     let dir = format!("{}-{}", w.version, &base.sha256[..12]);
-    let rec = Release {
-        dir: dir.clone(),
-        version: w.version.clone(),
-        origin: base.origin.clone(),
-        base_sha256: base.sha256.clone(),
-        jetpack_sha256: jetpack.sha256.clone(),
-        installed_at: crate::records::state::now(),
-    };
+    let rec = Release { dir: dir.clone(), version: w.version.clone(), origin: base.origin.clone(), base_sha256: base.sha256.clone(), jetpack_sha256: jetpack.sha256.clone(), installed_at: crate::records::state::now() };
     let known = [&state.current, &state.previous].into_iter().flatten().any(|r| r.dir == dir && r.jetpack_sha256 == jetpack.sha256);
     if known && store.intact(&dir) {
         return Ok((rec, false));
@@ -331,20 +327,22 @@ pub async fn apply<S: Services>(plan: &Plan, req: &Request, state: &mut InstallS
         let r = match step.start {
             Start::Nothing => Ok(None),
             Start::Start => sd.queue_start("jetson-llmd.service").await.map(|()| Some("started jetson-llmd.service".to_string())),
-            Start::Restart { ollama } => async {
-                if ollama {
-                    // Stop the supervisor first so it does not race to re-warm the old binary.
-                    sd.stop("jetson-llmd.service", Duration::from_secs(60)).await?;
-                    sd.restart("ollama.service", Duration::from_secs(90)).await?;
-                    sd.queue_start("jetson-llmd.service").await?;
-                    Ok(Some("restarted ollama.service and jetson-llmd.service".to_string()))
-                } else {
-                    sd.stop("jetson-llmd.service", Duration::from_secs(60)).await?;
-                    sd.queue_start("jetson-llmd.service").await?;
-                    Ok(Some("restarted jetson-llmd.service".to_string()))
+            Start::Restart { ollama } => {
+                async {
+                    if ollama {
+                        // Stop the supervisor first so it does not race to re-warm the old binary.
+                        sd.stop("jetson-llmd.service", Duration::from_secs(60)).await?;
+                        sd.restart("ollama.service", Duration::from_secs(90)).await?;
+                        sd.queue_start("jetson-llmd.service").await?;
+                        Ok(Some("restarted ollama.service and jetson-llmd.service".to_string()))
+                    } else {
+                        sd.stop("jetson-llmd.service", Duration::from_secs(60)).await?;
+                        sd.queue_start("jetson-llmd.service").await?;
+                        Ok(Some("restarted jetson-llmd.service".to_string()))
+                    }
                 }
+                .await
             }
-            .await,
         };
         match r {
             Ok(s) => out.started = s,

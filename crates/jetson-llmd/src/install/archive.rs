@@ -182,10 +182,7 @@ fn mkdirs(root: &Path, rel: &str) -> Result<(), ArchiveError> {
 pub fn extract(archive: &Path, compression: Compression, part: Part, dest: &Path, limits: Limits) -> Result<Summary, ArchiveError> {
     let file = std::fs::File::open(archive).map_err(|e| io_err(archive, e))?;
     let reader: Box<dyn Read> = match compression {
-        Compression::Zstd => Box::new(
-            ruzstd::decoding::StreamingDecoder::new(std::io::BufReader::new(file))
-                .map_err(|e| ArchiveError::Corrupt { archive: archive.to_path_buf(), detail: format!("zstd: {e}") })?,
-        ),
+        Compression::Zstd => Box::new(ruzstd::decoding::StreamingDecoder::new(std::io::BufReader::new(file)).map_err(|e| ArchiveError::Corrupt { archive: archive.to_path_buf(), detail: format!("zstd: {e}") })?),
         Compression::Gzip => Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file))),
     };
     let corrupt = |e: std::io::Error| ArchiveError::Corrupt { archive: archive.to_path_buf(), detail: e.to_string() };
@@ -245,13 +242,7 @@ pub fn extract(archive: &Path, compression: Compression, part: Part, dest: &Path
                 return Err(ArchiveError::TooLarge { archive: archive.to_path_buf(), limit: limits.max_bytes });
             }
             // O_EXCL | O_NOFOLLOW: never onto an existing file, never through a symlink.
-            let mut out = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .custom_flags(nix::libc::O_NOFOLLOW)
-                .mode(mode & 0o755)
-                .open(&target)
-                .map_err(|e| io_err(&target, e))?;
+            let mut out = OpenOptions::new().write(true).create_new(true).custom_flags(nix::libc::O_NOFOLLOW).mode(mode & 0o755).open(&target).map_err(|e| io_err(&target, e))?;
             let mut limited = (&mut entry).take(limits.max_bytes - sum.bytes + 1);
             let n = copy(&mut limited, &mut out, &target, archive)?;
             sum.bytes += n;

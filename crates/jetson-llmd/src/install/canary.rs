@@ -5,11 +5,11 @@
 //! on the GPU), and a short generation must be at least `min_speed` of the last good figure.
 //! Otherwise the previous version is switched back and re-warmed.
 
-use super::state::LastGood;
 use super::services::Services;
+use super::state::LastGood;
 use crate::conf::ExpectedCompute;
-use crate::records::Stage;
 use crate::records::state::{State, StateFile};
+use crate::records::Stage;
 use serde::Serialize;
 use std::path::Path;
 use std::time::Duration;
@@ -79,12 +79,7 @@ pub fn judge(e: &Evidence, last_good: Option<&LastGood>, min_speed: f64) -> Vec<
     }
     match (e.tok_s, last_good.filter(|l| Some(&l.model) == e.model.as_ref())) {
         (None, _) if e.stage == Stage::Ready => failed.push("the test generation returned no speed figure".into()),
-        (Some(t), Some(l)) if t < l.tok_s * min_speed => failed.push(format!(
-            "{t:.1} tok/s is below {:.0}% of the last good {:.1} tok/s (Ollama {})",
-            min_speed * 100.0,
-            l.tok_s,
-            l.version
-        )),
+        (Some(t), Some(l)) if t < l.tok_s * min_speed => failed.push(format!("{t:.1} tok/s is below {:.0}% of the last good {:.1} tok/s (Ollama {})", min_speed * 100.0, l.tok_s, l.version)),
         _ => {}
     }
     failed
@@ -104,10 +99,7 @@ pub async fn wait_for_outcome<S: Services>(state_dir: &Path, old: Option<(u32, S
     loop {
         if let Ok(Some(s)) = StateFile::read(state_dir).await {
             if Some(identity(&s)) != old && s.pid != 0 {
-                let decided = matches!(
-                    s.stage,
-                    Stage::Ready | Stage::CpuFallback | Stage::RebootRequired | Stage::DoesNotFit | Stage::PartlyOnGpu | Stage::ConfigInvalid | Stage::PreloadFailed | Stage::OllamaFailed
-                );
+                let decided = matches!(s.stage, Stage::Ready | Stage::CpuFallback | Stage::RebootRequired | Stage::DoesNotFit | Stage::PartlyOnGpu | Stage::ConfigInvalid | Stage::PreloadFailed | Stage::OllamaFailed);
                 if decided {
                     return Some(s);
                 }

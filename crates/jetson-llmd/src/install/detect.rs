@@ -54,16 +54,10 @@ pub fn jetpack_of(l4t: u32) -> Option<u32> {
 pub fn assess(f: &Facts) -> Vec<Finding> {
     let mut out = Vec::new();
     match (f.l4t_release, f.jetpack) {
-        (None, _) => out.push(Finding::Refuse(
-            "no /etc/nv_tegra_release: this is not a Jetson running JetPack (L4T); jetson-llmd installs Ollama's JetPack 6 build".into(),
-        )),
+        (None, _) => out.push(Finding::Refuse("no /etc/nv_tegra_release: this is not a Jetson running JetPack (L4T); jetson-llmd installs Ollama's JetPack 6 build".into())),
         (Some(_), Some(6)) => {}
-        (Some(r), Some(5)) => out.push(Finding::Refuse(format!(
-            "L4T R{r} is JetPack 5: Ollama's JetPack 5 libraries are not what this tool installs and tests; upgrade the board to JetPack 6"
-        ))),
-        (Some(r), Some(_)) => out.push(Finding::Refuse(format!(
-            "L4T R{r} is JetPack 7 or newer: Ollama maps it to cuda_v13, not to the JetPack 6 libraries this tool installs"
-        ))),
+        (Some(r), Some(5)) => out.push(Finding::Refuse(format!("L4T R{r} is JetPack 5: Ollama's JetPack 5 libraries are not what this tool installs and tests; upgrade the board to JetPack 6"))),
+        (Some(r), Some(_)) => out.push(Finding::Refuse(format!("L4T R{r} is JetPack 7 or newer: Ollama maps it to cuda_v13, not to the JetPack 6 libraries this tool installs"))),
         (Some(r), None) => out.push(Finding::Refuse(format!("L4T R{r} is not a JetPack release this tool knows (JetPack 6 is R36)"))),
     }
     match &f.board {

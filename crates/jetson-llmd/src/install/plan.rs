@@ -42,12 +42,7 @@ fn default_config() -> String {
 
 /// ollama.env for a config.toml without the guard: Ollama stays where clients expect it.
 fn unguarded_env() -> String {
-    DEFAULT_ENV
-        .lines()
-        .map(|l| if l.starts_with("OLLAMA_HOST=") { "OLLAMA_HOST=127.0.0.1:11434".to_string() } else { l.to_string() })
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n"
+    DEFAULT_ENV.lines().map(|l| if l.starts_with("OLLAMA_HOST=") { "OLLAMA_HOST=127.0.0.1:11434".to_string() } else { l.to_string() }).collect::<Vec<_>>().join("\n") + "\n"
 }
 
 /// The same, with the guard on the address clients already used (see [`lan_ollama_host`]).
@@ -159,8 +154,14 @@ pub struct FileStep {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "action", rename_all = "kebab-case")]
 pub enum OllamaStep {
-    Keep { dir: String, version: String },
-    Install { version: String, from: String },
+    Keep {
+        dir: String,
+        version: String,
+    },
+    Install {
+        version: String,
+        from: String,
+    },
     /// Nothing installed and nothing asked for.
     Absent,
 }
@@ -179,7 +180,9 @@ pub enum Start {
     Nothing,
     Start,
     /// Restart the supervisor; and ollama.service first when its binary or environment changed.
-    Restart { ollama: bool },
+    Restart {
+        ollama: bool,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -337,9 +340,7 @@ pub async fn ollama_step(req: &Request, state: &InstallState) -> Result<OllamaSt
     let same = match (&w.source, current) {
         (_, None) => false,
         (Source::Release { version, .. }, Some(c)) => c.version == version.to_string() && !c.origin.starts_with('/'),
-        (Source::Local { base, jetpack, .. }, Some(c)) => {
-            fetch::sha256_file(base).await? == c.base_sha256 && fetch::sha256_file(jetpack).await? == c.jetpack_sha256
-        }
+        (Source::Local { base, jetpack, .. }, Some(c)) => fetch::sha256_file(base).await? == c.base_sha256 && fetch::sha256_file(jetpack).await? == c.jetpack_sha256,
     };
     Ok(match current {
         Some(c) if same => OllamaStep::Keep { dir: c.dir.clone(), version: c.version.clone() },
@@ -384,7 +385,13 @@ pub async fn compute(req: &Request, state: &InstallState, active: Option<bool>) 
                 let ours = tokio::fs::read(exe).await.map_err(|source| PlanError::Io { path: exe.clone(), source })?;
                 // Sizes first: reading a 100 MB binary only to find it differs in length is waste.
                 let same_size = tokio::fs::metadata(&target).await.is_ok_and(|m| m.is_file() && m.len() == ours.len() as u64);
-                let change = if same_size { owned_change(existing(root, JETSON_LLMD_BIN, 512 << 20).await?.as_deref(), &ours) } else if target.exists() { Change::Update } else { Change::Create };
+                let change = if same_size {
+                    owned_change(existing(root, JETSON_LLMD_BIN, 512 << 20).await?.as_deref(), &ours)
+                } else if target.exists() {
+                    Change::Update
+                } else {
+                    Change::Create
+                };
                 files.push(FileStep { path: JETSON_LLMD_BIN.into(), kind: FileKind::Binary, change, bytes: ours, mode: 0o755 });
             }
         }

@@ -112,8 +112,7 @@ impl Store {
     /// The version's binary and its JetPack 6 libraries are in place.
     pub fn intact(&self, name: &str) -> bool {
         let d = self.version_dir(name);
-        std::fs::symlink_metadata(d.join("bin/ollama")).is_ok_and(|m| m.is_file())
-            && std::fs::read_dir(d.join("lib/ollama/cuda_jetpack6")).is_ok_and(|mut r| r.next().is_some())
+        std::fs::symlink_metadata(d.join("bin/ollama")).is_ok_and(|m| m.is_file()) && std::fs::read_dir(d.join("lib/ollama/cuda_jetpack6")).is_ok_and(|mut r| r.next().is_some())
     }
 
     /// The live layout is whole: links, `current`, binary and JetPack libraries.
@@ -122,9 +121,7 @@ impl Store {
     }
 
     pub fn versions(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.dir())
-            .map(|r| r.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).filter(|n| !n.starts_with('.') && n != "current").collect())
-            .unwrap_or_default();
+        let mut v: Vec<String> = std::fs::read_dir(self.dir()).map(|r| r.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).filter(|n| !n.starts_with('.') && n != "current").collect()).unwrap_or_default();
         v.sort();
         v
     }

@@ -34,10 +34,7 @@ fn checked(p: &Path) -> Result<&str, BadPath> {
 /// Renders every unit for the given binaries.
 pub fn render(jetson_llmd: &Path, ollama: &Path) -> Result<Vec<(&'static str, String)>, BadPath> {
     let (j, o) = (checked(jetson_llmd)?, checked(ollama)?);
-    Ok(TEMPLATES
-        .iter()
-        .map(|(name, t)| (*name, t.replace(&format!("{DEFAULT_JETSON_LLMD} "), &format!("{j} ")).replace(&format!("{DEFAULT_OLLAMA} "), &format!("{o} "))))
-        .collect())
+    Ok(TEMPLATES.iter().map(|(name, t)| (*name, t.replace(&format!("{DEFAULT_JETSON_LLMD} "), &format!("{j} ")).replace(&format!("{DEFAULT_OLLAMA} "), &format!("{o} ")))).collect())
 }
 
 #[cfg(test)]

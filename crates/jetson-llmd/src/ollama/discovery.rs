@@ -7,7 +7,6 @@
 //! `library=cpu`. We read the lines of the latest start only, accept plain lines, journalctl's
 //! short prefix, `-o cat`, and `-o json` lines (MESSAGE field).
 
-
 use std::collections::BTreeMap;
 
 /// Splits a logfmt line into key/value pairs (Go's %q quoting for values with spaces).
@@ -79,8 +78,8 @@ pub fn unframe(line: &str) -> String {
     line.to_string()
 }
 
-pub use crate::records::gpu::GpuReport;
 use crate::conf::ExpectedCompute;
+pub use crate::records::gpu::GpuReport;
 use crate::text::clean as sanitize;
 
 /// What the host itself says, beside Ollama's log, for the cause of a CPU fallback.
@@ -275,10 +274,7 @@ pub fn analyze_on<S: AsRef<str>>(lines: &[S], expected: &ExpectedCompute, host: 
     // the discovery line says which one loaded. On an Orin that is a board on the wrong
     // libraries, even when the GPU is found.
     if r.gpu && *expected == ExpectedCompute::ORIN && r.libdirs.as_deref().is_some_and(|l| !l.contains("cuda_jetpack6")) {
-        r.warning = Some(format!(
-            "the GPU runs on Ollama's {} libraries, not the JetPack 6 ones (cuda_jetpack6): install Ollama together with its JetPack 6 tarball (sudo jetson-llmd install)",
-            r.libdirs.as_deref().unwrap_or("?")
-        ));
+        r.warning = Some(format!("the GPU runs on Ollama's {} libraries, not the JetPack 6 ones (cuda_jetpack6): install Ollama together with its JetPack 6 tarball (sudo jetson-llmd install)", r.libdirs.as_deref().unwrap_or("?")));
     }
     if r.gpu && r.offloaded.is_some_and(|(n, _)| n == 0) {
         r.cpu_fallback_reason = Some("the GPU was found but the last load offloaded 0 layers to it".into());
@@ -305,7 +301,8 @@ mod tests {
     const ORIN: &ExpectedCompute = &ExpectedCompute::ORIN;
 
     const NEW: &str = r#"time=2026-05-01T10:00:02.100+02:00 level=INFO source=types.go:60 msg="inference compute" id=GPU-2f6a filter_id="" library=CUDA compute=8.7 name=CUDA0 description=Orin libdirs=ollama,cuda_jetpack6 driver=12.6 pci_id=0000:00:00.0 type=iGPU total="7.4 GiB" available="5.1 GiB""#;
-    const OLD: &str = r#"time=2024-09-13T09:19:01.543+02:00 level=INFO source=types.go:107 msg="inference compute" id=GPU-5fd13bbd-9d4e-5a47-8d0c-b7a2d5e4f3a1 library=cuda variant=jetpack6 compute=8.7 driver=12.2 name=Orin total="61.4 GiB" available="51.6 GiB""#;
+    const OLD: &str =
+        r#"time=2024-09-13T09:19:01.543+02:00 level=INFO source=types.go:107 msg="inference compute" id=GPU-5fd13bbd-9d4e-5a47-8d0c-b7a2d5e4f3a1 library=cuda variant=jetpack6 compute=8.7 driver=12.2 name=Orin total="61.4 GiB" available="51.6 GiB""#;
     const CPU: &str = r#"time=2026-05-01T10:00:02.100+02:00 level=INFO source=types.go:60 msg="inference compute" id=cpu library=cpu compute="" name=cpu description=cpu libdirs=ollama driver="" pci_id="" type="" total="7.4 GiB" available="5.6 GiB""#;
 
     #[test]
@@ -450,15 +447,7 @@ mod tests {
 
     #[test]
     fn oom_and_offload() {
-        let r = analyze(
-            &[
-                NEW,
-                "load_tensors: offloaded 37/37 layers to GPU",
-                "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 180.00 MiB on device 0: cudaMalloc failed: out of memory",
-            ],
-            ORIN,
-            None,
-        );
+        let r = analyze(&[NEW, "load_tensors: offloaded 37/37 layers to GPU", "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 180.00 MiB on device 0: cudaMalloc failed: out of memory"], ORIN, None);
         assert!(r.gpu && r.oom);
         assert_eq!(r.offloaded, Some((37, 37)));
     }

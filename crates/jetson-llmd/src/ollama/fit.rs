@@ -160,7 +160,9 @@ pub async fn admission<A: super::OllamaApi>(api: &A, settings: &crate::conf::Set
 pub enum Verdict {
     Fits,
     /// `missing` bytes short.
-    DoesNotFit { missing: u64 },
+    DoesNotFit {
+        missing: u64,
+    },
     /// No MemAvailable to compare with (not a Linux /proc): say so, do not guess.
     Unknown,
 }

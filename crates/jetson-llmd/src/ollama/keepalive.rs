@@ -24,16 +24,7 @@ pub struct Reporting<'a, N: Notifier> {
 /// Runs until cancelled (Ok) or a terminal failure (reboot required, model on the CPU).
 /// model.conf is re-read before every tick; an invalid file keeps the last good model.
 #[allow(clippy::too_many_arguments)]
-pub async fn run<A, R, N>(
-    api: &A,
-    settings: &Settings,
-    model_conf: &Path,
-    mut model: ModelName,
-    relief: &R,
-    report: Reporting<'_, N>,
-    cancel: &CancellationToken,
-    mut on_tick: impl FnMut(&TickRecord),
-) -> Result<(), Failure>
+pub async fn run<A, R, N>(api: &A, settings: &Settings, model_conf: &Path, mut model: ModelName, relief: &R, report: Reporting<'_, N>, cancel: &CancellationToken, mut on_tick: impl FnMut(&TickRecord)) -> Result<(), Failure>
 where
     A: OllamaApi,
     R: MemoryRelief,

@@ -6,8 +6,8 @@ use super::OllamaApi;
 use crate::conf::{ModelName, Settings};
 use crate::failure::Failure;
 use crate::host::memory::MemoryRelief;
-use ollama_client::{CreateRequest, KeepAlive, ProgressLine, RunningModel};
 pub use crate::records::warm::{TickRecord, WarmReport};
+use ollama_client::{CreateRequest, KeepAlive, ProgressLine, RunningModel};
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -198,18 +198,7 @@ pub async fn verify<A: OllamaApi>(api: &A, settings: &Settings, model: &ModelNam
     if pct < settings.min_gpu_percent && !cpu_host {
         return Err(Failure::PartlyOnGpu { model: model.to_string(), percent: pct, min: settings.min_gpu_percent });
     }
-    Ok(WarmReport {
-        model: model.to_string(),
-        gpu_percent: pct,
-        size: m.size,
-        size_vram: m.size_vram,
-        expires_at: m.expires_at.clone(),
-        pinned: m.pinned_forever(),
-        load_ms: None,
-        rewarmed: false,
-        dropped_caches: false,
-        evicted: None,
-    })
+    Ok(WarmReport { model: model.to_string(), gpu_percent: pct, size: m.size, size_vram: m.size_vram, expires_at: m.expires_at.clone(), pinned: m.pinned_forever(), load_ms: None, rewarmed: false, dropped_caches: false, evicted: None })
 }
 
 /// `jetson-llmd preload`: model present, loaded pinned, verified on the GPU.
@@ -279,11 +268,7 @@ impl EvictionBackoff {
     /// The back-off as a previous keepalive left it: re-warms at these Unix seconds.
     pub fn from_history(unix: &[u64]) -> EvictionBackoff {
         let (now, now_unix) = (Instant::now(), unix_now());
-        let recent = unix
-            .iter()
-            .filter(|t| **t <= now_unix && now_unix - **t <= Self::WINDOW.as_secs())
-            .filter_map(|t| now.checked_sub(Duration::from_secs(now_unix - t)))
-            .collect::<std::collections::VecDeque<_>>();
+        let recent = unix.iter().filter(|t| **t <= now_unix && now_unix - **t <= Self::WINDOW.as_secs()).filter_map(|t| now.checked_sub(Duration::from_secs(now_unix - t))).collect::<std::collections::VecDeque<_>>();
         let mut b = EvictionBackoff { recent };
         b.record(false);
         b
@@ -337,7 +322,9 @@ pub fn backoff(failures: u32, max: Duration) -> Duration {
 pub enum Residency {
     Pinned,
     /// Loaded, but another client's keep_alive gave it an expiry.
-    Unpinned { expires_at: String },
+    Unpinned {
+        expires_at: String,
+    },
     /// Gone; why, from what is loaded instead.
     Missing(String),
 }

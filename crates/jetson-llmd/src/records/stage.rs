@@ -39,10 +39,7 @@ pub enum Stage {
 impl Stage {
     /// Stages that mean something is wrong (logged at WARN; terminal ones at ERROR).
     pub fn is_failure(self) -> bool {
-        !matches!(
-            self,
-            Stage::Starting | Stage::StartingOllama | Stage::WaitingForApi | Stage::CheckingGpu | Stage::Preloading | Stage::StartingKeepalive | Stage::Ready | Stage::Stopping
-        )
+        !matches!(self, Stage::Starting | Stage::StartingOllama | Stage::WaitingForApi | Stage::CheckingGpu | Stage::Preloading | Stage::StartingKeepalive | Stage::Ready | Stage::Stopping)
     }
 
     pub fn as_str(self) -> &'static str {

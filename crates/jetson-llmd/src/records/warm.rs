@@ -52,26 +52,10 @@ impl TickRecord {
     /// The record of one tick; `rewarm_count` already includes this tick's re-warm.
     pub fn new(model: &ModelName, result: &Result<WarmReport, Failure>, rewarm_count: u64, consecutive_failures: u32) -> TickRecord {
         let (ok, detail, report) = match result {
-            Ok(r) => (
-                true,
-                format!("{model} warm, {}% GPU{}", r.gpu_percent, r.evicted.as_deref().map(|e| format!(", re-warmed ({e})")).unwrap_or_else(|| if r.rewarmed { ", re-warmed".into() } else { String::new() })),
-                Some(r.clone()),
-            ),
+            Ok(r) => (true, format!("{model} warm, {}% GPU{}", r.gpu_percent, r.evicted.as_deref().map(|e| format!(", re-warmed ({e})")).unwrap_or_else(|| if r.rewarmed { ", re-warmed".into() } else { String::new() })), Some(r.clone())),
             Err(f) => (false, f.to_string(), None),
         };
         let failure = result.as_ref().err().map(Failure::reported);
-        TickRecord {
-            at: super::Timestamp::now(),
-            model: model.to_string(),
-            ok,
-            detail,
-            rewarmed: report.as_ref().is_some_and(|r| r.rewarmed),
-            rewarm_count,
-            consecutive_failures,
-            report,
-            note: None,
-            failure,
-            recent_rewarms: Vec::new(),
-        }
+        TickRecord { at: super::Timestamp::now(), model: model.to_string(), ok, detail, rewarmed: report.as_ref().is_some_and(|r| r.rewarmed), rewarm_count, consecutive_failures, report, note: None, failure, recent_rewarms: Vec::new() }
     }
 }

@@ -99,7 +99,12 @@ pub fn checks(p: &Probes, c: &Context) -> Vec<Check> {
         None => check("thermal", Warn, "no data: no thermal zone gives a temperature", ""),
     });
     out.push(if c.ollama_bound_to_lan {
-        check("ollama-host", Warn, "OLLAMA_HOST serves the LAN: any client there can evict or reload the model", "keep Ollama on 127.0.0.1 and let the guard serve the LAN: [guard] enabled = true, listen = \"0.0.0.0:11434\" (sudo jetson-llmd install sets this up)")
+        check(
+            "ollama-host",
+            Warn,
+            "OLLAMA_HOST serves the LAN: any client there can evict or reload the model",
+            "keep Ollama on 127.0.0.1 and let the guard serve the LAN: [guard] enabled = true, listen = \"0.0.0.0:11434\" (sudo jetson-llmd install sets this up)",
+        )
     } else {
         check("ollama-host", Pass, "Ollama on loopback", "")
     });
@@ -112,20 +117,21 @@ pub fn checks(p: &Probes, c: &Context) -> Vec<Check> {
         (Some(m), pinned) => check(
             "power-mode",
             Pass,
-            format!("nvpmodel mode {m}{}", match pinned {
-                Some(true) => ", clocks pinned (jetson_clocks)",
-                Some(false) => ", clocks not pinned (sudo jetson_clocks for steadier tok/s)",
-                None => "",
-            }),
+            format!(
+                "nvpmodel mode {m}{}",
+                match pinned {
+                    Some(true) => ", clocks pinned (jetson_clocks)",
+                    Some(false) => ", clocks not pinned (sudo jetson_clocks for steadier tok/s)",
+                    None => "",
+                }
+            ),
             "",
         ),
         (None, _) => check("power-mode", Warn, "no nvpmodel status: power mode unknown", "sudo nvpmodel -q"),
     });
     // 624.75 MHz is the Orin Nano's GPU cap without the Super device tree and firmware.
     out.push(match p.gpu_max_freq_hz {
-        Some(f) if f <= 624_750_000 && p.board.as_deref().is_some_and(|b| b.contains("Super")) => {
-            check("gpu-clock", Warn, format!("GPU capped at {:.2} MHz on a Super board", f as f64 / 1e6), "flash the Super device tree and JetPack 6.2 firmware")
-        }
+        Some(f) if f <= 624_750_000 && p.board.as_deref().is_some_and(|b| b.contains("Super")) => check("gpu-clock", Warn, format!("GPU capped at {:.2} MHz on a Super board", f as f64 / 1e6), "flash the Super device tree and JetPack 6.2 firmware"),
         Some(f) => check("gpu-clock", Pass, format!("GPU max {:.2} MHz", f as f64 / 1e6), ""),
         None => check("gpu-clock", Warn, "no GPU devfreq (17000000.gpu)", ""),
     });

@@ -4,8 +4,8 @@
 
 use crate::guard::admission::ClassStats;
 use crate::host::probe::{self, Probes};
-use crate::records::Stage;
 use crate::records::state::State;
+use crate::records::Stage;
 use axum::extract::State as Extract;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -154,7 +154,18 @@ mod tests {
         let queues = [ClassStats { class: "chat".into(), queued: 2, admitted: 5, refused_full: 1, ..Default::default() }];
         let text = render(&s, Some(&host), Some(&[("passed", 3), ("other-model", 1)]), &queues);
         assert!(text.ends_with("# EOF\n"), "{text}");
-        for want in ["jetson_llmd_ready 1.0", "jetson_llmd_stage{stage=\"ready\"} 1.0", "jetson_llmd_rewarms 2.0", "jetson_llmd_temperature_celsius{zone=\"gpu-thermal\"} 51.5", "jetson_llmd_swap_in_pages 7.0", "jetson_llmd_reboot_required 0.0", "jetson_llmd_guard_decisions{rule=\"other-model\"} 1.0", "jetson_llmd_guard_queue_depth{class=\"chat\"} 2.0", "jetson_llmd_guard_admitted{class=\"chat\"} 5.0", "jetson_llmd_guard_not_admitted{class=\"chat\",reason=\"queue-full\"} 1.0"] {
+        for want in [
+            "jetson_llmd_ready 1.0",
+            "jetson_llmd_stage{stage=\"ready\"} 1.0",
+            "jetson_llmd_rewarms 2.0",
+            "jetson_llmd_temperature_celsius{zone=\"gpu-thermal\"} 51.5",
+            "jetson_llmd_swap_in_pages 7.0",
+            "jetson_llmd_reboot_required 0.0",
+            "jetson_llmd_guard_decisions{rule=\"other-model\"} 1.0",
+            "jetson_llmd_guard_queue_depth{class=\"chat\"} 2.0",
+            "jetson_llmd_guard_admitted{class=\"chat\"} 5.0",
+            "jetson_llmd_guard_not_admitted{class=\"chat\",reason=\"queue-full\"} 1.0",
+        ] {
             assert!(text.contains(want), "{want} in\n{text}");
         }
         assert!(!text.contains("cpu-thermal"), "no reading, no sample");

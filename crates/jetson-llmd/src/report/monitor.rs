@@ -80,11 +80,7 @@ mod tests {
 
     #[test]
     fn fragmentation_after_a_reload() {
-        let p = |lfb: u64, cma_free: u64| Probes {
-            largest_free_block_kb: Some(lfb),
-            memory: crate::host::memory::meminfo(&format!("CmaTotal: 262144 kB\nCmaFree: {cma_free} kB\n")),
-            ..Default::default()
-        };
+        let p = |lfb: u64, cma_free: u64| Probes { largest_free_block_kb: Some(lfb), memory: crate::host::memory::meminfo(&format!("CmaTotal: 262144 kB\nCmaFree: {cma_free} kB\n")), ..Default::default() };
         assert_eq!(fragmentation(&p(4096, 200_000), &p(4096, 198_000)), None, "noise is not a warning");
         let w = fragmentation(&p(4096, 200_000), &p(1024, 150_000)).expect("warns");
         assert!(w.contains("4096 to 1024 kB") && w.contains("CmaFree fell from 195 to 146 MiB"), "{w}");
@@ -94,12 +90,7 @@ mod tests {
     #[test]
     fn each_condition_once_per_episode() {
         let limits = Limits { reserve_bytes: 512 << 20, temperature_c: 85.0 };
-        let p = |swap: u64, avail_kb: u64, temp: Option<f64>| Probes {
-            pswpin: Some(swap),
-            memory: crate::host::memory::meminfo(&format!("MemAvailable: {avail_kb} kB\n")),
-            thermal: vec![("gpu-thermal".into(), temp)],
-            ..Default::default()
-        };
+        let p = |swap: u64, avail_kb: u64, temp: Option<f64>| Probes { pswpin: Some(swap), memory: crate::host::memory::meminfo(&format!("MemAvailable: {avail_kb} kB\n")), thermal: vec![("gpu-thermal".into(), temp)], ..Default::default() };
         let mut e = Episodes::default();
         let (s, c) = e.update(conditions(None, &p(100, 4_000_000, Some(50.0)), &limits));
         assert!(s.is_empty() && c.is_empty());

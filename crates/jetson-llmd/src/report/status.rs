@@ -8,8 +8,8 @@ use crate::host::{fs, liveness, rooted, Liveness};
 use crate::ollama::discovery::GpuReport;
 use crate::ollama::warm::TickRecord;
 use crate::ollama::OllamaApi;
-use crate::records::Stage;
 use crate::records::state::{read_keepalive, State, StateFile};
+use crate::records::Stage;
 use serde::Serialize;
 use std::path::Path;
 
@@ -42,7 +42,6 @@ pub struct ModelInfo {
     pub expiry: Option<String>,
     pub context_length: Option<u64>,
 }
-
 
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
@@ -84,7 +83,6 @@ impl StatusReport {
     }
 }
 
-
 pub async fn gather<A: OllamaApi>(api: &A, settings: &Settings, model_conf: &Path, root: &Path) -> StatusReport {
     let mut warnings = Vec::new();
     let (configured, config_error) = match modelconf::read(model_conf).await {
@@ -118,24 +116,10 @@ pub async fn gather<A: OllamaApi>(api: &A, settings: &Settings, model_conf: &Pat
         }
         Err(e) => ollama.error = Some(e.to_string()),
     }
-    let mut model = ModelInfo {
-        configured: configured.as_ref().map(ModelName::to_string),
-        config_error,
-        loaded: false,
-        gpu_percent: None,
-        size: None,
-        size_vram: None,
-        expires_at: None,
-        expiry: None,
-        context_length: None,
-    };
+    let mut model = ModelInfo { configured: configured.as_ref().map(ModelName::to_string), config_error, loaded: false, gpu_percent: None, size: None, size_vram: None, expires_at: None, expiry: None, context_length: None };
     // With an invalid model.conf the supervisor keeps the model it had: that one is ours, not
     // "also loaded".
-    let kept = if configured.is_none() && supervisor_running == Some(Liveness::Running) {
-        supervisor.as_ref().and_then(|s| s.model.as_deref()).and_then(|m| ModelName::parse(m).ok())
-    } else {
-        None
-    };
+    let kept = if configured.is_none() && supervisor_running == Some(Liveness::Running) { supervisor.as_ref().and_then(|s| s.model.as_deref()).and_then(|m| ModelName::parse(m).ok()) } else { None };
     let ours = configured.clone().or(kept);
     if ollama.reachable {
         match api.ps().await {
@@ -208,7 +192,10 @@ pub async fn gather<A: OllamaApi>(api: &A, settings: &Settings, model_conf: &Pat
         Err(_) => Vec::new(),
     };
     let install = crate::install::state::InstallState::load(root).await.ok().filter(|s| s.current.is_some());
-    let guard = settings.guard.enabled.then(|| format!("clients on {} (policy: models {:?}, options {:?}); Ollama behind it at {}; this status talks to Ollama directly", settings.guard.listen, settings.guard.models, settings.guard.options, api.url()).to_lowercase());
+    let guard = settings
+        .guard
+        .enabled
+        .then(|| format!("clients on {} (policy: models {:?}, options {:?}); Ollama behind it at {}; this status talks to Ollama directly", settings.guard.listen, settings.guard.models, settings.guard.options, api.url()).to_lowercase());
     let queues = if settings.guard.enabled && !settings.guard.classes.is_empty() { guard_board(settings.guard.listen).await.map(|b| b.queues).unwrap_or_default() } else { Vec::new() };
     StatusReport { health, warnings, ollama, model, gpu, supervisor, supervisor_running, keepalive, units: Vec::new(), memory, fit, host, bench, install, guard, queues }
 }
@@ -266,11 +253,15 @@ pub fn render(r: &StatusReport) -> String {
     }
     o.push('\n');
     let row = |o: &mut String, k: &str, v: String| o.push_str(&format!("  {k:<13} {v}\n"));
-    row(&mut o, "ollama", match (&r.ollama.version, &r.ollama.error) {
-        (Some(v), _) => format!("{v} at {}", r.ollama.url),
-        (None, Some(e)) => format!("unreachable: {e}"),
-        _ => "unknown".into(),
-    });
+    row(
+        &mut o,
+        "ollama",
+        match (&r.ollama.version, &r.ollama.error) {
+            (Some(v), _) => format!("{v} at {}", r.ollama.url),
+            (None, Some(e)) => format!("unreachable: {e}"),
+            _ => "unknown".into(),
+        },
+    );
     if let Some(g) = &r.guard {
         row(&mut o, "guard", g.clone());
     }
@@ -300,19 +291,17 @@ pub fn render(r: &StatusReport) -> String {
         row(&mut o, "gpu", crate::text::clean(&text));
     }
     let m = &r.model;
-    row(&mut o, "model", match (&m.configured, &m.config_error) {
-        (Some(c), _) => c.clone(),
-        (None, Some(e)) => format!("(invalid model.conf) {}", e.lines().next().unwrap_or("")),
-        _ => "-".into(),
-    });
+    row(
+        &mut o,
+        "model",
+        match (&m.configured, &m.config_error) {
+            (Some(c), _) => c.clone(),
+            (None, Some(e)) => format!("(invalid model.conf) {}", e.lines().next().unwrap_or("")),
+            _ => "-".into(),
+        },
+    );
     if m.loaded {
-        row(&mut o, "loaded", format!(
-            "yes, {}% GPU, {} ({} on GPU), context {}",
-            m.gpu_percent.unwrap_or(0),
-            gib(m.size.unwrap_or(0)),
-            gib(m.size_vram.unwrap_or(0)),
-            m.context_length.map_or("?".into(), |c| c.to_string())
-        ));
+        row(&mut o, "loaded", format!("yes, {}% GPU, {} ({} on GPU), context {}", m.gpu_percent.unwrap_or(0), gib(m.size.unwrap_or(0)), gib(m.size_vram.unwrap_or(0)), m.context_length.map_or("?".into(), |c| c.to_string())));
         row(&mut o, "expires", m.expiry.clone().unwrap_or_default());
     } else {
         row(&mut o, "loaded", "no".into());
@@ -364,12 +353,16 @@ pub fn render(r: &StatusReport) -> String {
             row(&mut o, "temperature", t.join(", "));
         }
         if h.gpu_load_permille.is_some() || h.gpu_cur_freq_hz.is_some() {
-            row(&mut o, "gpu load", format!(
-                "{} at {} (max {})",
-                h.gpu_load_permille.map_or("n/a".into(), |l| format!("{:.1}%", l as f64 / 10.0)),
-                h.gpu_cur_freq_hz.map_or("n/a".into(), |f| format!("{:.0} MHz", f as f64 / 1e6)),
-                h.gpu_max_freq_hz.map_or("n/a".into(), |f| format!("{:.0} MHz", f as f64 / 1e6))
-            ));
+            row(
+                &mut o,
+                "gpu load",
+                format!(
+                    "{} at {} (max {})",
+                    h.gpu_load_permille.map_or("n/a".into(), |l| format!("{:.1}%", l as f64 / 10.0)),
+                    h.gpu_cur_freq_hz.map_or("n/a".into(), |f| format!("{:.0} MHz", f as f64 / 1e6)),
+                    h.gpu_max_freq_hz.map_or("n/a".into(), |f| format!("{:.0} MHz", f as f64 / 1e6))
+                ),
+            );
         }
         if let Some(m) = &h.power_mode {
             let pinned = match h.clocks_pinned() {
@@ -488,7 +481,9 @@ mod tests {
             ..Default::default()
         });
         let text = render(&r);
-        for want in ["cma           97 MiB free of 256 MiB", "temperature   cpu 51.2 C, gpu n/a", "gpu load      97.5% at 1020 MHz (max 1020 MHz)", "power mode    nvpmodel 0002, clocks pinned (jetson_clocks)", "! 1200 MiB swapped to eMMC (/dev/mmcblk0p15)"] {
+        for want in
+            ["cma           97 MiB free of 256 MiB", "temperature   cpu 51.2 C, gpu n/a", "gpu load      97.5% at 1020 MHz (max 1020 MHz)", "power mode    nvpmodel 0002, clocks pinned (jetson_clocks)", "! 1200 MiB swapped to eMMC (/dev/mmcblk0p15)"]
+        {
             assert!(text.contains(want), "{want:?} in\n{text}");
         }
     }
@@ -515,7 +510,11 @@ mod tests {
         let dir = root.path().join("run/jetson-llmd");
         std::fs::create_dir_all(&dir).expect("mkdir");
         std::fs::write(root.path().join("model.conf"), "OLLAMA_MODEL=gemma4:e2b-8k\n").expect("w");
-        std::fs::write(dir.join("keepalive.json"), r#"{"at":"2026-11-24T10:00:00Z","model":"gemma4:e2b-8k","ok":true,"detail":"x","rewarmed":true,"rewarm_count":4,"consecutive_failures":0,"report":null,"note":"the model was re-warmed 4 times in the last hour"}"#).expect("w");
+        std::fs::write(
+            dir.join("keepalive.json"),
+            r#"{"at":"2026-11-24T10:00:00Z","model":"gemma4:e2b-8k","ok":true,"detail":"x","rewarmed":true,"rewarm_count":4,"consecutive_failures":0,"report":null,"note":"the model was re-warmed 4 times in the last hour"}"#,
+        )
+        .expect("w");
         std::fs::write(dir.join("state.json"), format!(r#"{{"pid": {}, "stage": "ready", "status": "ready: x"}}"#, u32::MAX / 2)).expect("w");
         let api = crate::testing::FakeApi::default().with_loaded("gemma4:e2b-8k");
         let r = gather(&api, &Settings::default(), &root.path().join("model.conf"), root.path()).await;

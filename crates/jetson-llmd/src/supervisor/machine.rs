@@ -13,10 +13,10 @@
 //! dying during a load fails the load, and its Down event then restarts it).
 
 use super::stage::{policy, Action, Stage};
-use crate::records::state::LauncherKind;
 use crate::conf::{ModelName, OnRebootRequired};
 use crate::failure::Failure;
 use crate::ollama::warm::{self, EvictionBackoff, Residency};
+use crate::records::state::LauncherKind;
 use crate::records::{Warning, WarningKind};
 use std::time::Duration;
 
@@ -205,19 +205,7 @@ pub const UNANSWERED_STRIKES: u32 = 2;
 impl Machine {
     /// A machine at start-up: Ollama not known up, a boot due now.
     pub fn new(rules: Rules, conf_bytes: Option<Vec<u8>>) -> (Machine, Vec<Effect>) {
-        let m = Machine {
-            phase: Phase::Down,
-            rules,
-            boot_failures: 0,
-            warm_failures: 0,
-            ready_sent: false,
-            shown: Stage::Starting,
-            conf_bytes,
-            last_good: None,
-            rejected_conf: None,
-            evictions: EvictionBackoff::default(),
-            unanswered: 0,
-        };
+        let m = Machine { phase: Phase::Down, rules, boot_failures: 0, warm_failures: 0, ready_sent: false, shown: Stage::Starting, conf_bytes, last_good: None, rejected_conf: None, evictions: EvictionBackoff::default(), unanswered: 0 };
         (m, vec![Effect::Schedule(Some((Duration::ZERO, Due::Boot)))])
     }
 

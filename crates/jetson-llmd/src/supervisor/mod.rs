@@ -29,16 +29,16 @@ use crate::host::notify::{guarded, Notifier};
 use crate::host::signals::Signals;
 use crate::ollama::discovery::{self, GpuReport};
 use crate::ollama::warm::{self, TickRecord};
-use crate::report::monitor;
 use crate::ollama::OllamaApi;
+use crate::records::state::{LauncherKind, StateFile};
+use crate::records::{Warning, WarningKind, Warnings};
+use crate::report::monitor;
 use backend::{Backend, OllamaEvent};
 use machine::{Due, Effect, Event, Machine, Rules, Step};
 use stage::Stage;
-use crate::records::state::{LauncherKind, StateFile};
-use crate::records::{Warning, WarningKind, Warnings};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Duration;
-use std::collections::VecDeque;
 use tokio::time::{sleep_until, Instant};
 
 /// The files the supervisor follows.
@@ -188,9 +188,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                         }
                     }
                     match m.warm_model().cloned() {
-                        Some(model) => Some(Event::Residency(
-                            warm::residency(&self.api, &self.settings, &model).await.map_err(|e| format!("Ollama at {} did not answer the residency check: {e}", self.api.url())),
-                        )),
+                        Some(model) => Some(Event::Residency(warm::residency(&self.api, &self.settings, &model).await.map_err(|e| format!("Ollama at {} did not answer the residency check: {e}", self.api.url())))),
                         None => None,
                     }
                 }
@@ -211,12 +209,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
 
     /// The settings the machine decides with.
     fn rules(&self) -> Rules {
-        Rules {
-            launcher: self.backend.kind(),
-            retry_max_backoff: self.settings.retry_max_backoff,
-            keepalive_interval: self.settings.keepalive_interval,
-            on_reboot_required: self.settings.on_reboot_required,
-        }
+        Rules { launcher: self.backend.kind(), retry_max_backoff: self.settings.retry_max_backoff, keepalive_interval: self.settings.keepalive_interval, on_reboot_required: self.settings.on_reboot_required }
     }
 
     /// model.conf as it is now, for the machine (which tells an edit from the same bytes).
@@ -377,11 +370,12 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         let what = self.backend.describe();
         self.set_stage(Stage::StartingOllama, &format!("starting {what}")).await;
         self.backend.start_ollama().await?;
-        self.state.event(match self.backend.kind() {
-            LauncherKind::Process => "ollama started",
-            LauncherKind::Systemd => "ollama active",
-        })
-        .await;
+        self.state
+            .event(match self.backend.kind() {
+                LauncherKind::Process => "ollama started",
+                LauncherKind::Systemd => "ollama active",
+            })
+            .await;
         let timeout = self.settings.startup_timeout;
         self.set_stage(Stage::WaitingForApi, &format!("waiting for Ollama's API at {} (up to {})", self.api.url(), humantime::format_duration(timeout))).await;
         let version = {
@@ -415,11 +409,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         }
         self.state.state.warnings.set_kind(WarningKind::Gpu, report.warning.iter().map(|w| Warning::new(WarningKind::Gpu, format!("gpu: {w}"))));
         if !report.as_expected {
-            let why = if report.discovered {
-                report.cpu_fallback_reason.clone().unwrap_or_else(|| "no CUDA GPU was discovered".into())
-            } else {
-                format!("no GPU discovery line in Ollama's log within {}", humantime::format_duration(within))
-            };
+            let why = if report.discovered { report.cpu_fallback_reason.clone().unwrap_or_else(|| "no CUDA GPU was discovered".into()) } else { format!("no GPU discovery line in Ollama's log within {}", humantime::format_duration(within)) };
             return Err(Failure::GpuMissing { reason: why });
         }
         self.state.event(if report.gpu || !self.settings.expected_compute.is_cpu() { "GPU found" } else { "CPU as expected" }).await;
@@ -442,9 +432,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         loop {
             let lines = self.backend.ollama_log().await;
             let r = match &lines {
-                Ok(l) => {
-                    discovery::analyze_on(l, &self.settings.expected_compute, &discovery::HostFacts { cmdline: self.cmdline.as_deref(), jetpack6_libs: libs })
-                }
+                Ok(l) => discovery::analyze_on(l, &self.settings.expected_compute, &discovery::HostFacts { cmdline: self.cmdline.as_deref(), jetpack6_libs: libs }),
                 Err(_) => GpuReport::default(),
             };
             if r.discovered {
@@ -587,10 +575,8 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                 self.state.state.warnings.drop_kinds(&[WarningKind::ConfigToml]);
                 if let Some(tx) = &self.guard {
                     let (old, new) = (&self.settings.guard, &s.guard);
-                    let fixed: Vec<&str> = [("enabled", old.enabled != new.enabled), ("listen", old.listen != new.listen), ("body_budget_mib", old.body_budget_mib != new.body_budget_mib)]
-                        .into_iter()
-                        .filter_map(|(k, changed)| changed.then_some(k))
-                        .collect();
+                    let fixed: Vec<&str> =
+                        [("enabled", old.enabled != new.enabled), ("listen", old.listen != new.listen), ("body_budget_mib", old.body_budget_mib != new.body_budget_mib)].into_iter().filter_map(|(k, changed)| changed.then_some(k)).collect();
                     if !fixed.is_empty() {
                         let w = format!("config.toml: [guard] {} changed; that takes a restart (systemctl restart jetson-llmd); the rest of [guard] applies now", fixed.join(", "));
                         tracing::warn!("{w}");

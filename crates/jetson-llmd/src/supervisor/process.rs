@@ -5,12 +5,12 @@
 //! for as long as it lives: a pipe we stop reading is a child that dies on its next write.
 
 use super::backend::{Backend, OllamaEvent};
-use crate::records::state::LauncherKind;
 use crate::conf::{ModelName, Settings};
 use crate::failure::Failure;
 use crate::host::memory::MemoryRelief;
 use crate::ollama::warm::{self, WarmReport};
 use crate::ollama::OllamaApi;
+use crate::records::state::LauncherKind;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::process::Stdio;

@@ -4,16 +4,15 @@
 
 use super::backend::Backend;
 use super::Supervisor;
-use crate::records::state;
-use crate::records::{Warning, WarningKind};
 use crate::conf::ModelName;
 use crate::failure::Failure;
 use crate::host::notify::Notifier;
 use crate::ollama::{fit, warm, OllamaApi};
+use crate::records::state;
+use crate::records::{Warning, WarningKind};
 use tokio::time::Instant;
 
 use super::machine::Block;
-
 
 impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
     /// The footprint this model really has here, for the next admission.
@@ -25,16 +24,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
             Some(_) => crate::host::memory::mem_available(&self.paths.root).await,
             None => None,
         };
-        table.record(fit::Fit {
-            model: model.full(),
-            num_ctx,
-            size: r.size,
-            size_vram: r.size_vram,
-            load_ms: r.load_ms,
-            mem_available_before: mem_before,
-            mem_available_after: mem_after,
-            measured_at: state::now(),
-        });
+        table.record(fit::Fit { model: model.full(), num_ctx, size: r.size, size_vram: r.size_vram, load_ms: r.load_ms, mem_available_before: mem_before, mem_available_after: mem_after, measured_at: state::now() });
         table.save(&dir).await;
     }
 
@@ -64,10 +54,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         // Whatever else is loaded would be evicted for it: count it as free.
         let others: u64 = self.api.ps().await.map(|p| p.models.iter().map(|m| m.size).sum()).unwrap_or(0);
         match fit::admit(need, Some(avail), others, self.settings.memory_reserve_mib << 20) {
-            fit::Verdict::DoesNotFit { missing } => Failure::DoesNotFit {
-                model: model.to_string(),
-                detail: format!("it never loaded on this board, needs ~{} by its estimate and {} are missing ({detail})", fit::gib(need), fit::gib(missing)),
-            },
+            fit::Verdict::DoesNotFit { missing } => Failure::DoesNotFit { model: model.to_string(), detail: format!("it never loaded on this board, needs ~{} by its estimate and {} are missing ({detail})", fit::gib(need), fit::gib(missing)) },
             _ => Failure::RebootRequired { detail },
         }
     }
@@ -87,12 +74,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         // meanwhile (invalid, or a third model) is the next poll's business, after this switch.
         match self.warm_this(new.clone()).await {
             Ok(m) => {
-                tracing::info!(
-                    "switched {old} -> {m} in {:.1} s (unload {:.1} s, load and verify {:.1} s)",
-                    t0.elapsed().as_secs_f64(),
-                    unloaded.as_secs_f64(),
-                    (t0.elapsed() - unloaded).as_secs_f64()
-                );
+                tracing::info!("switched {old} -> {m} in {:.1} s (unload {:.1} s, load and verify {:.1} s)", t0.elapsed().as_secs_f64(), unloaded.as_secs_f64(), (t0.elapsed() - unloaded).as_secs_f64());
                 Ok(m)
             }
             Err(f @ (Failure::Unreachable(_) | Failure::OllamaDown(_) | Failure::Cancelled | Failure::GpuMissing { .. } | Failure::OnCpu { .. } | Failure::Config(_))) => Err(f),
@@ -112,9 +94,9 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                         tracing::info!("switch {old} -> {new} failed after {:.1} s; back on {old}", t0.elapsed().as_secs_f64());
                         Ok(old.clone())
                     }
-                    Err(back) if back.is_out_of_memory() || matches!(f, Failure::RebootRequired { .. }) => Err(Failure::RebootRequired {
-                        detail: format!("{new} ran out of memory after drop_caches, and {old} could not be loaded back: {}", oom_detail(&back)),
-                    }),
+                    Err(back) if back.is_out_of_memory() || matches!(f, Failure::RebootRequired { .. }) => {
+                        Err(Failure::RebootRequired { detail: format!("{new} ran out of memory after drop_caches, and {old} could not be loaded back: {}", oom_detail(&back)) })
+                    }
                     Err(back) => Err(back),
                 }
             }
@@ -129,4 +111,3 @@ fn oom_detail(f: &Failure) -> String {
         other => other.to_string(),
     }
 }
-

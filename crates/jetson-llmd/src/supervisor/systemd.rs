@@ -4,17 +4,17 @@
 //! waits on a D-Bus signal (JobRemoved, PropertiesChanged) under a deadline.
 
 use super::backend::{Backend, OllamaEvent};
-use crate::records::state::LauncherKind;
 use crate::conf::{ModelName, Settings};
 use crate::failure::Failure;
 use crate::failure::Reported;
 use crate::host::journal;
 use crate::host::systemd::{SdError, Systemd, Verb, KEEPALIVE, OLLAMA, PRELOAD};
 use crate::ollama::warm::{TickRecord, WarmReport};
-use crate::records::state::{clear_preload, read_keepalive, read_preload, PreloadRecord};
-use std::path::PathBuf;
 use crate::ollama::OllamaApi;
+use crate::records::state::LauncherKind;
+use crate::records::state::{clear_preload, read_keepalive, read_preload, PreloadRecord};
 use futures_util::{Stream, StreamExt};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 

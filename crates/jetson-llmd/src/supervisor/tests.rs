@@ -2,11 +2,11 @@
 //! eviction, Ollama exit, config change, CPU fallback, reboot required, SIGHUP, shutdown.
 
 use super::stage::Stage;
-use crate::records::state::{LauncherKind, State, StateFile};
 use super::{Paths, Supervisor};
 use crate::conf::{OnRebootRequired, Settings};
 use crate::failure::{code, Failure};
 use crate::host::signals::Signals;
+use crate::records::state::{LauncherKind, State, StateFile};
 use crate::supervisor::backend::OllamaEvent;
 use crate::testing::{FakeApi, FakeBackend, FakeNotify, Mode, CPU_LOG};
 use ollama_client::KeepAlive;
@@ -195,11 +195,7 @@ async fn a_switch_makes_the_new_model_present_then_unloads_the_old_then_loads_th
         rig.signals.shutdown.cancel();
     });
     r.expect("ok");
-    assert_eq!(
-        rig.api.load_log(),
-        [("gemma4:e2b-8k".to_string(), KeepAlive::Forever), ("gemma4:e2b-8k".to_string(), KeepAlive::Unload), ("llama3.2:3b".to_string(), KeepAlive::Forever)],
-        "both do not fit: the old one goes first"
-    );
+    assert_eq!(rig.api.load_log(), [("gemma4:e2b-8k".to_string(), KeepAlive::Forever), ("gemma4:e2b-8k".to_string(), KeepAlive::Unload), ("llama3.2:3b".to_string(), KeepAlive::Forever)], "both do not fit: the old one goes first");
     let c = calls.borrow();
     let stop = c.iter().position(|x| x == "stop_keepalive").expect("the keepalive paused");
     let warm = c.iter().position(|x| x == "warm llama3.2:3b").expect("warmed");

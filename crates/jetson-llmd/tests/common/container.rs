@@ -94,10 +94,7 @@ impl Nspawn {
     pub fn wait_for_systemd(&self, within: Duration) {
         let t = Instant::now();
         loop {
-            let o = Command::new("busctl")
-                .args(["get-property", "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "SystemState"])
-                .env("DBUS_SYSTEM_BUS_ADDRESS", self.address())
-                .output();
+            let o = Command::new("busctl").args(["get-property", "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "SystemState"]).env("DBUS_SYSTEM_BUS_ADDRESS", self.address()).output();
             if o.as_ref().is_ok_and(|o| {
                 let s = String::from_utf8_lossy(&o.stdout);
                 s.contains("running") || s.contains("degraded")

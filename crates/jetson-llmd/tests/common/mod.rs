@@ -72,7 +72,6 @@ pub fn release(dir: &Path, base: &[E], jetpack: &[E]) -> Release {
     r
 }
 
-
 /// A release whose bin/ollama is fake-ollama (built beside jetson-llmd); `knobs` go into
 /// lib/ollama/fake-ollama.env (FAKE_OLLAMA_VERSION=..., FAKE_OLLAMA_NO_GPU=...).
 pub fn fake_release(dir: &Path, knobs: &str) -> Release {

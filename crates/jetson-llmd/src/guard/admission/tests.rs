@@ -292,11 +292,7 @@ async fn no_classes_means_off() {
 
 #[test]
 fn classified_by_header_then_key_then_network() {
-    let mut s = settings(1, vec![
-        ClassSettings { keys: vec!["indexer".into()], ..class("batch", 0, 1) },
-        ClassSettings { from: vec!["192.168.1.0/24".parse().expect("net")], ..class("lan", 5, 1) },
-        class("chat", 10, 1),
-    ]);
+    let mut s = settings(1, vec![ClassSettings { keys: vec!["indexer".into()], ..class("batch", 0, 1) }, ClassSettings { from: vec!["192.168.1.0/24".parse().expect("net")], ..class("lan", 5, 1) }, class("chat", 10, 1)]);
     s.class_header = Some("x-client-class".into());
     let lan: std::net::IpAddr = "192.168.1.7".parse().expect("ip");
     let mapped: std::net::IpAddr = "::ffff:192.168.1.7".parse().expect("ip");

@@ -147,11 +147,7 @@ fn under_systemd_a_unit_back_up_is_rechecked_at_once_and_restarts_are_counted_on
 
 #[test]
 fn terminal_failures_stop_the_keepalive_then_ollama_then_exit_with_the_failures_code() {
-    for (f, stage) in [
-        (Failure::GpuMissing { reason: "x".into() }, Stage::CpuFallback),
-        (Failure::RebootRequired { detail: "x".into() }, Stage::RebootRequired),
-        (Failure::Config("x".into()), Stage::ConfigInvalid),
-    ] {
+    for (f, stage) in [(Failure::GpuMissing { reason: "x".into() }, Stage::CpuFallback), (Failure::RebootRequired { detail: "x".into() }, Stage::RebootRequired), (Failure::Config("x".into()), Stage::ConfigInvalid)] {
         let mut m = machine_in("Booting");
         let code = f.exit_code();
         let e = m.on(Event::Failed(f));
