@@ -44,6 +44,8 @@ pub struct FakeApi {
     pub load_delay: Cell<Duration>,
     /// How long a pull takes.
     pub pull_delay: Cell<Duration>,
+    /// Pulls begun.
+    pub pulls: Cell<u32>,
     /// (time since creation, model, keep_alive) of every load request.
     pub loads: RefCell<Vec<(Duration, String, KeepAlive)>>,
     /// Loads that fail with this message (one per load), before any mode applies.
@@ -70,6 +72,7 @@ impl FakeApi {
             expires: RefCell::new("2318-01-01T00:00:00Z".into()),
             load_delay: Cell::new(Duration::ZERO),
             pull_delay: Cell::new(Duration::ZERO),
+            pulls: Cell::new(0),
             loads: RefCell::new(Vec::new()),
             load_errors: RefCell::new(VecDeque::new()),
             pull_errors: RefCell::new(VecDeque::new()),
@@ -118,7 +121,9 @@ impl OllamaApi for FakeApi {
         if self.mode() == Mode::Down {
             return Err(FakeApi::down("api/ps"));
         }
-        let Some(name) = self.loaded.borrow().clone() else { return Ok(PsResponse::default()) };
+        let Some(name) = self.loaded.borrow().clone() else {
+            return Ok(PsResponse::default());
+        };
         let vram = u64::from(self.gpu_percent.get());
         let ctx = self.context.get().map_or(String::new(), |c| format!(r#","context_length":{c}"#));
         let exp = self.expires.borrow().clone();
@@ -156,6 +161,7 @@ impl OllamaApi for FakeApi {
         Ok(())
     }
     async fn pull(&self, _m: &str, _p: &mut dyn FnMut(&ProgressLine)) -> Result<(), Error> {
+        self.pulls.set(self.pulls.get() + 1);
         tokio::time::sleep(self.pull_delay.get()).await;
         match self.pull_errors.borrow_mut().pop_front() {
             Some(message) => Err(Error::Api { url: "http://127.0.0.1:11434/api/pull".into(), status: 500, message }),
@@ -226,17 +232,39 @@ pub struct FakeBackend {
     pub relief: FakeRelief,
     /// What the separate keepalive reported (systemd): handed out one per [`Backend::last_tick`].
     pub reports: Rc<RefCell<VecDeque<warm::TickRecord>>>,
+    /// Like the process backend: each start makes a new "child" whose end a test announces
+    /// with [`FakeBackend::kill`] ([`Backend::gone`]). Off: no `gone`, as under systemd.
+    pub track_gone: bool,
+    pub gone: Rc<RefCell<Option<tokio::sync::watch::Sender<bool>>>>,
 }
 
 impl FakeBackend {
     pub fn new(kind: LauncherKind) -> (FakeBackend, tokio::sync::mpsc::UnboundedSender<OllamaEvent>) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let b = FakeBackend { kind, calls: Rc::default(), events: rx, log: Rc::new(RefCell::new(vec![GPU_LOG.to_string()])), start_errors: RefCell::default(), relief: FakeRelief::default(), reports: Rc::default() };
+        let b = FakeBackend {
+            kind,
+            calls: Rc::default(),
+            events: rx,
+            log: Rc::new(RefCell::new(vec![GPU_LOG.to_string()])),
+            start_errors: RefCell::default(),
+            relief: FakeRelief::default(),
+            reports: Rc::default(),
+            track_gone: false,
+            gone: Rc::default(),
+        };
         (b, tx)
     }
 
     fn call(&self, c: String) {
         self.calls.borrow_mut().push(c);
+    }
+
+    /// The "child" is gone: its exit in the events, then `gone` (the process backend's order).
+    pub fn kill(gone: &RefCell<Option<tokio::sync::watch::Sender<bool>>>, events: &tokio::sync::mpsc::UnboundedSender<OllamaEvent>, how: &str) {
+        events.send(OllamaEvent::Down(how.to_string())).expect("send");
+        if let Some(g) = gone.borrow().as_ref() {
+            g.send_replace(true);
+        }
     }
 }
 
@@ -249,14 +277,25 @@ impl Backend for FakeBackend {
     }
     async fn start_ollama(&mut self) -> Result<(), Failure> {
         self.call("start".into());
+        if self.track_gone {
+            *self.gone.borrow_mut() = Some(tokio::sync::watch::channel(false).0);
+        }
         match self.start_errors.borrow_mut().pop_front() {
             Some(f) => Err(f),
             None => Ok(()),
         }
     }
+    fn gone(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        self.gone.borrow().as_ref().map(|g| g.subscribe())
+    }
     async fn next_event(&mut self) -> OllamaEvent {
         match self.events.recv().await {
-            Some(e) => e,
+            Some(e) => {
+                if matches!(e, OllamaEvent::Down(_)) {
+                    self.gone.borrow_mut().take();
+                }
+                e
+            }
             None => std::future::pending().await,
         }
     }
@@ -292,6 +331,7 @@ impl Backend for FakeBackend {
     }
     async fn shutdown(&mut self) {
         self.call("shutdown".into());
+        self.gone.borrow_mut().take();
     }
     async fn request_reboot(&mut self) -> Result<(), Failure> {
         self.call("reboot".into());

@@ -839,3 +839,41 @@ fn a_second_supervisor_leaves_the_first_ones_state_alone() {
     let (code, st) = rig.status_json();
     assert_eq!((code, st["supervisor_running"].as_str()), (0, Some("running")), "{st:#}");
 }
+
+/// Issue 30: `ollama serve` SIGKILLed in the middle of a long cold load, at boot and in a
+/// switch, with the board monitor's timer (1 s) long overdue when the load fails: a new Ollama
+/// is started within seconds and the model model.conf names ends up warm. Before, the exit was
+/// lost in the loop's `select!` and the supervisor retried the load against nothing, forever.
+#[test]
+fn ollama_killed_during_a_long_load_is_started_again() {
+    let root = tempfile::tempdir().expect("tmp");
+    std::fs::create_dir_all(root.path().join("etc/jetson-llmd")).expect("mkdir");
+    std::fs::write(root.path().join("etc/jetson-llmd/config.toml"), "metrics_listen = \"off\"\nmonitor_interval = \"1s\"\nresidency_check = \"5s\"\n").expect("w");
+    // Cold loads of ~9 s (60 s on the board at time scale 1).
+    let rig = Rig::start_in(root, &[("FAKE_OLLAMA_TIME_SCALE", "0.15")], |_| vec![]);
+    let kill_during_load = |model: &str| {
+        rig.wait_for(&format!("{model} loading"), 60, |r| {
+            let s = r.state();
+            s["stage"] == "preloading" && s["model"] == model
+        });
+        std::thread::sleep(Duration::from_secs(4));
+        let before = rig.children();
+        assert_eq!(before.len(), 1, "{before:?}");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(before[0]), nix::sys::signal::Signal::SIGKILL).expect("kill");
+        let t = Instant::now();
+        rig.wait_for("a new ollama serve", 10, |r| r.children().first().is_some_and(|p| *p != before[0]));
+        assert!(t.elapsed() < Duration::from_secs(8), "started again after {:?}", t.elapsed());
+        rig.wait_for(&format!("{model} warm again"), 60, |r| {
+            let s = r.state();
+            s["stage"] == "ready" && s["model"] == model
+        });
+    };
+    kill_during_load("gemma4:e2b-8k");
+    assert!(rig.log().contains("ollama serve exited (signal: 9"), "{}", rig.log());
+    std::fs::write(rig.root.path().join("etc/ollama/model.conf"), "OLLAMA_MODEL=gemma3:4b\n").expect("w");
+    kill_during_load("gemma3:4b");
+    // One Ollama, one model: nothing of the killed one left beside the new.
+    assert_eq!(rig.children().len(), 1);
+    let ps = http_get(rig.port, "/api/ps").1;
+    assert!(ps.contains("gemma3:4b") && !ps.contains("gemma4"), "{ps}");
+}

@@ -34,6 +34,15 @@ pub trait Backend {
     /// The next thing that happened to Ollama; pending while nothing does. Cancel-safe.
     async fn next_event(&mut self) -> OllamaEvent;
 
+    /// Turns true the moment the Ollama running now is gone, its exit then waiting in
+    /// [`Backend::next_event`]: a long step (a load, a pull, a switch) is abandoned on it instead
+    /// of retrying against an Ollama that no longer exists until its deadline. None: not running,
+    /// or this backend hears of Ollama only through `next_event` (systemd restarts its unit, and
+    /// the step's retries reach the new one).
+    fn gone(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        None
+    }
+
     /// Woken whenever Ollama writes a line (process launcher): a wait for its API or its
     /// discovery line looks again at once. None: those waits poll (the journal has no cheap
     /// wake-up).

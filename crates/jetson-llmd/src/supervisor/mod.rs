@@ -151,9 +151,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                     m.rules = self.rules();
                     Some(self.read_conf(true).await)
                 }
-                Input::Ollama(OllamaEvent::Down(how)) => Some(Event::OllamaDown(how)),
-                Input::Ollama(OllamaEvent::Up) => Some(Event::OllamaUp),
-                Input::Ollama(OllamaEvent::Failed(f)) => Some(Event::Failed(f)),
+                Input::Ollama(e) => Some(ollama_event(e)),
                 Input::Due => due.take().map(|(_, d)| Event::Due(d)),
                 Input::ConfNotified(Ok(())) => {
                     next_conf = Instant::now() + DEBOUNCE;
@@ -295,8 +293,26 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
     }
 
     /// Runs one long step (cancelled by shutdown, feeding the watchdog) and reports its result
-    /// as events. The step reports; the machine decides.
+    /// as events; a step during which Ollama went away reports that instead (the machine then
+    /// starts Ollama again at once, rather than after a load retried against nothing until its
+    /// deadline). The step reports; the machine decides.
     async fn run_step(&mut self, s: Step, tick: &mut Option<TickRecord>, signals: &Signals) -> Vec<Event> {
+        let what = format!("{s:?}");
+        match or_gone(self.backend.gone(), self.run_step_inner(s, tick, signals)).await {
+            Some(events) => events,
+            None => {
+                tracing::warn!("Ollama went away during a step ({}); abandoning it", crate::text::clip(&what, 120));
+                // Its exit is already waiting there (the backend says gone only after); the
+                // bound is for a backend that breaks that promise, never a wait in practice.
+                match tokio::time::timeout(Duration::from_secs(5), self.backend.next_event()).await {
+                    Ok(e) => vec![ollama_event(e)],
+                    Err(_) => vec![Event::OllamaDown("Ollama went away".into())],
+                }
+            }
+        }
+    }
+
+    async fn run_step_inner(&mut self, s: Step, tick: &mut Option<TickRecord>, signals: &Signals) -> Vec<Event> {
         let (n, wd) = self.pet();
         let done = |r: Option<Result<ModelName, Failure>>| match r {
             None => vec![Event::Shutdown],
@@ -322,7 +338,9 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                     return vec![Event::Shutdown];
                 };
                 // None: a separate keepalive does this; no more ticks are scheduled.
-                let Some(result) = result else { return Vec::new() };
+                let Some(result) = result else {
+                    return Vec::new();
+                };
                 let rewarms = self.state.state.rewarm_count + u64::from(matches!(&result, Ok(r) if r.rewarmed));
                 *tick = Some(TickRecord::new(&model, &result, rewarms, u32::from(result.is_err())));
                 match result {
@@ -340,7 +358,9 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
     async fn set_stage(&mut self, stage: Stage, status: &str) {
         let status = crate::text::one_line(status);
         match stage {
-            Stage::CpuFallback | Stage::RebootRequired | Stage::ConfigInvalid => tracing::error!(stage = stage.as_str(), "{status}"),
+            Stage::CpuFallback | Stage::RebootRequired | Stage::ConfigInvalid => {
+                tracing::error!(stage = stage.as_str(), "{status}")
+            }
             s if s.is_failure() => tracing::warn!(stage = stage.as_str(), "{status}"),
             _ => tracing::info!(stage = stage.as_str(), "{status}"),
         }
@@ -370,6 +390,20 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         let what = self.backend.describe();
         self.set_stage(Stage::StartingOllama, &format!("starting {what}")).await;
         self.backend.start_ollama().await?;
+        // From here on, Ollama going away ends the boot at once, wherever it is (the wait for
+        // its API, the GPU check, a 70-s load).
+        match or_gone(self.backend.gone(), self.boot_started(signals, last_good, keep)).await {
+            Some(r) => r,
+            None => Err(match self.backend.next_event().await {
+                OllamaEvent::Down(how) => Failure::OllamaDown(format!("{how} while it was being brought up")),
+                OllamaEvent::Failed(f) => f,
+                OllamaEvent::Up => Failure::OllamaDown("Ollama went away while it was being brought up".into()),
+            }),
+        }
+    }
+
+    /// The boot once Ollama is started.
+    async fn boot_started(&mut self, signals: &Signals, last_good: Option<ModelName>, keep: Option<ModelName>) -> Result<ModelName, Failure> {
         self.state
             .event(match self.backend.kind() {
                 LauncherKind::Process => "ollama started",
@@ -592,6 +626,29 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                 self.state.state.warnings.set_kind(WarningKind::ConfigToml, [Warning::new(WarningKind::ConfigToml, format!("config.toml is invalid (the settings in use stay): {e}"))]);
             }
         }
+    }
+}
+
+/// What the backend heard, as the machine's event.
+fn ollama_event(e: OllamaEvent) -> Event {
+    match e {
+        OllamaEvent::Down(how) => Event::OllamaDown(how),
+        OllamaEvent::Up => Event::OllamaUp,
+        OllamaEvent::Failed(f) => Event::Failed(f),
+    }
+}
+
+/// `fut`, unless Ollama is gone first (None). The step is polled first: a step that saw the exit
+/// itself (the boot's wait for the API) ends with its own result.
+async fn or_gone<T>(gone: Option<tokio::sync::watch::Receiver<bool>>, fut: impl std::future::Future<Output = T>) -> Option<T> {
+    let Some(mut gone) = gone else {
+        return Some(fut.await);
+    };
+    tokio::select! {
+        biased;
+        r = fut => Some(r),
+        // A sender dropped without saying gone (its task ended with the runtime): not gone.
+        Ok(_) = gone.wait_for(|g| *g) => None,
     }
 }
 

@@ -39,6 +39,9 @@ pub struct SystemdBackend {
     keepalive_since: Option<time::OffsetDateTime>,
     /// The `at` of the last keepalive report passed on.
     last_report: Option<crate::records::Timestamp>,
+    /// A signal was taken off a stream and its unit not yet looked at: the look comes first in
+    /// the next `next_event`, so a call dropped mid-look (the loop's `select!`) loses nothing.
+    pending: Option<bool>,
 }
 
 fn sd_failure(e: SdError) -> Failure {
@@ -48,7 +51,7 @@ fn sd_failure(e: SdError) -> Failure {
 impl SystemdBackend {
     pub async fn new(sd: Systemd, startup_timeout: Duration, preload_deadline: Duration, state_dir: PathBuf) -> Result<SystemdBackend, Failure> {
         sd.subscribe().await.map_err(sd_failure)?;
-        Ok(SystemdBackend { sd, states: None, keepalive: None, keepalive_started: false, up: false, startup_timeout, preload_deadline, state_dir, keepalive_since: None, last_report: None })
+        Ok(SystemdBackend { sd, states: None, keepalive: None, keepalive_started: false, up: false, startup_timeout, preload_deadline, state_dir, keepalive_since: None, last_report: None, pending: None })
     }
 
     /// The keepalive's last report, if it was written since we started it.
@@ -80,6 +83,35 @@ impl SystemdBackend {
         let failure = self.keepalive_report().await?.failure?;
         matches!(failure, Reported::RebootRequired { .. } | Reported::OnCpu { .. }).then(|| failure.into())
     }
+
+    /// What one signal means: the keepalive's (its terminal failure) or ollama.service's (down or
+    /// up again); None when it changes nothing.
+    async fn look(&mut self, ollama_changed: bool) -> Option<OllamaEvent> {
+        if !ollama_changed {
+            if !self.keepalive_started {
+                return None;
+            }
+            let f = self.keepalive_failure().await?;
+            self.keepalive_started = false;
+            return Some(OllamaEvent::Failed(f));
+        }
+        // Decide on the latest state, not the (possibly stale, queued) one in the signal: a
+        // restart that already finished must not read as a new crash.
+        let now = self.sd.active_state(OLLAMA).await.unwrap_or_default();
+        match (self.up, now.as_str()) {
+            (true, "active" | "reloading") | (false, "activating" | "deactivating" | "inactive") => None,
+            (true, s) => {
+                self.up = false;
+                let how = if s == "failed" { format!("{OLLAMA} failed") } else { format!("{OLLAMA} is {s} (Restart=always brings it back)") };
+                Some(OllamaEvent::Down(how))
+            }
+            (false, "active") => {
+                self.up = true;
+                Some(OllamaEvent::Up)
+            }
+            (false, _) => None,
+        }
+    }
 }
 
 impl Backend for SystemdBackend {
@@ -108,42 +140,31 @@ impl Backend for SystemdBackend {
 
     async fn next_event(&mut self) -> OllamaEvent {
         loop {
-            let (Some(states), Some(keepalive)) = (self.states.as_mut(), self.keepalive.as_mut()) else { return std::future::pending().await };
-            let ollama_changed = tokio::select! {
-                s = states.next() => s.map(|_| true),
-                k = keepalive.next() => k.map(|_| false),
+            let ollama_changed = match self.pending {
+                Some(c) => c,
+                None => {
+                    let (Some(states), Some(keepalive)) = (self.states.as_mut(), self.keepalive.as_mut()) else {
+                        return std::future::pending().await;
+                    };
+                    // Stream::next is cancel-safe: a signal is taken only in the poll that returns it.
+                    let changed = tokio::select! {
+                        s = states.next() => s.map(|_| true),
+                        k = keepalive.next() => k.map(|_| false),
+                    };
+                    let Some(c) = changed else {
+                        self.states = None;
+                        self.keepalive = None;
+                        self.up = false;
+                        return OllamaEvent::Down("lost the D-Bus signal streams of the units".into());
+                    };
+                    self.pending = Some(c);
+                    c
+                }
             };
-            let Some(ollama_changed) = ollama_changed else {
-                self.states = None;
-                self.keepalive = None;
-                self.up = false;
-                return OllamaEvent::Down("lost the D-Bus signal streams of the units".into());
-            };
-            if !ollama_changed {
-                if !self.keepalive_started {
-                    continue;
-                }
-                if let Some(f) = self.keepalive_failure().await {
-                    self.keepalive_started = false;
-                    return OllamaEvent::Failed(f);
-                }
-                continue;
-            }
-            // Decide on the latest state, not the (possibly stale, queued) one in the signal: a
-            // restart that already finished must not read as a new crash.
-            let now = self.sd.active_state(OLLAMA).await.unwrap_or_default();
-            match (self.up, now.as_str()) {
-                (true, "active" | "reloading") | (false, "activating" | "deactivating" | "inactive") => {}
-                (true, s) => {
-                    self.up = false;
-                    let how = if s == "failed" { format!("{OLLAMA} failed") } else { format!("{OLLAMA} is {s} (Restart=always brings it back)") };
-                    return OllamaEvent::Down(how);
-                }
-                (false, "active") => {
-                    self.up = true;
-                    return OllamaEvent::Up;
-                }
-                (false, _) => {}
+            let event = self.look(ollama_changed).await;
+            self.pending = None;
+            if let Some(e) = event {
+                return e;
             }
         }
     }

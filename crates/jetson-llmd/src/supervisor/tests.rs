@@ -741,3 +741,55 @@ async fn under_systemd_the_keepalives_rewarms_count_in_the_one_backoff() {
     });
     r.expect("ok");
 }
+
+/// Issue 30: `ollama serve` killed in the middle of a long step (a 60-s cold load at boot, a
+/// 60-s pull of the next model, the new model's load in a switch) is started again within
+/// seconds, not after the step has retried against nothing until its deadline; and the model
+/// model.conf names ends up warm.
+#[tokio::test(start_paused = true)]
+async fn ollama_killed_during_a_long_step_is_started_again_at_once() {
+    for point in ["boot load", "pull", "switch load"] {
+        let rig = Rig::new();
+        let (mut backend, tx) = FakeBackend::new(LauncherKind::Process);
+        backend.track_gone = true;
+        let (calls, gone) = (backend.calls.clone(), backend.gone.clone());
+        let starts = || calls.borrow().iter().filter(|c| *c == "start").count();
+        let (r, ()) = tokio::join!(rig.supervisor(backend).run(rig.signals.clone()), async {
+            let want = match point {
+                "boot load" => {
+                    rig.api.load_delay.set(Duration::from_secs(60));
+                    rig.until("loading", |s| s.stage == Stage::Preloading).await;
+                    "gemma4:e2b-8k"
+                }
+                "pull" => {
+                    rig.until("ready", ready).await;
+                    rig.api.pull_delay.set(Duration::from_secs(60));
+                    rig.write_conf("OLLAMA_MODEL=qwen3:4b\n");
+                    rig.until("pulling", |_| rig.api.pulls.get() == 1).await;
+                    "qwen3:4b"
+                }
+                _ => {
+                    rig.until("ready", ready).await;
+                    rig.api.load_delay.set(Duration::from_secs(60));
+                    rig.write_conf("OLLAMA_MODEL=llama3.2:3b\n");
+                    rig.until("switch loading", |_| rig.api.load_log().iter().any(|(m, _)| m == "llama3.2:3b")).await;
+                    "llama3.2:3b"
+                }
+            };
+            tokio::time::sleep(Duration::from_secs(16)).await;
+            assert_eq!(starts(), 1, "{point}: still the first Ollama");
+            *rig.api.loaded.borrow_mut() = None;
+            let t = Instant::now();
+            FakeBackend::kill(&gone, &tx, "ollama serve exited (signal: 9)");
+            // At once after a warm model's Ollama died; 5 s (the announced back-off) when it had
+            // not been warm yet. Either way not the 44 s the step had left.
+            rig.until(&format!("{point}: started again"), |_| starts() >= 2).await;
+            assert!(secs(t) <= 6, "{point}: Ollama started again only after {}s", secs(t));
+            rig.api.load_delay.set(Duration::from_secs(1));
+            rig.api.pull_delay.set(Duration::from_secs(1));
+            rig.until("warm again", |s| ready(s) && s.model.as_deref() == Some(want)).await;
+            rig.signals.shutdown.cancel();
+        });
+        r.expect("ok");
+    }
+}
