@@ -323,3 +323,30 @@ async fn status_watch_streams_one_document_per_refresh_until_interrupted() {
     // Reachable, model not loaded: degraded.
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// Issue 30: the pinned model re-created under its name with another context (straight at
+/// Ollama, where the guard cannot refuse it) and reloaded by the next chat: the residency check
+/// says so, and the next tick creates it again as config.toml says and reloads it.
+#[tokio::test]
+async fn a_pinned_model_redefined_behind_our_back_is_noticed_and_repaired() {
+    let h = emu(Config::orin_nano(SCALE)).await;
+    let c = client(&h);
+    let s = Settings::default();
+    let pinned = m("gemma4:e2b-8k");
+    warm::preload(&c, &s, &pinned, &NoRelief).await.expect("warm");
+    let http = reqwest::Client::new();
+    let create = http.post(format!("{}/api/create", h.url())).json(&serde_json::json!({"model": "gemma4:e2b-8k", "from": "gemma4:e2b-it-qat", "parameters": {"num_ctx": 2048}, "stream": false})).send().await.expect("create");
+    assert_eq!(create.status(), 200);
+    let chat = http.post(format!("{}/api/chat", h.url())).json(&serde_json::json!({"model": "gemma4:e2b-8k", "messages": [{"role": "user", "content": "hi"}], "stream": false})).send().await.expect("chat");
+    assert_eq!(chat.status(), 200);
+    assert_eq!(h.emu.runner("gemma4:e2b-8k").expect("loaded").options.num_ctx, 2048, "the emulator reloaded it with the new definition");
+    assert_eq!(warm::residency(&c, &s, &pinned).await.expect("ps"), warm::Residency::Drifted { want: 8192, got: 2048 });
+    let r = warm::tick(&c, &s, &pinned, &NoRelief).await.expect("repaired");
+    assert!(r.pinned);
+    assert_eq!(h.emu.runner("gemma4:e2b-8k").expect("loaded").options.num_ctx, 8192);
+    assert_eq!(warm::residency(&c, &s, &pinned).await.expect("ps"), warm::Residency::Pinned);
+    // The definition itself is back: the next client's chat does not reload it.
+    let loads = h.emu.counters().loads;
+    http.post(format!("{}/api/chat", h.url())).json(&serde_json::json!({"model": "gemma4:e2b-8k", "messages": [{"role": "user", "content": "hi"}], "stream": false})).send().await.expect("chat");
+    assert_eq!(h.emu.counters().loads, loads);
+}

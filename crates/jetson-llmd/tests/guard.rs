@@ -401,3 +401,54 @@ async fn classes_put_a_chat_before_a_batch_backlog_and_bound_the_queue() {
     assert_eq!(names, ["chat", "batch", "default"], "{b}");
     assert_eq!(b["queues"][1]["left"], 1, "{b}");
 }
+
+/// Issue 30: through the guard, from this machine, the pinned model and its base can be neither
+/// deleted nor redefined; afterwards both still exist, a chat runs on the pinned model without
+/// a load, and it still has its 8192 context.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pinned_model_and_its_base_cannot_be_deleted_or_redefined() {
+    let r = rig(jetson_llmd::conf::Settings::default().guard, ready()).await;
+    let loads = r.loads();
+    let attempts = [
+        ("DELETE", "/api/delete", json!({"model": PINNED})),
+        ("DELETE", "/api/delete", json!({"model": "gemma4:e2b-it-qat"})),
+        ("POST", "/api/create", json!({"model": PINNED, "from": "gemma4:e2b-it-qat", "parameters": {"num_ctx": 2048}})),
+        ("POST", "/api/copy", json!({"source": "gemma4:e2b-it-qat", "destination": PINNED})),
+        ("POST", "/api/pull", json!({"model": "gemma4:e2b-it-qat"})),
+    ];
+    for (method, path, body) in attempts {
+        let req = if method == "DELETE" { r.http.delete(format!("{}{path}", r.url)) } else { r.http.post(format!("{}{path}", r.url)) };
+        let resp = req.json(&body).send().await.expect("send");
+        assert_eq!(resp.status(), 403, "{method} {path} {body}");
+        assert_eq!(resp.headers().get("x-jetson-llmd-guard").and_then(|v| v.to_str().ok()), Some("refused: pinned-protected"));
+        let e: Value = resp.json().await.expect("json");
+        assert!(e["error"].as_str().is_some_and(|m| m.contains("jetson-llmd switch")), "Ollama's error shape with what to do: {e}");
+    }
+    let tags: Value = r.http.get(format!("{}/api/tags", r.url)).send().await.expect("tags").json().await.expect("json");
+    for m in [PINNED, "gemma4:e2b-it-qat"] {
+        assert!(tags["models"].as_array().is_some_and(|a| a.iter().any(|x| x["name"] == m)), "{m} still exists: {tags}");
+    }
+    let chat = r.post("/api/chat", json!({"model": PINNED, "messages": [{"role": "user", "content": "hi"}], "stream": false})).await;
+    assert_eq!(chat.status(), 200);
+    assert_eq!(r.loads(), loads, "no reload");
+    let ps: Value = r.http.get(format!("{}/api/ps", r.url)).send().await.expect("ps").json().await.expect("json");
+    assert_eq!(ps["models"][0]["context_length"], 8192, "{ps}");
+    assert_eq!(r.stats.snapshot().iter().find(|(k, _)| *k == "pinned-protected").map(|(_, n)| *n), Some(5));
+}
+
+/// Issue 30: a guard that does not know the pin yet lets nothing load (here another model, with
+/// the models policy "any").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_loads_through_a_guard_that_does_not_know_the_pin() {
+    let r = rig(GuardSettings { models: jetson_llmd::conf::config::ModelsPolicy::Any, ..GuardSettings::default() }, State::default()).await;
+    let loads = r.loads();
+    let resp = r.post("/api/generate", json!({"model": "gemma3:4b", "prompt": "hi", "stream": false})).await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("5"));
+    assert_eq!(r.loads(), loads);
+    // Once it knows (the supervisor publishes model.conf's model before serving), another model
+    // is decided on by the policy as usual.
+    r.state.send_replace(State { model: Some(PINNED.into()), ..Default::default() });
+    let resp = r.post("/api/generate", json!({"model": "gemma3:4b", "prompt": "hi", "stream": false})).await;
+    assert_eq!(resp.status(), 200, "models = any");
+}

@@ -877,3 +877,58 @@ fn ollama_killed_during_a_long_load_is_started_again() {
     let ps = http_get(rig.port, "/api/ps").1;
     assert!(ps.contains("gemma3:4b") && !ps.contains("gemma4"), "{ps}");
 }
+
+/// Issue 30: the guard knows the pinned model (model.conf's) before its first connection, so an
+/// Ollama that is already up (here one the supervisor refuses to start beside: port in use)
+/// gets no other model through it. Before, the pin was known only once a preload began, and
+/// gemma3:4b loaded through the guard.
+#[test]
+fn the_guard_knows_the_pin_before_anything_is_loaded() {
+    let port = free_port();
+    let log = std::fs::File::create(std::env::temp_dir().join(format!("squatter-{port}.log"))).expect("log");
+    let _ollama = Reaped(Command::new(fake_ollama_bin()).arg("serve").env("OLLAMA_HOST", format!("127.0.0.1:{port}")).env("FAKE_OLLAMA_TIME_SCALE", "0.01").stderr(log).spawn().expect("fake-ollama"));
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "the emulator did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let root = tempfile::tempdir().expect("tmp");
+    let guard = free_port();
+    std::fs::create_dir_all(root.path().join("etc/jetson-llmd")).expect("mkdir");
+    std::fs::write(root.path().join("etc/jetson-llmd/config.toml"), format!("metrics_listen = \"off\"\n[guard]\nenabled = true\nlisten = \"127.0.0.1:{guard}\"\n")).expect("w");
+    std::fs::create_dir_all(root.path().join("etc/ollama")).expect("mkdir");
+    std::fs::write(root.path().join("etc/ollama/model.conf"), "OLLAMA_MODEL=gemma4:e2b-8k\n").expect("w");
+    let slog = std::fs::File::create(root.path().join("supervise.log")).expect("log");
+    let _sup = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_jetson-llmd"))
+            .arg("--root")
+            .arg(root.path())
+            .args(["supervise", "--launcher", "process", "--ollama-bin"])
+            .arg(fake_ollama_bin())
+            .env("OLLAMA_HOST", format!("127.0.0.1:{port}"))
+            .env_remove("NOTIFY_SOCKET")
+            .stderr(slog)
+            .spawn()
+            .expect("spawn"),
+    );
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", guard)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "the guard did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, _, body) = http_post(guard, "/api/generate", r#"{"model":"gemma3:4b","prompt":"hi","stream":false}"#);
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("gemma4:e2b-8k"), "names the pinned model: {body}");
+    let (_, ps) = http_get(port, "/api/ps");
+    assert!(!ps.contains("gemma3"), "{ps}");
+}
+
+/// A process killed and reaped when the test ends, passed or not.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -69,7 +69,14 @@ pub async fn run(g: &Global, launcher: LauncherArg, ollama_bin: Option<PathBuf>)
     // One supervisor per state directory: a second one must not overwrite the first one's
     // state.json (status would then follow the second, which exits at once). Held until exit.
     let _one = one_supervisor(&state_dir)?;
-    let state = StateFile::new(Some(&state_dir), kind);
+    let mut state = StateFile::new(Some(&state_dir), kind);
+    // The guard knows the pinned model before its first connection (issue 30): model.conf's,
+    // which the boot loads first. Without it the guard refuses what would load a model; an
+    // invalid model.conf at start ends the supervisor anyway (exit 2).
+    if let Ok(c) = jetson_llmd::conf::modelconf::read(&ctx.paths.model_conf).await {
+        state.state.model = Some(c.model.to_string());
+        state.publish();
+    }
     // The guard binds first: clients expect Ollama on its address, and a clash is a
     // configuration error to report before anything starts.
     let (policy, policy_rx) = tokio::sync::watch::channel(ctx.settings.guard.clone());

@@ -100,6 +100,13 @@ pub struct GuardSettings {
     pub keep_alive_max: Duration,
     /// Networks (besides loopback) allowed to pull, create, copy, push and delete models.
     pub admin_from: Vec<ipnet::IpNet>,
+    /// Networks allowed to delete, overwrite, re-create, pull or push the pinned model and its
+    /// base through the guard (loopback is not among them unless listed): none by default.
+    pub replace_pinned_from: Vec<ipnet::IpNet>,
+    /// Derived model -> its base (config.toml's `[models]`), so that the guard protects the
+    /// base of the pinned model too. Not a key of `[guard]`: filled from `[models]`.
+    #[serde(skip)]
+    pub bases: BTreeMap<String, ModelName>,
     /// How long a request for the pinned model waits while it is being (re)loaded.
     #[serde(with = "humantime_serde")]
     pub ready_wait: Duration,
@@ -166,6 +173,8 @@ impl Default for GuardSettings {
             options: OptionsPolicy::Drop,
             keep_alive_max: Duration::from_secs(300),
             admin_from: Vec::new(),
+            replace_pinned_from: Vec::new(),
+            bases: BTreeMap::new(),
             ready_wait: Duration::from_secs(120),
             body_budget_mib: 16,
             body_timeout: Duration::from_secs(30),
@@ -258,8 +267,8 @@ impl Default for Settings {
             allow_remote_ollama: false,
             memory_reserve_mib: 512,
             allow_overcommit: false,
+            guard: GuardSettings { bases: bases(&models), ..GuardSettings::default() },
             models,
-            guard: GuardSettings::default(),
         }
     }
 }
@@ -470,10 +479,16 @@ pub fn from_text(path: &Path, text: &str) -> Result<Settings, ConfigError> {
         }
     }
     if r.problems.is_empty() {
+        s.guard.bases = bases(&s.models);
         return Ok(s);
     }
     r.problems.sort_by_key(|p| p.line);
     Err(ConfigError { path: path.display().to_string(), problems: r.problems })
+}
+
+/// Each derived model's base, for the guard.
+pub fn bases(models: &BTreeMap<String, Derived>) -> BTreeMap<String, ModelName> {
+    models.iter().map(|(k, d)| (k.clone(), d.from.clone())).collect()
 }
 
 /// `[models."name"]`: a model created from a base with parameters (the seed's Modelfile).
@@ -554,16 +569,20 @@ fn read_guard<'t>(r: &mut Reader<'t>, t: &'t toml::de::DeTable<'t>, g: &mut Guar
                 }
                 g.allow = allow;
             }
-            "admin_from" => {
-                let Some(list) = r.get::<Vec<String>>("[guard] admin_from", v, "; write a list of networks like [\"192.168.1.0/24\"]") else { continue };
+            k @ ("admin_from" | "replace_pinned_from") => {
+                let Some(list) = r.get::<Vec<String>>(&format!("[guard] {k}"), v, "; write a list of networks like [\"192.168.1.0/24\"]") else { continue };
                 let mut nets = Vec::new();
                 for a in list {
                     match parse_net(&a) {
                         Some(n) => nets.push(n),
-                        None => r.problem(v.span(), format!("[guard] admin_from: {:?} is not an address or network like \"192.168.1.0/24\"", crate::text::clip(&a, 60))),
+                        None => r.problem(v.span(), format!("[guard] {k}: {:?} is not an address or network like \"192.168.1.0/24\"", crate::text::clip(&a, 60))),
                     }
                 }
-                g.admin_from = nets;
+                if k == "admin_from" {
+                    g.admin_from = nets;
+                } else {
+                    g.replace_pinned_from = nets;
+                }
             }
             "keep_alive_max" => r.duration("keep_alive_max", v, &mut g.keep_alive_max),
             "ready_wait" => r.duration("ready_wait", v, &mut g.ready_wait),
@@ -782,7 +801,7 @@ mod tests {
             assert!(example.contains(&format!("{key} = ")), "{key} is not documented in etc/");
         }
         let keys = text.lines().filter(|l| !l.starts_with('[')).filter_map(|l| l.split_once(" = ")).count();
-        assert_eq!(keys, 18 + 2 + 13, "every top-level key, the seed model's from/num_ctx and the 13 [guard] keys: {text}");
+        assert_eq!(keys, 18 + 2 + 14, "every top-level key, the seed model's from/num_ctx and the 14 [guard] keys: {text}");
         // The class example (indented, so not part of the defaults) parses as written.
         let classes: String = example.lines().filter_map(|l| l.strip_prefix("#   ")).map(|l| format!("{}\n", l.split(" #").next().unwrap_or(l))).collect();
         let s = p(&format!("[guard]\n{classes}")).expect("the class example parses");

@@ -450,7 +450,11 @@ async fn handle(g: Arc<Guard>, client: SocketAddr, req: Request) -> Response {
         Decision::Refuse { status, message, rule } => {
             g.stats.count(rule);
             tracing::debug!(client = %client, rule = rule.as_str(), "guard: refused {method} {path}");
-            return ollama_error(StatusCode::from_u16(status).unwrap_or(StatusCode::CONFLICT), &message, &[(GUARD_HEADER, format!("refused: {}", rule.as_str()))]);
+            let mut r = ollama_error(StatusCode::from_u16(status).unwrap_or(StatusCode::CONFLICT), &message, &[(GUARD_HEADER, format!("refused: {}", rule.as_str()))]);
+            if rule == Rule::PinUnknown {
+                r.headers_mut().insert("retry-after", HeaderValue::from_static("5"));
+            }
+            return r;
         }
         Decision::Forward { body, notes, rules, for_pinned } => {
             for r in &rules {

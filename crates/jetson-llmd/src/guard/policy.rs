@@ -33,10 +33,14 @@ pub enum Rule {
     BodyRefused,
     /// A client off this machine without a valid key (or an admin call without an admin key).
     KeyRefused,
+    /// Deleting, overwriting, re-creating, pulling or pushing the pinned model or its base.
+    PinnedProtected,
+    /// A request that runs or changes a model before the guard knows which model is pinned.
+    PinUnknown,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 13] = [
+    pub const ALL: [Rule; 15] = [
         Rule::Passed,
         Rule::OtherModel,
         Rule::ReloadOptionDropped,
@@ -50,6 +54,8 @@ impl Rule {
         Rule::UnknownEndpoint,
         Rule::BodyRefused,
         Rule::KeyRefused,
+        Rule::PinnedProtected,
+        Rule::PinUnknown,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +73,8 @@ impl Rule {
             Rule::UnknownEndpoint => "unknown-endpoint",
             Rule::BodyRefused => "body-refused",
             Rule::KeyRefused => "key-refused",
+            Rule::PinnedProtected => "pinned-protected",
+            Rule::PinUnknown => "pin-unknown",
         }
     }
 }
@@ -89,9 +97,10 @@ pub enum Decision {
     },
 }
 
-/// Whether the request's body must be read (and decoded as Ollama will) before deciding.
+/// Whether the request's body must be read (and decoded as Ollama will) before deciding: the
+/// routes that run a model, and those that delete or replace one.
 pub fn needs_body(method: &str, path: &str) -> bool {
-    routes::unplain(path).is_none() && routes::classify(method, path) == Route::Inference
+    routes::unplain(path).is_none() && (routes::classify(method, path) == Route::Inference || routes::model_fields(method, path).is_some())
 }
 
 fn in_net(ip: IpAddr, net: &ipnet::IpNet) -> bool {
@@ -220,6 +229,64 @@ fn err(status: u16, rule: Rule, message: String) -> Decision {
     Decision::Refuse { status, message, rule }
 }
 
+fn pin_unknown() -> Decision {
+    err(
+        503,
+        Rule::PinUnknown,
+        "jetson-llmd's guard does not know yet which model this Jetson pins (model.conf is unreadable or invalid and nothing was loaded); requests that load or change a model are refused until it does: fix /etc/ollama/model.conf (`jetson-llmd check`)".into(),
+    )
+}
+
+/// An admin request that deletes, overwrites (copy onto, create), pulls over or pushes a model:
+/// refused for the pinned model and its base, from every address but `replace_pinned_from`.
+/// One `DELETE /api/delete` from any local program would otherwise leave every client a 404
+/// and a re-pull of gigabytes, and a `create` of the pinned name would reload it with another
+/// context at the next request. jetson-llmd itself talks to Ollama directly, not through here.
+fn replaces(path: &str, fields: &[&str], body: Option<&Result<GoBody, BodyError>>, client: IpAddr, pinned: Option<&ModelName>, g: &GuardSettings) -> Decision {
+    if g.replace_pinned_from.iter().any(|n| in_net(client, n)) {
+        return Decision::Forward { body: None, notes: Vec::new(), rules: vec![Rule::Passed], for_pinned: false };
+    }
+    let unreadable = |what: String| err(400, Rule::Unreadable, format!("{what} (jetson-llmd's guard passes on only what it can read as Ollama will)"));
+    let body = match body {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => return unreadable(e.to_string()),
+        None => return unreadable("missing request body".into()),
+    };
+    let Some(pinned) = pinned else { return pin_unknown() };
+    let base = g.bases.get(&pinned.full());
+    for f in fields {
+        let (named, cloud) = match requested(body.fields.get(*f)) {
+            Ok(Some(m)) => m,
+            Ok(None) => continue,
+            Err(e) => return unreadable(e),
+        };
+        if cloud {
+            continue;
+        }
+        let what = if model_key(&named) == model_key(pinned) {
+            format!("{named} is the model this Jetson keeps loaded")
+        } else if base.is_some_and(|b| model_key(b) == model_key(&named)) {
+            format!("{named} is the base {pinned} is created from")
+        } else {
+            continue;
+        };
+        let verb = match path {
+            "/api/delete" => "deleting",
+            "/api/copy" => "copying onto",
+            "/api/create" => "creating",
+            "/api/pull" => "pulling over",
+            _ => "pushing",
+        };
+        return err(
+            403,
+            Rule::PinnedProtected,
+            format!("jetson-llmd's guard refuses {verb} {named}: {what}, and changing it under Ollama would leave clients a missing or different model; switch models with `sudo jetson-llmd switch NAME`, or list this address in [guard] replace_pinned_from"),
+        );
+    }
+    // What Ollama reads is what was decided on.
+    Decision::Forward { body: (!body.plain).then(|| serde_json::to_vec(&body.fields).unwrap_or_default()), notes: Vec::new(), rules: vec![Rule::Passed], for_pinned: false }
+}
+
 /// One request. `body` is the decoded body of an inference request ([`needs_body`]), or why
 /// it could not be decoded; None for every other request.
 pub fn decide(method: &str, path: &str, body: Option<&Result<GoBody, BodyError>>, client: IpAddr, pinned: Option<&ModelName>, g: &GuardSettings) -> Decision {
@@ -233,8 +300,13 @@ pub fn decide(method: &str, path: &str, body: Option<&Result<GoBody, BodyError>>
     match route {
         Route::Read => return pass,
         Route::Unknown => return err(404, Rule::UnknownEndpoint, format!("{method} {path} is not an Ollama endpoint jetson-llmd's guard knows; it is refused rather than passed on")),
-        Route::Admin if may_administer(client, g) => return pass,
-        Route::Admin => return err(403, Rule::AdminRefused, format!("{path} from {client} is refused by jetson-llmd's guard: only this machine (or [guard] admin_from) may change models")),
+        Route::Admin if !may_administer(client, g) => return err(403, Rule::AdminRefused, format!("{path} from {client} is refused by jetson-llmd's guard: only this machine (or [guard] admin_from) may change models")),
+        Route::Admin => {
+            return match routes::model_fields(method, path) {
+                Some(fields) => replaces(path, fields, body, client, pinned, g),
+                None => pass,
+            }
+        }
         Route::Inference => {}
     }
     let body = match body {
@@ -250,6 +322,10 @@ pub fn decide(method: &str, path: &str, body: Option<&Result<GoBody, BodyError>>
         Err(e) => return unreadable(e),
     };
     let name = model.to_string();
+    // Until the guard knows the pinned model, any model it lets through could be the first to
+    // load and take the memory (issue 30: with Ollama already up, gemma3:4b loaded this way).
+    let Some(pinned) = pinned else { return pin_unknown() };
+    let pinned = Some(pinned);
     let is_pinned = !cloud && pinned.is_some_and(|p| model_key(p) == model_key(&model));
     if !is_pinned {
         let allowed = match g.models {
@@ -321,6 +397,7 @@ pub fn decide(method: &str, path: &str, body: Option<&Result<GoBody, BodyError>>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conf::Settings;
     use serde_json::json;
 
     /// A body as the guard sees it: decoded from the bytes a client would send.
@@ -382,7 +459,7 @@ mod tests {
         // Admin endpoints: loopback and admin_from only.
         for (m, path) in [("POST", "/api/pull"), ("POST", "/api/create"), ("POST", "/api/copy"), ("DELETE", "/api/delete"), ("POST", "/api/push"), ("POST", "/api/blobs/sha256:00")] {
             assert!(matches!(d(m, path, json!({"model": "gemma4:e2b-8k"}), lan(), &g), Decision::Refuse { status: 403, rule: Rule::AdminRefused, .. }), "{path}");
-            assert!(matches!(d(m, path, json!({"model": "gemma4:e2b-8k"}), local(), &g), Decision::Forward { .. }), "{path}");
+            assert!(matches!(d(m, path, json!({"model": "qwen3:4b", "source": "gemma4:e2b-8k", "destination": "mine"}), local(), &g), Decision::Forward { .. }), "{path}");
         }
         let admins = GuardSettings { admin_from: vec!["192.168.1.0/24".parse().expect("net")], ..GuardSettings::default() };
         assert!(matches!(d("POST", "/api/pull", json!({"model": "x"}), lan(), &admins), Decision::Forward { .. }));
@@ -398,6 +475,78 @@ mod tests {
         for (m, path) in [("GET", "/api/tags"), ("GET", "/api/ps"), ("GET", "/api/version"), ("POST", "/api/show"), ("GET", "/v1/models")] {
             assert!(matches!(d(m, path, json!({"model": "llama3.2"}), lan(), &g), Decision::Forward { body: None, .. }), "{path}");
         }
+    }
+
+    /// Issue 30: the pinned model and its base cannot be deleted, overwritten, re-created, pulled
+    /// over or pushed through the guard, from this machine either, under any spelling Ollama
+    /// folds into them; `replace_pinned_from` may; other models are untouched.
+    #[test]
+    fn the_pinned_model_and_its_base_are_not_replaced() {
+        let g = Settings::default().guard;
+        let p = pinned();
+        let raw = |m: &str, path: &str, b: &[u8], ip: IpAddr, g: &GuardSettings| decide(m, path, Some(&super::super::gobody::decode(b)), ip, Some(&p), g);
+        let refused = |d: Decision| match d {
+            Decision::Refuse { status, rule, message } => (status, rule, message),
+            o => panic!("forwarded: {o:?}"),
+        };
+        let cases: [(&str, &str, &[u8]); 12] = [
+            ("DELETE", "/api/delete", br#"{"model":"gemma4:e2b-8k"}"#),
+            ("DELETE", "/api/delete", br#"{"model":"gemma4:e2b-it-qat"}"#),
+            ("DELETE", "/api/delete", br#"{"name":"GEMMA4:E2B-8K"}"#),
+            ("DELETE", "/api/delete", br#"{"Model":"registry.ollama.ai/library/gemma4:e2b-8k"}"#),
+            ("DELETE", "/api/delete", br#"{"model":"gemma4:e2b-8k:local"}"#),
+            ("POST", "/api/copy", br#"{"source":"llama3.2","destination":"gemma4:e2b-8k"}"#),
+            ("POST", "/api/copy", br#"{"source":"llama3.2","Destination":"gemma4:e2b-it-qat"}"#),
+            ("POST", "/api/create", br#"{"model":"gemma4:e2b-8k","from":"gemma4:e2b-it-qat","parameters":{"num_ctx":2048}}"#),
+            ("POST", "/api/create", br#"{"model":"x","MODEL":"gemma4:e2b-8k","from":"gemma4:e2b-it-qat"}"#),
+            ("POST", "/api/pull", br#"{"model":"gemma4:e2b-it-qat"}"#),
+            ("POST", "/api/pull", br#"{"name":"gemma4:e2b-8k"}"#),
+            ("POST", "/api/push", br#"{"model":"gemma4:e2b-8k"}"#),
+        ];
+        for (m, path, b) in cases {
+            let (status, rule, message) = refused(raw(m, path, b, local(), &g));
+            assert_eq!((status, rule), (403, Rule::PinnedProtected), "{m} {path} {}", String::from_utf8_lossy(b));
+            assert!(message.contains("jetson-llmd switch") && message.contains("replace_pinned_from"), "{message}");
+        }
+        // Unreadable bodies and names are refused, never passed on.
+        for b in [&b"model=gemma4"[..], br#"{"model":5}"#, br#"{"model":"bad name!"}"#] {
+            assert_eq!(refused(raw("DELETE", "/api/delete", b, local(), &g)).0, 400, "{}", String::from_utf8_lossy(b));
+        }
+        // Other models, copying *from* the pinned one, a cloud model of the same name: passed.
+        for (m, path, b) in [
+            ("DELETE", "/api/delete", &br#"{"model":"llama3.2"}"#[..]),
+            ("POST", "/api/copy", br#"{"source":"gemma4:e2b-8k","destination":"backup"}"#),
+            ("POST", "/api/create", br#"{"model":"gemma4:e2b-4k","from":"gemma4:e2b-it-qat"}"#),
+            ("POST", "/api/pull", br#"{"model":"qwen3:4b"}"#),
+            ("POST", "/api/push", br#"{"model":"gemma4:e2b-8k:cloud"}"#),
+        ] {
+            assert!(matches!(raw(m, path, b, local(), &g), Decision::Forward { .. }), "{m} {path}");
+        }
+        // The override, for the addresses it names only.
+        let admin = GuardSettings { replace_pinned_from: vec!["127.0.0.1/32".parse().expect("net")], ..g.clone() };
+        assert!(matches!(raw("DELETE", "/api/delete", br#"{"model":"gemma4:e2b-8k"}"#, local(), &admin), Decision::Forward { .. }));
+        assert!(matches!(raw("DELETE", "/api/delete", br#"{"model":"gemma4:e2b-8k"}"#, "127.0.0.2".parse().expect("ip"), &admin), Decision::Refuse { status: 403, .. }));
+        // Decoded as Ollama will: a second spelling of the key is what Go keeps, and what is forwarded.
+        match raw("DELETE", "/api/delete", br#"{"model":"llama3.2"} {"model":"gemma4:e2b-8k"}"#, local(), &g) {
+            Decision::Forward { body: Some(b), .. } => assert_eq!(serde_json::from_slice::<Value>(&b).expect("json"), json!({"model": "llama3.2"})),
+            o => panic!("{o:?}"),
+        }
+    }
+
+    /// Issue 30: before the guard knows the pinned model, nothing that loads or changes a model
+    /// goes through (Ollama may already be up, and the first load takes the memory).
+    #[test]
+    fn nothing_loads_before_the_pin_is_known() {
+        let g = GuardSettings { models: ModelsPolicy::Any, ..GuardSettings::default() };
+        for (m, path, b) in [("POST", "/api/generate", json!({"model": "gemma3:4b"})), ("POST", "/v1/chat/completions", json!({"model": "llama3.1:8b", "messages": []})), ("DELETE", "/api/delete", json!({"model": "x"}))] {
+            match decide(m, path, Some(&body(b)), local(), None, &g) {
+                Decision::Refuse { status: 503, rule: Rule::PinUnknown, message } => assert!(message.contains("model.conf"), "{message}"),
+                o => panic!("{path}: {o:?}"),
+            }
+        }
+        // Reads, and a request that names no model (Ollama answers it itself), still go on.
+        assert!(matches!(decide("GET", "/api/tags", None, local(), None, &g), Decision::Forward { .. }));
+        assert!(matches!(decide("POST", "/api/generate", Some(&body(json!({"prompt": "hi"}))), local(), None, &g), Decision::Forward { .. }));
     }
 
     #[test]

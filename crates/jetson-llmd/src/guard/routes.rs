@@ -41,6 +41,19 @@ pub fn classify(method: &str, path: &str) -> Route {
     }
 }
 
+/// The admin routes that delete, overwrite or replace the model they name, and the body fields
+/// their handlers take that name from (api/types.go; server/routes.go DeleteHandler, PullHandler
+/// and PushHandler read `cmp.Or(Model, Name)`, CopyHandler writes `destination`, server/create.go
+/// CreateHandler writes `cmp.Or(Model, Name)`). Both fields are looked at where Ollama takes
+/// either.
+pub fn model_fields(method: &str, path: &str) -> Option<&'static [&'static str]> {
+    match (method, path) {
+        ("DELETE", "/api/delete") | ("POST", "/api/create" | "/api/pull" | "/api/push") => Some(&["model", "name"]),
+        ("POST", "/api/copy") => Some(&["destination"]),
+        _ => None,
+    }
+}
+
 /// `/api/blobs/:digest`: one segment after the prefix.
 fn blob(path: &str) -> bool {
     path.strip_prefix("/api/blobs/").is_some_and(|d| !d.is_empty() && !d.contains('/'))

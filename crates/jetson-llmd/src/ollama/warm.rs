@@ -89,18 +89,50 @@ pub async fn ensure_present<A: OllamaApi>(api: &A, settings: &Settings, model: &
             tracing::info!("pulling {} (base of {model})", d.from);
             api.pull(d.from.as_str(), &mut progress_logger(format!("pull {}", d.from))).await.map_err(missing)?;
         }
-        let mut parameters = serde_json::Map::new();
-        if let Some(n) = d.num_ctx {
-            parameters.insert("num_ctx".into(), n.get().into());
-        }
-        tracing::info!("creating {model} from {} (num_ctx {})", d.from, d.num_ctx.map_or("default".into(), |n| n.to_string()));
-        let req = CreateRequest { model: model.to_string(), from: d.from.to_string(), parameters };
-        api.create(&req, &mut progress_logger(format!("create {model}"))).await.map_err(missing)?;
+        create_derived(api, d, model).await.map_err(missing)?;
     } else {
         tracing::info!("pulling {model}");
         api.pull(model.as_str(), &mut progress_logger(format!("pull {model}"))).await.map_err(missing)?;
     }
     Ok(true)
+}
+
+/// `/api/create` of a derived model as config.toml declares it (the seed's Modelfile).
+async fn create_derived<A: OllamaApi>(api: &A, d: &crate::conf::config::Derived, model: &ModelName) -> Result<(), ollama_client::Error> {
+    let mut parameters = serde_json::Map::new();
+    if let Some(n) = d.num_ctx {
+        parameters.insert("num_ctx".into(), n.get().into());
+    }
+    tracing::info!("creating {model} from {} (num_ctx {})", d.from, d.num_ctx.map_or("default".into(), |n| n.to_string()));
+    let req = CreateRequest { model: model.to_string(), from: d.from.to_string(), parameters };
+    api.create(&req, &mut progress_logger(format!("create {model}"))).await
+}
+
+/// (wanted, running) when a derived model runs with another context than config.toml gives it:
+/// someone re-created it under its name (`/api/create` with another num_ctx) or loaded it with
+/// other options straight at Ollama. Clients then get a model that forgets at 2048 tokens while
+/// everything says 8192.
+fn drift(m: &RunningModel, model: &ModelName, settings: &Settings) -> Option<(u64, u64)> {
+    let want = settings.derived(model)?.num_ctx?.get();
+    let got = m.context_length?;
+    (got != want).then_some((want, got))
+}
+
+/// [`load_pinned`] and [`verify`], with the context checked on the way: a derived model found
+/// running with another one is created again as config.toml says and loaded again (Ollama
+/// reloads it: the model's options now differ from its runner's), once. Still wrong after that
+/// is a failure, not a loop. Returns the report, the load's time and whether caches were dropped.
+async fn load_verified<A: OllamaApi, R: MemoryRelief>(api: &A, settings: &Settings, model: &ModelName, relief: &R) -> Result<(WarmReport, Duration, bool), Failure> {
+    let (took, dropped) = load_pinned(api, model, relief).await?;
+    let (r, drifted) = check(api, settings, model).await?;
+    let (Some(d), Some((want, got))) = (settings.derived(model), drifted) else { return Ok((r, took, dropped)) };
+    tracing::warn!("{model} runs with context {got}, but config.toml creates it with num_ctx {want} (someone re-created it or loaded it with other options); creating it again from {} and reloading it", d.from);
+    create_derived(api, d, model).await.map_err(|e| load_failure(model, e))?;
+    let (again, dropped_again) = load_pinned(api, model, relief).await?;
+    match check(api, settings, model).await? {
+        (r, None) => Ok((r, took + again, dropped || dropped_again)),
+        (_, Some((want, got))) => Err(Failure::LoadFailed { model: model.to_string(), detail: format!("still runs with context {got} after being created again with num_ctx {want}") }),
+    }
 }
 
 /// Loads with keep_alive -1; on an out-of-memory failure drops caches once and retries once,
@@ -187,8 +219,14 @@ fn absence(ps: &[RunningModel]) -> String {
 
 /// Checks placement and pin in /api/ps.
 pub async fn verify<A: OllamaApi>(api: &A, settings: &Settings, model: &ModelName) -> Result<WarmReport, Failure> {
+    check(api, settings, model).await.map(|(r, _)| r)
+}
+
+/// [`verify`], and the context's [`drift`] seen in the same look.
+async fn check<A: OllamaApi>(api: &A, settings: &Settings, model: &ModelName) -> Result<(WarmReport, Option<(u64, u64)>), Failure> {
     let ps = api.ps().await.map_err(Failure::Unreachable)?;
     let m = find(&ps.models, model, settings).ok_or_else(|| Failure::NotResident { model: model.to_string() })?;
+    let drifted = drift(m, model, settings);
     let pct = m.gpu_percent();
     // expected_compute = "cpu" (a host without a GPU): the CPU is where it is meant to be.
     let cpu_host = settings.expected_compute.is_cpu();
@@ -198,15 +236,15 @@ pub async fn verify<A: OllamaApi>(api: &A, settings: &Settings, model: &ModelNam
     if pct < settings.min_gpu_percent && !cpu_host {
         return Err(Failure::PartlyOnGpu { model: model.to_string(), percent: pct, min: settings.min_gpu_percent });
     }
-    Ok(WarmReport { model: model.to_string(), gpu_percent: pct, size: m.size, size_vram: m.size_vram, expires_at: m.expires_at.clone(), pinned: m.pinned_forever(), load_ms: None, rewarmed: false, dropped_caches: false, evicted: None })
+    let report = WarmReport { model: model.to_string(), gpu_percent: pct, size: m.size, size_vram: m.size_vram, expires_at: m.expires_at.clone(), pinned: m.pinned_forever(), load_ms: None, rewarmed: false, dropped_caches: false, evicted: None };
+    Ok((report, drifted))
 }
 
 /// `jetson-llmd preload`: model present, loaded pinned, verified on the GPU.
 pub async fn preload<A: OllamaApi, R: MemoryRelief>(api: &A, settings: &Settings, model: &ModelName, relief: &R) -> Result<WarmReport, Failure> {
     ensure_present(api, settings, model).await?;
     let already = api.ps().await.map_err(Failure::Unreachable)?.models.iter().any(|m| model.matches(&m.name));
-    let (took, dropped) = load_pinned(api, model, relief).await?;
-    let mut r = verify(api, settings, model).await?;
+    let (mut r, took, dropped) = load_verified(api, settings, model, relief).await?;
     r.load_ms = (!already).then_some(took.as_millis() as u64);
     r.dropped_caches = dropped;
     if !r.pinned {
@@ -230,8 +268,7 @@ pub async fn tick<A: OllamaApi, R: MemoryRelief>(api: &A, settings: &Settings, m
             tracing::warn!("{model} had a finite expiry ({}); another client changed its keep_alive; pinning it again", b.expires_at);
         }
     }
-    let (took, dropped) = load_pinned(api, model, relief).await?;
-    let mut r = verify(api, settings, model).await?;
+    let (mut r, took, dropped) = load_verified(api, settings, model, relief).await?;
     r.rewarmed = before.is_none();
     r.load_ms = r.rewarmed.then_some(took.as_millis() as u64);
     r.dropped_caches = dropped;
@@ -327,12 +364,18 @@ pub enum Residency {
     },
     /// Gone; why, from what is loaded instead.
     Missing(String),
+    /// Loaded with another context than config.toml gives it (re-created or reloaded by someone).
+    Drifted {
+        want: u64,
+        got: u64,
+    },
 }
 
 /// One cheap /api/ps look at our model.
 pub async fn residency<A: OllamaApi>(api: &A, settings: &Settings, model: &ModelName) -> Result<Residency, Failure> {
     let ps = api.ps().await.map_err(Failure::Unreachable)?;
     Ok(match find(&ps.models, model, settings) {
+        Some(m) if let Some((want, got)) = drift(m, model, settings) => Residency::Drifted { want, got },
         Some(m) if m.pinned_forever() => Residency::Pinned,
         Some(m) => Residency::Unpinned { expires_at: crate::text::clip(&m.expires_at, 40) },
         None => Residency::Missing(absence(&ps.models)),

@@ -112,6 +112,11 @@ impl StateFile {
         read_json(&dir.join("state.json")).await
     }
 
+    /// Hands the state as it is now to the subscribers (the guard, /metrics) without writing it.
+    pub fn publish(&self) {
+        self.published.send_replace(self.state.clone());
+    }
+
     /// Starts a new timeline (a new boot sequence after an Ollama restart).
     pub fn restart_timeline(&mut self) {
         self.state.timeline.clear();

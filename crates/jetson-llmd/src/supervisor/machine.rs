@@ -425,6 +425,9 @@ impl Machine {
         }
         match found {
             Residency::Pinned => return,
+            Residency::Drifted { want, got } => {
+                out.push(Effect::Warn(format!("{model} runs with context {got}, not the {want} config.toml gives it (re-created or reloaded by another client); creating it again and reloading it now")));
+            }
             Residency::Unpinned { expires_at } => {
                 out.push(Effect::CountRepin);
                 out.push(Effect::Warn(format!("{model} expires at {expires_at}: another client changed its keep_alive; pinning it again now")));

@@ -303,6 +303,19 @@ async fn residency_repairs_at_once_twice_then_says_not_resident_and_waits_for_th
     assert_eq!(schedules(&m.on(Event::NoKeepalive)), [(0, Due::Tick)]);
 }
 
+/// Issue 30: the pinned model found running with another context than config.toml's is said
+/// and repaired by the keepalive (which creates it again and reloads it).
+#[test]
+fn a_drifted_context_is_said_and_repaired() {
+    let mut m = machine_in("Warm");
+    let e = m.on(Event::Residency(Ok(Residency::Drifted { want: 8192, got: 2048 })));
+    match e.as_slice() {
+        [Effect::Warn(t), Effect::KeepaliveNow] => assert!(t.contains("context 2048") && t.contains("8192"), "{t}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(m.phase.name(), "Warm");
+}
+
 #[test]
 fn an_unanswering_ollama_is_not_ready_from_the_second_check_in_a_row_until_it_answers() {
     let mut m = machine_in("Warm");
