@@ -29,6 +29,10 @@ fn ready() -> State {
 }
 
 async fn rig(settings: GuardSettings, initial: State) -> Rig {
+    rig_limited(settings, initial, guard::ConnLimits::default()).await
+}
+
+async fn rig_limited(settings: GuardSettings, initial: State, limits: guard::ConnLimits) -> Rig {
     let emu = spawn(Config::orin_nano(0.01), "127.0.0.1:0".parse().expect("addr")).await.expect("emulator");
     let http = reqwest::Client::new();
     // The supervisor's preload: the seed's model created from its base, pinned forever.
@@ -37,7 +41,9 @@ async fn rig(settings: GuardSettings, initial: State) -> Rig {
     jetson_llmd::ollama::warm::preload(&api, &jetson_llmd::conf::Settings::default(), &pinned, &jetson_llmd::host::memory::NoRelief).await.expect("preload");
     let (tx, rx) = watch::channel(initial);
     let stats = Arc::new(Stats::default());
-    let g = Arc::new(Guard::new(url::Url::parse(&emu.url()).expect("url"), settings, rx, stats.clone()));
+    let mut g = Guard::new(url::Url::parse(&emu.url()).expect("url"), settings, rx, stats.clone());
+    g.limits = limits;
+    let g = Arc::new(g);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let stop = tokio_util::sync::CancellationToken::new();
@@ -451,4 +457,71 @@ async fn nothing_loads_through_a_guard_that_does_not_know_the_pin() {
     r.state.send_replace(State { model: Some(PINNED.into()), ..Default::default() });
     let resp = r.post("/api/generate", json!({"model": "gemma3:4b", "prompt": "hi", "stream": false})).await;
     assert_eq!(resp.status(), 200, "models = any");
+}
+
+/// Issue 30: idle keep-alive connections from one side fill its share; a new connection still
+/// gets /healthz answered, and a request a 503 at once (not a 30-s wait in the backlog); past the
+/// overflow places a connection is closed at once; the idle ones are closed after the head
+/// timeout, and then requests are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_take_every_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limits = guard::ConnLimits { total: 16, per_client: 4, share: 8, overflow: 2, head_timeout: Duration::from_secs(2) };
+    let r = rig_limited(GuardSettings::default(), ready(), limits).await;
+    let addr = r.url.trim_start_matches("http://").to_string();
+    // Eight connections that send one request each and then idle, keep-alive.
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        let mut c = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        c.write_all(b"GET /api/version HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("w");
+        let mut buf = [0u8; 512];
+        let n = c.read(&mut buf).await.expect("r");
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "served while there is room");
+        idle.push(c);
+    }
+    let t = std::time::Instant::now();
+    let health = r.http.get(format!("{}/healthz", r.url)).send().await.expect("healthz");
+    assert_eq!(health.status(), 200, "a health probe is answered with every place taken");
+    let gen = r.post("/api/generate", json!({"model": PINNED, "prompt": "hi", "stream": false})).await;
+    assert_eq!(gen.status(), 503);
+    assert_eq!(gen.headers().get("x-jetson-llmd-guard").and_then(|v| v.to_str().ok()), Some("refused: connections"));
+    let e: Value = gen.json().await.expect("json");
+    assert!(e["error"].as_str().is_some_and(|m| m.contains("too many connections")), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(1), "answered at once: {:?}", t.elapsed());
+    // The overflow places taken too: the next connection is closed, not left waiting.
+    let mut over = Vec::new();
+    for _ in 0..2 {
+        let mut c = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.expect("w");
+        over.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut c = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(1), c.read(&mut buf)).await.expect("closed at once, not held").unwrap_or(0);
+    assert_eq!(n, 0, "closed without an answer");
+    drop(over);
+    // The idle connections end at the head timeout: each read sees the guard close it.
+    for c in &mut idle {
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await.expect("the guard closes an idle connection").unwrap_or(0);
+        assert_eq!(n, 0);
+    }
+    let gen = r.post("/api/generate", json!({"model": PINNED, "prompt": "hi", "stream": false})).await;
+    assert_eq!(gen.status(), 200, "served again once they are gone");
+}
+
+/// Issue 30 (docs vs binary): the largest request head is 64 KiB; a 100 KB one gets 431.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_over_64_kib_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let r = rig(GuardSettings::default(), ready()).await;
+    let addr = r.url.trim_start_matches("http://").to_string();
+    for (size, want) in [(60_000, "HTTP/1.1 200"), (100_000, "HTTP/1.1 431")] {
+        let mut c = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        let head = format!("GET /api/version HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\nConnection: close\r\n\r\n", "a".repeat(size));
+        let _ = c.write_all(head.as_bytes()).await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut out)).await;
+        assert!(String::from_utf8_lossy(&out).starts_with(want), "{size}: {}", String::from_utf8_lossy(&out[..out.len().min(80)]));
+    }
 }

@@ -46,11 +46,37 @@ const CLASS_HEADER: &str = "x-jetson-llmd-class";
 /// Most a client connection's read buffer grows to (it starts at 8 KiB); also the largest
 /// request head accepted.
 const CLIENT_BUF: usize = 64 << 10;
-/// Client connections served at once; more wait in the listen backlog. Each costs the two
-/// buffers (`CLIENT_BUF`, relay's) plus a request being inspected.
+/// How many client connections the guard serves, and from whom. A connection costs the two
+/// buffers (`CLIENT_BUF`, relay's) plus a request being inspected. One host must not be able to
+/// take them all (issue 30: 520 idle connections from one client held every request and
+/// /healthz for 30 s a wave), so each address off this machine has its own cap, and this
+/// machine (loopback, the guard's own address, `admin_from`) and the rest of the network each
+/// have a share the other cannot take. A connection past its caps still gets /healthz and the
+/// board endpoint answered (and everything else a 503 naming the cap) on one of the `overflow`
+/// connections; past those it is closed at once, never left waiting in the backlog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// All connections served fully.
+    pub total: usize,
+    /// Of them, from one address off this machine.
+    pub per_client: usize,
+    /// Of them, from this machine and `admin_from` together; and from everyone else together.
+    pub share: usize,
+    /// Connections past the caps that still get /healthz and the board answered.
+    pub overflow: usize,
+    /// A request head must arrive within this, and an idle keep-alive connection is closed
+    /// after it (hyper's header read timeout runs while a connection waits for its next request).
+    pub head_timeout: Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits { total: 512, per_client: 64, share: 384, overflow: 32, head_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// How many connections the guard serves at once (see [`ConnLimits`]).
 pub const MAX_CONNECTIONS: usize = 512;
-/// A client must send its request head within this (a connection that never does is dropped).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// On stop, requests in flight get this long to finish before their connections are closed.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -108,6 +134,8 @@ pub struct Guard {
     env_parallel: Option<String>,
     /// The supervisor's metrics_listen, said by the board endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// Connections served, per client and in all.
+    pub limits: ConnLimits,
 }
 
 impl Guard {
@@ -129,7 +157,7 @@ impl Guard {
         }
         // The sender is dropped: the policy stays as given unless `follow` connects a new one.
         let (_, settings) = watch::channel(settings);
-        Guard { upstream, settings, state, stats, authority, budget, budget_bytes, keys: keys::KeyCache::default(), admission, env_parallel, metrics_listen: None }
+        Guard { upstream, settings, state, stats, authority, budget, budget_bytes, keys: keys::KeyCache::default(), admission, env_parallel, metrics_listen: None, limits: ConnLimits::default() }
     }
 
     /// Takes its policy from `rx` from now on: the supervisor sends config.toml's `[guard]`
@@ -450,7 +478,11 @@ async fn handle(g: Arc<Guard>, client: SocketAddr, req: Request) -> Response {
         Decision::Refuse { status, message, rule } => {
             g.stats.count(rule);
             tracing::debug!(client = %client, rule = rule.as_str(), "guard: refused {method} {path}");
-            let mut r = ollama_error(StatusCode::from_u16(status).unwrap_or(StatusCode::CONFLICT), &message, &[(GUARD_HEADER, format!("refused: {}", rule.as_str()))]);
+            // In the client's API's shape: the OpenAI SDK and LiteLLM read error.message.
+            let mut r = refusal(&path, StatusCode::from_u16(status).unwrap_or(StatusCode::CONFLICT), &message);
+            if let Ok(v) = HeaderValue::from_str(&format!("refused: {}", rule.as_str())) {
+                r.headers_mut().insert(GUARD_HEADER, v);
+            }
             if rule == Rule::PinUnknown {
                 r.headers_mut().insert("retry-after", HeaderValue::from_static("5"));
             }
@@ -559,15 +591,117 @@ async fn handle(g: Arc<Guard>, client: SocketAddr, req: Request) -> Response {
     r
 }
 
+/// Which connections are open, by whom (see [`ConnLimits`]).
+#[derive(Default)]
+struct Open {
+    total: usize,
+    /// From this machine and `admin_from`; from everyone else.
+    local: usize,
+    remote: usize,
+    per_client: std::collections::HashMap<std::net::IpAddr, usize>,
+    overflow: usize,
+}
+
+/// What a new connection gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Service {
+    Full {
+        local: bool,
+    },
+    /// /healthz and the board only; everything else 503, then the connection closes.
+    Overflow,
+}
+
+/// An open connection's place in [`Open`], given back when it closes.
+struct Ticket {
+    open: Arc<Mutex<Open>>,
+    ip: std::net::IpAddr,
+    service: Service,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut o = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        match self.service {
+            Service::Overflow => o.overflow -= 1,
+            Service::Full { local } => {
+                o.total -= 1;
+                if local {
+                    o.local -= 1;
+                } else {
+                    o.remote -= 1;
+                    if let Some(n) = o.per_client.get_mut(&self.ip) {
+                        *n -= 1;
+                        if *n == 0 {
+                            o.per_client.remove(&self.ip);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A place for a connection from `ip`, or None: close it at once.
+fn admit_connection(open: &Arc<Mutex<Open>>, limits: &ConnLimits, ip: std::net::IpAddr, local: bool) -> Option<Ticket> {
+    let ip = match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    let mut o = open.lock().unwrap_or_else(|p| p.into_inner());
+    let mine = o.per_client.get(&ip).copied().unwrap_or(0);
+    let fits = o.total < limits.total && if local { o.local < limits.share } else { o.remote < limits.share && mine < limits.per_client };
+    let service = if fits {
+        o.total += 1;
+        if local {
+            o.local += 1;
+        } else {
+            o.remote += 1;
+            *o.per_client.entry(ip).or_default() += 1;
+        }
+        Service::Full { local }
+    } else if o.overflow < limits.overflow {
+        o.overflow += 1;
+        Service::Overflow
+    } else {
+        return None;
+    };
+    Some(Ticket { open: open.clone(), ip, service })
+}
+
+/// A request on an overflow connection: /healthz and the board answered as always (a health
+/// probe must not fail because one client holds the connections), everything else refused.
+async fn overflow(g: Arc<Guard>, client: SocketAddr, req: Request) -> Response {
+    let path = req.uri().path();
+    if req.method() == axum::http::Method::GET && (path == "/healthz" || path == BOARD_PATH) {
+        return handle(g, client, req).await;
+    }
+    let message = format!("jetson-llmd guard: too many connections are open (from {} or in all); close idle ones and retry", client.ip());
+    let mut r = refusal(path, StatusCode::SERVICE_UNAVAILABLE, &message);
+    r.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+    r.headers_mut().insert(GUARD_HEADER, HeaderValue::from_static("refused: connections"));
+    r
+}
+
+/// An error in the shape of the client's API: Anthropic's for /v1/messages, OpenAI's for the
+/// other /v1/ routes, Ollama's elsewhere, so official clients show the words.
+fn refusal(path: &str, status: StatusCode, message: &str) -> Response {
+    if path == "/v1/messages" {
+        let kind = if status == StatusCode::SERVICE_UNAVAILABLE { "overloaded_error" } else { "invalid_request_error" };
+        (status, axum::Json(serde_json::json!({ "type": "error", "error": { "type": kind, "message": message } }))).into_response()
+    } else if path.starts_with("/v1/") {
+        (status, axum::Json(serde_json::json!({ "error": { "message": message, "type": "server_error", "param": null, "code": null } }))).into_response()
+    } else {
+        ollama_error(status, message, &[])
+    }
+}
+
 /// Serves until `stop`. The listener is bound by the caller (so a port in use is its error).
 pub async fn serve(listener: tokio::net::TcpListener, guard: Arc<Guard>, stop: tokio_util::sync::CancellationToken) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let open = Arc::new(Mutex::new(Open::default()));
+    let limits = guard.limits;
     loop {
-        let slot = tokio::select! {
-            _ = stop.cancelled() => break,
-            s = slots.clone().acquire_owned() => match s { Ok(s) => s, Err(_) => break },
-        };
         let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             r = listener.accept() => match r {
@@ -580,28 +714,37 @@ pub async fn serve(listener: tokio::net::TcpListener, guard: Arc<Guard>, stop: t
                 }
             },
         };
+        let local = {
+            let settings = guard.settings.borrow();
+            policy::may_administer(peer.ip(), &settings)
+        };
+        // Past every cap: closed now, an answer the client sees at once.
+        let Some(ticket) = admit_connection(&open, &limits, peer.ip(), local) else { continue };
         // TCP_NODELAY both ways: streamed lines are small, and Nagle's algorithm with delayed
         // ACKs would hold each one for up to 40 ms.
         let _ = tcp.set_nodelay(true);
         let g = guard.clone();
+        let limited = ticket.service == Service::Overflow;
         let svc = hyper::service::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
             let g = g.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(g, peer, req.map(Body::new)).await) }
+            async move {
+                let req = req.map(Body::new);
+                Ok::<_, std::convert::Infallible>(if limited { overflow(g, peer, req).await } else { handle(g, peer, req).await })
+            }
         });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEAD_TIMEOUT)
-            .max_buf_size(CLIENT_BUF)
-            // No half_close: a read EOF means the client left, which cancels the request
-            // upstream, as Go's net/http cancels Ollama's request context on it (a client that
-            // half-closes after its request gets no answer from Ollama either).
-            .serve_connection(TokioIo::new(tcp), svc);
-        let conn = graceful.watch(conn);
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder.timer(TokioTimer::new()).header_read_timeout(if limited { limits.head_timeout.min(Duration::from_secs(5)) } else { limits.head_timeout }).max_buf_size(CLIENT_BUF).max_header_size(CLIENT_BUF).keep_alive(!limited);
+        // max_header_size: the buffer alone let a 100 KB head through (its reads overshoot);
+        // the head's own limit is what docs/guard.md promises, 431 past it.
+        // No half_close: a read EOF means the client left, which cancels the request
+        // upstream, as Go's net/http cancels Ollama's request context on it (a client that
+        // half-closes after its request gets no answer from Ollama either).
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(tcp), svc));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(client = %peer, "guard: connection: {e}");
             }
-            drop(slot);
+            drop(ticket);
         });
     }
     drop(listener);
@@ -614,6 +757,39 @@ pub async fn serve(listener: tokio::net::TcpListener, guard: Arc<Guard>, stop: t
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 30: one address off the machine gets `per_client` connections, everyone off it
+    /// together `share`, and this machine its own `share` that they cannot take (and the other
+    /// way round); past that, `overflow` connections (health and board only), then none.
+    #[test]
+    fn connections_are_capped_per_client_and_per_side() {
+        let limits = ConnLimits { total: 10, per_client: 2, share: 6, overflow: 2, head_timeout: Duration::from_secs(1) };
+        let open = Arc::new(Mutex::new(Open::default()));
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+        let take = |who: &str, local: bool| admit_connection(&open, &limits, ip(who), local);
+        let mut held = Vec::new();
+        // One LAN host: two, then overflow.
+        held.extend((0..2).map(|_| take("192.168.1.9", false).expect("served")));
+        assert!(held.iter().all(|t| t.service == Service::Full { local: false }));
+        let over = [take("192.168.1.9", false).expect("overflow"), take("192.168.1.9", false).expect("overflow")];
+        assert!(over.iter().all(|t| t.service == Service::Overflow));
+        // The same host as ::ffff:a.b.c.d is the same host.
+        assert_eq!(take("::ffff:192.168.1.9", false).map(|t| t.service), None, "overflow full too: closed at once");
+        drop(over);
+        // Other LAN hosts fill the remote share (6), then the local side still has its own.
+        for h in 10..14 {
+            held.push(take(&format!("192.168.1.{h}"), false).expect("served"));
+        }
+        assert_eq!(take("192.168.1.30", false).map(|t| t.service), Some(Service::Overflow), "remote share full");
+        held.extend((0..4).map(|_| take("127.0.0.1", true).expect("local share")));
+        assert!(held.iter().rev().take(4).all(|t| t.service == Service::Full { local: true }));
+        // The total (10) is reached: even local is overflow now.
+        assert_eq!(take("127.0.0.1", true).map(|t| t.service), Some(Service::Overflow));
+        // Closing gives the places back, exactly.
+        held.clear();
+        let o = open.lock().expect("lock");
+        assert_eq!((o.total, o.local, o.remote, o.per_client.len()), (0, 0, 0, 0));
+    }
 
     async fn status(r: Option<Response>) -> Option<(u16, String)> {
         let r = r?;
