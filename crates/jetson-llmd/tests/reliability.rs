@@ -57,6 +57,8 @@ impl Rng {
 struct EmuBackend {
     emu: Arc<Handle>,
     down: mpsc::UnboundedReceiver<String>,
+    /// As the process backend: turns true when the running "child" is gone (World::crash).
+    gone: Arc<std::sync::Mutex<Option<tokio::sync::watch::Sender<bool>>>>,
 }
 
 impl Backend for EmuBackend {
@@ -69,14 +71,25 @@ impl Backend for EmuBackend {
     }
 
     async fn start_ollama(&mut self) -> Result<(), Failure> {
+        let mut g = self.gone.lock().expect("lock");
+        if g.is_none() {
+            *g = Some(tokio::sync::watch::channel(false).0);
+        }
         Ok(())
     }
 
     async fn next_event(&mut self) -> OllamaEvent {
         match self.down.recv().await {
-            Some(how) => OllamaEvent::Down(how),
+            Some(how) => {
+                self.gone.lock().expect("lock").take();
+                OllamaEvent::Down(how)
+            }
             None => std::future::pending().await,
         }
+    }
+
+    fn gone(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        self.gone.lock().expect("lock").as_ref().map(|g| g.subscribe())
     }
 
     async fn ollama_log(&mut self) -> Result<Vec<String>, Failure> {
@@ -243,6 +256,7 @@ struct World {
     dir: tempfile::TempDir,
     emu: Arc<Handle>,
     down_tx: mpsc::UnboundedSender<String>,
+    gone: Arc<std::sync::Mutex<Option<tokio::sync::watch::Sender<bool>>>>,
     guard_url: String,
     signals: Signals,
     supervisor: Option<tokio::task::JoinHandle<Result<(), Failure>>>,
@@ -269,7 +283,9 @@ impl World {
             std::fs::write(dir.path().join("model.conf"), format!("OLLAMA_MODEL={PINNED}\n")).expect("w");
         }
         let settings = World::settings(dir.path());
-        let state = StateFile::new(Some(&dir.path().join("run")), LauncherKind::Process);
+        let mut state = StateFile::new(Some(&dir.path().join("run")), LauncherKind::Process);
+        // As `supervise` does before its guard serves.
+        state.pin_from(&dir.path().join("model.conf")).await;
         let (policy_tx, policy_rx) = tokio::sync::watch::channel(settings.guard.clone());
         let stats = Arc::new(Stats::default());
         let mut g = Guard::new(url::Url::parse(&emu.url()).expect("url"), settings.guard.clone(), state.subscribe(), stats.clone());
@@ -292,11 +308,12 @@ impl World {
             });
         }
         let (down_tx, down_rx) = mpsc::unbounded_channel();
+        let gone = Arc::new(std::sync::Mutex::new(None));
         let api = ollama_client::Client::new(ollama_client::parse_host(&emu.url()).expect("url").url, ollama_client::Timeouts { request: settings.request_timeout, load: settings.load_timeout, ..Default::default() });
         let watch = state.subscribe();
         let sup = Supervisor {
             api,
-            backend: EmuBackend { emu: emu.clone(), down: down_rx },
+            backend: EmuBackend { emu: emu.clone(), down: down_rx, gone: gone.clone() },
             notify: jetson_llmd::host::notify::SdNotify,
             settings: settings.clone(),
             paths: Paths { config: dir.path().join("config.toml"), model_conf: dir.path().join("model.conf"), root: dir.path().to_path_buf() },
@@ -310,7 +327,7 @@ impl World {
         let sup_signals = signals.clone();
         // The loop is not Send (it holds the API client's progress callbacks): a LocalSet runs it.
         let supervisor = Some(tokio::task::spawn_local(async move { sup.run(sup_signals).await }));
-        World { dir, emu, down_tx, guard_url, signals, supervisor, state: watch, reboot, guard_stop, model: PINNED.into() }
+        World { dir, emu, down_tx, gone, guard_url, signals, supervisor, state: watch, reboot, guard_stop, model: PINNED.into() }
     }
 
     fn warm(&self) -> bool {
@@ -333,6 +350,9 @@ impl World {
     fn crash(&self, down: Duration, how: &str) {
         self.emu.restart(down);
         let _ = self.down_tx.send(how.into());
+        if let Some(g) = self.gone.lock().expect("lock").as_ref() {
+            g.send_replace(true);
+        }
     }
 
     /// SIGTERM: the supervisor's own clean shutdown.
@@ -823,16 +843,80 @@ async fn the_fault_matrix_body() {
     {
         let mut w = warm_world(cfg(|_| {})).await;
         let before = pinned_loads(&w.emu);
-        let (emu, down) = (w.emu.clone(), w.down_tx.clone());
+        let (emu, down, gone) = (w.emu.clone(), w.down_tx.clone(), w.gone.clone());
         tokio::task::spawn_local(async move {
             for _ in 0..5 {
                 emu.restart(Duration::from_secs(2));
                 let _ = down.send("ollama serve exited (exit status: 2)".into());
+                if let Some(g) = gone.lock().expect("lock").as_ref() {
+                    g.send_replace(true);
+                }
                 tokio::time::sleep(Duration::from_secs(10)).await;
             }
         });
         let (nw, sees) = observe(&w, WINDOW).await;
         rows.push(Row { fault: "a crash loop (5 crashes 10 s apart)", sees, not_warm: nw, loads: pinned_loads(&w.emu) - before, lost: data_kept(&w, None) });
+        w.stop().await;
+    }
+    // Issue 30: Ollama killed 30 s into a cold load (the re-warm after a first crash), with the
+    // loop's timers long due when the load fails: started again at once, warm after one load.
+    {
+        let mut w = warm_world(cfg(|_| {})).await;
+        let before = pinned_loads(&w.emu);
+        w.crash(Duration::from_secs(3), "ollama serve exited (signal: 9 (SIGKILL))");
+        let t = Instant::now();
+        while w.status().0 != Stage::Preloading && t.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        w.crash(Duration::from_secs(3), "ollama serve exited (signal: 9 (SIGKILL)) during the load");
+        let (nw, sees) = observe(&w, WINDOW).await;
+        assert!(nw.is_some(), "warm again after a kill during a load: {sees}");
+        rows.push(Row { fault: "Ollama killed 30 s into a cold load (process launcher)", sees, not_warm: nw.map(|n| n + 30), loads: pinned_loads(&w.emu) - before, lost: data_kept(&w, None) });
+        w.stop().await;
+    }
+    // Issue 30: a client asks for another model the moment a supervisor starts, Ollama already
+    // up (a restart of jetson-llmd): the guard already knows the pin, and nothing loads first.
+    {
+        let emu = Arc::new(spawn(cfg(|_| {}), "127.0.0.1:0".parse().expect("addr")).await.expect("emu"));
+        let mut w = World::around(emu, tempfile::tempdir().expect("tmp")).await;
+        let other = post(&w.guard_url, "/api/generate", json!({"model": "gemma3:4b", "prompt": "hi", "stream": false})).await;
+        let (nw, sees) = observe(&w, WINDOW).await;
+        let others = w.emu.emu.counters().loads_by_model.get("gemma3:4b").copied().unwrap_or(0);
+        assert_eq!((other, others), (Some(409), 0), "the other model is refused before the pinned one is loaded");
+        rows.push(Row { fault: "another model asked for through the guard as the supervisor starts (Ollama already up)", sees: format!("409 for it (0 loads of it); {sees}"), not_warm: nw, loads: pinned_loads(&w.emu), lost: data_kept(&w, None) });
+        w.stop().await;
+    }
+    // Issue 30: one local client opens 520 connections, sends one GET on each and idles.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut w = warm_world(cfg(|_| {})).await;
+        let before = pinned_loads(&w.emu);
+        let addr = w.guard_url.trim_start_matches("http://").to_string();
+        let mut idle = Vec::new();
+        for _ in 0..520 {
+            let Ok(mut c) = tokio::net::TcpStream::connect(&addr).await else { break };
+            let _ = c.write_all(b"GET /api/version HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            idle.push(c);
+        }
+        for c in &mut idle {
+            let mut buf = [0u8; 256];
+            let _ = tokio::time::timeout(Duration::from_millis(50), c.read(&mut buf)).await;
+        }
+        let http = reqwest::Client::new();
+        let health = http.get(format!("{}/healthz", w.guard_url)).send().await.map(|r| r.status().as_u16()).ok();
+        let busy = post(&w.guard_url, "/api/generate", gen(None)).await;
+        let (nw, sees) = observe(&w, Duration::from_secs(60)).await;
+        let after = post(&w.guard_url, "/api/generate", gen(None)).await;
+        assert_eq!((health, busy, after), (Some(200), Some(503), Some(200)), "healthz answered, a request refused at once, served once the idle ones are closed");
+        drop(idle);
+        rows.push(Row {
+            fault: "520 idle connections from one local client",
+            sees: format!("/healthz {}; a generate 503 at once (too many connections), then 200 once the guard closed the idle ones (10 s); {sees}", health.unwrap_or(0)),
+            not_warm: nw,
+            loads: pinned_loads(&w.emu) - before,
+            lost: data_kept(&w, None),
+        });
         w.stop().await;
     }
     // A client's keep_alive straight to Ollama (past the guard): re-pinned, not reloaded.

@@ -73,10 +73,7 @@ pub async fn run(g: &Global, launcher: LauncherArg, ollama_bin: Option<PathBuf>)
     // The guard knows the pinned model before its first connection (issue 30): model.conf's,
     // which the boot loads first. Without it the guard refuses what would load a model; an
     // invalid model.conf at start ends the supervisor anyway (exit 2).
-    if let Ok(c) = jetson_llmd::conf::modelconf::read(&ctx.paths.model_conf).await {
-        state.state.model = Some(c.model.to_string());
-        state.publish();
-    }
+    state.pin_from(&ctx.paths.model_conf).await;
     // The guard binds first: clients expect Ollama on its address, and a clash is a
     // configuration error to report before anything starts.
     let (policy, policy_rx) = tokio::sync::watch::channel(ctx.settings.guard.clone());

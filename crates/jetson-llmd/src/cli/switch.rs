@@ -2,7 +2,6 @@
 //! memory admission up front, then the supervisor's outcome awaited.
 
 use super::{context, print_json, Global};
-use anyhow::Context;
 use jetson_llmd::conf::{modelconf, ModelName};
 use jetson_llmd::failure::{code, Failure};
 use jetson_llmd::host::{fs, liveness, rooted, Liveness};
@@ -49,7 +48,12 @@ pub async fn run(g: &Global, model: &str, no_wait: bool, timeout: Option<Duratio
     let after = modelconf::with_model(&before, &new);
     let changed = after != before;
     if changed {
-        fs::write_atomic(path, after.clone(), 0o644).await.with_context(|| format!("cannot write {} (run with sudo?)", path.display()))?;
+        if let Err(e) = fs::write_atomic(path, after.clone(), 0o644).await {
+            // The hint fits the cause: sudo only helps a permission problem (a full disk or a
+            // read-only /etc is not one).
+            let hint = write_hint(e.kind());
+            return Err(anyhow::Error::new(e).context(format!("cannot write {}{hint}", path.display())));
+        }
         eprintln!("{}: OLLAMA_MODEL={new}", path.display());
     }
     if no_wait {
@@ -142,4 +146,28 @@ fn finish(ctx: &super::Ctx, o: Outcome, c: i32) -> anyhow::Result<i32> {
         eprintln!("error: {}", o.message);
     }
     Ok(c)
+}
+
+/// What to do about a model.conf that cannot be written: sudo only for a permission problem.
+fn write_hint(kind: std::io::ErrorKind) -> &'static str {
+    match kind {
+        std::io::ErrorKind::PermissionDenied => " (run with sudo)",
+        std::io::ErrorKind::StorageFull => " (the disk is full: free some space; model.conf is unchanged)",
+        std::io::ErrorKind::ReadOnlyFilesystem => " (the filesystem is read-only)",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Issue 30: a full disk was answered with "run with sudo?".
+    #[test]
+    fn sudo_is_suggested_only_for_permissions() {
+        use std::io::ErrorKind;
+        assert_eq!(super::write_hint(ErrorKind::PermissionDenied), " (run with sudo)");
+        for k in [ErrorKind::StorageFull, ErrorKind::ReadOnlyFilesystem, ErrorKind::NotFound] {
+            assert!(!super::write_hint(k).contains("sudo"), "{k:?}");
+        }
+        assert!(super::write_hint(ErrorKind::StorageFull).contains("disk is full"));
+    }
 }

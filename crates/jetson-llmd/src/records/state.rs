@@ -112,9 +112,26 @@ impl StateFile {
         read_json(&dir.join("state.json")).await
     }
 
+    /// The last write failed (a full disk, a missing directory): state.json is behind what the
+    /// subscribers see, and the supervisor writes it again on its next board sample.
+    pub fn behind(&self) -> bool {
+        self.failing
+    }
+
     /// Hands the state as it is now to the subscribers (the guard, /metrics) without writing it.
     pub fn publish(&self) {
         self.published.send_replace(self.state.clone());
+    }
+
+    /// Publishes the model `model_conf` names as the one pinned, before anything serves: the
+    /// guard then knows the pin before its first connection (issue 30), and refuses what would
+    /// load another model first. Nothing when the file is invalid (the guard then refuses every
+    /// model-loading request; the boot says why).
+    pub async fn pin_from(&mut self, model_conf: &Path) {
+        if let Ok(c) = crate::conf::modelconf::read(model_conf).await {
+            self.state.model = Some(c.model.to_string());
+            self.publish();
+        }
     }
 
     /// Starts a new timeline (a new boot sequence after an Ollama restart).

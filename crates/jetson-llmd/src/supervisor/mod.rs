@@ -192,6 +192,11 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                 }
                 Input::Monitor => {
                     next_monitor = Instant::now() + self.settings.monitor_interval;
+                    // A write that failed (the disk full during a switch) is made again once it
+                    // can be: `status` reads the file, and nothing else may change for hours.
+                    if self.state.behind() {
+                        self.state.save().await;
+                    }
                     self.monitor(&mut board).await;
                     None
                 }

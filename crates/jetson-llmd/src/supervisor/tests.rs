@@ -793,3 +793,43 @@ async fn ollama_killed_during_a_long_step_is_started_again_at_once() {
         r.expect("ok");
     }
 }
+
+/// Issue 30: state.json could not be written during a switch (the disk full, here its directory
+/// gone); once writes work again it is brought up to date within a board sample (10 s), not at
+/// the next stage change (the 4-minute tick, or never).
+#[tokio::test(start_paused = true)]
+async fn a_state_write_that_failed_is_made_again_once_it_can_be() {
+    let rig = Rig::new();
+    let run = rig.dir.path().join("run");
+    std::fs::create_dir(&run).expect("mkdir");
+    let (backend, _tx) = FakeBackend::new(LauncherKind::Process);
+    let mut sup = rig.supervisor(backend);
+    sup.state = StateFile::new(Some(&run), LauncherKind::Process);
+    let read = || serde_json::from_str::<State>(&std::fs::read_to_string(run.join("state.json")).unwrap_or_default()).unwrap_or_default();
+    let (r, ()) = tokio::join!(sup.run(rig.signals.clone()), async {
+        while !ready(&read()) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // A file where the directory was: every write fails, as on a full disk.
+        std::fs::remove_dir_all(&run).expect("rm");
+        std::fs::write(&run, "").expect("w");
+        rig.write_conf("OLLAMA_MODEL=llama3.2:3b\n");
+        while rig.api.loaded.borrow().as_deref() != Some("llama3.2:3b") {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        std::fs::remove_file(&run).expect("rm");
+        std::fs::create_dir(&run).expect("mkdir");
+        let t = Instant::now();
+        loop {
+            let s = read();
+            if ready(&s) && s.model.as_deref() == Some("llama3.2:3b") {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(15), "state.json still stale: {s:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        rig.signals.shutdown.cancel();
+    });
+    r.expect("ok");
+}
