@@ -14,9 +14,19 @@ use std::path::Path;
 pub const PACKAGED_BIN: &str = jetson_llmd::install::plan::PACKAGED_BIN;
 
 pub fn completions(shell: Shell) -> anyhow::Result<i32> {
-    let mut cmd = Cli::command();
+    let mut cmd = visible(Cli::command());
     clap_complete::generate(shell, &mut cmd, "jetson-llmd", &mut std::io::stdout());
     Ok(code::OK)
+}
+
+/// The command line without its hidden commands (`exec-child`, `dist-assets`: internal), which
+/// clap_complete would otherwise offer at every TAB.
+fn visible(full: clap::Command) -> clap::Command {
+    let mut c = clap::Command::new("jetson-llmd").version(env!("CARGO_PKG_VERSION")).args(full.get_arguments().cloned());
+    for sub in full.get_subcommands().filter(|s| !s.is_hide_set()) {
+        c = c.subcommand(sub.clone());
+    }
+    c
 }
 
 async fn put(out: &Path, rel: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
@@ -52,4 +62,21 @@ pub async fn assets(out: &Path) -> anyhow::Result<i32> {
     }
     println!("{}", out.display());
     Ok(code::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Issue 30: completions offered the internal commands.
+    #[test]
+    fn completions_offer_no_hidden_command() {
+        use clap::CommandFactory;
+        let mut cmd = super::visible(super::Cli::command());
+        for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "jetson-llmd", &mut out);
+            let text = String::from_utf8_lossy(&out);
+            assert!(!text.contains("exec-child") && !text.contains("dist-assets"), "{shell:?}");
+            assert!(text.contains("switch") && text.contains("--json"), "{shell:?}: the visible commands stay");
+        }
+    }
 }

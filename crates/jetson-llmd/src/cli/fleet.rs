@@ -15,7 +15,9 @@ pub enum Engine {
 
 /// Asks every board; a board that does not answer is an error, or with `allow_missing` a
 /// warning on stderr (and a comment in the config): never left out without a word.
-async fn ask_all(boards: &[BoardArg], allow_missing: bool, key: Option<&str>) -> anyhow::Result<(Vec<(BoardArg, Board)>, Vec<String>)> {
+/// `scrapes`: the config is Prometheus's, so where each board serves /metrics matters (and is
+/// warned about); LiteLLM never reads it.
+async fn ask_all(boards: &[BoardArg], allow_missing: bool, key: Option<&str>, scrapes: bool) -> anyhow::Result<(Vec<(BoardArg, Board)>, Vec<String>)> {
     fleet::distinct(boards)?;
     let http = reqwest::Client::builder().no_proxy().build().context("cannot set up an HTTP client")?;
     let answers = futures_util::future::join_all(boards.iter().map(|b| fleet::ask(&http, b, key))).await;
@@ -38,7 +40,7 @@ async fn ask_all(boards: &[BoardArg], allow_missing: bool, key: Option<&str>) ->
         if !board.ready {
             eprintln!("warning: board {} pins {} but is not ready ({}); it is in the config, and LiteLLM leaves it out while it answers 503", b.name, board.model.as_deref().unwrap_or("?"), fleet::comment(&board.stage));
         }
-        if let Some(m) = board.metrics.as_deref().and_then(|m| m.parse::<std::net::SocketAddr>().ok()) {
+        if let Some(m) = board.metrics.as_deref().and_then(|m| m.parse::<std::net::SocketAddr>().ok()).filter(|_| scrapes) {
             if m.ip().is_loopback() {
                 eprintln!("warning: board {} serves /metrics on {m} (loopback): set metrics_listen = \"0.0.0.0:{}\" in its config.toml for Prometheus to reach it", b.name, m.port());
             }
@@ -50,7 +52,7 @@ async fn ask_all(boards: &[BoardArg], allow_missing: bool, key: Option<&str>) ->
 pub async fn run(g: &Global, engine: Engine, boards: &[String], allow_missing: bool, output: Option<PathBuf>, key: Option<String>) -> anyhow::Result<i32> {
     let boards: Vec<BoardArg> = boards.iter().map(|b| BoardArg::parse(b)).collect::<Result<_, _>>()?;
     let key = key.as_deref().map(str::trim).filter(|k| !k.is_empty());
-    let (found, missing) = ask_all(&boards, allow_missing, key).await?;
+    let (found, missing) = ask_all(&boards, allow_missing, key, matches!(engine, Engine::Prometheus { .. })).await?;
     let mut text = match &engine {
         // Boards that needed a key to be asked need one from LiteLLM too: it reads it from the
         // same variable this command does.

@@ -123,7 +123,13 @@ pub fn parse(bytes: &[u8]) -> Result<ModelConf, Vec<ConfError>> {
     let mut warnings = Vec::new();
     let hits: Vec<&Entry> = entries.iter().filter(|e| e.key == KEY).collect();
     let Some(last) = hits.last() else {
-        let line = bytes.split(|&b| b == b'\n').count().max(1);
+        // systemd's names are case-sensitive: `ollama_model=` is another variable. Point at
+        // that line; otherwise at the file's last line (a final newline starts no new line).
+        if let Some(e) = entries.iter().find(|e| e.key.eq_ignore_ascii_case(KEY)) {
+            return Err(vec![ConfError { line: e.line, message: format!("{} is not {KEY}: variable names are case-sensitive; write {KEY}={}", e.key, shorten(&e.value)) }]);
+        }
+        let text = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+        let line = text.split(|&b| b == b'\n').count().max(1);
         return Err(vec![ConfError { line, message: format!("no {KEY}= line; add one, e.g. {KEY}=gemma4:e2b-8k") }]);
     };
     if hits.len() > 1 {
@@ -275,6 +281,11 @@ mod tests {
         assert_eq!(first_err(b"").line, 1);
         assert!(first_err(b"").message.contains("no OLLAMA_MODEL"));
         assert!(first_err(b"# only a comment\n").message.contains("no OLLAMA_MODEL"));
+        // Issue 30: the line a one-line file has, and the case that is wrong.
+        let e = first_err(b"ollama_model=x\n");
+        assert_eq!(e.line, 1);
+        assert!(e.message.contains("case-sensitive") && e.message.contains("OLLAMA_MODEL=x"), "{}", e.message);
+        assert_eq!(first_err(b"# a\n# b\n").line, 2, "the last line, not the one after the final newline");
         let e = first_err(b"# x\nOLLAMA_MODEL=\n");
         assert_eq!((e.line, e.message.contains("empty")), (2, true));
         let e = first_err(b"\xEF\xBB\xBFOLLAMA_MODEL=gemma4:e2b-8k\n");

@@ -326,7 +326,8 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         };
         match s {
             Step::Boot { last_good, keep } => {
-                let what = format!("bringing up {}", self.backend.describe());
+                // Said every 15 s while it lasts: most of a boot is the model's cold load.
+                let what = format!("bringing up {} and loading the model", self.backend.describe());
                 done(step(&n, wd, signals, &what, self.boot(signals, last_good, keep)).await)
             }
             Step::Warm { last_good, keep } => done(step(&n, wd, signals, "loading the model", self.warm_model(last_good, keep)).await),
@@ -534,7 +535,8 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
     /// Loads exactly `model` (no second look at model.conf: a switch loads what it admitted).
     async fn warm_this(&mut self, model: ModelName) -> Result<ModelName, Failure> {
         self.state.state.model = Some(model.to_string());
-        self.set_stage(Stage::Preloading, &format!("loading {model} onto the GPU (a cold load takes 30-70 s on an Orin Nano; up to {})", humantime::format_duration(self.settings.load_timeout))).await;
+        let onto = if self.settings.expected_compute.is_cpu() { "on the CPU, as expected_compute asks" } else { "onto the GPU" };
+        self.set_stage(Stage::Preloading, &format!("loading {model} {onto} (a cold load takes 30-70 s on an Orin Nano; up to {})", humantime::format_duration(self.settings.load_timeout))).await;
         let cold = matches!(warm::residency(&self.api, &self.settings, &model).await, Ok(warm::Residency::Missing(_)));
         let mem_before = if cold { crate::host::memory::mem_available(&self.paths.root).await } else { None };
         let t0 = Instant::now();
