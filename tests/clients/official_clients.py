@@ -48,6 +48,8 @@ def main():
         sys.exit(f"error: the guard let an OpenAI request for {other} through")
     except openai.APIStatusError as e:
         assert e.status_code == 409, e
+        # The refusal in OpenAI's shape: the SDK shows its words.
+        assert pinned in str(e.message), e.message
     print("official clients: ok")
 
 

@@ -932,3 +932,38 @@ impl Drop for Reaped {
         let _ = self.0.wait();
     }
 }
+
+/// Issue 30: `bench --model OTHER --yes` on a supervised board: the supervisor's residency check
+/// (every 5 s here) stands aside while the other model is measured, so the pinned model is
+/// loaded once, by the benchmark putting it back, not again and again under it; and the table
+/// reports the other model on the GPU.
+#[test]
+fn bench_of_another_model_is_not_fought_by_the_supervisor() {
+    let root = tempfile::tempdir().expect("tmp");
+    std::fs::create_dir_all(root.path().join("etc/jetson-llmd")).expect("mkdir");
+    std::fs::write(root.path().join("etc/jetson-llmd/config.toml"), "metrics_listen = \"off\"\nresidency_check = \"5s\"\n").expect("w");
+    // Cold loads of ~12 s, generations slow enough that the benchmark spans several checks.
+    let rig = Rig::start_in(root, &[("FAKE_OLLAMA_TIME_SCALE", "0.2")], |_| vec![]);
+    rig.wait_stage("ready", 60);
+    let loads = || -> u64 {
+        let (_, body) = http_get(rig.port, "/_fake/state");
+        serde_json::from_str::<Value>(&body).ok().and_then(|v| v["counters"]["loads_by_model"]["gemma4:e2b-8k"].as_u64()).unwrap_or(0)
+    };
+    let before = loads();
+    let o = Command::new(env!("CARGO_BIN_EXE_jetson-llmd"))
+        .arg("--root")
+        .arg(rig.root.path())
+        .args(["bench", "--model", "gemma3:4b", "--yes", "--runs", "3", "--tokens", "64"])
+        .env("OLLAMA_HOST", format!("127.0.0.1:{}", rig.port))
+        .stdin(Stdio::null())
+        .output()
+        .expect("bench");
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(0), "{out}{err}");
+    assert!(err.contains("stand aside"), "said on screen: {err}");
+    let row = out.lines().find(|l| l.starts_with("| gemma3:4b")).unwrap_or_default().to_string();
+    assert!(row.contains("100%"), "the other model measured on the GPU: {out}");
+    assert_eq!(loads() - before, 1, "the pinned model loaded once, by the benchmark; log:\n{}", rig.log());
+    assert!(!rig.root.path().join("run/jetson-llmd/bench.pid").exists(), "the marker is gone");
+    rig.wait_stage("ready", 30);
+}

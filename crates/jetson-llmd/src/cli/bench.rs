@@ -48,6 +48,22 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
             return Ok(code::FAILED);
         }
     }
+    // The supervisor and the keepalive stand aside while other models are measured (they would
+    // reload the pinned model under the benchmark); the marker goes when this ends.
+    let _mark = if others.is_empty() {
+        None
+    } else {
+        match jetson_llmd::host::bench_mark::BenchMark::take(&state_dir).await {
+            Ok(m) => {
+                eprintln!("the supervisor's residency check and keepalive stand aside until this benchmark ends; {configured} is loaded back afterwards");
+                Some(m)
+            }
+            Err(e) => {
+                eprintln!("warning: cannot write {} ({e}): the supervisor may reload {configured} during the benchmark (run with sudo)", state_dir.join("bench.pid").display());
+                None
+            }
+        }
+    };
     let mut rows = Vec::new();
     for m in &models {
         eprintln!("benchmarking {m}: a warm-up, then {} runs of {} tokens", a.runs, a.tokens);

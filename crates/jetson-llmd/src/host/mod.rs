@@ -3,6 +3,7 @@
 //! bounded (size, time) and never blocks the async runtime.
 
 pub mod accounts;
+pub mod bench_mark;
 pub mod fs;
 pub mod journal;
 pub mod memory;

@@ -66,7 +66,13 @@ where
             },
         }
         let what = format!("keeping {model} warm");
-        let Some(result) = guarded(warm::tick(api, settings, &model, relief), report.notify, report.watchdog, cancel, Some((warm::STILL_WAITING, &what))).await else {
+        let tick = async {
+            if let Some(dir) = report.state_dir {
+                crate::host::bench_mark::until_done(dir, crate::host::bench_mark::AT_MOST).await;
+            }
+            warm::tick(api, settings, &model, relief).await
+        };
+        let Some(result) = guarded(tick, report.notify, report.watchdog, cancel, Some((warm::STILL_WAITING, &what))).await else {
             return Ok(());
         };
         match &result {

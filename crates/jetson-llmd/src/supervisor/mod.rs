@@ -130,6 +130,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         let mut next_residency = now + self.settings.residency_check;
         let mut next_monitor = now + self.settings.monitor_interval;
         let mut board = Board::default();
+        let mut bench_said = false;
         loop {
             let due_at = due.map_or(now + FAR, |d| d.0);
             let input = tokio::select! {
@@ -173,7 +174,18 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                     next_pet = Instant::now() + self.watchdog.unwrap_or(FAR);
                     None
                 }
+                Input::Residency if crate::host::bench_mark::running(&self.state_dir()).await.is_some() => {
+                    // `jetson-llmd bench` of another model unloaded ours on purpose and loads
+                    // it back itself: reloading it now would fight it.
+                    next_residency = Instant::now() + self.settings.residency_check;
+                    if !bench_said {
+                        bench_said = true;
+                        tracing::info!("a benchmark of other models is running: residency checks and ticks stand aside until it ends");
+                    }
+                    None
+                }
                 Input::Residency => {
+                    bench_said = false;
                     next_residency = Instant::now() + self.settings.residency_check;
                     // A separate keepalive's re-warms count in the machine's one back-off, so
                     // a re-warm it did is not asked for again at once.
@@ -340,7 +352,12 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                 Some(r) => vec![Event::Switched(r)],
             },
             Step::Tick(model) => {
-                let Some(result) = step(&n, wd, signals, "keeping the model warm", self.backend.tick(&self.api, &self.settings, &model)).await else {
+                let dir = self.state_dir();
+                let ticking = async {
+                    crate::host::bench_mark::until_done(&dir, crate::host::bench_mark::AT_MOST).await;
+                    self.backend.tick(&self.api, &self.settings, &model).await
+                };
+                let Some(result) = step(&n, wd, signals, "keeping the model warm", ticking).await else {
                     return vec![Event::Shutdown];
                 };
                 // None: a separate keepalive does this; no more ticks are scheduled.
