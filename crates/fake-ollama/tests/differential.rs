@@ -227,6 +227,8 @@ async fn start_real() -> Real {
         .arg("serve")
         .env("OLLAMA_HOST", format!("127.0.0.1:{port}"))
         .env("OLLAMA_MODELS", models)
+        // v0.34 reaches out at start-up otherwise (server/model_recommendations.go).
+        .env("OLLAMA_NO_CLOUD", "1")
         .env_remove("OLLAMA_KEEP_ALIVE")
         .env_remove("OLLAMA_MAX_LOADED_MODELS")
         .env_remove("OLLAMA_CONTEXT_LENGTH")

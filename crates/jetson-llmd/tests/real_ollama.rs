@@ -19,6 +19,22 @@ fn need(var: &str) -> PathBuf {
     p
 }
 
+/// The peer's version as its binary says it ("0.24.0", "0.34.4"): the suite runs every scenario
+/// against each peer scripts/test built, and a few facts differ between them.
+fn peer_version() -> String {
+    let o = Command::new(need("REAL_OLLAMA_BIN")).arg("--version").env("OLLAMA_HOST", "127.0.0.1:1").output().expect("ollama --version");
+    let t = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    t.split_whitespace().last().unwrap_or_default().to_string()
+}
+
+/// From v0.30 the runner is llama.cpp's llama-server, a program of its own.
+#[allow(dead_code)]
+fn llama_server_peer() -> bool {
+    let v = peer_version();
+    let minor = v.split('.').nth(1).and_then(|m| m.parse::<u32>().ok()).unwrap_or(0);
+    v.starts_with("0.") && minor >= 30
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
@@ -55,6 +71,17 @@ fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists() && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
 }
 
+/// `extra` with the short checks the suite uses where it does not set them.
+fn defaults(extra: &str) -> String {
+    let mut t = extra.to_string();
+    for (k, v) in [("keepalive_interval", "10s"), ("residency_check", "5s")] {
+        if !extra.contains(k) {
+            t.push_str(&format!("{k} = \"{v}\"\n"));
+        }
+    }
+    t
+}
+
 struct Rig {
     root: tempfile::TempDir,
     port: u16,
@@ -65,6 +92,11 @@ struct Rig {
 impl Rig {
     /// The supervisor with the guard on `guard`, Ollama on `port`, model.conf naming `model`.
     fn start(model: &str) -> Rig {
+        Rig::start_with(model, "")
+    }
+
+    /// As [`Rig::start`], with more config.toml lines (top-level keys, before the tables).
+    fn start_with(model: &str, extra: &str) -> Rig {
         let (bin, models) = (need("REAL_OLLAMA_BIN"), need("REAL_OLLAMA_MODELS"));
         let root = tempfile::tempdir().expect("tmp");
         let (port, guard) = (free_port(), free_port());
@@ -76,7 +108,7 @@ impl Rig {
         // The shortest checks config.toml allows, so that repairs happen within seconds.
         std::fs::write(
             root.path().join("etc/jetson-llmd/config.toml"),
-            format!("expected_compute = \"cpu\"\nkeepalive_interval = \"10s\"\nresidency_check = \"5s\"\nmetrics_listen = \"off\"\nload_timeout = \"2m\"\n[guard]\nenabled = true\nlisten = \"127.0.0.1:{guard}\"\nready_wait = \"30s\"\n"),
+            format!("expected_compute = \"cpu\"\n{}metrics_listen = \"off\"\nload_timeout = \"2m\"\n[guard]\nenabled = true\nlisten = \"127.0.0.1:{guard}\"\nready_wait = \"30s\"\n", defaults(extra)),
         )
         .expect("w");
         let log = std::fs::File::create(root.path().join("supervise.log")).expect("log");
@@ -87,6 +119,8 @@ impl Rig {
             .arg(&bin)
             .env("OLLAMA_HOST", format!("127.0.0.1:{port}"))
             .env("OLLAMA_MODELS", &models)
+            // v0.34 reaches out at start-up otherwise (server/model_recommendations.go).
+            .env("OLLAMA_NO_CLOUD", "1")
             .env("RUST_LOG", "info")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("JOURNAL_STREAM")
@@ -169,7 +203,7 @@ async fn the_supervisor_keeps_a_real_ollama_warm() {
     assert_eq!(events(&s), ["ollama started", "API ready", "CPU as expected", "model warm", "keepalive running"], "{s:#}");
     assert_eq!(s["gpu"]["library"], "cpu");
     assert_eq!(s["gpu"]["as_expected"], true);
-    assert!(s["gpu"]["ollama_version"].as_str().is_some_and(|v| v.starts_with("0.24")), "{s:#}");
+    assert_eq!(s["gpu"]["ollama_version"].as_str(), Some(peer_version().as_str()), "{s:#}");
     let runner = rig.runners();
     assert_eq!(runner.len(), 1, "one runner for tiny-a: {runner:?}");
 
@@ -398,4 +432,58 @@ async fn a_compressed_north_star_against_the_real_ollama() {
             std::fs::write(&path, format!("{}{b}\n{md}{}", &doc[..i], &doc[j..])).expect("write");
         }
     }
+}
+
+/// The pinned model's runner SIGKILLed (what the kernel's OOM killer does to llama-server on an
+/// 8 GB board, ollama#18396) with nobody asking. Ollama 0.34 keeps listing the model in /api/ps
+/// until a request touches it: readiness must drop at once anyway, name the cause, and a new
+/// runner must serve the model without a client paying for it (issue 32).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real Ollama: REAL_OLLAMA_BIN and REAL_OLLAMA_MODELS (scripts/test)"]
+async fn a_killed_runner_is_seen_at_once_and_replaced() {
+    let rig = Rig::start("tiny-a");
+    rig.warm_pinned("tiny-a", 120).await;
+    let (code, _) = get(rig.guard, "/healthz").await;
+    assert_eq!(code, 200);
+    let runner = rig.runners();
+    assert_eq!(runner.len(), 1, "{runner:?}");
+    let t = Instant::now();
+    rig.signal(runner[0], nix::sys::signal::Signal::SIGKILL);
+    rig.until("not ready after the runner's death", 5, async |r| r.state()["stage"] != "ready").await;
+    let seen = t.elapsed();
+    let status = rig.state()["status"].as_str().unwrap_or_default().to_string();
+    assert!(status.contains("runner") && status.contains(&runner[0].to_string()), "the cause is named: {status}");
+    // A new runner, by the supervisor's own doing: no client has asked anything.
+    rig.until("a new runner serving tiny-a, ready again", 60, async |r| {
+        let now = r.runners();
+        r.state()["stage"] == "ready" && now.len() == 1 && now != runner
+    })
+    .await;
+    let back = t.elapsed();
+    assert_eq!(rig.ps().await, [("tiny-a:latest".to_string(), true)]);
+    let (code, _) = get(rig.guard, "/healthz").await;
+    assert_eq!(code, 200);
+    assert!(rig.log().contains("SIGKILL") || rig.log().contains("exited"), "{}", rig.log());
+    println!("runner killed: not ready after {} ms, a new runner ready after {} ms ({})", seen.as_millis(), back.as_millis(), peer_version());
+}
+
+/// A client's keep_alive 0 straight to Ollama ends the runner process (0.34: the runner exits
+/// on unload): the supervisor sees the exit and re-warms at once, not at its next residency
+/// check (docs/performance.md measured +5 s before the runner watch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real Ollama: REAL_OLLAMA_BIN and REAL_OLLAMA_MODELS (scripts/test)"]
+async fn an_unload_behind_the_guards_back_is_repaired_at_once() {
+    // Both checks 5 minutes apart: only the runner watch can see the unload in time.
+    let rig = Rig::start_with("tiny-a", "residency_check = \"5m\"\nkeepalive_interval = \"5m\"\n");
+    rig.warm_pinned("tiny-a", 120).await;
+    let runner = rig.runners();
+    assert_eq!(runner.len(), 1, "{runner:?}");
+    let t = Instant::now();
+    let (code, _) = post(rig.port, "/api/generate", r#"{"model":"tiny-a","keep_alive":0}"#).await;
+    assert_eq!(code, 200);
+    rig.until("the unloaded runner's process ended", 30, async |_| !alive(runner[0])).await;
+    // Within a fraction of the 5-minute residency check: only the watch can have seen it.
+    rig.until("tiny-a pinned again by a new runner", 20, async |r| r.ps().await == [("tiny-a:latest".to_string(), true)] && r.runners().len() == 1 && r.runners() != runner).await;
+    println!("unload repaired after {} ms ({})", t.elapsed().as_millis(), peer_version());
+    assert!(rig.state()["rewarm_count"].as_u64() >= Some(1), "{:#}", rig.state());
 }

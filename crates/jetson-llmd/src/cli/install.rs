@@ -150,6 +150,14 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
     let req = Request { root: g.root.clone(), ollama: Some(wanted), model, self_exe: std::env::current_exe().ok(), systemd: !a.no_systemd && (sd.is_some() || a.dry_run), start: !a.no_start };
     let plan = plan::compute(&req, &state, active).await?;
     if a.dry_run || !plan.changes_anything() {
+        // The refusal first: a plan read before it looks like what will happen.
+        let refused = refusal(&refused);
+        if let (Some(why), false) = (&refused, g.json) {
+            eprintln!("error: {why}");
+            if plan.changes_anything() {
+                eprintln!("what --force would do:");
+            }
+        }
         if g.json {
             print_json(&plan)?;
         } else {
@@ -158,8 +166,10 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
                 println!("(dry run: nothing was changed)");
             }
         }
-        if let Some(why) = refusal(&refused) {
-            eprintln!("error: {why}");
+        if let Some(why) = refused {
+            if g.json {
+                eprintln!("error: {why}");
+            }
             return Ok(code::FAILED);
         }
         return Ok(code::OK);

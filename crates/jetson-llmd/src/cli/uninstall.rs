@@ -47,10 +47,11 @@ pub async fn run(g: &Global, purge: bool, dry_run: bool, no_systemd: bool) -> an
         step("remove", &format!("{} ({} and {})", jetson_llmd::install::tree::STORE, jetson_llmd::install::tree::BIN, jetson_llmd::install::tree::LIB));
     }
     if purge {
-        for p in [CACHE, "/var/lib/jetson-llmd"] {
+        // Only what is there, as for the models below.
+        for p in [CACHE, "/var/lib/jetson-llmd"].into_iter().filter(|p| rooted(&g.root, Path::new(p)).exists()) {
             step("remove", p);
         }
-        if st.created_user {
+        if st.created_user && rooted(&g.root, Path::new(OLLAMA_HOME)).exists() {
             step("remove user ollama and its models in", OLLAMA_HOME);
         }
     } else if rooted(&g.root, Path::new(MODELS)).exists() {
@@ -61,6 +62,10 @@ pub async fn run(g: &Global, purge: bool, dry_run: bool, no_systemd: bool) -> an
         if g.json {
             print_json(&steps)?;
         } else {
+            if steps.is_empty() {
+                println!("nothing to uninstall on {}: no install record ({}), no Ollama in {}", g.root.display(), state::PATH, jetson_llmd::install::tree::STORE);
+                return Ok(code::OK);
+            }
             println!("uninstall plan for {}:", g.root.display());
             for s in &steps {
                 println!("  {:<14} {}", s.action, s.path);

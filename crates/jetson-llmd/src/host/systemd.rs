@@ -180,6 +180,11 @@ impl Systemd {
         self.service(unit).await.ok()?.exec_main_start_timestamp().await.ok().filter(|&t| t > 0)
     }
 
+    /// The unit's main process (None: not running), for the runner watch.
+    pub async fn main_pid(&self, unit: &str) -> Option<u32> {
+        self.service(unit).await.ok()?.main_pid().await.ok().filter(|&p| p > 0)
+    }
+
     /// What `systemctl reboot` does: start reboot.target, replacing every other job.
     pub async fn request_reboot(&self) -> Result<(), SdError> {
         self.manager.start_unit("reboot.target".into(), "replace-irreversibly".into()).await.map(|_| ()).map_err(|e| SdError::Job { unit: "reboot.target".into(), result: "refused".into(), message: format!("systemd refused the reboot: {e}") })

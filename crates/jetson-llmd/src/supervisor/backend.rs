@@ -43,6 +43,12 @@ pub trait Backend {
         None
     }
 
+    /// The pid of `ollama serve` now (our child, or ollama.service's MainPID), whose children
+    /// are the runners the runner watch follows. None: not running or not known.
+    async fn ollama_pid(&mut self) -> Option<u32> {
+        None
+    }
+
     /// Woken whenever Ollama writes a line (process launcher): a wait for its API or its
     /// discovery line looks again at once. None: those waits poll (the journal has no cheap
     /// wake-up).

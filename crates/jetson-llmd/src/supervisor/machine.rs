@@ -89,6 +89,11 @@ pub enum Event {
     Ticked(Option<bool>),
     /// A residency check between ticks: what /api/ps shows, or why Ollama did not answer.
     Residency(Result<Residency, String>),
+    /// The runner watch saw a runner of Ollama's exit (how, with the evidence, in words). On
+    /// Ollama 0.34 /api/ps keeps listing the model until a request touches it: this is the truth.
+    RunnerGone(String),
+    /// The runner watch found a runner that was not there before (a load ended).
+    RunnerUp,
     /// The loop has no separate keepalive: the re-warm a residency check asked for is a tick now.
     NoKeepalive,
     /// model.conf as read now (None: unreadable) and what it says; `force` after SIGHUP.
@@ -194,6 +199,9 @@ pub struct Machine {
     evictions: EvictionBackoff,
     /// Residency checks in a row that Ollama did not answer (a 5xx, a reset, a 10-s hang).
     unanswered: u32,
+    /// A runner exited while the model was warm, and no load has ended since: /api/ps saying
+    /// "loaded" is not believed until one has (Ollama 0.34 lists a dead runner's model).
+    runner_lost: bool,
 }
 
 /// Residency checks in a row Ollama must leave unanswered before readiness drops: one is a
@@ -205,7 +213,20 @@ pub const UNANSWERED_STRIKES: u32 = 2;
 impl Machine {
     /// A machine at start-up: Ollama not known up, a boot due now.
     pub fn new(rules: Rules, conf_bytes: Option<Vec<u8>>) -> (Machine, Vec<Effect>) {
-        let m = Machine { phase: Phase::Down, rules, boot_failures: 0, warm_failures: 0, ready_sent: false, shown: Stage::Starting, conf_bytes, last_good: None, rejected_conf: None, evictions: EvictionBackoff::default(), unanswered: 0 };
+        let m = Machine {
+            phase: Phase::Down,
+            rules,
+            boot_failures: 0,
+            warm_failures: 0,
+            ready_sent: false,
+            shown: Stage::Starting,
+            conf_bytes,
+            last_good: None,
+            rejected_conf: None,
+            evictions: EvictionBackoff::default(),
+            unanswered: 0,
+            runner_lost: false,
+        };
         (m, vec![Effect::Schedule(Some((Duration::ZERO, Due::Boot)))])
     }
 
@@ -263,7 +284,10 @@ impl Machine {
                 }
             }
             Event::Ticked(rewarmed) => {
-                if let Some(r) = rewarmed {
+                // A re-warm after a runner's death was counted at the death (Ollama 0.34 still
+                // listed the model, so the tick itself cannot tell).
+                let counted = rewarmed.is_some() && self.runner_lost;
+                if let Some(r) = rewarmed.filter(|_| !counted) {
                     if r {
                         out.push(Effect::CountRewarm);
                     }
@@ -271,6 +295,8 @@ impl Machine {
                 }
                 out.push(Effect::EvictionNote(self.evictions.describe(self.rules.keepalive_interval)));
                 if rewarmed.is_some() {
+                    // The tick's load request went through: a dead runner was replaced by it.
+                    self.runner_lost = false;
                     if let Phase::Warm(m) = &self.phase {
                         let m = m.clone();
                         out.push(Effect::Schedule(Some((self.evictions.wait(self.rules.keepalive_interval), Due::Tick))));
@@ -280,6 +306,17 @@ impl Machine {
                 }
             }
             Event::Residency(found) => self.residency(&mut out, found),
+            Event::RunnerGone(how) => self.runner_gone(&mut out, how),
+            Event::RunnerUp => {
+                if std::mem::take(&mut self.runner_lost) {
+                    if let (Phase::Warm(m), Stage::NotResident) = (&self.phase, self.shown) {
+                        let m = m.clone();
+                        out.push(Effect::Info(format!("a new runner serves {m}")));
+                        self.shown = Stage::Ready;
+                        out.push(Effect::Ready(m));
+                    }
+                }
+            }
             Event::NoKeepalive => {
                 if matches!(self.phase, Phase::Warm(_)) {
                     out.push(Effect::Schedule(Some((Duration::ZERO, Due::Tick))));
@@ -338,6 +375,7 @@ impl Machine {
         self.last_good = Some(model.clone());
         self.phase = Phase::Warm(model.clone());
         self.unanswered = 0;
+        self.runner_lost = false;
         out.push(Effect::Schedule(Some((self.rules.keepalive_interval, Due::Tick))));
         self.shown = Stage::Ready;
         out.push(Effect::Ready(model));
@@ -418,6 +456,11 @@ impl Machine {
             }
         };
         self.unanswered = 0;
+        if self.runner_lost && matches!(found, Residency::Pinned) {
+            // Listed, but its runner is dead (Ollama 0.34 lists it until a request touches it):
+            // not ready, and the re-warm asked for at the death is what brings it back.
+            return;
+        }
         if matches!(self.shown, Stage::OllamaUnreachable | Stage::NotResident) && !matches!(found, Residency::Missing(_)) {
             out.push(Effect::Info(format!("{model} is loaded and Ollama answers again")));
             self.shown = Stage::Ready;
@@ -450,6 +493,25 @@ impl Machine {
                 out.push(Effect::Warn(format!("{model} is gone ({why}); re-warming now")));
             }
         }
+        out.push(Effect::KeepaliveNow);
+    }
+
+    /// A runner exited while the model was warm. The model is not served until a load ends,
+    /// whatever /api/ps says: not ready at once, with the cause, and re-warmed now (the same
+    /// eviction back-off as a residency check's finding: no reload fight).
+    fn runner_gone(&mut self, out: &mut Vec<Effect>, how: String) {
+        let Phase::Warm(model) = self.phase.clone() else { return };
+        self.runner_lost = true;
+        out.push(Effect::CountRewarm);
+        self.evictions.record(true);
+        if self.evictions.count() > 2 {
+            let wait = self.evictions.wait(self.rules.keepalive_interval);
+            let text = format!("NOT READY: the runner serving {model} {how}; after {} re-warms within the hour the next waits for the backed-off keepalive (up to {})", self.evictions.count(), humantime::format_duration(wait));
+            self.stage(out, Stage::NotResident, text);
+            out.push(Effect::Schedule(Some((wait, Due::Tick))));
+            return;
+        }
+        self.stage(out, Stage::NotResident, format!("NOT READY: the runner serving {model} {how}; re-warming now"));
         out.push(Effect::KeepaliveNow);
     }
 
@@ -552,6 +614,8 @@ pub const TRANSITIONS: &[(&str, &str, &str)] = &[
     ("Warming", "Failed(terminal)", "Stopped"),
     ("Warm", "Due(Tick)", "Warm"),
     ("Warm", "Residency", "Warm"),
+    ("Warm", "RunnerGone", "Warm"),
+    ("Warm", "RunnerUp", "Warm"),
     ("Warm", "Conf(same model)", "Warm"),
     ("Warm", "Conf(invalid)", "Warm"),
     ("Warm", "Conf(new model)", "Preparing"),

@@ -17,6 +17,7 @@
 pub mod backend;
 pub mod machine;
 pub mod process;
+pub mod runner;
 pub mod stage;
 mod switch;
 pub mod systemd;
@@ -81,6 +82,7 @@ enum Input {
     Residency,
     Monitor,
     Watchdog,
+    Runner(runner::RunnerEvent),
 }
 
 /// Edits closer together than this are one change (an editor's write + rename, a burst of saves):
@@ -131,6 +133,11 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         let mut next_monitor = now + self.settings.monitor_interval;
         let mut board = Board::default();
         let mut bench_said = false;
+        // Ollama's runner processes, watched through pidfds (supervisor/runner.rs), and the
+        // blob the pinned model's runner serves (the model whose name it was looked up for).
+        let mut runners = runner::RunnerWatch::start();
+        let mut pinned_blob: Option<(ModelName, Option<String>)> = None;
+        runners.set_serve(self.backend.ollama_pid().await);
         loop {
             let due_at = due.map_or(now + FAR, |d| d.0);
             let input = tokio::select! {
@@ -138,6 +145,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                 _ = signals.shutdown.cancelled() => Input::Shutdown,
                 _ = signals.reloaded() => Input::Reload,
                 e = self.backend.next_event() => Input::Ollama(e),
+                r = runners.next() => Input::Runner(r),
                 r = async { match watch.as_mut() { Some(w) => w.changed().await, None => std::future::pending().await } } => Input::ConfNotified(r),
                 _ = sleep_until(due_at), if due.is_some() => Input::Due,
                 _ = sleep_until(next_pet), if self.watchdog.is_some() => Input::Watchdog,
@@ -202,6 +210,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                         None => None,
                     }
                 }
+                Input::Runner(r) => self.runner_event(r, &m, &mut pinned_blob).await,
                 Input::Monitor => {
                     next_monitor = Instant::now() + self.settings.monitor_interval;
                     // A write that failed (the disk full during a switch) is made again once it
@@ -218,8 +227,64 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                 if let Some(r) = self.perform(&mut m, effects, &mut due, &mut tick, &signals).await {
                     return r;
                 }
+                // A step may have started Ollama or loaded a model: the watch looks again.
+                runners.set_serve(self.backend.ollama_pid().await);
+                runners.look();
             }
         }
+    }
+
+    /// What the runner watch saw, as the machine's event (None: not news for the pinned model).
+    /// Fail closed: a runner whose model cannot be told counts as the pinned model's.
+    async fn runner_event(&mut self, r: runner::RunnerEvent, m: &Machine, pinned: &mut Option<(ModelName, Option<String>)>) -> Option<Event> {
+        let model = m.warm_model()?.clone();
+        let (pid, program, blob, how) = match r {
+            runner::RunnerEvent::Unavailable(why) => {
+                tracing::warn!("{why}");
+                return None;
+            }
+            runner::RunnerEvent::Up { blob, .. } => {
+                let ours = self.pinned_blob(&model, pinned, false).await;
+                return (ours.is_none() || blob.is_none() || ours == blob).then_some(Event::RunnerUp);
+            }
+            runner::RunnerEvent::Gone { pid, program, blob, how } => (pid, program, blob, how),
+        };
+        // Ollama itself exited: its exit is the news, and its runners went with it.
+        if self.backend.gone().is_some_and(|g| *g.borrow()) {
+            return None;
+        }
+        if crate::host::bench_mark::running(&self.state_dir()).await.is_some() {
+            tracing::info!("Ollama's runner {program} (pid {pid}) {how}, while a benchmark of other models runs: left to it");
+            return None;
+        }
+        let mut ours = self.pinned_blob(&model, pinned, false).await;
+        if ours.is_some() && blob.is_some() && ours != blob {
+            // Maybe the pinned model was created again since it was looked up.
+            ours = self.pinned_blob(&model, pinned, true).await;
+        }
+        if ours.is_some() && blob.is_some() && ours != blob {
+            tracing::info!("Ollama's runner {program} (pid {pid}) of another model {how}");
+            return None;
+        }
+        // A reload (by us or a client) replaces a runner: while one serving the same file
+        // lives, the model is served.
+        if let Some(serve) = self.backend.ollama_pid().await {
+            if blob.is_some() && runner::runners_of(std::path::Path::new("/proc"), serve).iter().any(|r| r.blob == blob) {
+                tracing::info!("Ollama's runner {program} (pid {pid}) {how}; another one serves {model}");
+                return None;
+            }
+        }
+        Some(Event::RunnerGone(format!("({program}, pid {pid}) {how}")))
+    }
+
+    /// The blob the pinned model's weights are (from its Modelfile's FROM line), looked up once
+    /// per model (or again when `again`). None: not known (Ollama did not say).
+    async fn pinned_blob(&self, model: &ModelName, pinned: &mut Option<(ModelName, Option<String>)>, again: bool) -> Option<String> {
+        if again || pinned.as_ref().is_none_or(|(m, _)| m != model) {
+            let blob = self.api.show(model.as_str()).await.ok().and_then(|s| s.modelfile.lines().find(|l| l.starts_with("FROM ")).and_then(runner::blob_of));
+            *pinned = Some((model.clone(), blob));
+        }
+        pinned.as_ref().and_then(|(_, b)| b.clone())
     }
 
     /// The settings the machine decides with.

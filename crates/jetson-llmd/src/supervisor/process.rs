@@ -213,6 +213,12 @@ impl<R: MemoryRelief> Backend for ProcessBackend<R> {
         self.running.as_ref().map(|r| r.gone.clone())
     }
 
+    async fn ollama_pid(&mut self) -> Option<u32> {
+        let r = self.running.as_ref()?;
+        // Not once it exited: its runners are the restart's business.
+        (!*r.gone.borrow()).then_some(r.pid? as u32)
+    }
+
     async fn ollama_log(&mut self) -> Result<Vec<String>, Failure> {
         Ok(self.log.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect())
     }

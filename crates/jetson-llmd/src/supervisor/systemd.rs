@@ -169,6 +169,10 @@ impl Backend for SystemdBackend {
         }
     }
 
+    async fn ollama_pid(&mut self) -> Option<u32> {
+        self.sd.main_pid("ollama.service").await
+    }
+
     async fn ollama_log(&mut self) -> Result<Vec<String>, Failure> {
         let since = self.sd.main_start_usec(OLLAMA).await;
         journal::since(OLLAMA, since).await.map_err(|e| Failure::LogUnreadable(format!("{e}; check that `journalctl -u {OLLAMA}` shows its log")))
