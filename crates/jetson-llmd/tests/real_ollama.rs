@@ -413,7 +413,7 @@ async fn a_compressed_north_star_against_the_real_ollama() {
     assert!(unexplained.is_empty(), "the runner was replaced without a kill (a client caused a reload): {unexplained:?}\n{}", rig.log());
     assert!(sent > 0 && ok > 0, "traffic: {sent} sent, {ok} answered");
     let md = format!(
-        "Written by `RELIABILITY_DOCS=1 REAL_NORTH_STAR_SECS={secs} cargo test -p jetson-llmd --test real_ollama -- --ignored a_compressed_north_star` (the real Ollama v0.24.0 on this machine's CPU with the tiny test model; the supervisor with the process launcher and the guard; `ollama serve` killed every 30 s).\n\n\
+        "Written by `RELIABILITY_DOCS=1 REAL_NORTH_STAR_SECS={secs} cargo test -p jetson-llmd --test real_ollama -- --ignored a_compressed_north_star` (the real Ollama {peer} on this machine's CPU with the tiny test model; the supervisor with the process launcher and the guard; `ollama serve` killed every 30 s).\n\n\
 | figure | result |\n|---|---|\n\
 | span | {secs} s, {kills} kills of `ollama serve` |\n\
 | time warm (the model pinned in /api/ps, sampled every 200 ms) | {:.2}% |\n\
@@ -421,7 +421,8 @@ async fn a_compressed_north_star_against_the_real_ollama() {
 | runner replaced | {replaced_after_kill} times, each after a kill; 0 otherwise (no reload caused by a client) |\n\
 | client requests through the guard | {sent}: {ok} answered, {refused} refused as another model |\n",
         share * 100.0,
-        longest.as_secs_f64()
+        longest.as_secs_f64(),
+        peer = peer_version(),
     );
     print!("{md}");
     if std::env::var_os("RELIABILITY_DOCS").is_some() {
