@@ -164,7 +164,10 @@ pub struct RunnerOptions {
     pub num_ctx: u64,
     pub num_batch: u64,
     pub num_gpu: i64,
-    pub main_gpu: i64,
+    /// None: not set. From v0.30 api.Runner's MainGPU is a *int (api/types.go), so a request
+    /// that sets it where the loaded runner had none (or the other way round) differs; before,
+    /// an int defaulting to 0.
+    pub main_gpu: Option<i64>,
     pub use_mmap: Option<bool>,
     pub num_thread: i64,
     /// Neither the request nor the model set num_ctx (the scheduler picked it).

@@ -258,11 +258,20 @@ fn unreachable_response() -> Response {
 /// body is io.EOF, "missing request body" (server/routes.go GenerateHandler and the others).
 #[allow(clippy::result_large_err)] // the error is the HTTP answer itself
 fn body_json(body: &Bytes, go_type: &str) -> Result<Value, Response> {
+    body_json_as(body, go_type, false)
+}
+
+/// As [`body_json`]; `think_wrapped`: the handler decodes into a struct embedding
+/// *api.{go_type} beside a raw `think` field (server/routes.go GenerateHandler and ChatHandler
+/// at v0.34.4; not yet at v0.33.0-rc2), which is what encoding/json's messages name.
+fn body_json_as(body: &Bytes, go_type: &str, think_wrapped: bool) -> Result<Value, Response> {
+    let (whole, field_prefix) = if think_wrapped { (format!("struct {{ *api.{go_type}; Think json.RawMessage \"json:\\\"think\\\"\" }}"), format!(".{go_type}")) } else { (format!("api.{go_type}"), go_type.to_string()) };
     let v = match crate::gojson::decode_request(body) {
         Ok(v) => v,
         Err(crate::gojson::DecodeError::Empty) => return Err(err(StatusCode::BAD_REQUEST, "missing request body")),
-        Err(crate::gojson::DecodeError::Invalid(m)) => return Err(err(StatusCode::BAD_REQUEST, m.replace(crate::gojson::GO_TYPE, &format!("api.{go_type}")))),
+        Err(crate::gojson::DecodeError::Invalid(m)) => return Err(err(StatusCode::BAD_REQUEST, m.replace(crate::gojson::GO_TYPE, &whole))),
     };
+    let go_type = field_prefix.as_str();
     // encoding/json's UnmarshalTypeError for the fields every handler reads (api/types.go).
     for (field, want) in [("model", "string"), ("name", "string"), ("prompt", "string"), ("stream", "bool"), ("options", "map[string]interface {}"), ("messages", "[]api.Message")] {
         let ok = match (v.get(field), want) {

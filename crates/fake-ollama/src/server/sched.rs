@@ -23,7 +23,7 @@ pub(super) fn runner_options(v: &Value, spec: &crate::ModelSpec, cfg: &crate::Co
         num_ctx: requested_ctx.unwrap_or(cfg.context_length).clamp(4, spec.context_length.max(4)),
         num_batch: u("num_batch").unwrap_or(512),
         num_gpu: i("num_gpu").unwrap_or(-1),
-        main_gpu: i("main_gpu").unwrap_or(0),
+        main_gpu: if super::version_at_least(&cfg.profile.version, 0, 30) { i("main_gpu") } else { Some(i("main_gpu").unwrap_or(0)) },
         use_mmap: o.get("use_mmap").and_then(Value::as_bool),
         num_thread: i("num_thread").unwrap_or(0),
         num_ctx_auto: requested_ctx.is_none(),
