@@ -264,6 +264,7 @@ fn body_json(body: &Bytes, go_type: &str) -> Result<Value, Response> {
 /// As [`body_json`]; `think_wrapped`: the handler decodes into a struct embedding
 /// *api.{go_type} beside a raw `think` field (server/routes.go GenerateHandler and ChatHandler
 /// at v0.34.4; not yet at v0.33.0-rc2), which is what encoding/json's messages name.
+#[allow(clippy::result_large_err)] // the error is the HTTP answer itself
 fn body_json_as(body: &Bytes, go_type: &str, think_wrapped: bool) -> Result<Value, Response> {
     let (whole, field_prefix) = if think_wrapped { (format!("struct {{ *api.{go_type}; Think json.RawMessage \"json:\\\"think\\\"\" }}"), format!(".{go_type}")) } else { (format!("api.{go_type}"), go_type.to_string()) };
     let v = match crate::gojson::decode_request(body) {
