@@ -488,3 +488,28 @@ async fn an_unload_behind_the_guards_back_is_repaired_at_once() {
     println!("unload repaired after {} ms ({})", t.elapsed().as_millis(), peer_version());
     assert!(rig.state()["rewarm_count"].as_u64() >= Some(1), "{:#}", rig.state());
 }
+
+/// A stuck runner: alive but answering nothing (SIGSTOP: a hung llama-server). /api/ps stays
+/// green. The keepalive's load request makes Ollama ping the runner before it reuses it
+/// (server/sched.go needsReload: `runner.llama.Ping` with a 10-s deadline), so the tick, which
+/// costs no token, is the check: within one keepalive interval and the ping's deadline the
+/// stopped runner is replaced and the model served again, no client having paid for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real Ollama: REAL_OLLAMA_BIN and REAL_OLLAMA_MODELS (scripts/test)"]
+async fn a_stopped_runner_is_replaced_within_a_keepalive_interval() {
+    let rig = Rig::start_with("tiny-a", "keepalive_interval = \"10s\"\nresidency_check = \"5m\"\n");
+    rig.warm_pinned("tiny-a", 120).await;
+    let runner = rig.runners();
+    assert_eq!(runner.len(), 1, "{runner:?}");
+    let t = Instant::now();
+    rig.signal(runner[0], nix::sys::signal::Signal::SIGSTOP);
+    // 10 s to the tick, Ollama's 10-s ping, the reload, and slack for a busy machine.
+    rig.until("a new runner in place of the stopped one, ready", 60, async |r| {
+        let now = r.runners();
+        r.state()["stage"] == "ready" && now.len() == 1 && now != runner && !alive(runner[0])
+    })
+    .await;
+    println!("stopped runner replaced after {} ms ({})", t.elapsed().as_millis(), peer_version());
+    let (code, v) = post(rig.guard, "/api/generate", r#"{"model":"tiny-a","prompt":"hi","stream":false,"options":{"num_predict":2}}"#).await;
+    assert_eq!(code, 200, "{v}");
+}

@@ -414,11 +414,11 @@ async fn a_real_ollama_under_real_systemd() {
 
     // Its runner SIGKILLed (the OOM killer's way), nobody asking: the supervisor inside sees
     // it through ollama.service's MainPID at once, is not ready with the cause, and the
-    // keepalive unit's ping brings a new runner (issue 32). Found from here by its command line
-    // (this tier runs one Ollama at a time).
+    // keepalive unit's ping brings a new runner (issue 32). Found from here by its command line:
+    // only the container's Ollama keeps models in the ollama user's home.
     eventually("tiny-a ready again after the re-warm", 40, || async { c.state()["stage"] == "ready" }).await;
     let runner = || {
-        let o = Command::new("pgrep").args(["-f", "(llama-server|ollama runner) --model "]).output().expect("pgrep");
+        let o = Command::new("pgrep").args(["-f", "(llama-server|ollama runner) --model /usr/share/ollama/\\.ollama/models/blobs/"]).output().expect("pgrep");
         String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse::<i32>().ok()).collect::<Vec<_>>()
     };
     let old = runner();

@@ -41,6 +41,9 @@ pub struct ModelInfo {
     /// "forever" when pinned with keep_alive -1.
     pub expiry: Option<String>,
     pub context_length: Option<u64>,
+    /// The model the running supervisor serves when it is not model.conf's (a switch under
+    /// way, or the new one refused): the fields above describe this one then.
+    pub serving: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -116,11 +119,24 @@ pub async fn gather<A: OllamaApi>(api: &A, settings: &Settings, model_conf: &Pat
         }
         Err(e) => ollama.error = Some(e.to_string()),
     }
-    let mut model = ModelInfo { configured: configured.as_ref().map(ModelName::to_string), config_error, loaded: false, gpu_percent: None, size: None, size_vram: None, expires_at: None, expiry: None, context_length: None };
+    let mut model = ModelInfo { configured: configured.as_ref().map(ModelName::to_string), config_error, loaded: false, gpu_percent: None, size: None, size_vram: None, expires_at: None, expiry: None, context_length: None, serving: None };
     // With an invalid model.conf the supervisor keeps the model it had: that one is ours, not
     // "also loaded".
     let kept = if configured.is_none() && supervisor_running == Some(Liveness::Running) { supervisor.as_ref().and_then(|s| s.model.as_deref()).and_then(|m| ModelName::parse(m).ok()) } else { None };
-    let ours = configured.clone().or(kept);
+    let mut ours = configured.clone().or(kept);
+    // model.conf edited, the supervisor still serving the old model: while the new one is
+    // pulled and admitted (or after it was refused) the old one is what clients get, not a
+    // model "also loaded" beside ours.
+    let serving = supervisor.as_ref().filter(|_| supervisor_running == Some(Liveness::Running)).and_then(|s| s.model.as_deref()).and_then(|m| ModelName::parse(m).ok());
+    let mut incoming = None;
+    if let (Some(c), Some(s)) = (&configured, &serving) {
+        if !c.matches(&s.to_string()) {
+            warnings.push(format!("model.conf names {c}; jetson-llmd serves {s} until {c} is pulled, admitted and loaded (or says below why it is not)"));
+            model.serving = Some(s.to_string());
+            incoming = Some(c.clone());
+            ours = Some(s.clone());
+        }
+    }
     if ollama.reachable {
         match api.ps().await {
             Ok(ps) => {
@@ -133,7 +149,7 @@ pub async fn gather<A: OllamaApi>(api: &A, settings: &Settings, model_conf: &Pat
                     model.expiry = Some(if m.pinned_forever() { "forever".into() } else { m.expires_at.clone() });
                     model.context_length = m.context_length;
                 }
-                for other in ps.models.iter().filter(|m| !ours.as_ref().is_some_and(|c| c.matches(&m.name))) {
+                for other in ps.models.iter().filter(|m| !ours.as_ref().is_some_and(|c| c.matches(&m.name)) && !incoming.as_ref().is_some_and(|c| c.matches(&m.name))) {
                     warnings.push(format!("{} is also loaded ({}% GPU): it competes for the 8 GB of unified memory", other.name, other.gpu_percent()));
                 }
             }
@@ -412,6 +428,7 @@ mod tests {
                 expires_at: Some("2318-03-01T00:00:00Z".into()),
                 expiry: Some("forever".into()),
                 context_length: Some(8192),
+                serving: None,
             },
             gpu: Some(GpuReport { gpu: true, discovered: true, description: Some("Orin".into()), compute: Some("8.7".into()), ..Default::default() }),
             supervisor: Some(state),
@@ -521,5 +538,19 @@ mod tests {
         assert!(r.warnings.iter().any(|w| w.starts_with("the model was re-warmed 4 times")), "{:?}", r.warnings);
         assert_eq!(r.supervisor_running, Some(Liveness::NotRunning));
         assert_eq!(r.health, Health::Degraded, "a dead supervisor's \"ready\" is not healthy");
+    }
+
+    #[tokio::test]
+    async fn a_switch_under_way_is_said_and_the_old_model_is_not_also_loaded() {
+        let root = tempfile::tempdir().expect("tmp");
+        let dir = root.path().join("run/jetson-llmd");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(root.path().join("model.conf"), "OLLAMA_MODEL=gemma3:4b\n").expect("w");
+        std::fs::write(dir.join("state.json"), format!(r#"{{"pid": {}, "stage": "ready", "status": "ready: x", "model": "gemma4:e2b-8k"}}"#, std::process::id())).expect("w");
+        let api = crate::testing::FakeApi::default().with_loaded("gemma4:e2b-8k");
+        let r = gather(&api, &Settings { expected_compute: crate::conf::config::ExpectedCompute::Cpu, ..Settings::default() }, &root.path().join("model.conf"), root.path()).await;
+        assert!(r.warnings.iter().any(|w| w.starts_with("model.conf names gemma3:4b; jetson-llmd serves gemma4:e2b-8k until")), "{:?}", r.warnings);
+        assert!(!r.warnings.iter().any(|w| w.contains("also loaded")), "{:?}", r.warnings);
+        assert!(r.model.loaded && r.model.serving.as_deref() == Some("gemma4:e2b-8k"), "{:?}", r.model);
     }
 }
