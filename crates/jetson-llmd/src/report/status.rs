@@ -335,8 +335,14 @@ pub fn render(r: &StatusReport) -> String {
         }
         row(&mut o, "re-warms", format!("{} (re-pins: {}, Ollama restarts: {})", s.rewarm_count, s.repin_count, s.ollama_restarts));
         if !s.timeline.is_empty() {
+            // The boot ends where the keepalive starts; what the timeline gained later (re-warms,
+            // switches) is said apart, not as if the boot had taken that long.
+            let boot = s.timeline.iter().position(|e| e.event == "keepalive running").map_or(s.timeline.len(), |i| i + 1);
             o.push_str("  boot timeline:\n");
-            for e in &s.timeline {
+            for (i, e) in s.timeline.iter().enumerate() {
+                if i == boot {
+                    o.push_str("  since then (after the boot's start):\n");
+                }
                 o.push_str(&format!("    +{:>7.1}s  {}\n", e.after_ms as f64 / 1000.0, crate::text::clean(&e.event)));
             }
         }
@@ -512,6 +518,17 @@ mod tests {
         let text = render(&r);
         let want = "class         chat (priority 10): 1 waiting, 1 in Ollama; 4 admitted, mean wait 0.5 s, longest 1.5 s; refused 2 queue full, 0 waited too long; 0 left while waiting";
         assert!(text.contains(want), "{want:?} in\n{text}");
+    }
+
+    #[test]
+    fn later_re_warms_are_not_part_of_the_boot_timeline() {
+        let mut r = report();
+        if let Some(s) = r.supervisor.as_mut() {
+            s.timeline.push(crate::records::state::TimelineEvent { event: "model warm".into(), at: serde_json::from_value(serde_json::json!("2026-11-23T23:00:00Z")).expect("time"), after_ms: 3_600_000 });
+        }
+        let text = render(&r);
+        let (boot, later) = text.split_once("  since then (after the boot's start):\n").expect("a later part");
+        assert!(boot.contains("keepalive running") && later.contains("+ 3600.0s  model warm"), "{text}");
     }
 
     #[test]

@@ -190,6 +190,8 @@ pub struct Machine {
     shown: Stage,
     /// model.conf as last seen (None: unreadable), to notice edits.
     conf_bytes: Option<Vec<u8>>,
+    /// Why it was unreadable, when it was: a new reason is a change too.
+    conf_unreadable: Option<String>,
     /// The last model that was warm: kept when model.conf turns invalid.
     last_good: Option<ModelName>,
     /// model.conf as it was when its model was refused or could not be made ready and the old
@@ -221,6 +223,7 @@ impl Machine {
             ready_sent: false,
             shown: Stage::Starting,
             conf_bytes,
+            conf_unreadable: None,
             last_good: None,
             rejected_conf: None,
             evictions: EvictionBackoff::default(),
@@ -518,7 +521,10 @@ impl Machine {
     /// model.conf read again: an invalid file keeps the running model; a new valid model is
     /// made present and admitted while the old one stays warm, and only then replaces it.
     fn conf(&mut self, out: &mut Vec<Effect>, bytes: Option<Vec<u8>>, parsed: Result<ModelName, String>, force: bool) {
-        if bytes == self.conf_bytes && !force {
+        // An unreadable file has no bytes to compare: its error is what changed (deleted, then
+        // replaced by a FIFO: the new reason replaces the old one).
+        let unreadable = if bytes.is_none() { parsed.as_ref().err().cloned() } else { None };
+        if bytes == self.conf_bytes && unreadable == self.conf_unreadable && !force {
             return;
         }
         if matches!(self.phase, Phase::Booting | Phase::Warming | Phase::Preparing { .. } | Phase::Switching { .. }) {
@@ -527,6 +533,7 @@ impl Machine {
             return;
         }
         self.conf_bytes = bytes;
+        self.conf_unreadable = unreadable;
         let wanted = match parsed {
             Ok(m) => m,
             Err(e) => {

@@ -395,3 +395,16 @@ fn runner_deaths_that_keep_coming_back_off_and_are_ignored_outside_warm() {
         assert!(machine_in(p).on(event("RunnerGone")).is_empty(), "{p}: a step or a restart owns the runner then");
     }
 }
+
+/// The hostile trial (issue 30.9): model.conf deleted, then replaced by a FIFO. Neither has bytes
+/// to compare; the second reason must replace the first, not sit beside a stale one.
+#[test]
+fn an_unreadable_model_conf_with_a_new_reason_is_a_change() {
+    let mut m = machine_in("Warm");
+    let gone = |why: &str| Event::Conf { bytes: None, parsed: Err(why.to_string()), force: false };
+    let e = m.on(gone("DIR/model.conf: not found"));
+    assert!(e.iter().any(|x| matches!(x, Effect::ConfWarning(Some(w)) if w.text.contains("not found"))), "{e:?}");
+    assert!(m.on(gone("DIR/model.conf: not found")).is_empty(), "the same reason again: nothing new");
+    let e = m.on(gone("DIR/model.conf: is a FIFO, not a regular file"));
+    assert!(e.iter().any(|x| matches!(x, Effect::ConfWarning(Some(w)) if w.text.contains("FIFO"))), "{e:?}");
+}
