@@ -100,7 +100,7 @@ impl Rig {
         String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect()
     }
 
-    fn wait_for(&self, what: &str, secs: u64, f: impl Fn(&Rig) -> bool) {
+    fn wait_for(&self, what: &str, secs: u64, mut f: impl FnMut(&Rig) -> bool) {
         let t = Instant::now();
         while !f(self) {
             assert!(t.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}; state: {:#}\nlog:\n{}", self.state(), self.log());
@@ -966,4 +966,25 @@ fn bench_of_another_model_is_not_fought_by_the_supervisor() {
     assert_eq!(loads() - before, 1, "the pinned model loaded once, by the benchmark; log:\n{}", rig.log());
     assert!(!rig.root.path().join("run/jetson-llmd/bench.pid").exists(), "the marker is gone");
     rig.wait_stage("ready", 30);
+}
+
+/// Issue 30.9: a switch to a model that must be pulled says how far the pull is, in state.json
+/// (which `switch` and `status` show) while the old model serves; nothing is left there after.
+#[test]
+fn a_switchs_pull_shows_its_progress_while_the_old_model_serves() {
+    // Pulls take 8 s at scale 1: slow enough to be seen; the first boot's load is 0.3 * 60 s.
+    let rig = Rig::start(&[("FAKE_OLLAMA_TIME_SCALE", "0.3")]);
+    rig.wait_stage("ready", 60);
+    std::fs::write(rig.root.path().join("etc/ollama/model.conf"), "OLLAMA_MODEL=llama3.2:3b\n").expect("w");
+    let mut seen = Vec::new();
+    rig.wait_for("the pull's progress in state.json", 30, |r| {
+        if let Some(p) = r.state()["switching"].as_str() {
+            seen.push(p.to_string());
+        }
+        seen.iter().any(|p| p.contains("pull llama3.2:3b") && p.ends_with('%'))
+    });
+    assert!(seen.iter().all(|p| p.starts_with("getting llama3.2:3b ready while gemma4:e2b-8k serves: ")), "{seen:?}");
+    assert_eq!(rig.state()["stage"], "ready", "the old model serves meanwhile");
+    rig.wait_for("llama3.2:3b warm", 60, |r| r.state()["model"] == "llama3.2:3b" && r.state()["stage"] == "ready");
+    assert!(rig.state().get("switching").is_none_or(Value::is_null), "{:#}", rig.state());
 }

@@ -119,7 +119,10 @@ pub async fn run(g: &Global, model: &str, no_wait: bool, timeout: Option<Duratio
         }
         if said.elapsed() >= Duration::from_secs(15) {
             said = Instant::now();
-            eprintln!("still switching ({}s): {} {}", t0.elapsed().as_secs(), s.stage, jetson_llmd::text::clean(&s.status));
+            match &s.switching {
+                Some(p) => eprintln!("still switching ({}s): {}", t0.elapsed().as_secs(), jetson_llmd::text::clean(p)),
+                None => eprintln!("still switching ({}s): {} {}", t0.elapsed().as_secs(), s.stage, jetson_llmd::text::clean(&s.status)),
+            }
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

@@ -52,6 +52,13 @@ pub async fn wait_for_api_or<A: OllamaApi>(api: &A, timeout: Duration, cancel: &
     }
 }
 
+tokio::task_local! {
+    /// Where pull and create progress goes besides the journal, in words, once per step of
+    /// 10 % or status change: set by the supervisor around a switch's preparation, so that
+    /// state.json (and `jetson-llmd switch`, `status`) can say how far it is.
+    pub static PROGRESS: tokio::sync::mpsc::UnboundedSender<String>;
+}
+
 fn progress_logger(what: String) -> impl FnMut(&ProgressLine) {
     let mut last_decile = None;
     let mut last_status = String::new();
@@ -62,9 +69,11 @@ fn progress_logger(what: String) -> impl FnMut(&ProgressLine) {
             if last_decile != Some(d) {
                 last_decile = Some(d);
                 tracing::info!("{what}: {status} {}%", d * 10);
+                let _ = PROGRESS.try_with(|tx| tx.send(format!("{what}: {status} {}%", d * 10)));
             }
         } else if status != last_status {
             tracing::info!("{what}: {status}");
+            let _ = PROGRESS.try_with(|tx| tx.send(format!("{what}: {status}")));
         }
         last_status = status;
     }

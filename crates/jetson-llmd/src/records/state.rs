@@ -51,6 +51,10 @@ pub struct State {
     pub ollama_restarts: u64,
     pub timeline: Vec<TimelineEvent>,
     pub warnings: Vec<super::Warning>,
+    /// While a switch gets its new model ready (the old one still serving): how far, in words
+    /// ("pulling gemma3:4b: downloading 40%"). None otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub switching: Option<String>,
 }
 
 impl Default for State {
@@ -71,6 +75,7 @@ impl Default for State {
             ollama_restarts: 0,
             timeline: Vec::new(),
             warnings: Vec::new(),
+            switching: None,
         }
     }
 }

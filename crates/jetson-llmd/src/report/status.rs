@@ -333,6 +333,9 @@ pub fn render(r: &StatusReport) -> String {
         if let Some(p) = newest {
             row(&mut o, "last ping", format!("{} {}", p.at, crate::text::clean(&p.detail)));
         }
+        if let Some(p) = &s.switching {
+            row(&mut o, "switching", crate::text::clean(p));
+        }
         row(&mut o, "re-warms", format!("{} (re-pins: {}, Ollama restarts: {})", s.rewarm_count, s.repin_count, s.ollama_restarts));
         if !s.timeline.is_empty() {
             // The boot ends where the keepalive starts; what the timeline gained later (re-warms,

@@ -30,8 +30,27 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
 
     /// Before `current` is touched: `new` is made present (pull, or create when derived) while
     /// `current` stays warm, then admitted by memory. Err says why the switch must not start.
-    pub(super) async fn prepare_switch(&self, current: &ModelName, new: &ModelName) -> Result<(), Block> {
-        warm::ensure_present(&self.api, &self.settings, new).await.map_err(Block::Failed)?;
+    pub(super) async fn prepare_switch(&mut self, current: &ModelName, new: &ModelName) -> Result<(), Block> {
+        // The pull's progress into state.json as it goes (`switch` and `status` show it); the
+        // old model keeps serving meanwhile, so the stage stays what it is.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let present = warm::PROGRESS.scope(tx, warm::ensure_present(&self.api, &self.settings, new));
+        tokio::pin!(present);
+        let state = &mut self.state;
+        let r = loop {
+            tokio::select! {
+                biased;
+                r = &mut present => break r,
+                Some(p) = rx.recv() => {
+                    state.state.switching = Some(format!("getting {new} ready while {current} serves: {}", crate::text::clip(&crate::text::one_line(&p), 200)));
+                    state.save().await;
+                }
+            }
+        };
+        if self.state.state.switching.take().is_some() {
+            self.state.save().await;
+        }
+        r.map_err(Block::Failed)?;
         match fit::admission(&self.api, &self.settings, &self.paths.root, current, new).await {
             Some(why) => Err(Block::Refused(why)),
             None => Ok(()),
