@@ -79,6 +79,11 @@ pub struct Config {
     /// How often idle runners past their keep_alive are expired (the emulator's own resolution;
     /// Ollama arms a timer per runner). Simulated weeks use seconds, not 20 ms.
     pub sweep_every: Duration,
+    /// Run each loaded model's runner as a real process: this program under the runner's name
+    /// (`llama-server` from v0.30, `ollama runner` before), a child that exits on unload and can
+    /// be killed, so that process-level faults (a runner SIGKILLed by the OOM killer) are real.
+    /// None (in-process tests under paused time): runners are entries in a table only.
+    pub runner_exe: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -100,6 +105,7 @@ impl Config {
             debug_level: 0,
             num_parallel: 1,
             sweep_every: Duration::from_millis(20),
+            runner_exe: None,
         }
     }
 
@@ -219,6 +225,57 @@ pub struct Runner {
     /// The expiry timer, running only while idle with a finite duration.
     pub timer: Option<Instant>,
     pub refcount: u32,
+    /// The runner's process, when the emulator runs them ([`Config::runner_exe`]); killed when
+    /// the last reference goes (the runner unloaded).
+    pub process: Option<Arc<RunnerProcess>>,
+}
+
+/// A runner process (llm/llama_server.go startLlamaServer: a child of `ollama serve`).
+#[derive(Debug)]
+pub struct RunnerProcess {
+    child: Mutex<std::process::Child>,
+}
+
+impl RunnerProcess {
+    /// Starts `exe` with the runner's command line (`args`).
+    pub fn start(exe: &std::path::Path, args: &[String]) -> std::io::Result<RunnerProcess> {
+        let child = std::process::Command::new(exe).args(args).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn()?;
+        Ok(RunnerProcess { child: Mutex::new(child) })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap_or_else(|p| p.into_inner()).id()
+    }
+
+    /// Its wait status once it exited on its own (None: it runs): what Ollama notices only when
+    /// the next request touches the model (llm/llama_server.go "llama-server process no longer
+    /// running").
+    pub fn exited(&self) -> Option<std::process::ExitStatus> {
+        self.child.lock().unwrap_or_else(|p| p.into_inner()).try_wait().ok().flatten()
+    }
+}
+
+impl Drop for RunnerProcess {
+    fn drop(&mut self) {
+        let c = self.child.get_mut().unwrap_or_else(|p| p.into_inner());
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// The runner's process when this program was started as one (its name is `llama-server`, or
+/// `ollama` with `runner`): it holds nothing and waits to be killed, dying with its parent.
+/// Returns false when this is not a runner's start.
+pub fn run_as_runner_if_named() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    let name = args.first().map(|a| a.rsplit('/').next().unwrap_or(a).to_string()).unwrap_or_default();
+    if !(name == "llama-server" || (name == "ollama" && args.get(1).is_some_and(|a| a == "runner"))) {
+        return false;
+    }
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    loop {
+        std::thread::park();
+    }
 }
 
 /// Counters the tests read to prove what happened.

@@ -988,3 +988,28 @@ fn a_switchs_pull_shows_its_progress_while_the_old_model_serves() {
     rig.wait_for("llama3.2:3b warm", 60, |r| r.state()["model"] == "llama3.2:3b" && r.state()["stage"] == "ready");
     assert!(rig.state().get("switching").is_none_or(Value::is_null), "{:#}", rig.state());
 }
+
+/// Issue 32 in the process tier: the emulator's runner is a real `llama-server` process (as
+/// v0.34.4's is), listed by /api/ps after it was SIGKILLed until a request touches it. The
+/// supervisor must not say ready meanwhile, must name the runner, and must bring a new one.
+#[test]
+fn the_emulators_runner_killed_is_seen_at_once_and_replaced() {
+    let rig = Rig::start(&[("FAKE_OLLAMA_VERSION", "0.34.4")]);
+    rig.wait_stage("ready", 30);
+    let ollama = rig.children();
+    assert_eq!(ollama.len(), 1, "{ollama:?}");
+    let runners = || {
+        let o = Command::new("pgrep").args(["-P", &ollama[0].to_string(), "-x", "llama-server"]).output().expect("pgrep");
+        String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse::<i32>().ok()).collect::<Vec<_>>()
+    };
+    let old = runners();
+    assert_eq!(old.len(), 1, "one llama-server under the emulator: {old:?}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old[0]), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    rig.wait_for("not ready after the runner's death", 5, |r| r.state()["stage"] != "ready");
+    let status = rig.state()["status"].as_str().unwrap_or_default().to_string();
+    assert!(status.contains("the runner serving gemma4:e2b-8k (llama-server, pid ") && status.contains("re-warming"), "{status}");
+    rig.wait_for("ready again on a new runner", 30, |r| r.state()["stage"] == "ready" && runners().len() == 1 && runners() != old);
+    // The boot's load and the one the re-warm's request made the emulator do, as Ollama does
+    // on the request after a runner's death: no more.
+    assert_eq!(fake_state(&rig)["counters"]["loads"], 2, "{:#}", fake_state(&rig));
+}

@@ -94,6 +94,10 @@ fn knobs_from_install() {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Started as a runner (see runner_exe below): hold nothing, wait to be killed.
+    if fake_ollama::run_as_runner_if_named() {
+        return Ok(());
+    }
     knobs_from_install();
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve())
 }
@@ -171,8 +175,14 @@ async fn serve() -> anyhow::Result<()> {
     c.reset_memory = a.reset_memory;
     c.drop_caches_file = a.drop_caches_file;
     c.log_to_stderr = true;
+    // Runners as real processes under their real names (FAKE_OLLAMA_RUNNER_PROCESS=0: none): a
+    // link named llama-server (or ollama) to this program, in a directory of this process's.
+    if std::env::var("FAKE_OLLAMA_RUNNER_PROCESS").map_or(true, |v| v.trim() != "0") {
+        c.runner_exe = runner_link(&c.profile.version);
+    }
     tokio::time::sleep(Duration::from_millis(a.start_delay_ms)).await;
     let addr = bind_addr()?;
+    let runner_dir = c.runner_exe.clone();
     let handle = fake_ollama::spawn(c, addr).await.map_err(|e| anyhow::anyhow!("Error: listen tcp {addr}: bind: {e}"))?;
     let token = handle.shutdown_token();
     tokio::spawn(async move {
@@ -184,5 +194,22 @@ async fn serve() -> anyhow::Result<()> {
         token.cancel();
     });
     handle.wait().await;
+    if let Some(dir) = runner_dir.and_then(|l| l.parent().map(PathBuf::from)) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     Ok(())
+}
+
+/// A link to this program under the runner's name (a process's name is its file's): from v0.30
+/// llama-server, before it Ollama itself (`ollama runner`). None when it cannot be made: the
+/// runners then stay in-process.
+fn runner_link(version: &str) -> Option<PathBuf> {
+    let minor: u64 = version.split('.').nth(1).and_then(|m| m.parse().ok()).unwrap_or(0);
+    let name = if version.starts_with("0.") && minor < 30 { "ollama" } else { "llama-server" };
+    let dir = std::env::temp_dir().join(format!("fake-ollama-runner-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).ok()?;
+    let link = dir.join(name);
+    std::os::unix::fs::symlink(std::env::current_exe().ok()?, &link).ok()?;
+    Some(link)
 }

@@ -111,6 +111,21 @@ fn schedule(emu: &Arc<Emulator>, name: &str, opts: &RunnerOptions, keep: Option<
     };
     let key = spec.blob.clone();
     let size = spec.size_at(opts.num_ctx);
+    // A runner whose process died (SIGKILLed by the OOM killer) is still listed until a request
+    // touches it; that request notices and reloads (llm/llama_server.go: "llama-server process
+    // no longer running"; server/sched.go needsReload's Ping fails).
+    let dead = st.loaded.get(&key).and_then(|r| r.process.as_ref()).and_then(|p| p.exited());
+    if let Some(status) = dead {
+        use std::os::unix::process::ExitStatusExt;
+        let how = match status.signal() {
+            Some(sig) => format!("sys={sig}"),
+            None => format!("code={}", status.code().unwrap_or(-1)),
+        };
+        emu.log("WARN", "llama_server.go:1280", &format!("{} process no longer running", runner_word(&cfg.profile.version)), &how);
+        if let Some(r) = st.loaded.remove(&key) {
+            emu.note_unload(&mut st, &r.name, "runner process died");
+        }
+    }
     let victim = if let Some(r) = st.loaded.get_mut(&key) {
         if !r.options.needs_reload(opts, spec.context_length) {
             // useLoadedRunner: the timer stops; a request that carries keep_alive replaces
@@ -179,20 +194,35 @@ pub(super) async fn acquire(emu: &Arc<Emulator>, name: &str, opts: RunnerOptions
         emu.log("WARN", "server.go:1020", "model request too large for system", &format!("requested=\"{}\" available=\"{}\"", human_bytes2(size), human_bytes2(cfg.profile.system_available)));
         return Err(err(StatusCode::INTERNAL_SERVER_ERROR, msg));
     }
-    emu.log(
-        "INFO",
-        "llama_server.go:412",
-        "starting llama-server",
-        &format!(
-            "cmd=\"/usr/local/lib/ollama/llama-server --model /usr/share/ollama/.ollama/models/blobs/sha256-{key} --ctx-size {} --batch-size {} --n-gpu-layers {} --port 40213{}\"",
-            opts.num_ctx,
-            opts.num_batch,
-            if size_vram == 0 { 0 } else { spec.layers + 1 },
-            // llm/llama_server.go appendLoadModeArgs (v0.32.6+; --direct-io from v0.32.2): a
-            // CUDA iGPU on Linux loads with direct I/O, bypassing the page cache.
-            if size_vram > 0 && version_at_least_patch(&cfg.profile.version, 0, 32, 6) && cfg.profile.gpu.as_ref().is_some_and(|g| g.kind == "iGPU") { " --load-mode dio" } else { "" }
-        ),
-    );
+    // llm/llama_server.go appendLoadModeArgs (v0.32.6+; --direct-io from v0.32.2): a CUDA iGPU
+    // on Linux loads with direct I/O, bypassing the page cache.
+    let dio = size_vram > 0 && version_at_least_patch(&cfg.profile.version, 0, 32, 6) && cfg.profile.gpu.as_ref().is_some_and(|g| g.kind == "iGPU");
+    let blob = format!("/usr/share/ollama/.ollama/models/blobs/sha256-{key}");
+    let port = 40213;
+    let args: Vec<String> = if version_at_least(&cfg.profile.version, 0, 34) {
+        // v0.34.4:llm/llama_server.go startLlamaServer, as the real one was seen to run on a CPU
+        // host (docs/compatibility.md): -ngl only for an explicit num_gpu, -t only for num_thread.
+        let mut a: Vec<String> = ["--model", &blob, "--port", &port.to_string(), "--host", "127.0.0.1", "--no-webui", "--offline", "-c", &opts.num_ctx.to_string(), "-np", "1", "--log-verbosity", "4", "--no-log-prefix", "--no-log-timestamps", "--load-mode", if dio { "dio" } else { "none" }, "--flash-attn", "auto", "-b", &opts.num_batch.to_string(), "-ub", &opts.num_batch.to_string()].iter().map(|s| s.to_string()).collect();
+        if opts.num_gpu >= 0 {
+            a.extend(["-ngl".to_string(), opts.num_gpu.to_string()]);
+        }
+        if opts.num_thread > 0 {
+            a.extend(["-t".to_string(), opts.num_thread.to_string()]);
+        }
+        a.extend(["--context-shift", "--keep", "4"].map(String::from));
+        a
+    } else if version_at_least(&cfg.profile.version, 0, 30) {
+        let mut a: Vec<String> = ["--model", &blob, "--ctx-size", &opts.num_ctx.to_string(), "--batch-size", &opts.num_batch.to_string(), "--n-gpu-layers", &(if size_vram == 0 { 0 } else { spec.layers + 1 }).to_string(), "--port", &port.to_string()].iter().map(|s| s.to_string()).collect();
+        if dio {
+            a.extend(["--load-mode".to_string(), "dio".to_string()]);
+        }
+        a
+    } else {
+        // Before v0.30 the runner is Ollama itself (llm/server.go NewLlamaServer: `ollama runner`).
+        ["runner", "--model", &blob, "--port", &port.to_string()].iter().map(|s| s.to_string()).collect()
+    };
+    let program = if version_at_least(&cfg.profile.version, 0, 30) { "/usr/local/lib/ollama/llama-server" } else { "/usr/local/bin/ollama" };
+    emu.log("INFO", "llama_server.go:412", "starting llama-server", &format!("cmd=\"{program} {}\"", args.join(" ")));
     if size > cfg.profile.system_available {
         // It loads, mmap'ed and paged: the seed's llama3.1:8b "loads, partly, and swaps".
         emu.log("INFO", "sched.go:613", "system memory", &format!("total=\"{}\" free=\"{}\" free_swap=\"3.7 GiB\"", human_bytes2(cfg.profile.total_memory), human_bytes2(cfg.profile.system_available)));
@@ -210,7 +240,20 @@ pub(super) async fn acquire(emu: &Arc<Emulator>, name: &str, opts: RunnerOptions
     let mut st = emu.lock();
     st.counters.loads += 1;
     *st.counters.loads_by_model.entry(name.to_string()).or_default() += 1;
-    st.loaded.insert(key.clone(), Runner { name: name.to_string(), spec, size, size_vram, options: opts, keep: keep.unwrap_or(cfg.default_keep_alive), expires_at: None, timer: None, refcount: 1 });
+    // The runner as a process of its own, when the emulator runs them: started once the load
+    // is done (a failed load leaves none behind).
+    let process = match &cfg.runner_exe {
+        Some(exe) => match crate::RunnerProcess::start(exe, &args) {
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                drop(st);
+                emu.log("ERROR", "llama_server.go:436", "error starting runner", &format!("error={:?}", e.to_string()));
+                return Err(err(StatusCode::INTERNAL_SERVER_ERROR, format!("error starting {}: {e}", runner_word(&cfg.profile.version))));
+            }
+        },
+        None => None,
+    };
+    st.loaded.insert(key.clone(), Runner { name: name.to_string(), spec, size, size_vram, options: opts, keep: keep.unwrap_or(cfg.default_keep_alive), expires_at: None, timer: None, refcount: 1, process });
     if cfg.fragile_memory {
         emu.write_memory_state(crate::MemState::Loaded);
     }
