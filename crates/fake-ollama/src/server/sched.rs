@@ -202,7 +202,35 @@ pub(super) async fn acquire(emu: &Arc<Emulator>, name: &str, opts: RunnerOptions
     let args: Vec<String> = if version_at_least(&cfg.profile.version, 0, 34) {
         // v0.34.4:llm/llama_server.go startLlamaServer, as the real one was seen to run on a CPU
         // host (docs/compatibility.md): -ngl only for an explicit num_gpu, -t only for num_thread.
-        let mut a: Vec<String> = ["--model", &blob, "--port", &port.to_string(), "--host", "127.0.0.1", "--no-webui", "--offline", "-c", &opts.num_ctx.to_string(), "-np", "1", "--log-verbosity", "4", "--no-log-prefix", "--no-log-timestamps", "--load-mode", if dio { "dio" } else { "none" }, "--flash-attn", "auto", "-b", &opts.num_batch.to_string(), "-ub", &opts.num_batch.to_string()].iter().map(|s| s.to_string()).collect();
+        let mut a: Vec<String> = [
+            "--model",
+            &blob,
+            "--port",
+            &port.to_string(),
+            "--host",
+            "127.0.0.1",
+            "--no-webui",
+            "--offline",
+            "-c",
+            &opts.num_ctx.to_string(),
+            "-np",
+            "1",
+            "--log-verbosity",
+            "4",
+            "--no-log-prefix",
+            "--no-log-timestamps",
+            "--load-mode",
+            if dio { "dio" } else { "none" },
+            "--flash-attn",
+            "auto",
+            "-b",
+            &opts.num_batch.to_string(),
+            "-ub",
+            &opts.num_batch.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         if opts.num_gpu >= 0 {
             a.extend(["-ngl".to_string(), opts.num_gpu.to_string()]);
         }
@@ -212,7 +240,10 @@ pub(super) async fn acquire(emu: &Arc<Emulator>, name: &str, opts: RunnerOptions
         a.extend(["--context-shift", "--keep", "4"].map(String::from));
         a
     } else if version_at_least(&cfg.profile.version, 0, 30) {
-        let mut a: Vec<String> = ["--model", &blob, "--ctx-size", &opts.num_ctx.to_string(), "--batch-size", &opts.num_batch.to_string(), "--n-gpu-layers", &(if size_vram == 0 { 0 } else { spec.layers + 1 }).to_string(), "--port", &port.to_string()].iter().map(|s| s.to_string()).collect();
+        let mut a: Vec<String> = ["--model", &blob, "--ctx-size", &opts.num_ctx.to_string(), "--batch-size", &opts.num_batch.to_string(), "--n-gpu-layers", &(if size_vram == 0 { 0 } else { spec.layers + 1 }).to_string(), "--port", &port.to_string()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         if dio {
             a.extend(["--load-mode".to_string(), "dio".to_string()]);
         }

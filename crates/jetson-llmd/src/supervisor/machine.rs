@@ -89,11 +89,14 @@ pub enum Event {
     Ticked(Option<bool>),
     /// A residency check between ticks: what /api/ps shows, or why Ollama did not answer.
     Residency(Result<Residency, String>),
-    /// The runner watch saw a runner of Ollama's exit (how, with the evidence, in words). On
-    /// Ollama 0.34 /api/ps keeps listing the model until a request touches it: this is the truth.
+    /// The runner watch saw the pinned model's runner exit (how, with the evidence, in words).
+    /// On Ollama 0.34 /api/ps keeps listing the model until a request touches it: this is the
+    /// truth, and the model is not served from now until a load ends.
     RunnerGone(String),
-    /// The runner watch found a runner that was not there before (a load ended).
-    RunnerUp,
+    /// A short grace after a [`Event::RunnerGone`]: whether a runner serving the same model file
+    /// lives by then (Ollama itself reloading it: a client's num_ctx, a re-create) or none does
+    /// (a death: the kernel's OOM killer, a crash, an unload).
+    RunnerChecked { replaced: bool },
     /// The loop has no separate keepalive: the re-warm a residency check asked for is a tick now.
     NoKeepalive,
     /// model.conf as read now (None: unreadable) and what it says; `force` after SIGHUP.
@@ -287,8 +290,8 @@ impl Machine {
                 }
             }
             Event::Ticked(rewarmed) => {
-                // A re-warm after a runner's death was counted at the death (Ollama 0.34 still
-                // listed the model, so the tick itself cannot tell).
+                // A re-warm after a runner's death was counted when no runner was found (Ollama
+                // 0.34 still listed the model, so the tick itself cannot tell).
                 let counted = rewarmed.is_some() && self.runner_lost;
                 if let Some(r) = rewarmed.filter(|_| !counted) {
                     if r {
@@ -310,16 +313,7 @@ impl Machine {
             }
             Event::Residency(found) => self.residency(&mut out, found),
             Event::RunnerGone(how) => self.runner_gone(&mut out, how),
-            Event::RunnerUp => {
-                if std::mem::take(&mut self.runner_lost) {
-                    if let (Phase::Warm(m), Stage::NotResident) = (&self.phase, self.shown) {
-                        let m = m.clone();
-                        out.push(Effect::Info(format!("a new runner serves {m}")));
-                        self.shown = Stage::Ready;
-                        out.push(Effect::Ready(m));
-                    }
-                }
-            }
+            Event::RunnerChecked { replaced } => self.runner_checked(&mut out, replaced),
             Event::NoKeepalive => {
                 if matches!(self.phase, Phase::Warm(_)) {
                     out.push(Effect::Schedule(Some((Duration::ZERO, Due::Tick))));
@@ -499,22 +493,38 @@ impl Machine {
         out.push(Effect::KeepaliveNow);
     }
 
-    /// A runner exited while the model was warm. The model is not served until a load ends,
-    /// whatever /api/ps says: not ready at once, with the cause, and re-warmed now (the same
-    /// eviction back-off as a residency check's finding: no reload fight).
+    /// The pinned model's runner exited while the model was warm: not served until a load ends,
+    /// whatever /api/ps says, so not ready at once, with the cause. What to do waits for
+    /// [`Event::RunnerChecked`] (the driver's grace): a reload by Ollama itself must not be
+    /// fought, a death must be re-warmed.
     fn runner_gone(&mut self, out: &mut Vec<Effect>, how: String) {
         let Phase::Warm(model) = self.phase.clone() else { return };
         self.runner_lost = true;
+        self.stage(out, Stage::NotResident, format!("NOT READY: the runner serving {model} {how}; re-warming unless Ollama is reloading it"));
+    }
+
+    fn runner_checked(&mut self, out: &mut Vec<Effect>, replaced: bool) {
+        let Phase::Warm(model) = self.phase.clone() else { return };
+        if !self.runner_lost {
+            return;
+        }
+        if replaced {
+            // Someone's request made Ollama reload it: not our re-warm, and not one to fight.
+            // The next confirmed load (the loop's tick now, or the keepalive's ping) says ready.
+            out.push(Effect::Info(format!("a new runner is loading {model} (Ollama reloading it); ready once the load is confirmed")));
+            out.push(Effect::KeepaliveNow);
+            return;
+        }
         out.push(Effect::CountRewarm);
         self.evictions.record(true);
         if self.evictions.count() > 2 {
             let wait = self.evictions.wait(self.rules.keepalive_interval);
-            let text = format!("NOT READY: the runner serving {model} {how}; after {} re-warms within the hour the next waits for the backed-off keepalive (up to {})", self.evictions.count(), humantime::format_duration(wait));
+            let text = format!("NOT READY: {model} lost its runner again; after {} re-warms within the hour the next waits for the backed-off keepalive (up to {})", self.evictions.count(), humantime::format_duration(wait));
             self.stage(out, Stage::NotResident, text);
             out.push(Effect::Schedule(Some((wait, Due::Tick))));
             return;
         }
-        self.stage(out, Stage::NotResident, format!("NOT READY: the runner serving {model} {how}; re-warming now"));
+        out.push(Effect::Warn(format!("no runner serves {model} any more; re-warming now")));
         out.push(Effect::KeepaliveNow);
     }
 
@@ -622,7 +632,7 @@ pub const TRANSITIONS: &[(&str, &str, &str)] = &[
     ("Warm", "Due(Tick)", "Warm"),
     ("Warm", "Residency", "Warm"),
     ("Warm", "RunnerGone", "Warm"),
-    ("Warm", "RunnerUp", "Warm"),
+    ("Warm", "RunnerChecked", "Warm"),
     ("Warm", "Conf(same model)", "Warm"),
     ("Warm", "Conf(invalid)", "Warm"),
     ("Warm", "Conf(new model)", "Preparing"),

@@ -83,7 +83,14 @@ enum Input {
     Monitor,
     Watchdog,
     Runner(runner::RunnerEvent),
+    RunnerCheck,
 }
+
+/// After the pinned model's runner exits, how long before deciding whether Ollama is reloading
+/// it (a new runner for the same file by then) or it died: Ollama kills the old runner and
+/// starts the new one in the same scheduling pass (server/sched.go processPending), within
+/// milliseconds on a CPU and after its VRAM-recovery wait on a GPU.
+pub const RUNNER_GRACE: Duration = Duration::from_secs(2);
 
 /// Edits closer together than this are one change (an editor's write + rename, a burst of saves):
 /// the file is read once they stop, and the last value wins.
@@ -137,7 +144,13 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
         // blob the pinned model's runner serves (the model whose name it was looked up for).
         let mut runners = runner::RunnerWatch::start();
         let mut pinned_blob: Option<(ModelName, Option<String>)> = None;
-        runners.set_serve(self.backend.ollama_pid().await);
+        // A pinned runner's exit waiting for its verdict (when, and the file it served), and
+        // when the last one was lost: a keepalive record older than that confirms nothing.
+        let mut runner_check: Option<(Instant, Option<String>)> = None;
+        let mut runner_lost_at: Option<crate::records::Timestamp> = None;
+        if let Some(pid) = self.backend.ollama_pid().await {
+            runners.set_serve(Some(pid));
+        }
         loop {
             let due_at = due.map_or(now + FAR, |d| d.0);
             let input = tokio::select! {
@@ -152,6 +165,7 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                 _ = sleep_until(next_residency) => Input::Residency,
                 _ = sleep_until(next_monitor) => Input::Monitor,
                 _ = sleep_until(next_conf) => Input::ConfPoll,
+                _ = sleep_until(runner_check.as_ref().map_or(now + FAR, |c| c.0)), if runner_check.is_some() => Input::RunnerCheck,
             };
             let event = match input {
                 Input::Shutdown => Some(Event::Shutdown),
@@ -198,7 +212,9 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                     // A separate keepalive's re-warms count in the machine's one back-off, so
                     // a re-warm it did is not asked for again at once.
                     if let Some(rec) = self.backend.last_tick().await {
-                        if rec.ok && m.warm_model().is_some_and(|w| w.as_str() == rec.model) {
+                        // A ping from before the runner was lost confirms nothing about now.
+                        let current = runner_lost_at.as_ref().is_none_or(|t| rec.at.0 > t.0);
+                        if rec.ok && current && m.warm_model().is_some_and(|w| w.as_str() == rec.model) {
                             let effects = m.on(Event::Ticked(Some(rec.rewarmed)));
                             if let Some(r) = self.perform(&mut m, effects, &mut due, &mut tick, &signals).await {
                                 return r;
@@ -210,7 +226,22 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                         None => None,
                     }
                 }
-                Input::Runner(r) => self.runner_event(r, &m, &mut pinned_blob).await,
+                Input::Runner(r) => match self.runner_event(r, &m, &mut pinned_blob).await {
+                    Some((event, blob)) => {
+                        runner_check = Some((Instant::now() + RUNNER_GRACE, blob));
+                        runner_lost_at = Some(crate::records::Timestamp::now());
+                        Some(event)
+                    }
+                    None => None,
+                },
+                Input::RunnerCheck => match runner_check.take() {
+                    Some((_, blob)) => {
+                        let serve = self.backend.ollama_pid().await;
+                        let replaced = blob.is_some() && serve.is_some_and(|p| runner::runners_of(std::path::Path::new("/proc"), p).iter().any(|r| r.blob == blob));
+                        Some(Event::RunnerChecked { replaced })
+                    }
+                    None => None,
+                },
                 Input::Monitor => {
                     next_monitor = Instant::now() + self.settings.monitor_interval;
                     // A write that failed (the disk full during a switch) is made again once it
@@ -227,26 +258,29 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                 if let Some(r) = self.perform(&mut m, effects, &mut due, &mut tick, &signals).await {
                     return r;
                 }
-                // A step may have started Ollama or loaded a model: the watch looks again.
-                runners.set_serve(self.backend.ollama_pid().await);
+                // A step may have started Ollama or loaded a model: the watch looks again. A
+                // lookup that fails (D-Bus busy) keeps the runners it knows.
+                if let Some(pid) = self.backend.ollama_pid().await {
+                    runners.set_serve(Some(pid));
+                }
                 runners.look();
             }
         }
     }
 
-    /// What the runner watch saw, as the machine's event (None: not news for the pinned model).
-    /// Fail closed: a runner whose model cannot be told counts as the pinned model's.
-    async fn runner_event(&mut self, r: runner::RunnerEvent, m: &Machine, pinned: &mut Option<(ModelName, Option<String>)>) -> Option<Event> {
+    /// What the runner watch saw, as the machine's event with the file the runner served (None:
+    /// not news for the pinned model). Fail closed: a runner whose model cannot be told counts
+    /// as the pinned model's.
+    async fn runner_event(&mut self, r: runner::RunnerEvent, m: &Machine, pinned: &mut Option<(ModelName, Option<String>)>) -> Option<(Event, Option<String>)> {
         let model = m.warm_model()?.clone();
         let (pid, program, blob, how) = match r {
             runner::RunnerEvent::Unavailable(why) => {
                 tracing::warn!("{why}");
                 return None;
             }
-            runner::RunnerEvent::Up { blob, .. } => {
-                let ours = self.pinned_blob(&model, pinned, false).await;
-                return (ours.is_none() || blob.is_none() || ours == blob).then_some(Event::RunnerUp);
-            }
+            // A runner that starts says nothing about a load that ended: readiness comes back
+            // with a confirmed load (the tick's, the keepalive's), not with a process.
+            runner::RunnerEvent::Up { .. } => return None,
             runner::RunnerEvent::Gone { pid, program, blob, how } => (pid, program, blob, how),
         };
         // Ollama itself exited: its exit is the news, and its runners went with it.
@@ -266,21 +300,14 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
             tracing::info!("Ollama's runner {program} (pid {pid}) of another model {how}");
             return None;
         }
-        // A reload (by us or a client) replaces a runner: while one serving the same file
-        // lives, the model is served.
-        if let Some(serve) = self.backend.ollama_pid().await {
-            if blob.is_some() && runner::runners_of(std::path::Path::new("/proc"), serve).iter().any(|r| r.blob == blob) {
-                tracing::info!("Ollama's runner {program} (pid {pid}) {how}; another one serves {model}");
-                return None;
-            }
-        }
-        Some(Event::RunnerGone(format!("({program}, pid {pid}) {how}")))
+        Some((Event::RunnerGone(format!("({program}, pid {pid}) {how}")), blob))
     }
 
     /// The blob the pinned model's weights are (from its Modelfile's FROM line), looked up once
     /// per model (or again when `again`). None: not known (Ollama did not say).
     async fn pinned_blob(&self, model: &ModelName, pinned: &mut Option<(ModelName, Option<String>)>, again: bool) -> Option<String> {
-        if again || pinned.as_ref().is_none_or(|(m, _)| m != model) {
+        // A lookup that failed is not remembered: the next runner event asks again.
+        if again || pinned.as_ref().is_none_or(|(m, b)| m != model || b.is_none()) {
             let blob = self.api.show(model.as_str()).await.ok().and_then(|s| s.modelfile.lines().find(|l| l.starts_with("FROM ")).and_then(runner::blob_of));
             *pinned = Some((model.clone(), blob));
         }
@@ -463,6 +490,8 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
             LauncherKind::Process => "stopping Ollama (a child process stops with us)",
             LauncherKind::Systemd => "stopping; ollama.service and the loaded model stay up",
         };
+        // A switch's preparation cancelled by the shutdown leaves nothing "switching" behind.
+        self.state.state.switching = None;
         self.set_stage(Stage::Stopping, what).await;
         self.backend.shutdown().await;
         Ok(())

@@ -119,11 +119,15 @@ async fn watch_task(mut serve: watch::Receiver<Option<u32>>, look: Arc<Notify>, 
             current = now;
         }
         let Some(serve_pid) = current else { continue };
+        if !said && !proc_root.join(serve_pid.to_string()).join("task").join(serve_pid.to_string()).join("children").exists() && proc_root.join(serve_pid.to_string()).exists() {
+            said = true;
+            let _ = tx.send(RunnerEvent::Unavailable("cannot list Ollama's runners (no /proc/PID/task/TID/children: a kernel without CONFIG_PROC_CHILDREN); a dead runner is seen only at the next residency check".into()));
+        }
         for Runner { pid, program, blob } in runners_of(&proc_root, serve_pid) {
             if known.contains_key(&pid) || known.len() >= MAX_RUNNERS {
                 continue;
             }
-            let fd = match rustix::process::Pid::from_raw(pid as i32).map(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::NONBLOCK)) {
+            let fd = match rustix::process::Pid::from_raw(pid as i32).map(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())) {
                 Some(Ok(fd)) => fd,
                 // Gone between the scan and the open: nothing to watch.
                 Some(Err(rustix::io::Errno::SRCH)) | None => continue,
@@ -235,7 +239,9 @@ fn zombie_status(proc_root: &Path, pid: u32) -> Option<String> {
         return None;
     }
     let status: i32 = rest.get(49)?.parse().ok()?;
-    Some(describe_status(status))
+    // Without ptrace access to the process (it runs as another user, and the hardened unit
+    // keeps no capabilities) the kernel shows 0 here: unknown, not "exited with status 0".
+    (status != 0).then(|| describe_status(status))
 }
 
 /// A wait(2) status in words.

@@ -68,7 +68,7 @@ fn event(label: &str) -> Event {
         "Failed(terminal)" => Event::Failed(Failure::GpuMissing { reason: s() }),
         "Residency" => Event::Residency(Ok(Residency::Pinned)),
         "RunnerGone" => Event::RunnerGone("(llama-server, pid 4242) was killed by signal 9 (SIGKILL)".into()),
-        "RunnerUp" => Event::RunnerUp,
+        "RunnerChecked" => Event::RunnerChecked { replaced: false },
         "Conf(valid)" | "Conf(new model)" => conf("OLLAMA_MODEL=llama3.2:3b\n"),
         "Conf(same model)" => conf("# edited\nOLLAMA_MODEL=gemma4:e2b-8k\n".strip_prefix("# edited\n").unwrap_or_default()),
         "Conf(invalid)" => conf("OLLAMA_MODEL=\n"),
@@ -355,39 +355,50 @@ async fn ticks_back_off_when_reloads_keep_happening() {
 }
 
 /// Issue 32: Ollama 0.34 lists a model whose runner was killed until a request touches it. The
-/// runner watch's word is believed over /api/ps: not ready at once with the cause, re-warmed
-/// now, and a residency check saying "pinned" meanwhile does not bring readiness back; a new
-/// runner, or a tick whose load went through, does.
+/// runner watch's word is believed over /api/ps: not ready at once with the cause; after the
+/// grace, no runner for the model means a re-warm now, counted once; a residency check saying
+/// "pinned" meanwhile does not bring readiness back; a tick whose load went through does.
 #[test]
 fn a_dead_runner_is_not_ready_at_once_and_api_ps_is_not_believed_until_a_load_ends() {
     let mut m = machine_in("Warm");
     let e = m.on(event("RunnerGone"));
-    assert!(e.iter().any(|x| matches!(x, Effect::Stage(Stage::NotResident, t) if t.starts_with("NOT READY: the runner serving gemma4:e2b-8k (llama-server, pid 4242) was killed by signal 9 (SIGKILL); re-warming now"))), "{e:?}");
-    assert!(e.iter().any(|x| matches!(x, Effect::KeepaliveNow)) && e.iter().any(|x| matches!(x, Effect::CountRewarm)), "{e:?}");
+    assert!(e.iter().any(|x| matches!(x, Effect::Stage(Stage::NotResident, t) if t.starts_with("NOT READY: the runner serving gemma4:e2b-8k (llama-server, pid 4242) was killed by signal 9 (SIGKILL)"))), "{e:?}");
+    assert!(!e.iter().any(|x| matches!(x, Effect::KeepaliveNow)), "nothing done before the grace: {e:?}");
     assert!(m.on(Event::Residency(Ok(Residency::Pinned))).is_empty(), "/api/ps still lists it: not believed");
-    let e = m.on(Event::RunnerUp);
-    assert!(matches!(e.as_slice(), [Effect::Info(_), Effect::Ready(_)]), "{e:?}");
-    // Once back, a stray RunnerUp changes nothing.
-    assert!(m.on(Event::RunnerUp).is_empty());
+    let e = m.on(Event::RunnerChecked { replaced: false });
+    assert!(e.iter().any(|x| matches!(x, Effect::KeepaliveNow)) && e.iter().any(|x| matches!(x, Effect::CountRewarm)), "{e:?}");
+    assert!(m.on(Event::Residency(Ok(Residency::Pinned))).is_empty(), "still not believed until a load ends");
+    let e = m.on(Event::Ticked(Some(false)));
+    assert!(e.iter().any(|x| matches!(x, Effect::Ready(_))) && !e.iter().any(|x| matches!(x, Effect::CountRewarm)), "ready again, counted once: {e:?}");
+    assert!(m.on(Event::RunnerChecked { replaced: false }).is_empty(), "a stale verdict changes nothing");
+}
 
-    // The loop's own tick reloads it (the process launcher): ready again, counted once.
+/// Ollama reloading the model itself (a client's num_ctx straight to it, a re-create) also ends
+/// a runner, and a new one for the same file follows: not ready while it loads, not counted as
+/// our re-warm, no fight; the next confirmed load says ready.
+#[test]
+fn a_reload_by_ollama_is_not_counted_or_fought() {
     let mut m = machine_in("Warm");
     m.on(event("RunnerGone"));
+    let e = m.on(Event::RunnerChecked { replaced: true });
+    assert!(!e.iter().any(|x| matches!(x, Effect::CountRewarm)), "{e:?}");
+    assert!(e.iter().any(|x| matches!(x, Effect::KeepaliveNow)), "a confirming ping, which waits for Ollama's load: {e:?}");
     let e = m.on(Event::Ticked(Some(false)));
-    assert!(e.iter().any(|x| matches!(x, Effect::Ready(_))) && !e.iter().any(|x| matches!(x, Effect::CountRewarm)), "{e:?}");
-    assert!(m.on(Event::Residency(Ok(Residency::Pinned))).is_empty());
+    assert!(e.iter().any(|x| matches!(x, Effect::Ready(_))), "{e:?}");
 }
 
 #[test]
 fn runner_deaths_that_keep_coming_back_off_and_are_ignored_outside_warm() {
     let mut m = machine_in("Warm");
     for _ in 0..2 {
-        let e = m.on(event("RunnerGone"));
+        m.on(event("RunnerGone"));
+        let e = m.on(Event::RunnerChecked { replaced: false });
         assert!(e.iter().any(|x| matches!(x, Effect::KeepaliveNow)), "{e:?}");
-        m.on(Event::RunnerUp);
+        m.on(Event::Ticked(Some(false)));
     }
     // The third within the hour: said, not ready, and the backed-off tick will reload it.
-    let e = m.on(event("RunnerGone"));
+    m.on(event("RunnerGone"));
+    let e = m.on(Event::RunnerChecked { replaced: false });
     assert!(!e.iter().any(|x| matches!(x, Effect::KeepaliveNow)), "{e:?}");
     assert!(e.iter().any(|x| matches!(x, Effect::Stage(Stage::NotResident, t) if t.contains("3 re-warms within the hour"))), "{e:?}");
     assert!(schedules(&e).iter().any(|(s, d)| *d == Due::Tick && *s > 240), "{e:?}");
