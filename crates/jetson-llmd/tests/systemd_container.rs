@@ -251,6 +251,9 @@ async fn boot_order_recovery_failures_and_stop_under_real_systemd() {
     eventually("keepalive re-warms an evicted model", 20, || model_loaded(&c, "gemma4:e2b-8k")).await;
     let ka = || std::fs::read_to_string(c.root.join("var/lib/jetson-llmd/keepalive.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()).unwrap_or(Value::Null);
     eventually("keepalive.json records the re-warm", 10, || async { ka()["rewarm_count"].as_u64().unwrap_or(0) >= 1 && ka()["ok"] == true }).await;
+    // The runner watch saw the eviction end the runner (not ready at once); the keepalive's
+    // confirmed re-warm makes it ready again at the next look.
+    eventually("ready again after the eviction", 20, || async { c.state()["stage"] == "ready" }).await;
     for f in ["state.json", "keepalive.json"] {
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(c.root.join("var/lib/jetson-llmd").join(f)).expect("stat").permissions());
         assert_eq!(mode & 0o044, 0o044, "{f} must be readable by an unprivileged `status` (mode {mode:o})");

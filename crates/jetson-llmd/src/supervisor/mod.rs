@@ -210,8 +210,10 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
                     bench_said = false;
                     next_residency = Instant::now() + self.settings.residency_check;
                     // A separate keepalive's re-warms count in the machine's one back-off, so
-                    // a re-warm it did is not asked for again at once.
-                    if let Some(rec) = self.backend.last_tick().await {
+                    // a re-warm it did is not asked for again at once. Taken only while warm: a
+                    // record read during a switch's preparation would be lost, and with it the
+                    // confirmation that a lost runner was replaced.
+                    if let Some(rec) = if m.warm_model().is_some() { self.backend.last_tick().await } else { None } {
                         // A ping from before the runner was lost confirms nothing about now.
                         let current = runner_lost_at.as_ref().is_none_or(|t| rec.at.0 > t.0);
                         if rec.ok && current && m.warm_model().is_some_and(|w| w.as_str() == rec.model) {
@@ -283,9 +285,15 @@ impl<A: OllamaApi, B: Backend, N: Notifier> Supervisor<A, B, N> {
             runner::RunnerEvent::Up { .. } => return None,
             runner::RunnerEvent::Gone { pid, program, blob, how } => (pid, program, blob, how),
         };
-        // Ollama itself exited: its exit is the news, and its runners went with it.
+        // Ollama itself exited (or is exiting: systemctl kill takes the whole cgroup, and the
+        // runner's exit can arrive before the unit's): its exit is the news.
         if self.backend.gone().is_some_and(|g| *g.borrow()) {
             return None;
+        }
+        if let Some(serve) = self.backend.ollama_pid().await {
+            if !runner::alive(std::path::Path::new("/proc"), serve) {
+                return None;
+            }
         }
         if crate::host::bench_mark::running(&self.state_dir()).await.is_some() {
             tracing::info!("Ollama's runner {program} (pid {pid}) {how}, while a benchmark of other models runs: left to it");

@@ -229,6 +229,13 @@ fn read_capped(p: &Path) -> Option<String> {
     Some(String::from_utf8_lossy(&b).into_owned())
 }
 
+/// Whether `pid` runs (exists and is not a zombie or dead).
+pub fn alive(proc_root: &Path, pid: u32) -> bool {
+    let Some(stat) = read_capped(&proc_root.join(pid.to_string()).join("stat")) else { return false };
+    let state = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()).unwrap_or("");
+    !matches!(state, "Z" | "X" | "x" | "")
+}
+
 /// The wait status of `pid` while it is a zombie (field 52 of /proc/PID/stat, Linux 3.5+), in
 /// words; None once its parent reaped it.
 fn zombie_status(proc_root: &Path, pid: u32) -> Option<String> {
