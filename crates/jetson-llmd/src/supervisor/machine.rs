@@ -551,8 +551,9 @@ impl Machine {
                     Some(m) => format!("keeping {m} loaded"),
                     None => "nothing is loaded".into(),
                 };
-                out.push(Effect::ConfWarning(Some(Warning::new(WarningKind::ModelConf, format!("model.conf is invalid ({keep}): {e}")))));
+                // STATUS= before the state file: whoever sees the warning there sees it sent.
                 out.push(Effect::Status(format!("model.conf is invalid, {keep}: {}", e.lines().next().unwrap_or(""))));
+                out.push(Effect::ConfWarning(Some(Warning::new(WarningKind::ModelConf, format!("model.conf is invalid ({keep}): {e}")))));
                 return;
             }
         };

@@ -212,7 +212,7 @@ fn an_invalid_edit_keeps_the_running_model_and_the_same_bytes_are_no_news() {
     let mut m = machine_in("Warm");
     let e = m.on(event("Conf(invalid)"));
     match e.as_slice() {
-        [Effect::ConfWarning(Some(w)), Effect::Status(s)] => {
+        [Effect::Status(s), Effect::ConfWarning(Some(w))] => {
             assert!(w.text.starts_with("model.conf is invalid (keeping gemma4:e2b-8k loaded)"), "{w}");
             assert!(s.contains("keeping gemma4:e2b-8k loaded"), "{s}");
         }
