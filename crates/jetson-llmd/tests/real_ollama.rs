@@ -27,14 +27,6 @@ fn peer_version() -> String {
     t.split_whitespace().last().unwrap_or_default().to_string()
 }
 
-/// From v0.30 the runner is llama.cpp's llama-server, a program of its own.
-#[allow(dead_code)]
-fn llama_server_peer() -> bool {
-    let v = peer_version();
-    let minor = v.split('.').nth(1).and_then(|m| m.parse::<u32>().ok()).unwrap_or(0);
-    v.starts_with("0.") && minor >= 30
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }

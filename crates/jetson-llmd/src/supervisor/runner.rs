@@ -301,6 +301,10 @@ mod tests {
             .expect("python3")
     }
 
+    fn kill(pid: u32) -> nix::Result<()> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)
+    }
+
     fn pids(c: &mut std::process::Child) -> (u32, u32) {
         use std::io::BufRead;
         let mut line = String::new();
@@ -319,7 +323,7 @@ mod tests {
         assert_eq!(up, RunnerEvent::Up { pid: runner, program: "python3".into(), blob: Some(format!("sha256-{}", "ab".repeat(32))) });
         // The discovery-like child (no --model) is not a runner.
         assert!(runners_of(Path::new("/proc"), s.id()).iter().all(|r| r.pid != discovery));
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(runner as i32), nix::sys::signal::Signal::SIGKILL).expect("kill");
+        kill(runner).expect("kill");
         let t = std::time::Instant::now();
         let gone = tokio::time::timeout(Duration::from_secs(10), w.next()).await.expect("gone");
         let RunnerEvent::Gone { pid, how, .. } = gone else { panic!("{gone:?}") };
@@ -327,7 +331,7 @@ mod tests {
         // The parent reaps it at once (r.wait()), so the zombie's status is a race we may lose.
         assert!(how == "exited" || how.contains("SIGKILL"), "{how}");
         assert!(t.elapsed() < Duration::from_secs(2), "seen after {:?}", t.elapsed());
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(discovery as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = kill(discovery);
         let _ = s.kill();
         let _ = s.wait();
     }
@@ -342,9 +346,9 @@ mod tests {
         w.set_serve(None);
         // Let the watch take the change before the runner dies.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(runner as i32), nix::sys::signal::Signal::SIGKILL).expect("kill");
+        kill(runner).expect("kill");
         assert!(tokio::time::timeout(Duration::from_millis(500), w.next()).await.is_err(), "no Gone for a forgotten Ollama's runner");
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(discovery as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = kill(discovery);
         let _ = s.kill();
         let _ = s.wait();
     }
